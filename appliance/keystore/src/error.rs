@@ -1,0 +1,147 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Backend;
+
+/// Why sealing or unsealing failed, or why the key material could not be loaded.
+///
+/// Each message says what the operator can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreError {
+    /// The blob was sealed for another purpose than the one asked for.
+    #[error(
+        "the sealed blob was sealed for purpose {found:?} but was opened as {expected:?}; \
+         it was read from the wrong place (check which setting or file it came from)"
+    )]
+    WrongPurpose {
+        /// The purpose the caller asked for.
+        expected: String,
+        /// The purpose recorded in the blob.
+        found: String,
+    },
+
+    /// The purpose string is unusable.
+    #[error("the purpose {purpose:?} is invalid: {reason}")]
+    InvalidPurpose {
+        /// The purpose given.
+        purpose: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The bytes do not start with the sealed-blob marker.
+    #[error(
+        "the data is not a sealed blob (it lacks the sealed-blob header); it may be a plaintext \
+         secret written by an older version, or the wrong file"
+    )]
+    NotASealedBlob,
+
+    /// The blob's structure is broken (truncated, impossible lengths, unknown backend id).
+    #[error("the sealed blob is corrupted ({reason}); restore it from a backup")]
+    CorruptBlob {
+        /// What is structurally wrong.
+        reason: String,
+    },
+
+    /// The blob's structure is fine but its authentication tag does not verify.
+    #[error(
+        "the sealed blob for purpose {purpose:?} failed its integrity check: it was modified \
+         after sealing, or sealed by a different key; restore it from a backup"
+    )]
+    Unauthentic {
+        /// The purpose it was opened for.
+        purpose: String,
+    },
+
+    /// The blob names a different key than the one this sealer holds.
+    #[error(
+        "the sealed blob was sealed with key {blob_key_id} but this keystore holds key \
+         {keystore_key_id}; the master key was replaced or the data comes from another \
+         appliance: restore the matching master key file from a backup"
+    )]
+    WrongKey {
+        /// Hex key id recorded in the blob.
+        blob_key_id: String,
+        /// Hex key id of this sealer.
+        keystore_key_id: String,
+    },
+
+    /// The blob was made by another backend.
+    #[error(
+        "the sealed blob was made by the {blob} backend but this appliance's keystore uses the \
+         {sealer} backend; configure the keystore backend that sealed it"
+    )]
+    WrongBackend {
+        /// Backend recorded in the blob.
+        blob: Backend,
+        /// Backend of this sealer.
+        sealer: Backend,
+    },
+
+    /// The blob format version is newer (or older) than this build understands.
+    #[error(
+        "the sealed blob has format version {found}, but this build only reads version \
+         {supported}; upgrade the appliance software"
+    )]
+    UnsupportedVersion {
+        /// Version byte found.
+        found: u8,
+        /// Version this build reads.
+        supported: u8,
+    },
+
+    /// The master key file is readable or writable by group or others.
+    #[error(
+        "the master key file {path} has mode {mode:04o}, which lets other users read it; \
+         run `chmod 600 {path}` (and check who else could have copied it)",
+        path = path.display()
+    )]
+    KeyFilePermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// The master key file exists but is not what this crate writes.
+    #[error(
+        "the master key file {path} is unusable ({reason}); restore it from a backup, since data \
+         sealed with it cannot be recovered without it",
+        path = path.display()
+    )]
+    KeyFileCorrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The directory that should hold the master key file does not exist.
+    #[error(
+        "the directory for the master key file {path} does not exist; create the data directory \
+         (owned by the service user, mode 0700) first",
+        path = path.display()
+    )]
+    ParentMissing {
+        /// The key file path asked for.
+        path: PathBuf,
+    },
+
+    /// A file operation failed.
+    #[error("could not {action} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The cryptographic library refused an operation it should not refuse.
+    #[error("the crypto library failed to {0}; the system random generator or aws-lc is broken")]
+    Crypto(&'static str),
+}

@@ -1,0 +1,87 @@
+//! `mdmctl`: the MDM appliance's admin command line.
+//!
+//! It talks to the daemon's admin API (`/api/v1`, JSON over HTTPS) and never opens the
+//! database itself: redb allows one process per database file, and that process is the
+//! daemon. The connection trusts only the appliance CA given with `--ca`, and authenticates
+//! with a bearer token read from `--token-file`. Human output is aligned text; `--json`
+//! prints the API's own answer. Exit codes: 0 success, 1 the API refused, 2 usage (including
+//! unreadable local files), 3 the appliance could not be reached or TLS failed. The full
+//! reference is `docs/reference/cli.md`.
+//!
+//! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
+//! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
+//! use an HTTP proxy, and has no commands for ABM (server tokens, device assignment) or for
+//! building typed commands with arguments (`InstallProfile`, `Settings`): those go through
+//! `command send --plist`.
+
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod render;
+mod table;
+mod token;
+mod ttl;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::Cli;
+use crate::client::{tls_config, ApiClient, Endpoint};
+use crate::commands::Output;
+use crate::error::CliError;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout (exit 0) and usage errors to stderr (2).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(error::EXIT_USAGE));
+        }
+    };
+    match run(&cli) {
+        Ok(output) => print(&output),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{}", e.stderr_line());
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Checks the local configuration, then runs the command on a single-threaded runtime: one
+/// command makes a few sequential requests, so more threads would only cost start-up time.
+fn run(cli: &Cli) -> Result<Output, CliError> {
+    let server = cli.server.as_deref().ok_or(CliError::NoServer)?;
+    let endpoint = Endpoint::parse(server)?;
+    let token_file = cli.token_file.as_deref().ok_or(CliError::NoTokenFile)?;
+    let token = token::read_token(token_file)?;
+    let tls = tls_config(cli.ca.as_deref(), endpoint.origin())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let mut client = ApiClient::new(endpoint, tls, token);
+    runtime.block_on(commands::execute(&mut client, &cli.command, cli.json))
+}
+
+/// Writes the result. A closed stdout (`mdmctl devices list | head`) is not an error.
+fn print(output: &Output) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(output.stdout.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+            return ExitCode::from(error::EXIT_USAGE);
+        }
+    }
+    let mut stderr = std::io::stderr().lock();
+    for note in &output.notes {
+        let _ = writeln!(stderr, "{note}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,609 @@
+//! Runs the built `mdmctl` binary against a small local HTTPS server that imitates a few
+//! admin API endpoints. Certificates are made with the `openssl` CLI; without it the tests
+//! report that they were skipped and pass.
+
+// Test helpers outside `#[test]` functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "mdm_test-token-0123456789";
+
+/// A request the fake appliance received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path_and_query: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+fn run_openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Test PKI in a temp dir: the appliance CA, a server certificate for 127.0.0.1 from it, and
+/// an unrelated CA. `None` when `openssl` is not installed.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn create() -> Option<Pki> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("openssl not found: skipping the HTTPS tests");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for name in ["ca", "other-ca"] {
+            std::fs::write(
+                d.join(format!("{name}.cnf")),
+                format!(
+                    "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+                     [dn]\nCN = mdmctl test {name}\n\
+                     [ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+                     subjectKeyIdentifier = hash\n"
+                ),
+            )
+            .expect("write config");
+            run_openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-config",
+                    &format!("{name}.cnf"),
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                ],
+            );
+        }
+        std::fs::write(
+            d.join("leaf.ext"),
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = critical,CA:FALSE\n\
+             keyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .expect("write ext");
+        run_openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        run_openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "2",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+            ],
+        );
+        let mut token = std::fs::File::create(d.join("admin.token")).expect("token file");
+        writeln!(token, "{TOKEN}").expect("write token");
+        std::fs::write(d.join("wrong.token"), "mdm_not-the-token\n").expect("write token");
+        Some(Pki { dir })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+/// The fake appliance: the shapes of the real admin API for a few endpoints.
+fn answer(seen: &Seen) -> Response<Full<Bytes>> {
+    if seen.authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "API_TOKEN_INVALID",
+            "this API token is not known or was revoked",
+        );
+    }
+    let device = |id: &str, serial: &str| {
+        json!({"id": id, "device_id": id, "channel": "Device", "state": "Enrolled",
+               "last_seen_at": 1_714_557_600_000_i64,
+               "facts": {"serial_number": serial, "product_name": "iPhone14,2", "os_version": "17.4"}})
+    };
+    match (seen.method.as_str(), seen.path_and_query.as_str()) {
+        ("GET", "/api/v1/status") => json_response(
+            StatusCode::OK,
+            &json!({"version": "9.9.9", "enrollments": 2, "push_topic": "com.apple.mgmt.External.test",
+                    "ca_sha256": "00ff", "keystore": "soft", "caller": {"name": "admin", "role": "Admin"}}),
+        ),
+        ("POST", "/api/v1/enroll-links") => json_response(
+            StatusCode::CREATED,
+            &json!({"id": "L1", "label": "Bob", "created_at": "2024-05-01T10:00:00.000Z",
+                    "expires_at": "2024-05-08T10:00:00.000Z", "revoked_at": null, "uses": 0,
+                    "max_uses": null, "created_by": "admin",
+                    "url": "https://mdm.example.lan:8443/enroll/secret-token"}),
+        ),
+        ("GET", "/api/v1/devices?limit=1") => json_response(
+            StatusCode::OK,
+            &json!({"items": [device("UDID-A", "SERIAL-A")], "next": "UDID-A"}),
+        ),
+        ("GET", "/api/v1/devices?limit=1&after=UDID-A") => json_response(
+            StatusCode::OK,
+            &json!({"items": [device("UDID-B", "SERIAL-B")], "next": null}),
+        ),
+        ("PUT", "/api/v1/push-cert?force=true") => json_response(
+            StatusCode::OK,
+            &json!({"topic": "com.apple.mgmt.External.test", "subject": "CN=APSP:test",
+                    "not_after": "2030-01-01T00:00:00Z", "expired": false, "days_left": 2000}),
+        ),
+        _ => api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint"),
+    }
+}
+
+/// A fake appliance on 127.0.0.1 with an ephemeral port, serving until the test process ends.
+struct FakeAppliance {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeAppliance {
+    fn start(pki: &Pki) -> FakeAppliance {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(pki.path("server.pem"))
+                .expect("server.pem")
+                .collect::<Result<_, _>>()
+                .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).expect("server.key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_by_server = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let seen = Arc::clone(&seen_by_server);
+                    tokio::spawn(async move {
+                        // Failed handshakes (the untrusted-CA test) simply end the connection.
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let seen = Arc::clone(&seen);
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await?.to_bytes().to_vec();
+                                let record = Seen {
+                                    method: parts.method.to_string(),
+                                    path_and_query: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    authorization: parts
+                                        .headers
+                                        .get(header::AUTHORIZATION)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned),
+                                    body,
+                                };
+                                let resp = answer(&record);
+                                seen.lock().expect("lock").push(record);
+                                Ok::<_, hyper::Error>(resp)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        FakeAppliance { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// `mdmctl` with a clean environment (no MDMCTL_* from the developer's shell).
+fn mdmctl() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mdmctl"));
+    for var in ["MDMCTL_SERVER", "MDMCTL_TOKEN_FILE", "MDMCTL_CA"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(server: &str, pki: &Pki, token: &str, ca: &str, args: &[&str]) -> Output {
+    mdmctl()
+        .arg("--server")
+        .arg(server)
+        .arg("--token-file")
+        .arg(pki.path(token))
+        .arg("--ca")
+        .arg(pki.path(ca))
+        .args(args)
+        .output()
+        .expect("run mdmctl")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).expect("utf-8 stderr")
+}
+
+#[test]
+fn status_prints_a_summary_or_the_json() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(&app.url(), &pki, "admin.token", "ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Version       9.9.9\n"), "{text}");
+    assert!(
+        text.contains("Push topic    com.apple.mgmt.External.test\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Appliance     {}\n", app.url())),
+        "{text}"
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["status", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("json output");
+    assert_eq!(v["version"], "9.9.9");
+    assert_eq!(v["caller"]["role"], "Admin");
+    assert!(
+        stdout(&out).contains("\n  \"version\""),
+        "not pretty-printed"
+    );
+
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen
+        .iter()
+        .all(|s| s.method == "GET" && s.path_and_query == "/api/v1/status"));
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))));
+}
+
+#[test]
+fn enroll_link_create_prints_the_url_alone() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["enroll-link", "create", "--label", "Bob", "--ttl", "7d"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "https://mdm.example.lan:8443/enroll/secret-token\n"
+    );
+    assert!(
+        stderr(&out).contains("enrollment link L1 created"),
+        "{}",
+        stderr(&out)
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("request JSON");
+    assert_eq!(body, json!({"label": "Bob", "ttl_seconds": 604_800}));
+}
+
+#[test]
+fn devices_list_all_follows_the_cursor() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["devices", "list", "--limit", "1", "--all"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ID      STATE     SERIAL    MODEL       OS    LAST SEEN\n\
+         UDID-A  enrolled  SERIAL-A  iPhone14,2  17.4  2024-05-01T10:00:00Z\n\
+         UDID-B  enrolled  SERIAL-B  iPhone14,2  17.4  2024-05-01T10:00:00Z\n"
+    );
+    let paths: Vec<String> = app.seen().into_iter().map(|s| s.path_and_query).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/devices?limit=1",
+            "/api/v1/devices?limit=1&after=UDID-A"
+        ]
+    );
+
+    // One page: the cursor is offered on stderr, stdout stays a clean table.
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["devices", "list", "--limit", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 2);
+    assert!(stderr(&out).contains("--after UDID-A"), "{}", stderr(&out));
+}
+
+#[test]
+fn push_cert_import_uploads_the_file_bytes() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    // Any bytes do for the fake; the real appliance parses them.
+    let cert = std::fs::read(pki.path("server.pem")).expect("read");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "push-cert",
+            "import",
+            pki.path("server.pem").to_str().expect("path"),
+            "--force",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Topic    com.apple.mgmt.External.test\n"),
+        "{}",
+        stdout(&out)
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("PUT", "/api/v1/push-cert?force=true")
+    );
+    assert_eq!(seen[0].body, cert);
+}
+
+#[test]
+fn api_refusals_exit_1_with_the_code() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(&app.url(), &pki, "wrong.token", "ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error API_TOKEN_INVALID: this API token is not known or was revoked\n"
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["tokens", "list"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "error NOT_FOUND: no such API endpoint\n");
+}
+
+#[test]
+fn an_untrusted_certificate_exits_3_and_sends_nothing() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(&app.url(), &pki, "admin.token", "other-ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&app.url()), "{err}");
+    assert!(err.contains("not trusted") && err.contains("--ca"), "{err}");
+    assert!(
+        app.seen().is_empty(),
+        "a request went out over an untrusted connection"
+    );
+
+    // The right CA, but a name the certificate does not carry.
+    let by_name = format!("https://localhost:{}", app.addr.port());
+    let out = run(&by_name, &pki, "admin.token", "ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not valid for \"localhost\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // No CA at all.
+    let out = mdmctl()
+        .args(["--server", &app.url(), "--token-file"])
+        .arg(pki.path("admin.token"))
+        .arg("status")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("pass --ca"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreachable_appliance_exits_3() {
+    let Some(pki) = Pki::create() else { return };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let out = run(&url, &pki, "admin.token", "ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("error: cannot reach {url}: ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn local_problems_exit_2_before_any_connection() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(&app.url(), &pki, "missing.token", "ca.pem", &["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot read the token file") && err.contains("missing.token"),
+        "{err}"
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["enroll-link", "create", "--ttl", "5x"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+
+    let out = run(
+        "http://127.0.0.1:1",
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["status"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["command", "send", "--device", "A", "EraseDevice"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+
+    let out = mdmctl().arg("status").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--server"), "{}", stderr(&out));
+    assert!(app.seen().is_empty());
+}
+
+#[test]
+fn settings_come_from_the_environment_too() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = mdmctl()
+        .env("MDMCTL_SERVER", app.url())
+        .env("MDMCTL_TOKEN_FILE", pki.path("admin.token"))
+        .env("MDMCTL_CA", pki.path("ca.pem"))
+        .args(["status", "--json"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["enrollments"], 2);
+}

@@ -1,0 +1,138 @@
+//! `mdmd`: the MDM appliance daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mdmd::config::{Config, LogFormat};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "mdmd", version, about = "On-premises Apple MDM appliance daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance.
+    Serve(ServeArgs),
+    /// Read and validate a configuration file, then exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "MDMD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: software keystore, embedded defaults when no config file is given.
+    #[arg(long)]
+    dev: bool,
+    /// State directory (overrides server.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (overrides server.listen; repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Public base URL (overrides server.base_url).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// PEM file of a root MachineInfo signatures must chain to (adds to ade.device_ca_roots).
+    #[arg(long)]
+    ade_root: Vec<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = match (&args.config, args.dev) {
+        (Some(path), _) => Config::load(path)?,
+        (None, true) => {
+            let listen = args.listen.first().copied().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443)));
+            let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("./mdmd-dev-data"));
+            Config::development(listen, dir)
+        }
+        (None, false) => anyhow::bail!(
+            "give a configuration file with --config (see docs/reference/config.md), or --dev for a local development instance"
+        ),
+    };
+    if args.dev {
+        cfg.development = true;
+        cfg.keystore.backend = mdmd::config::KeystoreBackend::Software;
+    }
+    if let Some(dir) = &args.data_dir {
+        cfg.server.data_dir = dir.clone();
+    }
+    if !args.listen.is_empty() {
+        cfg.server.listen = args.listen.clone();
+    }
+    if let Some(url) = &args.base_url {
+        cfg.server.base_url = url.clone();
+    }
+    cfg.ade.device_ca_roots.extend(args.ade_root.iter().cloned());
+    if let Some(f) = args.log_format {
+        cfg.log.format = f;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = build_config(&args)?;
+    mdmd::logging::init(cfg.log.format, &cfg.log.level)?;
+    let running = match mdmd::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            error!("start-up failed: {e:#}");
+            return Err(e);
+        }
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    info!("ready");
+
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = stop.send(true);
+    });
+    running.wait().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(serve(args))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mdmd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The check-in and command protocol: device identity on every request, check-in messages,
+//! command reports and handing out the next queued command.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use mdm_pki::Certificate;
+use mdm_proto::{CheckinMessage, CommandReport, CommandStatus, DeviceMessage};
+use tracing::{debug, info, warn};
+
+use crate::error::{ErrorKind, ServiceError, ServiceResult};
+use crate::ports::{
+    AuthenticateRecord, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentRecord,
+    EnrollmentState, PushTarget, ResultOutcome, Store, Timestamp, TokenUpdateRecord,
+};
+use crate::{sha256_hex, MdmService};
+
+/// One request from a device, as the web layer received it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRequest<'a> {
+    pub body: &'a [u8],
+    /// The `Mdm-Signature` header, if any.
+    pub mdm_signature: Option<&'a str>,
+    /// The TLS client certificate (leaf DER), if the device presented one. The TLS layer has
+    /// already verified that it chains to the appliance CA.
+    pub tls_certificate: Option<&'a [u8]>,
+}
+
+/// A successful answer to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceReply {
+    /// 200 with an empty body.
+    Empty,
+    /// 200 with a plist body.
+    Plist(Vec<u8>),
+    /// 200 with a JSON body (declarative management).
+    Json(Vec<u8>),
+}
+
+/// Per-connection memory the protocol needs: which commands a device answered NotNow to on
+/// this connection (they are skipped until it reconnects).
+pub trait ConnectionScratch {
+    fn not_now(&self, enrollment_id: &str) -> HashSet<String>;
+    fn add_not_now(&self, enrollment_id: &str, command_uuid: &str);
+}
+
+/// The identity a request proved.
+struct Identity {
+    sha256: String,
+    cert: Option<Certificate>,
+}
+
+fn unauthorized(code: &'static str, msg: impl Into<String>) -> ServiceError {
+    ServiceError::unauthorized(code, msg)
+}
+
+impl<S: Store> MdmService<S> {
+    /// Establish which certificate signed (or carried) this request.
+    fn identify(&self, req: &DeviceRequest<'_>) -> ServiceResult<Identity> {
+        let tls = req.tls_certificate.map(sha256_hex);
+        match req.mdm_signature {
+            Some(sig) => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(sig.trim())
+                    .map_err(|_| unauthorized("SIGNATURE_INVALID", "Mdm-Signature is not base64"))?;
+                let verified = mdm_pki::cms::verify(&der, Some(req.body)).map_err(|e| {
+                    unauthorized("SIGNATURE_INVALID", format!("Mdm-Signature does not verify: {e}"))
+                })?;
+                let sha = sha256_hex(verified.signer.der());
+                if let Some(tls) = tls {
+                    if tls != sha {
+                        return Err(unauthorized(
+                            "IDENTITY_MISMATCH",
+                            "the TLS client certificate and the Mdm-Signature signer differ",
+                        ));
+                    }
+                }
+                Ok(Identity { sha256: sha, cert: Some(verified.signer) })
+            }
+            None => match (tls, req.tls_certificate) {
+                (Some(sha), Some(der)) => Ok(Identity { sha256: sha, cert: Certificate::from_der(der).ok() }),
+                _ => Err(unauthorized(
+                    "IDENTITY_MISSING",
+                    "the request carries neither an Mdm-Signature nor a TLS client certificate",
+                )),
+            },
+        }
+    }
+
+    /// Check that a certificate presented for a new binding was issued by this appliance.
+    fn check_issued_here(&self, id: &Identity) -> ServiceResult<crate::ports::IssuedCertRecord> {
+        let cert = id.cert.as_ref().ok_or_else(|| {
+            unauthorized("IDENTITY_INVALID", "the client certificate could not be parsed")
+        })?;
+        mdm_pki::verify_chain(cert, &[], std::slice::from_ref(&self.authority().ca.cert), SystemTime::now())
+            .map_err(|e| unauthorized("IDENTITY_UNTRUSTED", format!("identity not issued by this appliance: {e}")))?;
+        self.store().issued(&id.sha256)?.ok_or_else(|| {
+            unauthorized("IDENTITY_UNKNOWN", "identity certificate is not in this appliance's issuance records")
+        })
+    }
+
+    /// The enrollment a request belongs to, if its identity matches the bound one. A device
+    /// whose identity was renewed by SCEP (RenewalReq signed with the bound certificate) is
+    /// moved to the new certificate on its first request with it.
+    async fn bound_enrollment(&self, enrollment_id: &str, id: &Identity) -> ServiceResult<EnrollmentRecord> {
+        match self.bound_enrollment_now(enrollment_id, id) {
+            Err(e) if e.code == "IDENTITY_MISMATCH" => {
+                let renewed = self.store().issued(&id.sha256)?.and_then(|r| r.renewed_from);
+                let Some(from) = renewed else { return Err(e) };
+                self.check_issued_here(id)?;
+                if !self.store().rebind_identity(enrollment_id, &from, &id.sha256, Timestamp::now()).await? {
+                    return Err(e);
+                }
+                info!(enrollment = enrollment_id, "identity renewed: enrollment moved to the new certificate");
+                self.bound_enrollment_now(enrollment_id, id)
+            }
+            other => other,
+        }
+    }
+
+    fn bound_enrollment_now(&self, enrollment_id: &str, id: &Identity) -> ServiceResult<EnrollmentRecord> {
+        let rec = self.store().enrollment(enrollment_id)?.ok_or_else(|| {
+            unauthorized("ENROLLMENT_UNKNOWN", format!("no enrollment {enrollment_id}; the device must enroll again"))
+        })?;
+        if rec.state == EnrollmentState::CheckedOut {
+            return Err(unauthorized(
+                "ENROLLMENT_CHECKED_OUT",
+                format!("enrollment {enrollment_id} checked out; the device must enroll again"),
+            ));
+        }
+        if rec.identity_sha256 != id.sha256 {
+            warn!(enrollment = enrollment_id, "request presented a certificate other than the bound one");
+            return Err(unauthorized(
+                "IDENTITY_MISMATCH",
+                format!("enrollment {enrollment_id} is bound to another certificate"),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// A message to the check-in URL.
+    pub async fn checkin(&self, req: DeviceRequest<'_>) -> ServiceResult<DeviceReply> {
+        let identity = self.identify(&req)?;
+        let msg = mdm_proto::parse_checkin(req.body)
+            .map_err(|e| ServiceError::bad_request("CHECKIN_INVALID", e.to_string()))?;
+        self.handle_checkin(identity, msg).await
+    }
+
+    /// A message to the server URL: normally a command report; check-ins are accepted here too
+    /// (devices send them there when a profile has no CheckInURL).
+    pub async fn connect(
+        &self,
+        req: DeviceRequest<'_>,
+        scratch: &(dyn ConnectionScratch + Sync),
+    ) -> ServiceResult<DeviceReply> {
+        let identity = self.identify(&req)?;
+        let msg = mdm_proto::parse_device_message(req.body)
+            .map_err(|e| ServiceError::bad_request("REPORT_INVALID", e.to_string()))?;
+        match msg {
+            DeviceMessage::Checkin(c) => self.handle_checkin(identity, c).await,
+            DeviceMessage::Report(r) => self.handle_report(identity, r, scratch).await,
+        }
+    }
+
+    async fn handle_checkin(&self, identity: Identity, msg: CheckinMessage) -> ServiceResult<DeviceReply> {
+        let now = Timestamp::now();
+        let eref = msg.enrollment_ref();
+        let id = eref.id();
+        match msg {
+            CheckinMessage::Authenticate(a) => {
+                if eref.user_id.is_some() {
+                    return Err(ServiceError::bad_request(
+                        "CHECKIN_INVALID",
+                        "Authenticate is only valid on the device channel",
+                    ));
+                }
+                let issued = self.check_issued_here(&identity)?;
+                if let Some(crate::ports::EnrollmentSource::Ade { udid, .. }) = &issued.source {
+                    if a.enrollment.udid().is_some_and(|u| u != udid) {
+                        warn!(enrollment = %id, expected = %udid, "identity issued for another device");
+                        return Err(ServiceError::forbidden(
+                            "IDENTITY_FOR_OTHER_DEVICE",
+                            "this identity was issued for another device's enrollment",
+                        ));
+                    }
+                }
+                self.store()
+                    .authenticate(AuthenticateRecord {
+                        id: id.clone(),
+                        identity_sha256: identity.sha256,
+                        topic: a.enrollment.topic().map(str::to_owned),
+                        facts: DeviceFacts {
+                            serial_number: a.serial_number.clone(),
+                            model: a.model.clone(),
+                            model_name: a.model_name.clone(),
+                            product_name: a.product_name.clone(),
+                            os_version: a.os_version.clone(),
+                            build_version: a.build_version.clone(),
+                            device_name: a.device_name.clone(),
+                            imei: a.imei.clone(),
+                            meid: a.meid.clone(),
+                        },
+                        source: issued.source,
+                        at: now,
+                    })
+                    .await?;
+                info!(enrollment = %id, serial = ?a.serial_number, "Authenticate");
+                Ok(DeviceReply::Empty)
+            }
+            CheckinMessage::TokenUpdate(t) => {
+                // A user channel's first TokenUpdate is its first message: it is authorised by
+                // the device channel's identity.
+                self.bound_enrollment(&eref.device_id, &identity).await?;
+                let unlock = match t.unlock_token.as_deref() {
+                    Some(u) if !u.is_empty() => Some(self.seal("unlock-token", u)?),
+                    _ => None,
+                };
+                let outcome = self
+                    .store()
+                    .token_update(TokenUpdateRecord {
+                        id: id.clone(),
+                        device_id: eref.device_id.clone(),
+                        user_id: eref.user_id.clone(),
+                        user_short_name: eref.user_short_name.clone(),
+                        identity_sha256: identity.sha256,
+                        push: PushTarget {
+                            token_hex: hex::encode(&t.token),
+                            push_magic: t.push_magic.clone(),
+                            topic: t.enrollment.topic().unwrap_or_default().to_string(),
+                        },
+                        unlock_token_sealed: unlock,
+                        awaiting_configuration: t.awaiting_configuration,
+                        at: now,
+                    })
+                    .await?
+                    .ok_or_else(|| {
+                        unauthorized("ENROLLMENT_UNKNOWN", format!("no enrollment {}", eref.device_id))
+                    })?;
+                if outcome.activated {
+                    info!(enrollment = %id, awaiting_configuration = t.awaiting_configuration, "enrolled (first TokenUpdate)");
+                } else {
+                    debug!(enrollment = %id, "TokenUpdate");
+                }
+                Ok(DeviceReply::Empty)
+            }
+            CheckinMessage::CheckOut(_) => {
+                self.bound_enrollment(&id, &identity).await?;
+                self.store().check_out(&id, now).await?;
+                info!(enrollment = %id, "CheckOut: device left management");
+                Ok(DeviceReply::Empty)
+            }
+            CheckinMessage::UserAuthenticate(_) => {
+                self.bound_enrollment(&eref.device_id, &identity).await?;
+                debug!(enrollment = %id, "UserAuthenticate declined (user channels need no extra authentication here)");
+                Err(ServiceError::new(
+                    ErrorKind::Gone,
+                    "USER_AUTH_DECLINED",
+                    "user authentication is not offered by this server",
+                ))
+            }
+            CheckinMessage::SetBootstrapToken(b) => {
+                self.bound_enrollment(&id, &identity).await?;
+                let sealed = match b.bootstrap_token.as_deref() {
+                    Some(t) if !t.is_empty() => Some(self.seal("bootstrap-token", t)?),
+                    _ => None,
+                };
+                self.store().set_bootstrap_token(&id, sealed, now).await?;
+                info!(enrollment = %id, "bootstrap token stored (sealed)");
+                Ok(DeviceReply::Empty)
+            }
+            CheckinMessage::GetBootstrapToken(_) => {
+                let rec = self.bound_enrollment(&id, &identity).await?;
+                self.store().touch(&id, now).await?;
+                let token = match rec.bootstrap_token_sealed {
+                    Some(sealed) => Some(self.unseal("bootstrap-token", &sealed)?),
+                    None => None,
+                };
+                info!(enrollment = %id, present = token.is_some(), "bootstrap token requested");
+                let body = mdm_proto::BootstrapTokenResponse {
+                    bootstrap_token: token.map(|t| t.to_vec()).unwrap_or_default(),
+                }
+                .to_plist()
+                .map_err(|e| ServiceError::internal("PLIST_ENCODING_FAILED", e.to_string()))?;
+                Ok(DeviceReply::Plist(body))
+            }
+            CheckinMessage::DeclarativeManagement(d) => {
+                self.bound_enrollment(&id, &identity).await?;
+                self.store().touch(&id, now).await?;
+                declarative_reply(&d.endpoint)
+            }
+            CheckinMessage::GetToken(g) => {
+                self.bound_enrollment(&id, &identity).await?;
+                let service = g.token_service_type.clone();
+                let provider = self.inner.token_providers.get(&service).ok_or_else(|| {
+                    ServiceError::bad_request(
+                        "TOKEN_SERVICE_UNKNOWN",
+                        format!("no token provider for TokenServiceType {service}"),
+                    )
+                })?;
+                let data = provider.token(&id, g.token_parameters.as_ref())?;
+                let body = mdm_proto::GetTokenResponse { token_data: data }
+                    .to_plist()
+                    .map_err(|e| ServiceError::internal("PLIST_ENCODING_FAILED", e.to_string()))?;
+                Ok(DeviceReply::Plist(body))
+            }
+        }
+    }
+
+    async fn handle_report(
+        &self,
+        identity: Identity,
+        report: CommandReport,
+        scratch: &(dyn ConnectionScratch + Sync),
+    ) -> ServiceResult<DeviceReply> {
+        let id = report.enrollment.id();
+        self.bound_enrollment(&id, &identity).await?;
+        let now = Timestamp::now();
+        let status = match report.status {
+            CommandStatus::Idle => None,
+            CommandStatus::Acknowledged => Some(DeliveryStatus::Acknowledged),
+            CommandStatus::Error => Some(DeliveryStatus::Error),
+            CommandStatus::CommandFormatError => Some(DeliveryStatus::CommandFormatError),
+            CommandStatus::NotNow => Some(DeliveryStatus::NotNow),
+        };
+        match (status, report.command_uuid.as_deref()) {
+            (None, _) => self.store().touch(&id, now).await?,
+            (Some(_), None) => {
+                return Err(ServiceError::bad_request(
+                    "REPORT_INVALID",
+                    "a report with a status other than Idle needs a CommandUUID",
+                ))
+            }
+            (Some(status), Some(uuid)) => {
+                let error_chain_json = if report.error_chain.is_empty() {
+                    None
+                } else {
+                    let items: Vec<serde_json::Value> = report
+                        .error_chain
+                        .iter()
+                        .map(|i| {
+                            serde_json::json!({
+                                "ErrorCode": i.error_code,
+                                "ErrorDomain": i.error_domain,
+                                "LocalizedDescription": i.localized_description,
+                                "USEnglishDescription": i.us_english_description,
+                            })
+                        })
+                        .collect();
+                    serde_json::to_string(&items).ok()
+                };
+                let outcome = self
+                    .store()
+                    .record_result(
+                        &id,
+                        CommandResult {
+                            uuid: uuid.to_string(),
+                            status,
+                            raw: report.raw.clone(),
+                            error_chain_json,
+                            at: now,
+                        },
+                    )
+                    .await?;
+                match outcome {
+                    ResultOutcome::UnknownCommand => {
+                        warn!(enrollment = %id, command = uuid, "report for a command that is not queued for this device; ignored");
+                    }
+                    ResultOutcome::Recorded => {
+                        debug!(enrollment = %id, command = uuid, ?status, "command report");
+                        if status == DeliveryStatus::NotNow {
+                            scratch.add_not_now(&id, uuid);
+                        }
+                    }
+                }
+            }
+        }
+        let skip = scratch.not_now(&id);
+        match self.store().next_command(&id, &skip)? {
+            Some(cmd) => {
+                debug!(enrollment = %id, command = %cmd.uuid, request_type = %cmd.request_type, "sending command");
+                Ok(DeviceReply::Plist(cmd.payload))
+            }
+            None => Ok(DeviceReply::Empty),
+        }
+    }
+
+    fn seal(&self, purpose: &str, data: &[u8]) -> ServiceResult<Vec<u8>> {
+        self.sealer()
+            .seal(purpose, data)
+            .map(|b| b.to_bytes())
+            .map_err(|e| ServiceError::internal("KEY_SEAL_FAILED", e.to_string()))
+    }
+
+    fn unseal(&self, purpose: &str, sealed: &[u8]) -> ServiceResult<mdm_keystore::Zeroizing<Vec<u8>>> {
+        let blob = mdm_keystore::SealedBlob::from_bytes(sealed)
+            .map_err(|e| ServiceError::internal("KEY_UNSEAL_FAILED", e.to_string()))?;
+        self.sealer()
+            .unseal(purpose, &blob)
+            .map_err(|e| ServiceError::internal("KEY_UNSEAL_FAILED", e.to_string()))
+    }
+}
+
+/// Declarative management answers while the appliance defines no declarations: valid, empty
+/// documents so the device's declarative agent settles instead of retrying.
+fn declarative_reply(endpoint: &str) -> ServiceResult<DeviceReply> {
+    const TOKEN: &str = "appliance-empty-v1";
+    let body = match endpoint {
+        "tokens" => serde_json::json!({
+            "SyncTokens": {"DeclarationsToken": TOKEN, "Timestamp": "2024-01-01T00:00:00Z"}
+        }),
+        "declaration-items" => serde_json::json!({
+            "Declarations": {"Activations": [], "Assets": [], "Configurations": [], "Management": []},
+            "DeclarationsToken": TOKEN
+        }),
+        "status" => return Ok(DeviceReply::Empty),
+        other => {
+            return Err(ServiceError::not_found(
+                "DECLARATION_NOT_FOUND",
+                format!("no declarative management document at {other}"),
+            ))
+        }
+    };
+    Ok(DeviceReply::Json(body.to_string().into_bytes()))
+}

@@ -1,0 +1,176 @@
+//! Queueing commands for enrollments and reading back their results.
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::error::{ServiceError, ServiceResult};
+use crate::ports::{
+    CommandRecord, DeliveryRecord, EnrollmentRecord, NewCommand, PruneStats, Store, Timestamp,
+};
+use crate::MdmService;
+
+/// Most targets one enqueue call may name; larger fan-outs are split by the caller.
+pub const MAX_TARGETS: usize = 10_000;
+/// Largest raw command plist accepted (InstallProfile payloads included).
+pub const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub enum CommandSpec {
+    /// A typed command built by `mdm-proto`.
+    Typed(mdm_proto::Command),
+    /// An admin-supplied plist `{Command: {RequestType, ...}}`; its CommandUUID is replaced.
+    Raw(Vec<u8>),
+}
+
+/// The result of queueing a command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enqueued {
+    pub command_uuid: String,
+    pub request_type: String,
+    pub queued: Vec<String>,
+    /// Unknown or checked-out enrollments.
+    pub refused: Vec<String>,
+}
+
+/// A command with its per-enrollment state.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandView {
+    pub command: CommandRecord,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// An enrollment with what waits for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollmentView {
+    pub enrollment: EnrollmentRecord,
+    pub queued_commands: u64,
+}
+
+impl<S: Store> MdmService<S> {
+    /// Queue a command for each target, in one transaction.
+    pub async fn enqueue(
+        &self,
+        spec: CommandSpec,
+        targets: Vec<String>,
+        created_by: &str,
+    ) -> ServiceResult<Enqueued> {
+        let mut targets = targets;
+        targets.sort();
+        targets.dedup();
+        targets.retain(|t| !t.trim().is_empty());
+        if targets.is_empty() {
+            return Err(ServiceError::bad_request("INVALID_FIELD", "targets: name at least one enrollment"));
+        }
+        if targets.len() > MAX_TARGETS {
+            return Err(ServiceError::bad_request(
+                "INVALID_FIELD",
+                format!("targets: at most {MAX_TARGETS} per request"),
+            ));
+        }
+        let uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
+        let payload = match spec {
+            CommandSpec::Typed(cmd) => cmd
+                .to_payload(uuid.clone())
+                .map_err(|e| ServiceError::bad_request("COMMAND_INVALID", e.to_string()))?,
+            CommandSpec::Raw(raw) => {
+                if raw.len() > MAX_COMMAND_BYTES {
+                    return Err(ServiceError::new(
+                        crate::ErrorKind::TooLarge,
+                        "COMMAND_TOO_LARGE",
+                        format!("command plists are limited to {MAX_COMMAND_BYTES} bytes"),
+                    ));
+                }
+                mdm_proto::payload_from_raw(&raw, uuid.clone())
+                    .map_err(|e| ServiceError::bad_request("COMMAND_INVALID", e.to_string()))?
+            }
+        };
+        let outcome = self
+            .store()
+            .enqueue(
+                NewCommand {
+                    uuid: payload.uuid.clone(),
+                    request_type: payload.request_type.clone(),
+                    payload: payload.plist,
+                    created_at: Timestamp::now(),
+                    created_by: created_by.to_string(),
+                },
+                targets,
+            )
+            .await?;
+        if outcome.queued.is_empty() {
+            return Err(ServiceError::not_found(
+                "ENROLLMENT_NOT_FOUND",
+                format!(
+                    "none of the targets is an active enrollment: {}",
+                    outcome.refused.join(", ")
+                ),
+            ));
+        }
+        info!(
+            command = %payload.uuid,
+            request_type = %payload.request_type,
+            queued = outcome.queued.len(),
+            refused = outcome.refused.len(),
+            by = created_by,
+            "command queued"
+        );
+        Ok(Enqueued {
+            command_uuid: payload.uuid,
+            request_type: payload.request_type,
+            queued: outcome.queued,
+            refused: outcome.refused,
+        })
+    }
+
+    /// A command and every enrollment's delivery of it.
+    pub fn command_view(&self, uuid: &str) -> ServiceResult<CommandView> {
+        let command = self
+            .store()
+            .command(uuid)?
+            .ok_or_else(|| ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}")))?;
+        let deliveries = self.store().deliveries(uuid)?;
+        Ok(CommandView { command, deliveries })
+    }
+
+    /// One enrollment.
+    pub fn enrollment_view(&self, id: &str) -> ServiceResult<EnrollmentView> {
+        let enrollment = self
+            .store()
+            .enrollment(id)?
+            .ok_or_else(|| ServiceError::not_found("ENROLLMENT_NOT_FOUND", format!("no enrollment {id}")))?;
+        let queued_commands = self.store().queued_count(id)?;
+        Ok(EnrollmentView { enrollment, queued_commands })
+    }
+
+    /// Enrollments in id order, paged by the last id seen.
+    pub fn list_enrollments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> ServiceResult<Vec<EnrollmentRecord>> {
+        Ok(self.store().list_enrollments(after, limit.clamp(1, 1000))?)
+    }
+
+    /// An enrollment's command history, newest first.
+    pub fn enrollment_commands(&self, id: &str, limit: usize) -> ServiceResult<Vec<DeliveryRecord>> {
+        if self.store().enrollment(id)?.is_none() {
+            return Err(ServiceError::not_found("ENROLLMENT_NOT_FOUND", format!("no enrollment {id}")));
+        }
+        Ok(self.store().enrollment_deliveries(id, limit.clamp(1, 1000))?)
+    }
+
+    /// One retention pass; run periodically by the daemon until `more` is false.
+    pub async fn prune(&self) -> ServiceResult<PruneStats> {
+        let stats = self.store().prune(self.config().retention, Timestamp::now()).await?;
+        if stats.deliveries_removed + stats.commands_removed + stats.challenges_removed > 0 {
+            info!(
+                deliveries = stats.deliveries_removed,
+                commands = stats.commands_removed,
+                challenges = stats.challenges_removed,
+                "retention pruned history"
+            );
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,1118 @@
+//! The behaviour every [`Store`] implementation must show, as async test cases that an
+//! implementation's own tests run (`mdm-store` runs them against redb in a temporary
+//! directory). Enabled by the `conformance` feature; not part of the service at run time.
+//!
+//! Each case takes a fresh, empty store. A failing case panics with the case name (printed
+//! to stderr before it starts) and what differed, like `assert!` in a test.
+//!
+//! Where the port documentation leaves room, the cases pin the meaning down:
+//! - FIFO and "newest first" follow enqueue order, not timestamps or uuids;
+//! - a delivery's age (for pruning) counts from when it became final;
+//! - a challenge is expired once `now` is past `expires_at`; a used one stays `AlreadyUsed`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test suite: failing loudly with the offending value is its job"
+)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::ports::{
+    ApiTokenRecord, AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult,
+    DeliveryRecord, DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState,
+    IssuedCertRecord, LinkRecord, NewCommand, PushTarget, ResultOutcome, RetentionPolicy, Role,
+    Store, Timestamp, TokenUpdateRecord,
+};
+
+/// Runs every case, each on a new store from `make`.
+pub async fn run_all<S: Store>(make: impl Fn() -> S) {
+    macro_rules! case {
+        ($name:ident) => {{
+            eprintln!("conformance: {}", stringify!($name));
+            let store = make();
+            $name(&store).await;
+        }};
+    }
+    case!(enrollment_lifecycle);
+    case!(token_update_requires_known_device);
+    case!(user_channel_created_by_token_update);
+    case!(rebind_identity_moves_device_and_user_channels);
+    case!(list_enrollments_pages_in_id_order);
+    case!(commands_come_out_in_fifo_order);
+    case!(not_now_keeps_command_queued);
+    case!(final_statuses_dequeue);
+    case!(unknown_command_writes_nothing_but_touches);
+    case!(authenticate_cancels_queue_of_device_and_user_channels);
+    case!(check_out_device_and_user_channels);
+    case!(enqueue_refuses_unknown_and_checked_out);
+    case!(challenges_are_one_time_and_expire);
+    case!(links_usage_limits_expiry_revocation);
+    case!(api_tokens_by_hash);
+    case!(issued_certificates);
+    case!(settings_put_and_atomic_put);
+    case!(prune_by_age);
+    case!(prune_by_count);
+    case!(prune_by_age_and_count_together);
+    case!(prune_is_bounded_by_batch_limit);
+    case!(prune_removes_expired_challenges);
+    case!(delivery_history_newest_first);
+}
+
+const BASE: i64 = 1_700_000_000_000;
+
+/// A fixed point in time, `ms` milliseconds after the suite's epoch.
+fn t(ms: i64) -> Timestamp {
+    Timestamp(BASE + ms)
+}
+
+fn facts(serial: &str) -> DeviceFacts {
+    DeviceFacts {
+        serial_number: Some(serial.to_owned()),
+        model: Some("iPhone15,2".into()),
+        os_version: Some("17.4".into()),
+        ..DeviceFacts::default()
+    }
+}
+
+fn auth(id: &str, at: Timestamp) -> AuthenticateRecord {
+    AuthenticateRecord {
+        id: id.to_owned(),
+        identity_sha256: format!("identity-of-{id}"),
+        topic: Some("com.apple.mgmt.External.test".into()),
+        facts: facts(&format!("SERIAL-{id}")),
+        source: Some(EnrollmentSource::Link {
+            link_id: "link-1".into(),
+        }),
+        at,
+    }
+}
+
+fn push(id: &str) -> PushTarget {
+    PushTarget {
+        token_hex: format!("{:0>64}", hex_of(id)),
+        push_magic: format!("magic-{id}"),
+        topic: "com.apple.mgmt.External.test".into(),
+    }
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token(id: &str, at: Timestamp) -> TokenUpdateRecord {
+    let (device_id, user_id) = match id.split_once(':') {
+        Some((device, user)) => (device.to_owned(), Some(user.to_owned())),
+        None => (id.to_owned(), None),
+    };
+    TokenUpdateRecord {
+        id: id.to_owned(),
+        identity_sha256: format!("identity-of-{device_id}"),
+        device_id,
+        user_short_name: user_id.as_ref().map(|u| format!("short-{u}")),
+        user_id,
+        push: push(id),
+        unlock_token_sealed: None,
+        awaiting_configuration: false,
+        at,
+    }
+}
+
+/// Authenticate + TokenUpdate: an enrolled device (or user channel, for `UDID:user`).
+async fn enrolled<S: Store>(store: &S, id: &str, at: Timestamp) {
+    if !id.contains(':') {
+        store
+            .authenticate(auth(id, at))
+            .await
+            .expect("authenticate");
+    }
+    let outcome = store
+        .token_update(token(id, at))
+        .await
+        .expect("token_update");
+    assert!(
+        outcome.is_some(),
+        "token_update for {id} found no device channel"
+    );
+}
+
+fn cmd(uuid: &str, at: Timestamp) -> NewCommand {
+    NewCommand {
+        uuid: uuid.to_owned(),
+        request_type: format!("Request-{uuid}"),
+        payload: format!(
+            "<plist><dict><key>CommandUUID</key><string>{uuid}</string></dict></plist>"
+        )
+        .into_bytes(),
+        created_at: at,
+        created_by: "conformance".into(),
+    }
+}
+
+async fn queue<S: Store>(store: &S, uuid: &str, targets: &[&str], at: Timestamp) {
+    let targets: Vec<String> = targets.iter().map(|s| (*s).to_owned()).collect();
+    let outcome = store
+        .enqueue(cmd(uuid, at), targets.clone())
+        .await
+        .expect("enqueue");
+    assert_eq!(outcome.queued, targets, "enqueue {uuid}: queued");
+    assert!(
+        outcome.refused.is_empty(),
+        "enqueue {uuid}: refused {:?}",
+        outcome.refused
+    );
+}
+
+fn report(uuid: &str, status: DeliveryStatus, at: Timestamp) -> CommandResult {
+    CommandResult {
+        uuid: uuid.to_owned(),
+        status,
+        raw: format!("report {uuid} {status:?}").into_bytes(),
+        error_chain_json: (status == DeliveryStatus::Error)
+            .then(|| r#"[{"ErrorCode":12021,"ErrorDomain":"MCMDMErrorDomain"}]"#.to_owned()),
+        at,
+    }
+}
+
+async fn answer<S: Store>(store: &S, id: &str, uuid: &str, status: DeliveryStatus, at: Timestamp) {
+    let outcome = store
+        .record_result(id, report(uuid, status, at))
+        .await
+        .expect("record_result");
+    assert_eq!(
+        outcome,
+        ResultOutcome::Recorded,
+        "{status:?} from {id} for {uuid}"
+    );
+}
+
+fn next<S: Store>(store: &S, id: &str, skip: &[&str]) -> Option<String> {
+    let skip: HashSet<String> = skip.iter().map(|s| (*s).to_owned()).collect();
+    store
+        .next_command(id, &skip)
+        .expect("next_command")
+        .map(|c| c.uuid)
+}
+
+fn delivery<S: Store>(store: &S, uuid: &str, id: &str) -> DeliveryRecord {
+    store
+        .deliveries(uuid)
+        .expect("deliveries")
+        .into_iter()
+        .find(|d| d.enrollment_id == id)
+        .unwrap_or_else(|| panic!("no delivery of {uuid} to {id}"))
+}
+
+fn ids(records: &[crate::ports::EnrollmentRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+fn uuids(records: &[DeliveryRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.command_uuid.as_str()).collect()
+}
+
+fn policy(max_age: Duration, max_finished: usize, batch_limit: usize) -> RetentionPolicy {
+    RetentionPolicy {
+        max_age,
+        max_finished_per_enrollment: max_finished,
+        batch_limit,
+    }
+}
+
+fn challenge(sha: &str, expires_at: Timestamp) -> ChallengeRecord {
+    ChallengeRecord {
+        challenge_sha256: sha.to_owned(),
+        profile_uuid: format!("profile-{sha}"),
+        source: EnrollmentSource::Ade {
+            udid: "UDID-ADE".into(),
+            serial: "SERIAL-ADE".into(),
+        },
+        created_at: t(0),
+        expires_at,
+        used_at: None,
+    }
+}
+
+/// Authenticate, TokenUpdate (activation, then a refresh), bootstrap token, touch, and a
+/// re-authentication that starts the enrollment over.
+pub async fn enrollment_lifecycle<S: Store>(store: &S) {
+    assert_eq!(store.count_enrollments().unwrap(), 0);
+    assert!(store.enrollment("D1").unwrap().is_none());
+
+    store.authenticate(auth("D1", t(0))).await.unwrap();
+    let e = store
+        .enrollment("D1")
+        .unwrap()
+        .expect("authenticated enrollment");
+    assert_eq!(e.id, "D1");
+    assert_eq!(e.device_id, "D1");
+    assert_eq!(e.channel, Channel::Device);
+    assert_eq!(e.state, EnrollmentState::Authenticated);
+    assert_eq!(e.identity_sha256, "identity-of-D1");
+    assert_eq!(e.topic.as_deref(), Some("com.apple.mgmt.External.test"));
+    assert_eq!(e.facts, facts("SERIAL-D1"));
+    assert_eq!(
+        e.source,
+        Some(EnrollmentSource::Link {
+            link_id: "link-1".into()
+        })
+    );
+    assert_eq!(e.push, None);
+    assert_eq!(e.authenticated_at, t(0));
+    assert_eq!(e.last_seen_at, t(0));
+    assert_eq!(e.enrolled_at, None);
+
+    let mut first = token("D1", t(10));
+    first.unlock_token_sealed = Some(b"sealed-unlock".to_vec());
+    first.awaiting_configuration = true;
+    let outcome = store
+        .token_update(first)
+        .await
+        .unwrap()
+        .expect("known device");
+    assert!(outcome.activated, "the first TokenUpdate activates");
+    let e = store.enrollment("D1").unwrap().unwrap();
+    assert_eq!(e.state, EnrollmentState::Enrolled);
+    assert_eq!(e.push, Some(push("D1")));
+    assert_eq!(
+        e.unlock_token_sealed.as_deref(),
+        Some(b"sealed-unlock".as_slice())
+    );
+    assert!(e.awaiting_configuration);
+    assert_eq!(e.enrolled_at, Some(t(10)));
+    assert_eq!(e.token_updated_at, Some(t(10)));
+    assert_eq!(e.last_seen_at, t(10));
+
+    let outcome = store
+        .token_update(token("D1", t(20)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !outcome.activated,
+        "a later TokenUpdate does not activate again"
+    );
+    let e = store.enrollment("D1").unwrap().unwrap();
+    assert_eq!(
+        e.unlock_token_sealed.as_deref(),
+        Some(b"sealed-unlock".as_slice()),
+        "a TokenUpdate without UnlockToken keeps the stored one"
+    );
+    assert!(!e.awaiting_configuration);
+    assert_eq!(e.enrolled_at, Some(t(10)));
+    assert_eq!(e.token_updated_at, Some(t(20)));
+
+    assert!(store
+        .set_bootstrap_token("D1", Some(b"sealed-bootstrap".to_vec()), t(30))
+        .await
+        .unwrap());
+    assert!(!store
+        .set_bootstrap_token("NOPE", Some(vec![1]), t(30))
+        .await
+        .unwrap());
+    let e = store.enrollment("D1").unwrap().unwrap();
+    assert_eq!(
+        e.bootstrap_token_sealed.as_deref(),
+        Some(b"sealed-bootstrap".as_slice())
+    );
+
+    store.touch("D1", t(40)).await.unwrap();
+    store.touch("NOPE", t(40)).await.unwrap();
+    assert_eq!(store.enrollment("D1").unwrap().unwrap().last_seen_at, t(40));
+    assert!(
+        store.enrollment("NOPE").unwrap().is_none(),
+        "touch creates nothing"
+    );
+
+    store.authenticate(auth("D1", t(50))).await.unwrap();
+    let e = store.enrollment("D1").unwrap().unwrap();
+    assert_eq!(e.state, EnrollmentState::Authenticated);
+    assert_eq!(e.authenticated_at, t(50));
+    assert_eq!(e.push, None, "re-authentication is a new enrollment");
+    assert_eq!(e.unlock_token_sealed, None);
+    assert_eq!(e.bootstrap_token_sealed, None);
+    assert_eq!(e.enrolled_at, None);
+    assert_eq!(store.count_enrollments().unwrap(), 1);
+}
+
+/// A TokenUpdate for a device (or a user on a device) that never authenticated is refused.
+pub async fn token_update_requires_known_device<S: Store>(store: &S) {
+    assert_eq!(
+        store.token_update(token("GHOST", t(0))).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.token_update(token("GHOST:user", t(0))).await.unwrap(),
+        None
+    );
+    assert!(store.enrollment("GHOST").unwrap().is_none());
+    assert!(store.enrollment("GHOST:user").unwrap().is_none());
+    assert_eq!(store.count_enrollments().unwrap(), 0);
+}
+
+/// A user-channel TokenUpdate creates the channel from its device channel.
+pub async fn user_channel_created_by_token_update<S: Store>(store: &S) {
+    enrolled(store, "D2", t(0)).await;
+    let outcome = store
+        .token_update(token("D2:U1", t(5)))
+        .await
+        .unwrap()
+        .expect("device known");
+    assert!(outcome.activated);
+    let device = store.enrollment("D2").unwrap().unwrap();
+    let user = store
+        .enrollment("D2:U1")
+        .unwrap()
+        .expect("user channel created");
+    assert_eq!(user.channel, Channel::User);
+    assert_eq!(user.device_id, "D2");
+    assert_eq!(user.user_id.as_deref(), Some("U1"));
+    assert_eq!(user.user_short_name.as_deref(), Some("short-U1"));
+    assert_eq!(user.state, EnrollmentState::Enrolled);
+    assert_eq!(user.identity_sha256, device.identity_sha256);
+    assert_eq!(user.topic, device.topic);
+    assert_eq!(user.facts, device.facts);
+    assert_eq!(user.source, device.source);
+    assert_eq!(user.push, Some(push("D2:U1")));
+    assert_eq!(
+        device.push,
+        Some(push("D2")),
+        "the device's push target is its own"
+    );
+
+    let again = store
+        .token_update(token("D2:U1", t(6)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.activated);
+    assert_eq!(
+        ids(&store.list_enrollments(None, 10).unwrap()),
+        ["D2", "D2:U1"]
+    );
+}
+
+/// A renewed identity moves the device and its user channels, only from the bound hash.
+pub async fn rebind_identity_moves_device_and_user_channels<S: Store>(store: &S) {
+    enrolled(store, "D9", t(0)).await;
+    store.token_update(token("D9:U1", t(1))).await.unwrap().unwrap();
+    let old = store.enrollment("D9").unwrap().unwrap().identity_sha256;
+    assert!(!store.rebind_identity("D9", "not-the-bound-hash", "new", t(2)).await.unwrap());
+    assert_eq!(store.enrollment("D9").unwrap().unwrap().identity_sha256, old);
+    assert!(!store.rebind_identity("nobody", &old, "new", t(2)).await.unwrap());
+    assert!(store.rebind_identity("D9", &old, "new", t(3)).await.unwrap());
+    assert_eq!(store.enrollment("D9").unwrap().unwrap().identity_sha256, "new");
+    assert_eq!(store.enrollment("D9:U1").unwrap().unwrap().identity_sha256, "new");
+    assert!(!store.rebind_identity("D9", &old, "newer", t(4)).await.unwrap(), "only from the bound hash");
+}
+
+/// Id order, user channels right after their device, `after` exclusive, `limit` respected.
+pub async fn list_enrollments_pages_in_id_order<S: Store>(store: &S) {
+    for id in ["C", "A", "B"] {
+        enrolled(store, id, t(0)).await;
+    }
+    enrolled(store, "B:u1", t(1)).await;
+    assert_eq!(store.count_enrollments().unwrap(), 4);
+    assert_eq!(
+        ids(&store.list_enrollments(None, 10).unwrap()),
+        ["A", "B", "B:u1", "C"]
+    );
+    assert_eq!(ids(&store.list_enrollments(None, 2).unwrap()), ["A", "B"]);
+    assert_eq!(
+        ids(&store.list_enrollments(Some("B"), 2).unwrap()),
+        ["B:u1", "C"]
+    );
+    assert!(store.list_enrollments(Some("C"), 2).unwrap().is_empty());
+    assert!(store.list_enrollments(None, 0).unwrap().is_empty());
+}
+
+/// Commands come out in the order they were queued (not by uuid), each exactly as stored.
+pub async fn commands_come_out_in_fifo_order<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    let order = ["cmd-c", "cmd-b", "cmd-a"];
+    for (i, uuid) in (1..).zip(order) {
+        queue(store, uuid, &["D"], t(i)).await;
+    }
+    assert_eq!(store.queued_count("D").unwrap(), 3);
+    let first = store
+        .next_command("D", &HashSet::new())
+        .unwrap()
+        .expect("a queued command");
+    let expected = cmd("cmd-c", t(1));
+    assert_eq!(first.uuid, expected.uuid);
+    assert_eq!(first.request_type, expected.request_type);
+    assert_eq!(first.payload, expected.payload);
+    let record = store.command("cmd-c").unwrap().expect("command stored");
+    assert_eq!(record.uuid, expected.uuid);
+    assert_eq!(record.request_type, expected.request_type);
+    assert_eq!(record.payload, expected.payload);
+    assert_eq!(record.created_at, expected.created_at);
+    assert_eq!(record.created_by, expected.created_by);
+    assert!(store.command("cmd-zzz").unwrap().is_none());
+
+    for (i, uuid) in (10..).zip(order) {
+        assert_eq!(next(store, "D", &[]).as_deref(), Some(uuid));
+        answer(store, "D", uuid, DeliveryStatus::Acknowledged, t(i)).await;
+    }
+    assert_eq!(next(store, "D", &[]), None);
+    assert_eq!(store.queued_count("D").unwrap(), 0);
+}
+
+/// NotNow keeps the command queued (the connection skips it); a final answer later removes it.
+pub async fn not_now_keeps_command_queued<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    queue(store, "c1", &["D"], t(1)).await;
+    queue(store, "c2", &["D"], t(2)).await;
+    assert_eq!(next(store, "D", &[]).as_deref(), Some("c1"));
+    answer(store, "D", "c1", DeliveryStatus::NotNow, t(3)).await;
+    assert_eq!(store.queued_count("D").unwrap(), 2);
+    let d = delivery(store, "c1", "D");
+    assert_eq!(d.status, DeliveryStatus::NotNow);
+    assert_eq!(d.updated_at, t(3));
+    assert_eq!(d.result, None, "NotNow is not a final report");
+    assert_eq!(next(store, "D", &["c1"]).as_deref(), Some("c2"));
+    assert_eq!(
+        next(store, "D", &[]).as_deref(),
+        Some("c1"),
+        "still the oldest"
+    );
+    assert_eq!(next(store, "D", &["c1", "c2"]), None);
+
+    answer(store, "D", "c1", DeliveryStatus::Acknowledged, t(4)).await;
+    assert_eq!(store.queued_count("D").unwrap(), 1);
+    assert_eq!(next(store, "D", &[]).as_deref(), Some("c2"));
+    assert_eq!(
+        delivery(store, "c1", "D").status,
+        DeliveryStatus::Acknowledged
+    );
+}
+
+/// Acknowledged, Error and CommandFormatError all finish the delivery and keep the report.
+pub async fn final_statuses_dequeue<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    let cases = [
+        ("c-ack", DeliveryStatus::Acknowledged),
+        ("c-err", DeliveryStatus::Error),
+        ("c-fmt", DeliveryStatus::CommandFormatError),
+    ];
+    for (i, (uuid, _)) in (1..).zip(cases) {
+        queue(store, uuid, &["D"], t(i)).await;
+    }
+    for (i, (uuid, status)) in (10..).zip(cases) {
+        answer(store, "D", uuid, status, t(i)).await;
+    }
+    assert_eq!(store.queued_count("D").unwrap(), 0);
+    assert_eq!(next(store, "D", &[]), None);
+    for (i, (uuid, status)) in (1..).zip(cases) {
+        let d = delivery(store, uuid, "D");
+        let sent = report(uuid, status, t(i + 9));
+        assert_eq!(d.status, status);
+        assert_eq!(d.request_type, format!("Request-{uuid}"));
+        assert_eq!(d.queued_at, t(i));
+        assert_eq!(d.updated_at, t(i + 9));
+        assert_eq!(d.result.as_deref(), Some(sent.raw.as_slice()));
+        assert_eq!(d.error_chain_json, sent.error_chain_json);
+    }
+}
+
+/// A report for a command not queued for that enrollment changes nothing but `last_seen_at`.
+pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    enrolled(store, "E", t(0)).await;
+    queue(store, "c1", &["D"], t(1)).await;
+
+    let outcome = store
+        .record_result(
+            "D",
+            report("never-queued", DeliveryStatus::Acknowledged, t(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, ResultOutcome::UnknownCommand);
+    assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(5));
+    assert!(store.deliveries("never-queued").unwrap().is_empty());
+    assert!(store.command("never-queued").unwrap().is_none());
+
+    let outcome = store
+        .record_result("E", report("c1", DeliveryStatus::Acknowledged, t(6)))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ResultOutcome::UnknownCommand,
+        "c1 was not queued for E"
+    );
+    let all = store.deliveries("c1").unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, DeliveryStatus::Queued);
+
+    answer(store, "D", "c1", DeliveryStatus::Acknowledged, t(7)).await;
+    let outcome = store
+        .record_result("D", report("c1", DeliveryStatus::Error, t(8)))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ResultOutcome::UnknownCommand,
+        "c1 is already finished"
+    );
+    let d = delivery(store, "c1", "D");
+    assert_eq!(d.status, DeliveryStatus::Acknowledged);
+    assert_eq!(d.updated_at, t(7));
+    assert_eq!(
+        d.result.as_deref(),
+        Some(
+            report("c1", DeliveryStatus::Acknowledged, t(7))
+                .raw
+                .as_slice()
+        )
+    );
+    assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(8));
+}
+
+/// Re-authentication cancels what was queued for the device and its user channels only
+/// (`DEV10` merely shares a prefix with `DEV1`).
+pub async fn authenticate_cancels_queue_of_device_and_user_channels<S: Store>(store: &S) {
+    for id in ["DEV1", "DEV10", "DEV2"] {
+        enrolled(store, id, t(0)).await;
+    }
+    enrolled(store, "DEV1:U1", t(0)).await;
+    queue(store, "c1", &["DEV1", "DEV1:U1", "DEV10", "DEV2"], t(1)).await;
+    queue(store, "c2", &["DEV1"], t(2)).await;
+    answer(store, "DEV1", "c2", DeliveryStatus::NotNow, t(3)).await;
+
+    store.authenticate(auth("DEV1", t(100))).await.unwrap();
+    assert_eq!(store.queued_count("DEV1").unwrap(), 0);
+    assert_eq!(store.queued_count("DEV1:U1").unwrap(), 0);
+    assert_eq!(store.queued_count("DEV10").unwrap(), 1);
+    assert_eq!(store.queued_count("DEV2").unwrap(), 1);
+    assert_eq!(next(store, "DEV1", &[]), None);
+    assert_eq!(next(store, "DEV1:U1", &[]), None);
+    for (uuid, id) in [("c1", "DEV1"), ("c1", "DEV1:U1"), ("c2", "DEV1")] {
+        let d = delivery(store, uuid, id);
+        assert_eq!(d.status, DeliveryStatus::Canceled, "{uuid} for {id}");
+        assert_eq!(d.updated_at, t(100));
+    }
+    assert_eq!(
+        delivery(store, "c1", "DEV10").status,
+        DeliveryStatus::Queued
+    );
+    assert_eq!(delivery(store, "c1", "DEV2").status, DeliveryStatus::Queued);
+    let late = store
+        .record_result("DEV1", report("c1", DeliveryStatus::Acknowledged, t(101)))
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        ResultOutcome::UnknownCommand,
+        "a canceled command is finished"
+    );
+}
+
+/// CheckOut of a device checks out its user channels and cancels their queues; CheckOut of a
+/// user channel leaves its device alone.
+pub async fn check_out_device_and_user_channels<S: Store>(store: &S) {
+    for id in ["D", "D:U", "E", "E:U"] {
+        enrolled(store, id, t(0)).await;
+    }
+    queue(store, "c1", &["D", "D:U", "E", "E:U"], t(1)).await;
+
+    assert!(store.check_out("D", t(50)).await.unwrap());
+    for id in ["D", "D:U"] {
+        let e = store.enrollment(id).unwrap().unwrap();
+        assert_eq!(e.state, EnrollmentState::CheckedOut, "{id}");
+        assert_eq!(e.checked_out_at, Some(t(50)), "{id}");
+        assert_eq!(store.queued_count(id).unwrap(), 0, "{id}");
+        assert_eq!(
+            delivery(store, "c1", id).status,
+            DeliveryStatus::Canceled,
+            "{id}"
+        );
+    }
+    assert!(!store.check_out("UNKNOWN", t(50)).await.unwrap());
+
+    assert!(store.check_out("E:U", t(60)).await.unwrap());
+    assert_eq!(
+        store.enrollment("E").unwrap().unwrap().state,
+        EnrollmentState::Enrolled
+    );
+    assert_eq!(
+        store.enrollment("E:U").unwrap().unwrap().state,
+        EnrollmentState::CheckedOut
+    );
+    assert_eq!(store.queued_count("E").unwrap(), 1);
+    assert_eq!(store.queued_count("E:U").unwrap(), 0);
+
+    let outcome = store
+        .enqueue(cmd("c2", t(70)), vec!["D".into(), "D:U".into()])
+        .await
+        .unwrap();
+    assert!(outcome.queued.is_empty());
+    assert_eq!(outcome.refused, ["D", "D:U"]);
+    assert!(store.command("c2").unwrap().is_none());
+
+    store.authenticate(auth("D", t(80))).await.unwrap();
+    queue(store, "c3", &["D"], t(81)).await;
+}
+
+/// Unknown and checked-out targets are refused; an enqueue nobody accepts stores nothing.
+pub async fn enqueue_refuses_unknown_and_checked_out<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    store.authenticate(auth("A", t(0))).await.unwrap();
+    enrolled(store, "X", t(0)).await;
+    assert!(store.check_out("X", t(1)).await.unwrap());
+
+    let outcome = store
+        .enqueue(
+            cmd("c1", t(2)),
+            vec!["D".into(), "UNKNOWN".into(), "A".into(), "X".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.queued,
+        ["D", "A"],
+        "authenticated-only enrollments accept commands"
+    );
+    assert_eq!(outcome.refused, ["UNKNOWN", "X"]);
+    assert_eq!(store.deliveries("c1").unwrap().len(), 2);
+
+    let outcome = store
+        .enqueue(cmd("c2", t(3)), vec!["UNKNOWN".into()])
+        .await
+        .unwrap();
+    assert!(outcome.queued.is_empty());
+    assert_eq!(outcome.refused, ["UNKNOWN"]);
+    assert!(store.command("c2").unwrap().is_none());
+    assert!(store.deliveries("c2").unwrap().is_empty());
+
+    let outcome = store.enqueue(cmd("c3", t(4)), Vec::new()).await.unwrap();
+    assert!(outcome.queued.is_empty() && outcome.refused.is_empty());
+    assert!(store.command("c3").unwrap().is_none());
+}
+
+pub async fn challenges_are_one_time_and_expire<S: Store>(store: &S) {
+    store.put_challenge(challenge("ch1", t(100))).await.unwrap();
+    let accepted = match store.consume_challenge("ch1", t(10)).await.unwrap() {
+        ChallengeOutcome::Accepted(rec) => rec,
+        other => panic!("first use: {other:?}"),
+    };
+    assert_eq!(accepted.used_at, Some(t(10)));
+    assert_eq!(accepted.profile_uuid, "profile-ch1");
+    match store.consume_challenge("ch1", t(20)).await.unwrap() {
+        ChallengeOutcome::AlreadyUsed(rec) => assert_eq!(rec.used_at, Some(t(10))),
+        other => panic!("second use: {other:?}"),
+    }
+    assert_eq!(
+        store.consume_challenge("missing", t(20)).await.unwrap(),
+        ChallengeOutcome::NotFound
+    );
+
+    store.put_challenge(challenge("ch2", t(100))).await.unwrap();
+    for at in [t(150), t(160)] {
+        match store.consume_challenge("ch2", at).await.unwrap() {
+            ChallengeOutcome::Expired(rec) => assert_eq!(rec.used_at, None),
+            other => panic!("expired challenge: {other:?}"),
+        }
+    }
+}
+
+fn link(id: &str, expires_at: Timestamp, max_uses: Option<u64>) -> LinkRecord {
+    LinkRecord {
+        id: id.to_owned(),
+        token_sha256: format!("token-of-{id}"),
+        label: format!("label {id}"),
+        created_at: t(0),
+        expires_at,
+        revoked_at: None,
+        uses: 0,
+        max_uses,
+        created_by: "admin".into(),
+    }
+}
+
+pub async fn links_usage_limits_expiry_revocation<S: Store>(store: &S) {
+    let l1 = link("L1", t(1000), Some(2));
+    store.put_link(l1.clone()).await.unwrap();
+    assert_eq!(store.link("L1").unwrap(), Some(l1.clone()));
+    assert_eq!(
+        store.link_by_token("token-of-L1").unwrap(),
+        Some(l1.clone())
+    );
+    assert_eq!(store.link_by_token("token-of-nobody").unwrap(), None);
+
+    let used = store
+        .use_link("token-of-L1", t(10))
+        .await
+        .unwrap()
+        .expect("usable");
+    assert_eq!(used.uses, 1);
+    let used = store
+        .use_link("token-of-L1", t(11))
+        .await
+        .unwrap()
+        .expect("usable");
+    assert_eq!(used.uses, 2);
+    assert_eq!(
+        store.use_link("token-of-L1", t(12)).await.unwrap(),
+        None,
+        "max_uses reached"
+    );
+    assert_eq!(store.link("L1").unwrap().unwrap().uses, 2);
+
+    store.put_link(link("L2", t(100), None)).await.unwrap();
+    assert!(store
+        .use_link("token-of-L2", t(50))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.use_link("token-of-L2", t(150)).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(store.link("L2").unwrap().unwrap().uses, 1);
+
+    store.put_link(link("L3", t(1000), None)).await.unwrap();
+    assert!(store.revoke_link("L3", t(5)).await.unwrap());
+    assert!(!store.revoke_link("NOPE", t(5)).await.unwrap());
+    assert_eq!(
+        store.use_link("token-of-L3", t(6)).await.unwrap(),
+        None,
+        "revoked"
+    );
+    assert_eq!(store.link("L3").unwrap().unwrap().revoked_at, Some(t(5)));
+    assert_eq!(store.use_link("token-of-nobody", t(6)).await.unwrap(), None);
+
+    let mut relabeled = l1.clone();
+    relabeled.label = "renamed".into();
+    relabeled.uses = 2;
+    store.put_link(relabeled.clone()).await.unwrap();
+    assert_eq!(store.link_by_token("token-of-L1").unwrap(), Some(relabeled));
+
+    let mut all: Vec<String> = store
+        .list_links()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    all.sort();
+    assert_eq!(all, ["L1", "L2", "L3"]);
+}
+
+pub async fn api_tokens_by_hash<S: Store>(store: &S) {
+    let admin = ApiTokenRecord {
+        id: "T1".into(),
+        name: "automation".into(),
+        role: Role::Admin,
+        token_sha256: "hash-1".into(),
+        created_at: t(0),
+        revoked_at: None,
+    };
+    let auditor = ApiTokenRecord {
+        id: "T2".into(),
+        name: "audit".into(),
+        role: Role::Auditor,
+        token_sha256: "hash-2".into(),
+        created_at: t(1),
+        revoked_at: None,
+    };
+    store.put_api_token(admin.clone()).await.unwrap();
+    store.put_api_token(auditor.clone()).await.unwrap();
+    assert_eq!(
+        store.api_token_by_hash("hash-1").unwrap(),
+        Some(admin.clone())
+    );
+    assert_eq!(
+        store.api_token_by_hash("hash-2").unwrap(),
+        Some(auditor.clone())
+    );
+    assert_eq!(store.api_token_by_hash("hash-3").unwrap(), None);
+
+    let mut revoked = admin;
+    revoked.revoked_at = Some(t(10));
+    store.put_api_token(revoked.clone()).await.unwrap();
+    assert_eq!(
+        store.api_token_by_hash("hash-1").unwrap(),
+        Some(revoked.clone())
+    );
+    let mut all = store.list_api_tokens().unwrap();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(all, [revoked, auditor]);
+}
+
+pub async fn issued_certificates<S: Store>(store: &S) {
+    let rec = IssuedCertRecord {
+        sha256: "cert-sha".into(),
+        serial_hex: "0a1b2c".into(),
+        subject: "CN=UDID-1".into(),
+        not_before: t(0),
+        not_after: t(1_000_000),
+        issued_at: t(0),
+        renewed_from: Some("older-cert-sha".into()),
+        source: Some(EnrollmentSource::Link {
+            link_id: "L1".into(),
+        }),
+    };
+    store.record_issued(rec.clone()).await.unwrap();
+    assert_eq!(store.issued("cert-sha").unwrap(), Some(rec));
+    assert_eq!(store.issued("other").unwrap(), None);
+}
+
+pub async fn settings_put_and_atomic_put<S: Store>(store: &S) {
+    assert_eq!(store.setting("topic").unwrap(), None);
+    store
+        .put_setting("topic", b"com.apple.mgmt.External.a".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting("topic").unwrap().as_deref(),
+        Some(b"com.apple.mgmt.External.a".as_slice())
+    );
+    store
+        .put_setting("topic", b"com.apple.mgmt.External.b".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting("topic").unwrap().as_deref(),
+        Some(b"com.apple.mgmt.External.b".as_slice())
+    );
+    store
+        .put_settings(vec![
+            ("ca.cert".into(), b"certificate".to_vec()),
+            ("ca.key.sealed".into(), b"sealed key".to_vec()),
+            ("empty".into(), Vec::new()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.setting("ca.cert").unwrap().as_deref(),
+        Some(b"certificate".as_slice())
+    );
+    assert_eq!(
+        store.setting("ca.key.sealed").unwrap().as_deref(),
+        Some(b"sealed key".as_slice())
+    );
+    assert_eq!(store.setting("empty").unwrap(), Some(Vec::new()));
+    assert_eq!(
+        store.setting("topic").unwrap().as_deref(),
+        Some(b"com.apple.mgmt.External.b".as_slice())
+    );
+}
+
+/// Finished deliveries older than `max_age` (counted from when they finished) go, and with
+/// them commands that have no delivery left; queued ones never do.
+pub async fn prune_by_age<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    enrolled(store, "E", t(0)).await;
+    queue(store, "c-old", &["D"], t(0)).await;
+    queue(store, "c-shared", &["D", "E"], t(0)).await;
+    queue(store, "c-recent", &["D"], t(0)).await;
+    queue(store, "c-queued", &["D"], t(0)).await;
+    answer(store, "D", "c-old", DeliveryStatus::Acknowledged, t(10)).await;
+    answer(store, "D", "c-shared", DeliveryStatus::Error, t(20)).await;
+    answer(
+        store,
+        "D",
+        "c-recent",
+        DeliveryStatus::Acknowledged,
+        t(9_000),
+    )
+    .await;
+
+    let stats = store
+        .prune(policy(Duration::from_secs(5), 1000, 100), t(10_000))
+        .await
+        .unwrap();
+    assert_eq!(stats.deliveries_removed, 2);
+    assert_eq!(stats.commands_removed, 1);
+    assert!(!stats.more);
+    assert!(store.command("c-old").unwrap().is_none());
+    assert!(store.deliveries("c-old").unwrap().is_empty());
+    assert!(
+        store.command("c-shared").unwrap().is_some(),
+        "E still has it queued"
+    );
+    let shared = store.deliveries("c-shared").unwrap();
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared[0].enrollment_id, "E");
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("D", 10).unwrap()),
+        ["c-queued", "c-recent"]
+    );
+    assert_eq!(next(store, "D", &[]).as_deref(), Some("c-queued"));
+
+    let again = store
+        .prune(policy(Duration::from_secs(5), 1000, 100), t(10_000))
+        .await
+        .unwrap();
+    assert_eq!(again.deliveries_removed + again.commands_removed, 0);
+}
+
+/// At most `max_finished_per_enrollment` finished deliveries stay per enrollment, oldest go.
+pub async fn prune_by_count<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    enrolled(store, "E", t(0)).await;
+    for i in 1..=5 {
+        let uuid = format!("c{i}");
+        queue(store, &uuid, &["D"], t(i)).await;
+        answer(store, "D", &uuid, DeliveryStatus::Acknowledged, t(100 + i)).await;
+    }
+    queue(store, "c-queued", &["D"], t(6)).await;
+    queue(store, "c-e", &["E"], t(7)).await;
+    answer(store, "E", "c-e", DeliveryStatus::Acknowledged, t(107)).await;
+
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let stats = store.prune(policy(year, 2, 100), t(1000)).await.unwrap();
+    assert_eq!(stats.deliveries_removed, 3);
+    assert_eq!(stats.commands_removed, 3);
+    assert!(!stats.more);
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("D", 10).unwrap()),
+        ["c-queued", "c5", "c4"]
+    );
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("E", 10).unwrap()),
+        ["c-e"]
+    );
+    for gone in ["c1", "c2", "c3"] {
+        assert!(store.command(gone).unwrap().is_none(), "{gone}");
+    }
+    let again = store.prune(policy(year, 2, 100), t(1000)).await.unwrap();
+    assert_eq!(again.deliveries_removed, 0);
+}
+
+/// Deliveries removed for their age count toward the per-enrollment limit: nothing more goes
+/// once the enrollment is within it.
+pub async fn prune_by_age_and_count_together<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    for (i, finished) in [(1, t(10)), (2, t(20)), (3, t(9_000)), (4, t(9_100))] {
+        let uuid = format!("c{i}");
+        queue(store, &uuid, &["D"], t(i)).await;
+        answer(store, "D", &uuid, DeliveryStatus::Acknowledged, finished).await;
+    }
+    let stats = store
+        .prune(policy(Duration::from_secs(5), 3, 100), t(10_000))
+        .await
+        .unwrap();
+    assert_eq!(stats.deliveries_removed, 2, "{stats:?}");
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("D", 10).unwrap()),
+        ["c4", "c3"]
+    );
+}
+
+/// One call removes at most `batch_limit` deliveries and challenges and says whether more
+/// remain; repeated calls finish the job.
+pub async fn prune_is_bounded_by_batch_limit<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    for i in 1..=5 {
+        let uuid = format!("c{i}");
+        queue(store, &uuid, &["D"], t(i)).await;
+        answer(store, "D", &uuid, DeliveryStatus::Acknowledged, t(10 + i)).await;
+    }
+    store.put_challenge(challenge("x1", t(20))).await.unwrap();
+    store.put_challenge(challenge("x2", t(21))).await.unwrap();
+
+    let rules = policy(Duration::from_secs(1), 1000, 3);
+    let now = t(100_000);
+    let (mut deliveries, mut challenges, mut commands) = (0, 0, 0);
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls <= 10, "prune never reported completion");
+        let stats = store.prune(rules, now).await.unwrap();
+        assert!(
+            stats.deliveries_removed + stats.challenges_removed <= 3,
+            "call {calls} exceeded the batch limit: {stats:?}"
+        );
+        if calls == 1 {
+            assert!(stats.more, "7 items cannot fit a batch of 3");
+        }
+        deliveries += stats.deliveries_removed;
+        challenges += stats.challenges_removed;
+        commands += stats.commands_removed;
+        if !stats.more {
+            break;
+        }
+    }
+    assert!(calls >= 3);
+    assert_eq!((deliveries, challenges, commands), (5, 2, 5));
+    assert!(store.enrollment_deliveries("D", 10).unwrap().is_empty());
+}
+
+/// Expired challenges are pruned; live ones stay usable.
+pub async fn prune_removes_expired_challenges<S: Store>(store: &S) {
+    store
+        .put_challenge(challenge("expired", t(100)))
+        .await
+        .unwrap();
+    store
+        .put_challenge(challenge("live", t(10_000)))
+        .await
+        .unwrap();
+    let stats = store
+        .prune(policy(Duration::from_secs(3600), 1000, 100), t(5_000))
+        .await
+        .unwrap();
+    assert_eq!(stats.challenges_removed, 1);
+    assert_eq!(
+        store.consume_challenge("expired", t(5_000)).await.unwrap(),
+        ChallengeOutcome::NotFound
+    );
+    assert!(matches!(
+        store.consume_challenge("live", t(5_000)).await.unwrap(),
+        ChallengeOutcome::Accepted(_)
+    ));
+}
+
+/// An enrollment's deliveries newest (last queued) first, whatever their state; a command's
+/// deliveries cover every target.
+pub async fn delivery_history_newest_first<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    enrolled(store, "E", t(0)).await;
+    for i in 1..=4 {
+        queue(store, &format!("c{i}"), &["D"], t(i)).await;
+    }
+    answer(store, "D", "c1", DeliveryStatus::Acknowledged, t(10)).await;
+    answer(store, "D", "c2", DeliveryStatus::NotNow, t(11)).await;
+
+    let history = store.enrollment_deliveries("D", 10).unwrap();
+    assert_eq!(uuids(&history), ["c4", "c3", "c2", "c1"]);
+    let statuses: Vec<DeliveryStatus> = history.iter().map(|d| d.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            DeliveryStatus::Queued,
+            DeliveryStatus::Queued,
+            DeliveryStatus::NotNow,
+            DeliveryStatus::Acknowledged
+        ]
+    );
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("D", 2).unwrap()),
+        ["c4", "c3"]
+    );
+    assert!(store.enrollment_deliveries("D", 0).unwrap().is_empty());
+    assert!(store
+        .enrollment_deliveries("NOBODY", 10)
+        .unwrap()
+        .is_empty());
+
+    queue(store, "c5", &["D", "E"], t(20)).await;
+    let mut targets: Vec<String> = store
+        .deliveries("c5")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.enrollment_id)
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["D", "E"]);
+    assert_eq!(
+        uuids(&store.enrollment_deliveries("E", 10).unwrap()),
+        ["c5"]
+    );
+    assert_eq!(uuids(&store.enrollment_deliveries("D", 1).unwrap()), ["c5"]);
+}

@@ -1,0 +1,537 @@
+//! The storage the MDM service needs, declared by the service and implemented elsewhere
+//! (`mdm-store` implements every trait here on one redb file).
+//!
+//! Writes are `async` because an implementation batches concurrent writes into one durable
+//! commit (group commit): a caller awaits until its write is on disk. Reads are synchronous and
+//! see every write whose future has completed.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (UTC). Stored as a plain integer: cheap to compare and
+/// sort, and independent of any date library's serialisation format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// This time plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// This time minus `d` (saturating).
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision, for APIs and logs.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| self.0.to_string())
+    }
+}
+
+/// Which MDM channel an enrollment is: the device itself or a user on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Channel {
+    /// The device channel (`UDID` or `EnrollmentID`).
+    Device,
+    /// A user channel (`UDID:UserID`), created by a user-channel TokenUpdate.
+    User,
+}
+
+/// Where an enrollment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollmentState {
+    /// `Authenticate` received: the identity is bound, no push token yet.
+    Authenticated,
+    /// The first `TokenUpdate` arrived: the device is managed and can be pushed.
+    Enrolled,
+    /// `CheckOut` received (the MDM profile was removed).
+    CheckedOut,
+}
+
+/// Facts a device reported about itself at `Authenticate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    pub serial_number: Option<String>,
+    pub model: Option<String>,
+    pub model_name: Option<String>,
+    pub product_name: Option<String>,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub device_name: Option<String>,
+    pub imei: Option<String>,
+    pub meid: Option<String>,
+}
+
+/// How a device came to hold its identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollmentSource {
+    /// An admin-created enrollment link.
+    Link { link_id: String },
+    /// Automated Device Enrollment (MachineInfo presented through Apple).
+    Ade { udid: String, serial: String },
+}
+
+/// APNs addressing for an enrollment, from its latest `TokenUpdate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTarget {
+    /// Device token, hex.
+    pub token_hex: String,
+    pub push_magic: String,
+    pub topic: String,
+}
+
+/// One enrollment (device or user channel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentRecord {
+    /// `UDID`, `EnrollmentID`, or `UDID:UserID` for a user channel.
+    pub id: String,
+    /// The device channel's id this enrollment belongs to (equal to `id` for the device).
+    pub device_id: String,
+    pub user_id: Option<String>,
+    pub user_short_name: Option<String>,
+    pub channel: Channel,
+    pub state: EnrollmentState,
+    /// SHA-256 (hex) of the identity certificate bound at `Authenticate`.
+    pub identity_sha256: String,
+    pub topic: Option<String>,
+    pub facts: DeviceFacts,
+    pub source: Option<EnrollmentSource>,
+    pub push: Option<PushTarget>,
+    /// Sealed (see `mdm-keystore`) UnlockToken; never stored in the clear.
+    pub unlock_token_sealed: Option<Vec<u8>>,
+    /// Sealed bootstrap token; never stored in the clear.
+    pub bootstrap_token_sealed: Option<Vec<u8>>,
+    pub awaiting_configuration: bool,
+    pub authenticated_at: Timestamp,
+    pub enrolled_at: Option<Timestamp>,
+    pub token_updated_at: Option<Timestamp>,
+    pub checked_out_at: Option<Timestamp>,
+    pub last_seen_at: Timestamp,
+}
+
+/// What `Authenticate` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticateRecord {
+    pub id: String,
+    pub identity_sha256: String,
+    pub topic: Option<String>,
+    pub facts: DeviceFacts,
+    pub source: Option<EnrollmentSource>,
+    pub at: Timestamp,
+}
+
+/// What a `TokenUpdate` writes. For a user channel the enrollment may not exist yet: it is
+/// created from the device channel's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUpdateRecord {
+    pub id: String,
+    pub device_id: String,
+    pub user_id: Option<String>,
+    pub user_short_name: Option<String>,
+    pub identity_sha256: String,
+    pub push: PushTarget,
+    pub unlock_token_sealed: Option<Vec<u8>>,
+    pub awaiting_configuration: bool,
+    pub at: Timestamp,
+}
+
+/// The result of a `TokenUpdate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenUpdateOutcome {
+    /// This TokenUpdate activated the enrollment (it was not `Enrolled` before).
+    pub activated: bool,
+}
+
+/// A command as accepted for queueing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCommand {
+    pub uuid: String,
+    pub request_type: String,
+    /// The full command plist (`{CommandUUID, Command}`) exactly as it will be sent.
+    pub payload: Vec<u8>,
+    pub created_at: Timestamp,
+    /// Who asked for it (admin token name, or `system`).
+    pub created_by: String,
+}
+
+/// The result of an enqueue: which targets got the command and which were refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueOutcome {
+    pub queued: Vec<String>,
+    /// Unknown or checked-out enrollments; nothing was queued for them.
+    pub refused: Vec<String>,
+}
+
+/// The next command for an enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCommand {
+    pub uuid: String,
+    pub request_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// Where one command is for one enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    /// Waiting to be sent (or sent and not answered yet).
+    Queued,
+    /// The device answered NotNow; it stays queued.
+    NotNow,
+    Acknowledged,
+    Error,
+    CommandFormatError,
+    /// Dropped without an answer: the enrollment re-authenticated or checked out.
+    Canceled,
+}
+
+impl DeliveryStatus {
+    /// Whether the command is finished for this enrollment.
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeliveryStatus::Queued | DeliveryStatus::NotNow)
+    }
+}
+
+/// A device's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub uuid: String,
+    pub status: DeliveryStatus,
+    /// The report plist exactly as the device sent it.
+    pub raw: Vec<u8>,
+    /// ErrorChain items as JSON (empty when none), kept parsed for display.
+    pub error_chain_json: Option<String>,
+    pub at: Timestamp,
+}
+
+/// What happened when a result was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultOutcome {
+    /// Stored (and, for a final status, removed from the queue).
+    Recorded,
+    /// This enrollment has no such command queued: nothing was written.
+    UnknownCommand,
+}
+
+/// A command and when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub uuid: String,
+    pub request_type: String,
+    pub payload: Vec<u8>,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// One command's state for one enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub command_uuid: String,
+    pub enrollment_id: String,
+    pub request_type: String,
+    pub status: DeliveryStatus,
+    pub queued_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// The device's report plist, when it answered with a final status.
+    pub result: Option<Vec<u8>>,
+    pub error_chain_json: Option<String>,
+}
+
+/// Bounds on command history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Finished deliveries older than this are deleted.
+    pub max_age: std::time::Duration,
+    /// At most this many finished deliveries are kept per enrollment (oldest go first).
+    pub max_finished_per_enrollment: usize,
+    /// Work done per call, so that pruning never holds the write lock for long.
+    pub batch_limit: usize,
+}
+
+/// What a prune pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub deliveries_removed: u64,
+    pub commands_removed: u64,
+    pub challenges_removed: u64,
+    /// More remains to prune: call again.
+    pub more: bool,
+}
+
+/// A SCEP challenge issued inside one enrollment profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    /// SHA-256 (hex) of the challenge string; the string itself is not stored.
+    pub challenge_sha256: String,
+    /// The PayloadUUID of the profile the challenge was put in.
+    pub profile_uuid: String,
+    pub source: EnrollmentSource,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+}
+
+/// The result of consuming a challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeOutcome {
+    /// Valid; it is now marked used.
+    Accepted(ChallengeRecord),
+    NotFound,
+    AlreadyUsed(ChallengeRecord),
+    Expired(ChallengeRecord),
+}
+
+/// A certificate the appliance CA issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCertRecord {
+    /// SHA-256 (hex) of the certificate DER.
+    pub sha256: String,
+    pub serial_hex: String,
+    pub subject: String,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub issued_at: Timestamp,
+    /// For a SCEP renewal: the certificate that signed the renewal request.
+    pub renewed_from: Option<String>,
+    /// What the challenge that authorised it was issued for.
+    pub source: Option<EnrollmentSource>,
+}
+
+/// An admin-created enrollment link. Only a hash of its token is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub id: String,
+    pub token_sha256: String,
+    pub label: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    /// How many profiles were served through it.
+    pub uses: u64,
+    /// `None` = unlimited within its lifetime.
+    pub max_uses: Option<u64>,
+    pub created_by: String,
+}
+
+/// Roles of admin API tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Day-to-day device work: commands, links; no settings or tokens.
+    Operator,
+    /// Read-only.
+    Auditor,
+}
+
+/// An admin API token. Only a hash of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub token_sha256: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A failure of the storage backend. Messages are for operators; they never include secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be read or written (I/O, disk full, corruption).
+    #[error("storage failure: {0}")]
+    Backend(String),
+    /// A record could not be decoded: the database holds data this version does not understand.
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+    /// The write conflicts with existing data.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store is shutting down and accepts no more writes.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Enrollments and their identities.
+pub trait EnrollmentStore: Send + Sync + 'static {
+    /// Insert or replace the enrollment as `Authenticated` and cancel everything queued for it
+    /// (and for its user channels): a device that authenticates again is a new enrollment.
+    fn authenticate(&self, rec: AuthenticateRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Store push addressing and activate the enrollment. `Ok(None)` if the device channel
+    /// (`rec.device_id`) is not known.
+    fn token_update(
+        &self,
+        rec: TokenUpdateRecord,
+    ) -> impl Future<Output = StoreResult<Option<TokenUpdateOutcome>>> + Send;
+    /// Mark checked out (and its user channels too, for a device channel) and cancel queued
+    /// commands. Returns false if unknown.
+    fn check_out(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Replace the sealed bootstrap token. Returns false if unknown.
+    fn set_bootstrap_token(
+        &self,
+        id: &str,
+        sealed: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Move the enrollment (and its user channels) to a renewed identity certificate, if it is
+    /// still bound to `from_sha256`. Returns false (nothing written) otherwise.
+    fn rebind_identity(
+        &self,
+        id: &str,
+        from_sha256: &str,
+        to_sha256: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Record that the enrollment was heard from.
+    fn touch(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<()>> + Send;
+    fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>>;
+    /// Enrollments in id order after `after`, at most `limit`.
+    fn list_enrollments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<EnrollmentRecord>>;
+    fn count_enrollments(&self) -> StoreResult<u64>;
+}
+
+/// The per-enrollment FIFO command queue and command results.
+pub trait CommandQueue: Send + Sync + 'static {
+    /// Store the command and queue it for each known, not checked-out target, in one
+    /// transaction.
+    fn enqueue(
+        &self,
+        cmd: NewCommand,
+        targets: Vec<String>,
+    ) -> impl Future<Output = StoreResult<EnqueueOutcome>> + Send;
+    /// The oldest queued command for `enrollment_id` whose uuid is not in `skip`.
+    fn next_command(
+        &self,
+        enrollment_id: &str,
+        skip: &HashSet<String>,
+    ) -> StoreResult<Option<QueuedCommand>>;
+    /// Record a device's answer (and `touch` the enrollment). A final status removes the
+    /// command from the queue; NotNow keeps it.
+    fn record_result(
+        &self,
+        enrollment_id: &str,
+        result: CommandResult,
+    ) -> impl Future<Output = StoreResult<ResultOutcome>> + Send;
+    fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>>;
+    /// Every enrollment's delivery of one command.
+    fn deliveries(&self, uuid: &str) -> StoreResult<Vec<DeliveryRecord>>;
+    /// An enrollment's deliveries, newest first, at most `limit`.
+    fn enrollment_deliveries(
+        &self,
+        enrollment_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// How many commands wait for this enrollment.
+    fn queued_count(&self, enrollment_id: &str) -> StoreResult<u64>;
+    /// Delete old finished deliveries, commands with none left, and expired challenges.
+    fn prune(
+        &self,
+        policy: RetentionPolicy,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<PruneStats>> + Send;
+}
+
+/// One-time SCEP challenges.
+pub trait ChallengeStore: Send + Sync + 'static {
+    fn put_challenge(&self, rec: ChallengeRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Atomically check and mark used.
+    fn consume_challenge(
+        &self,
+        challenge_sha256: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<ChallengeOutcome>> + Send;
+}
+
+/// Certificates the appliance CA issued.
+pub trait IssuedCertStore: Send + Sync + 'static {
+    fn record_issued(&self, rec: IssuedCertRecord)
+        -> impl Future<Output = StoreResult<()>> + Send;
+    fn issued(&self, sha256_hex: &str) -> StoreResult<Option<IssuedCertRecord>>;
+}
+
+/// Admin-created enrollment links.
+pub trait LinkStore: Send + Sync + 'static {
+    fn put_link(&self, rec: LinkRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn link_by_token(&self, token_sha256: &str) -> StoreResult<Option<LinkRecord>>;
+    fn link(&self, id: &str) -> StoreResult<Option<LinkRecord>>;
+    fn list_links(&self) -> StoreResult<Vec<LinkRecord>>;
+    /// Count one use if the link is usable at `now` (not revoked, not expired, under max_uses).
+    /// Returns the updated record, or `None` if unusable or unknown.
+    fn use_link(
+        &self,
+        token_sha256: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<LinkRecord>>> + Send;
+    /// Returns false if unknown.
+    fn revoke_link(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send;
+}
+
+/// Admin API tokens.
+pub trait ApiTokenStore: Send + Sync + 'static {
+    fn put_api_token(&self, rec: ApiTokenRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn api_token_by_hash(&self, token_sha256: &str) -> StoreResult<Option<ApiTokenRecord>>;
+    fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>>;
+}
+
+/// Small named values: appliance certificates, sealed keys, the push topic, settings.
+pub trait SettingsStore: Send + Sync + 'static {
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn put_setting(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Write several settings atomically (e.g. a certificate and its sealed key).
+    fn put_settings(
+        &self,
+        values: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// Everything the MDM service needs from storage.
+pub trait Store:
+    EnrollmentStore
+    + CommandQueue
+    + ChallengeStore
+    + IssuedCertStore
+    + LinkStore
+    + ApiTokenStore
+    + SettingsStore
+{
+}
+
+impl<T> Store for T where
+    T: EnrollmentStore
+        + CommandQueue
+        + ChallengeStore
+        + IssuedCertStore
+        + LinkStore
+        + ApiTokenStore
+        + SettingsStore
+{
+}

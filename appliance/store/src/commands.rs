@@ -1,0 +1,607 @@
+//! The per-enrollment FIFO command queue, delivery history and pruning.
+//!
+//! A delivery (one command for one enrollment) gets a sequence number from one global counter
+//! when it is queued. While it is not final it has a `queue` entry; it always has a `history`
+//! entry; once final it has entries in both finished indexes. All of these are keyed by that
+//! sequence number, so FIFO order, newest-first listing and "oldest first" pruning are plain
+//! range scans.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use mdm_service::ports::{
+    CommandRecord, CommandResult, DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord,
+    EnrollmentState, NewCommand, PruneStats, QueuedCommand, ResultOutcome, RetentionPolicy,
+    StoreError, StoreResult, Timestamp,
+};
+use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+
+use crate::codec::{colon_prefix_range, dangling, decode, encode, successor, BackendExt};
+use crate::enrollments::touch;
+use crate::records::{get_json, put_json, StoredCommand, StoredDelivery};
+use crate::schema::{
+    open, open_read, CHALLENGES, CHALLENGE_EXPIRY, COMMANDS, COMMAND_PAYLOADS, DELIVERIES,
+    DELIVERY_RESULTS, ENROLLMENTS, FINISHED_BY_AGE, FINISHED_BY_ENROLLMENT, FINISHED_COUNT,
+    HISTORY, META, NEXT_SEQ, QUEUE,
+};
+
+type StrU64Table<'t, V> = Table<'t, (&'static str, u64), V>;
+
+/// The tables a delivery's state change touches, opened together once per operation.
+pub(crate) struct QueueTables<'t> {
+    queue: StrU64Table<'t, &'static str>,
+    deliveries: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    finished_by_age: Table<'t, (i64, u64), (&'static str, &'static str)>,
+    finished_by_enrollment: StrU64Table<'t, (i64, &'static str)>,
+    finished_count: Table<'t, &'static str, u64>,
+}
+
+impl<'t> QueueTables<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        Ok(QueueTables {
+            queue: open(txn, QUEUE)?,
+            deliveries: open(txn, DELIVERIES)?,
+            finished_by_age: open(txn, FINISHED_BY_AGE)?,
+            finished_by_enrollment: open(txn, FINISHED_BY_ENROLLMENT)?,
+            finished_count: open(txn, FINISHED_COUNT)?,
+        })
+    }
+
+    fn delivery(&self, uuid: &str, enrollment_id: &str) -> StoreResult<Option<StoredDelivery>> {
+        let guard = self
+            .deliveries
+            .get((uuid, enrollment_id))
+            .backend("cannot read a delivery")?;
+        guard
+            .map(|g| decode("deliveries", &DeliveryKey(uuid, enrollment_id), g.value()))
+            .transpose()
+    }
+
+    fn put_delivery(
+        &mut self,
+        uuid: &str,
+        enrollment_id: &str,
+        delivery: &StoredDelivery,
+    ) -> StoreResult<()> {
+        let key = DeliveryKey(uuid, enrollment_id);
+        let bytes = encode("deliveries", &key, delivery)?;
+        self.deliveries
+            .insert((uuid, enrollment_id), bytes.as_slice())
+            .backend("cannot write a delivery")?;
+        Ok(())
+    }
+
+    /// Indexes a delivery that just became final at `at`.
+    fn index_finished(
+        &mut self,
+        enrollment_id: &str,
+        uuid: &str,
+        seq: u64,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let what = "cannot index a finished delivery";
+        self.finished_by_age
+            .insert((at.0, seq), (uuid, enrollment_id))
+            .backend(what)?;
+        self.finished_by_enrollment
+            .insert((enrollment_id, seq), (at.0, uuid))
+            .backend(what)?;
+        let count = self
+            .finished_count
+            .get(enrollment_id)
+            .backend(what)?
+            .map_or(0, |g| g.value());
+        self.finished_count
+            .insert(enrollment_id, count.saturating_add(1))
+            .backend(what)?;
+        Ok(())
+    }
+
+    /// Cancels everything queued for `id` and, with `user_channels`, for every `id:...`.
+    pub(crate) fn cancel_queued(
+        &mut self,
+        id: &str,
+        user_channels: bool,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let what = "cannot read the command queue";
+        let mut entries: Vec<(String, u64, String)> = Vec::new();
+        let mut collect = |range: redb::Range<'_, (&'static str, u64), &'static str>| {
+            for entry in range {
+                let (k, v) = entry.backend(what)?;
+                let (enrollment_id, seq) = k.value();
+                entries.push((enrollment_id.to_owned(), seq, v.value().to_owned()));
+            }
+            Ok::<(), StoreError>(())
+        };
+        collect(self.queue.range((id, 0)..=(id, u64::MAX)).backend(what)?)?;
+        if user_channels {
+            let (start, end) = colon_prefix_range(id);
+            collect(
+                self.queue
+                    .range((start.as_str(), 0)..(end.as_str(), 0))
+                    .backend(what)?,
+            )?;
+        }
+        for (enrollment_id, seq, uuid) in entries {
+            self.queue
+                .remove((enrollment_id.as_str(), seq))
+                .backend("cannot dequeue a command")?;
+            let mut delivery = self
+                .delivery(&uuid, &enrollment_id)?
+                .ok_or_else(|| dangling("queue", &QueueKey(&enrollment_id, seq), "delivery"))?;
+            delivery.status = DeliveryStatus::Canceled;
+            delivery.updated_at = at;
+            self.put_delivery(&uuid, &enrollment_id, &delivery)?;
+            self.index_finished(&enrollment_id, &uuid, seq, at)?;
+        }
+        Ok(())
+    }
+}
+
+/// Displays a `(command uuid, enrollment id)` key in error messages.
+struct DeliveryKey<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for DeliveryKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} / {}", self.0, self.1)
+    }
+}
+
+/// Displays an `(enrollment id, seq)` key in error messages.
+struct QueueKey<'a>(&'a str, u64);
+
+impl std::fmt::Display for QueueKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} #{}", self.0, self.1)
+    }
+}
+
+/// Reserves `n` consecutive sequence numbers and returns the first.
+fn allocate_seq(txn: &WriteTransaction, n: u64) -> StoreResult<u64> {
+    let mut meta = open(txn, META)?;
+    let what = "cannot allocate a sequence number";
+    let first = meta.get(NEXT_SEQ).backend(what)?.map_or(1, |g| g.value());
+    let next = first.checked_add(n).ok_or_else(|| {
+        StoreError::Corrupt("table `meta`, key `next_seq`: the counter is exhausted".into())
+    })?;
+    meta.insert(NEXT_SEQ, next).backend(what)?;
+    Ok(first)
+}
+
+pub(crate) fn enqueue(
+    txn: &WriteTransaction,
+    cmd: &NewCommand,
+    targets: &[String],
+) -> StoreResult<EnqueueOutcome> {
+    let mut outcome = EnqueueOutcome::default();
+    {
+        let enrollments = open(txn, ENROLLMENTS)?;
+        let mut seen = HashSet::new();
+        for target in targets {
+            if !seen.insert(target.as_str()) {
+                continue;
+            }
+            match get_json::<EnrollmentRecord>(&enrollments, target)? {
+                Some(e) if e.state != EnrollmentState::CheckedOut => {
+                    outcome.queued.push(target.clone());
+                }
+                _ => outcome.refused.push(target.clone()),
+            }
+        }
+    }
+    if outcome.queued.is_empty() {
+        return Ok(outcome);
+    }
+    {
+        let mut commands = open(txn, COMMANDS)?;
+        if commands
+            .get(cmd.uuid.as_str())
+            .backend("cannot read a command")?
+            .is_some()
+        {
+            return Err(StoreError::Conflict(format!(
+                "a command with UUID {} already exists; every command needs a new UUID",
+                cmd.uuid
+            )));
+        }
+        let stored = StoredCommand {
+            request_type: cmd.request_type.clone(),
+            created_at: cmd.created_at,
+            created_by: cmd.created_by.clone(),
+        };
+        put_json(&mut commands, &cmd.uuid, &stored)?;
+        open(txn, COMMAND_PAYLOADS)?
+            .insert(cmd.uuid.as_str(), cmd.payload.as_slice())
+            .backend("cannot write a command payload")?;
+    }
+    let n = u64::try_from(outcome.queued.len()).unwrap_or(u64::MAX);
+    let first = allocate_seq(txn, n)?;
+    let mut tables = QueueTables::open(txn)?;
+    let mut history = open(txn, HISTORY)?;
+    for (seq, target) in (first..).zip(&outcome.queued) {
+        let key = (target.as_str(), seq);
+        tables
+            .queue
+            .insert(key, cmd.uuid.as_str())
+            .backend("cannot queue a command")?;
+        history
+            .insert(key, cmd.uuid.as_str())
+            .backend("cannot write command history")?;
+        let delivery = StoredDelivery {
+            request_type: cmd.request_type.clone(),
+            status: DeliveryStatus::Queued,
+            seq,
+            queued_at: cmd.created_at,
+            updated_at: cmd.created_at,
+            error_chain_json: None,
+        };
+        tables.put_delivery(&cmd.uuid, target, &delivery)?;
+    }
+    Ok(outcome)
+}
+
+pub(crate) fn record_result(
+    txn: &WriteTransaction,
+    enrollment_id: &str,
+    result: &CommandResult,
+) -> StoreResult<ResultOutcome> {
+    touch(txn, enrollment_id, result.at)?;
+    let mut tables = QueueTables::open(txn)?;
+    let uuid = result.uuid.as_str();
+    let Some(mut delivery) = tables.delivery(uuid, enrollment_id)? else {
+        return Ok(ResultOutcome::UnknownCommand);
+    };
+    if delivery.status.is_final() {
+        return Ok(ResultOutcome::UnknownCommand);
+    }
+    delivery.status = result.status;
+    delivery.updated_at = result.at;
+    if result.status.is_final() {
+        let was_queued = tables
+            .queue
+            .remove((enrollment_id, delivery.seq))
+            .backend("cannot dequeue a command")?
+            .is_some();
+        if !was_queued {
+            return Err(dangling(
+                "deliveries",
+                &DeliveryKey(uuid, enrollment_id),
+                "queue entry",
+            ));
+        }
+        delivery
+            .error_chain_json
+            .clone_from(&result.error_chain_json);
+        tables.index_finished(enrollment_id, uuid, delivery.seq, result.at)?;
+        open(txn, DELIVERY_RESULTS)?
+            .insert((uuid, enrollment_id), result.raw.as_slice())
+            .backend("cannot write a command result")?;
+    }
+    tables.put_delivery(uuid, enrollment_id, &delivery)?;
+    Ok(ResultOutcome::Recorded)
+}
+
+pub(crate) fn next_command(
+    rtx: &ReadTransaction,
+    enrollment_id: &str,
+    skip: &HashSet<String>,
+) -> StoreResult<Option<QueuedCommand>> {
+    let queue = open_read(rtx, QUEUE)?;
+    let what = "cannot read the command queue";
+    let mut found = None;
+    for entry in queue
+        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+        .backend(what)?
+    {
+        let (_, v) = entry.backend(what)?;
+        if !skip.contains(v.value()) {
+            found = Some(v.value().to_owned());
+            break;
+        }
+    }
+    let Some(uuid) = found else {
+        return Ok(None);
+    };
+    let record = command(rtx, &uuid)?.ok_or_else(|| dangling("queue", &uuid, "command"))?;
+    Ok(Some(QueuedCommand {
+        uuid: record.uuid,
+        request_type: record.request_type,
+        payload: record.payload,
+    }))
+}
+
+pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<CommandRecord>> {
+    let Some(stored) = get_json::<StoredCommand>(&open_read(rtx, COMMANDS)?, uuid)? else {
+        return Ok(None);
+    };
+    let payload = open_read(rtx, COMMAND_PAYLOADS)?
+        .get(uuid)
+        .backend("cannot read a command payload")?
+        .map(|g| g.value().to_vec())
+        .ok_or_else(|| dangling("commands", &uuid, "payload"))?;
+    Ok(Some(CommandRecord {
+        uuid: uuid.to_owned(),
+        request_type: stored.request_type,
+        payload,
+        created_at: stored.created_at,
+        created_by: stored.created_by,
+    }))
+}
+
+/// Turns a stored delivery into the port record, attaching its final report if any.
+fn delivery_record(
+    results: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    uuid: &str,
+    enrollment_id: &str,
+    stored: StoredDelivery,
+) -> StoreResult<DeliveryRecord> {
+    let result = if stored.status.is_final() {
+        results
+            .get((uuid, enrollment_id))
+            .backend("cannot read a command result")?
+            .map(|g| g.value().to_vec())
+    } else {
+        None
+    };
+    Ok(stored.into_record(uuid, enrollment_id, result))
+}
+
+pub(crate) fn deliveries(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Vec<DeliveryRecord>> {
+    let table = open_read(rtx, DELIVERIES)?;
+    let results = open_read(rtx, DELIVERY_RESULTS)?;
+    let end = successor(uuid);
+    let what = "cannot read deliveries";
+    let mut out = Vec::new();
+    for entry in table.range((uuid, "")..(end.as_str(), "")).backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let (_, enrollment_id) = k.value();
+        let stored: StoredDelivery =
+            decode("deliveries", &DeliveryKey(uuid, enrollment_id), v.value())?;
+        out.push(delivery_record(&results, uuid, enrollment_id, stored)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn enrollment_deliveries(
+    rtx: &ReadTransaction,
+    enrollment_id: &str,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryRecord>> {
+    let history = open_read(rtx, HISTORY)?;
+    let table = open_read(rtx, DELIVERIES)?;
+    let results = open_read(rtx, DELIVERY_RESULTS)?;
+    let what = "cannot read command history";
+    let mut out = Vec::new();
+    for entry in history
+        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+        .backend(what)?
+        .rev()
+        .take(limit)
+    {
+        let (k, v) = entry.backend(what)?;
+        let uuid = v.value();
+        let key = DeliveryKey(uuid, enrollment_id);
+        let guard = table
+            .get((uuid, enrollment_id))
+            .backend(what)?
+            .ok_or_else(|| {
+                dangling("history", &QueueKey(enrollment_id, k.value().1), "delivery")
+            })?;
+        let stored: StoredDelivery = decode("deliveries", &key, guard.value())?;
+        out.push(delivery_record(&results, uuid, enrollment_id, stored)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn queued_count(rtx: &ReadTransaction, enrollment_id: &str) -> StoreResult<u64> {
+    let queue = open_read(rtx, QUEUE)?;
+    let what = "cannot read the command queue";
+    let mut n = 0u64;
+    for entry in queue
+        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+        .backend(what)?
+    {
+        entry.backend(what)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// What one prune pass will delete, chosen from a read snapshot so that the writer only
+/// spends time on deletions. The write side re-checks every candidate.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PrunePlan {
+    /// (command uuid, enrollment id, seq) of finished deliveries.
+    deliveries: Vec<(String, String, u64)>,
+    /// (expires at ms, challenge SHA-256).
+    challenges: Vec<(i64, String)>,
+    /// Candidates were left over because the plan is full.
+    more: bool,
+}
+
+impl PrunePlan {
+    fn full(&self, limit: usize) -> bool {
+        self.deliveries.len() + self.challenges.len() >= limit
+    }
+}
+
+/// Picks at most `policy.batch_limit` deliveries and challenges to delete: finished deliveries
+/// older than `max_age`, then the oldest finished deliveries of enrollments over
+/// `max_finished_per_enrollment`, then expired challenges.
+pub(crate) fn plan_prune(
+    rtx: &ReadTransaction,
+    policy: &RetentionPolicy,
+    now: Timestamp,
+) -> StoreResult<PrunePlan> {
+    let limit = policy.batch_limit;
+    let mut plan = PrunePlan::default();
+    let mut chosen: HashSet<u64> = HashSet::new();
+    let mut chosen_per_enrollment: HashMap<String, u64> = HashMap::new();
+
+    let what = "cannot scan finished deliveries";
+    let cutoff = now.minus(policy.max_age).0;
+    let by_age = open_read(rtx, FINISHED_BY_AGE)?;
+    for entry in by_age.range(..(cutoff, 0)).backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        if plan.full(limit) {
+            plan.more = true;
+            return Ok(plan);
+        }
+        let (_, seq) = k.value();
+        let (uuid, enrollment_id) = v.value();
+        chosen.insert(seq);
+        *chosen_per_enrollment
+            .entry(enrollment_id.to_owned())
+            .or_default() += 1;
+        plan.deliveries
+            .push((uuid.to_owned(), enrollment_id.to_owned(), seq));
+    }
+
+    let max_kept = u64::try_from(policy.max_finished_per_enrollment).unwrap_or(u64::MAX);
+    let counts = open_read(rtx, FINISHED_COUNT)?;
+    let by_enrollment = open_read(rtx, FINISHED_BY_ENROLLMENT)?;
+    for entry in counts.iter().backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let enrollment_id = k.value();
+        let already = chosen_per_enrollment
+            .get(enrollment_id)
+            .copied()
+            .unwrap_or(0);
+        let mut excess = v.value().saturating_sub(max_kept).saturating_sub(already);
+        if excess == 0 {
+            continue;
+        }
+        for finished in by_enrollment
+            .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+            .backend(what)?
+        {
+            if excess == 0 {
+                break;
+            }
+            let (fk, fv) = finished.backend(what)?;
+            let (_, seq) = fk.value();
+            if chosen.contains(&seq) {
+                continue;
+            }
+            if plan.full(limit) {
+                plan.more = true;
+                return Ok(plan);
+            }
+            let (_, uuid) = fv.value();
+            plan.deliveries
+                .push((uuid.to_owned(), enrollment_id.to_owned(), seq));
+            excess -= 1;
+        }
+    }
+
+    let what = "cannot scan challenges";
+    let expiry = open_read(rtx, CHALLENGE_EXPIRY)?;
+    // A challenge is expired once `now` reaches its expiry (see `consume_challenge`).
+    let range = match now.0.checked_add(1) {
+        Some(end) => expiry.range(..(end, "")),
+        None => expiry.range::<(i64, &str)>(..),
+    };
+    for entry in range.backend(what)? {
+        let (k, _) = entry.backend(what)?;
+        if plan.full(limit) {
+            plan.more = true;
+            return Ok(plan);
+        }
+        let (expires_at, sha) = k.value();
+        plan.challenges.push((expires_at, sha.to_owned()));
+    }
+    Ok(plan)
+}
+
+/// Deletes what `plan` chose, skipping anything that changed since it was read, and then
+/// every touched command that has no delivery left.
+pub(crate) fn apply_prune(
+    txn: &WriteTransaction,
+    plan: &PrunePlan,
+    now: Timestamp,
+) -> StoreResult<PruneStats> {
+    let mut stats = PruneStats {
+        more: plan.more,
+        ..PruneStats::default()
+    };
+    let mut touched_commands = BTreeSet::new();
+    {
+        let mut tables = QueueTables::open(txn)?;
+        let mut results = open(txn, DELIVERY_RESULTS)?;
+        let mut history = open(txn, HISTORY)?;
+        let what = "cannot delete a finished delivery";
+        for (uuid, enrollment_id, seq) in &plan.deliveries {
+            let Some(delivery) = tables.delivery(uuid, enrollment_id)? else {
+                continue;
+            };
+            if delivery.seq != *seq || !delivery.status.is_final() {
+                continue;
+            }
+            let key = (uuid.as_str(), enrollment_id.as_str());
+            let index_key = (enrollment_id.as_str(), *seq);
+            tables.deliveries.remove(key).backend(what)?;
+            results.remove(key).backend(what)?;
+            history.remove(index_key).backend(what)?;
+            tables
+                .finished_by_enrollment
+                .remove(index_key)
+                .backend(what)?;
+            tables
+                .finished_by_age
+                .remove((delivery.updated_at.0, *seq))
+                .backend(what)?;
+            let count = tables
+                .finished_count
+                .get(enrollment_id.as_str())
+                .backend(what)?
+                .map_or(0, |g| g.value());
+            if count <= 1 {
+                tables
+                    .finished_count
+                    .remove(enrollment_id.as_str())
+                    .backend(what)?;
+            } else {
+                tables
+                    .finished_count
+                    .insert(enrollment_id.as_str(), count - 1)
+                    .backend(what)?;
+            }
+            stats.deliveries_removed += 1;
+            touched_commands.insert(uuid.as_str());
+        }
+        let what = "cannot delete a command";
+        let mut commands = open(txn, COMMANDS)?;
+        let mut payloads = open(txn, COMMAND_PAYLOADS)?;
+        for uuid in touched_commands {
+            let end = successor(uuid);
+            let remaining = tables
+                .deliveries
+                .range((uuid, "")..(end.as_str(), ""))
+                .backend(what)?
+                .next()
+                .is_some();
+            if !remaining {
+                commands.remove(uuid).backend(what)?;
+                payloads.remove(uuid).backend(what)?;
+                stats.commands_removed += 1;
+            }
+        }
+    }
+    let mut challenges = open(txn, CHALLENGES)?;
+    let mut expiry = open(txn, CHALLENGE_EXPIRY)?;
+    let what = "cannot delete a challenge";
+    for (expires_at, sha) in &plan.challenges {
+        if *expires_at > now.0 {
+            continue;
+        }
+        let indexed = expiry
+            .remove((*expires_at, sha.as_str()))
+            .backend(what)?
+            .is_some();
+        if indexed {
+            challenges.remove(sha.as_str()).backend(what)?;
+            stats.challenges_removed += 1;
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,253 @@
+//! Enrollment records: check-in writes and enrollment reads.
+
+use std::ops::Bound;
+
+use mdm_service::ports::{
+    AuthenticateRecord, Channel, EnrollmentRecord, EnrollmentState, StoreResult, Timestamp,
+    TokenUpdateOutcome, TokenUpdateRecord,
+};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use crate::codec::{colon_prefix_range, decode, BackendExt};
+use crate::commands::QueueTables;
+use crate::records::{get_json, put_json};
+use crate::schema::{open, open_read, ENROLLMENTS};
+
+/// `Authenticate`: a fresh enrollment replaces whatever was stored under the id, and nothing
+/// queued for the old one (or its user channels) may reach the new one.
+pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> StoreResult<()> {
+    let record = EnrollmentRecord {
+        id: rec.id.clone(),
+        device_id: rec.id.clone(),
+        user_id: None,
+        user_short_name: None,
+        channel: Channel::Device,
+        state: EnrollmentState::Authenticated,
+        identity_sha256: rec.identity_sha256.clone(),
+        topic: rec.topic.clone(),
+        facts: rec.facts.clone(),
+        source: rec.source.clone(),
+        push: None,
+        unlock_token_sealed: None,
+        bootstrap_token_sealed: None,
+        awaiting_configuration: false,
+        authenticated_at: rec.at,
+        enrolled_at: None,
+        token_updated_at: None,
+        checked_out_at: None,
+        last_seen_at: rec.at,
+    };
+    {
+        let mut table = open(txn, ENROLLMENTS)?;
+        put_json(&mut table, &rec.id, &record)?;
+    }
+    QueueTables::open(txn)?.cancel_queued(&rec.id, true, rec.at)?;
+    Ok(())
+}
+
+/// `TokenUpdate`: stores push addressing and activates the enrollment, creating a user channel
+/// from its device channel on first sight.
+pub(crate) fn token_update(
+    txn: &WriteTransaction,
+    rec: &TokenUpdateRecord,
+) -> StoreResult<Option<TokenUpdateOutcome>> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    let Some(device) = get_json::<EnrollmentRecord>(&table, &rec.device_id)? else {
+        return Ok(None);
+    };
+    let mut enrollment = if rec.id == rec.device_id {
+        device
+    } else {
+        match get_json::<EnrollmentRecord>(&table, &rec.id)? {
+            Some(existing) => existing,
+            None => new_user_channel(&device, rec),
+        }
+    };
+    let activated = enrollment.state != EnrollmentState::Enrolled;
+    enrollment.identity_sha256.clone_from(&rec.identity_sha256);
+    enrollment.push = Some(rec.push.clone());
+    // Devices send UnlockToken only in some TokenUpdates; a later one without it does not
+    // revoke the one we hold.
+    if let Some(unlock) = &rec.unlock_token_sealed {
+        enrollment.unlock_token_sealed = Some(unlock.clone());
+    }
+    if rec.user_id.is_some() {
+        enrollment.user_id.clone_from(&rec.user_id);
+    }
+    if rec.user_short_name.is_some() {
+        enrollment.user_short_name.clone_from(&rec.user_short_name);
+    }
+    enrollment.awaiting_configuration = rec.awaiting_configuration;
+    enrollment.token_updated_at = Some(rec.at);
+    enrollment.last_seen_at = enrollment.last_seen_at.max(rec.at);
+    if activated {
+        enrollment.state = EnrollmentState::Enrolled;
+        enrollment.enrolled_at = Some(rec.at);
+        enrollment.checked_out_at = None;
+    }
+    put_json(&mut table, &rec.id, &enrollment)?;
+    Ok(Some(TokenUpdateOutcome { activated }))
+}
+
+/// A user channel inherits what the device reported about itself; it has its own push
+/// addressing and life cycle.
+fn new_user_channel(device: &EnrollmentRecord, rec: &TokenUpdateRecord) -> EnrollmentRecord {
+    EnrollmentRecord {
+        id: rec.id.clone(),
+        device_id: device.id.clone(),
+        user_id: rec.user_id.clone(),
+        user_short_name: rec.user_short_name.clone(),
+        channel: Channel::User,
+        state: EnrollmentState::Authenticated,
+        identity_sha256: rec.identity_sha256.clone(),
+        topic: device.topic.clone(),
+        facts: device.facts.clone(),
+        source: device.source.clone(),
+        push: None,
+        unlock_token_sealed: None,
+        bootstrap_token_sealed: None,
+        awaiting_configuration: false,
+        authenticated_at: rec.at,
+        enrolled_at: None,
+        token_updated_at: None,
+        checked_out_at: None,
+        last_seen_at: rec.at,
+    }
+}
+
+/// `CheckOut`: the enrollment (and, for a device, its user channels) is checked out and
+/// everything queued for them is canceled.
+pub(crate) fn check_out(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<bool> {
+    let is_device = {
+        let mut table = open(txn, ENROLLMENTS)?;
+        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+            return Ok(false);
+        };
+        let is_device = enrollment.channel == Channel::Device;
+        let mut changed = vec![mark_checked_out(&mut enrollment, at)];
+        if is_device {
+            let (start, end) = colon_prefix_range(id);
+            let what = "cannot read user channels";
+            for entry in table
+                .range::<&str>(start.as_str()..end.as_str())
+                .backend(what)?
+            {
+                let (k, v) = entry.backend(what)?;
+                let mut user: EnrollmentRecord = decode("enrollments", &k.value(), v.value())?;
+                mark_checked_out(&mut user, at);
+                changed.push(user);
+            }
+        }
+        for enrollment in &changed {
+            put_json(&mut table, &enrollment.id, enrollment)?;
+        }
+        is_device
+    };
+    QueueTables::open(txn)?.cancel_queued(id, is_device, at)?;
+    Ok(true)
+}
+
+fn mark_checked_out(enrollment: &mut EnrollmentRecord, at: Timestamp) -> EnrollmentRecord {
+    if enrollment.state != EnrollmentState::CheckedOut {
+        enrollment.state = EnrollmentState::CheckedOut;
+        enrollment.checked_out_at = Some(at);
+    }
+    enrollment.last_seen_at = enrollment.last_seen_at.max(at);
+    enrollment.clone()
+}
+
+pub(crate) fn set_bootstrap_token(
+    txn: &WriteTransaction,
+    id: &str,
+    sealed: Option<Vec<u8>>,
+    at: Timestamp,
+) -> StoreResult<bool> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+        return Ok(false);
+    };
+    enrollment.bootstrap_token_sealed = sealed;
+    enrollment.last_seen_at = enrollment.last_seen_at.max(at);
+    put_json(&mut table, id, &enrollment)?;
+    Ok(true)
+}
+
+/// Compare-and-swap of the bound identity, for the device channel and its user channels
+/// (which share the device's certificate).
+pub(crate) fn rebind_identity(
+    txn: &WriteTransaction,
+    id: &str,
+    from: &str,
+    to: &str,
+    at: Timestamp,
+) -> StoreResult<bool> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    let Some(device) = get_json::<EnrollmentRecord>(&table, id)? else {
+        return Ok(false);
+    };
+    if device.identity_sha256 != from {
+        return Ok(false);
+    }
+    let mut ids = vec![id.to_string()];
+    {
+        let (start, end) = colon_prefix_range(id);
+        let what = "cannot read user channels";
+        for entry in table.range::<&str>(start.as_str()..end.as_str()).backend(what)? {
+            let (k, _) = entry.backend(what)?;
+            ids.push(k.value().to_string());
+        }
+    }
+    for key in ids {
+        if let Some(mut rec) = get_json::<EnrollmentRecord>(&table, &key)? {
+            if rec.identity_sha256 == from {
+                rec.identity_sha256 = to.to_string();
+                rec.last_seen_at = rec.last_seen_at.max(at);
+                put_json(&mut table, &key, &rec)?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Moves `last_seen_at` forward (never back: reports may be recorded out of order). Unknown
+/// ids are ignored: there is nothing to mark.
+pub(crate) fn touch(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<()> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    if let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? {
+        if enrollment.last_seen_at < at {
+            enrollment.last_seen_at = at;
+            put_json(&mut table, id, &enrollment)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn enrollment(rtx: &ReadTransaction, id: &str) -> StoreResult<Option<EnrollmentRecord>> {
+    get_json(&open_read(rtx, ENROLLMENTS)?, id)
+}
+
+pub(crate) fn list_enrollments(
+    rtx: &ReadTransaction,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<EnrollmentRecord>> {
+    let table = open_read(rtx, ENROLLMENTS)?;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let what = "cannot list enrollments";
+    let mut out = Vec::new();
+    for entry in table
+        .range::<&str>((start, Bound::Unbounded))
+        .backend(what)?
+        .take(limit)
+    {
+        let (k, v) = entry.backend(what)?;
+        out.push(decode("enrollments", &k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn count_enrollments(rtx: &ReadTransaction) -> StoreResult<u64> {
+    open_read(rtx, ENROLLMENTS)?
+        .len()
+        .backend("cannot count enrollments")
+}

@@ -1,0 +1,375 @@
+//! `mdm-store`: the MDM service's storage ports ([`mdm_service::ports`]) implemented on one
+//! [redb](https://docs.rs/redb) file in the daemon's state directory.
+//!
+//! - **Writes** go through one writer thread that commits every waiting write in one durable
+//!   transaction (group commit, see [`StoreStats`]); a write's future completes only after
+//!   its commit is on disk, with that write's own result.
+//! - **Reads** open a redb read transaction on the caller's thread: they see every write whose
+//!   future has completed and are never blocked by the writer.
+//! - **Schema**: the file records its schema version; opening runs pending migrations in one
+//!   transaction and refuses a file written by a newer version.
+//! - **Bad data** never panics: an undecodable record is [`StoreError::Corrupt`] naming its
+//!   table and key; redb failures are [`StoreError::Backend`] carrying redb's message.
+//!
+//! What it cannot do yet: online backup or compaction, deleting enrollments, or sharing the
+//! file with another process (redb locks it; `mdmctl` talks to the daemon instead). Pruning by
+//! per-enrollment count reads one small counter per enrollment on each call.
+
+mod codec;
+mod commands;
+mod enrollments;
+mod misc;
+mod records;
+mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use mdm_service::ports::{
+    ApiTokenRecord, ApiTokenStore, AuthenticateRecord, ChallengeOutcome, ChallengeRecord,
+    ChallengeStore, CommandQueue, CommandRecord, CommandResult, DeliveryRecord, EnqueueOutcome,
+    EnrollmentRecord, EnrollmentStore, IssuedCertRecord, IssuedCertStore, LinkRecord, LinkStore,
+    NewCommand, PruneStats, QueuedCommand, ResultOutcome, RetentionPolicy, SettingsStore,
+    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+};
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::codec::BackendExt;
+pub use crate::writer::StoreStats;
+use crate::writer::{Request, Writer};
+
+/// The schema version this build writes (and the newest it can open).
+pub const SCHEMA_VERSION: u64 = schema::CURRENT_VERSION;
+
+/// How to open a [`RedbStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The most writes committed together in one transaction. Larger batches mean fewer
+    /// fsyncs under load; a batch never waits to fill up. Values below 1 count as 1.
+    pub max_batch: usize,
+    /// redb's page cache limit in bytes; `None` keeps redb's default.
+    pub cache_size: Option<usize>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_batch: 256,
+            cache_size: None,
+        }
+    }
+}
+
+/// Every storage port on one redb file. Cheap to clone: clones share the database and the
+/// writer thread, which stops when the last clone is dropped or [`RedbStore::close`]d.
+#[derive(Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: Arc<Database>,
+    writer: Writer,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.writer.stop() {
+            tracing::error!(error = %e, "the store writer did not stop cleanly");
+        }
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if missing) the database at `path`, bringing its schema up to
+    /// [`SCHEMA_VERSION`], and starts the writer thread.
+    ///
+    /// Fails with [`StoreError::Corrupt`] if the file was written by a newer version, and with
+    /// [`StoreError::Backend`] if it cannot be opened (not a redb file, locked by another
+    /// process, I/O error).
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<RedbStore, StoreError> {
+        let mut builder = Database::builder();
+        if let Some(bytes) = opts.cache_size {
+            builder.set_cache_size(bytes);
+        }
+        let db = builder
+            .create(path)
+            .backend(&format!("cannot open the database {}", path.display()))?;
+        schema::prepare(&db, schema::MIGRATIONS)?;
+        let db = Arc::new(db);
+        let writer = Writer::start(Arc::clone(&db), opts.max_batch)?;
+        Ok(RedbStore {
+            inner: Arc::new(Inner { db, writer }),
+        })
+    }
+
+    /// Write activity so far: compare `commits` with `writes` to see the batching.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.writer.stats()
+    }
+
+    /// Finishes the writes already submitted and stops the writer; later writes through any
+    /// clone fail with [`StoreError::Closed`]. If this is the last clone the file is closed
+    /// too (otherwise when the last clone is dropped). Every acknowledged write is already
+    /// durable; closing cleanly spares the next open a recovery pass.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.inner.writer.stop()?;
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            return Ok(());
+        };
+        let db = Arc::clone(&inner.db);
+        drop(inner);
+        match Arc::try_unwrap(db) {
+            Ok(db) => db.close().backend("cannot close the database"),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn read(&self) -> StoreResult<ReadTransaction> {
+        self.inner
+            .db
+            .begin_read()
+            .backend("cannot begin a read transaction")
+    }
+
+    /// Runs `op` on the writer thread and waits until it is durably committed. `op` may run
+    /// twice (see [`writer`]), so it must only read what it captured.
+    async fn write<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> StoreResult<R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .submit(Box::new(Request::new(op, reply)))?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl EnrollmentStore for RedbStore {
+    fn authenticate(
+        &self,
+        rec: AuthenticateRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| enrollments::authenticate(txn, &rec))
+    }
+
+    fn token_update(
+        &self,
+        rec: TokenUpdateRecord,
+    ) -> impl Future<Output = StoreResult<Option<TokenUpdateOutcome>>> + Send {
+        self.write(move |txn| enrollments::token_update(txn, &rec))
+    }
+
+    fn check_out(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send {
+        let id = id.to_owned();
+        self.write(move |txn| enrollments::check_out(txn, &id, at))
+    }
+
+    fn set_bootstrap_token(
+        &self,
+        id: &str,
+        sealed: Option<Vec<u8>>,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let id = id.to_owned();
+        self.write(move |txn| enrollments::set_bootstrap_token(txn, &id, sealed.clone(), at))
+    }
+
+    fn rebind_identity(
+        &self,
+        id: &str,
+        from_sha256: &str,
+        to_sha256: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let (id, from, to) = (id.to_owned(), from_sha256.to_owned(), to_sha256.to_owned());
+        self.write(move |txn| enrollments::rebind_identity(txn, &id, &from, &to, at))
+    }
+
+    fn touch(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<()>> + Send {
+        let id = id.to_owned();
+        self.write(move |txn| enrollments::touch(txn, &id, at))
+    }
+
+    fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>> {
+        enrollments::enrollment(&self.read()?, id)
+    }
+
+    fn list_enrollments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<EnrollmentRecord>> {
+        enrollments::list_enrollments(&self.read()?, after, limit)
+    }
+
+    fn count_enrollments(&self) -> StoreResult<u64> {
+        enrollments::count_enrollments(&self.read()?)
+    }
+}
+
+impl CommandQueue for RedbStore {
+    fn enqueue(
+        &self,
+        cmd: NewCommand,
+        targets: Vec<String>,
+    ) -> impl Future<Output = StoreResult<EnqueueOutcome>> + Send {
+        self.write(move |txn| commands::enqueue(txn, &cmd, &targets))
+    }
+
+    fn next_command(
+        &self,
+        enrollment_id: &str,
+        skip: &HashSet<String>,
+    ) -> StoreResult<Option<QueuedCommand>> {
+        commands::next_command(&self.read()?, enrollment_id, skip)
+    }
+
+    fn record_result(
+        &self,
+        enrollment_id: &str,
+        result: CommandResult,
+    ) -> impl Future<Output = StoreResult<ResultOutcome>> + Send {
+        let enrollment_id = enrollment_id.to_owned();
+        self.write(move |txn| commands::record_result(txn, &enrollment_id, &result))
+    }
+
+    fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>> {
+        commands::command(&self.read()?, uuid)
+    }
+
+    fn deliveries(&self, uuid: &str) -> StoreResult<Vec<DeliveryRecord>> {
+        commands::deliveries(&self.read()?, uuid)
+    }
+
+    fn enrollment_deliveries(
+        &self,
+        enrollment_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        commands::enrollment_deliveries(&self.read()?, enrollment_id, limit)
+    }
+
+    fn queued_count(&self, enrollment_id: &str) -> StoreResult<u64> {
+        commands::queued_count(&self.read()?, enrollment_id)
+    }
+
+    /// Chooses what to delete from a read snapshot (so the scan never holds up other writes),
+    /// then deletes it in one write that re-checks each candidate.
+    async fn prune(&self, policy: RetentionPolicy, now: Timestamp) -> StoreResult<PruneStats> {
+        let plan = commands::plan_prune(&self.read()?, &policy, now)?;
+        self.write(move |txn| commands::apply_prune(txn, &plan, now))
+            .await
+    }
+}
+
+impl ChallengeStore for RedbStore {
+    fn put_challenge(&self, rec: ChallengeRecord) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| misc::put_challenge(txn, &rec))
+    }
+
+    fn consume_challenge(
+        &self,
+        challenge_sha256: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<ChallengeOutcome>> + Send {
+        let sha = challenge_sha256.to_owned();
+        self.write(move |txn| misc::consume_challenge(txn, &sha, now))
+    }
+}
+
+impl IssuedCertStore for RedbStore {
+    fn record_issued(&self, rec: IssuedCertRecord) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| misc::record_issued(txn, &rec))
+    }
+
+    fn issued(&self, sha256_hex: &str) -> StoreResult<Option<IssuedCertRecord>> {
+        misc::issued(&self.read()?, sha256_hex)
+    }
+}
+
+impl LinkStore for RedbStore {
+    fn put_link(&self, rec: LinkRecord) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| misc::put_link(txn, &rec))
+    }
+
+    fn link_by_token(&self, token_sha256: &str) -> StoreResult<Option<LinkRecord>> {
+        misc::link_by_token(&self.read()?, token_sha256)
+    }
+
+    fn link(&self, id: &str) -> StoreResult<Option<LinkRecord>> {
+        misc::link(&self.read()?, id)
+    }
+
+    fn list_links(&self) -> StoreResult<Vec<LinkRecord>> {
+        misc::list_links(&self.read()?)
+    }
+
+    fn use_link(
+        &self,
+        token_sha256: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<LinkRecord>>> + Send {
+        let sha = token_sha256.to_owned();
+        self.write(move |txn| misc::use_link(txn, &sha, now))
+    }
+
+    fn revoke_link(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let id = id.to_owned();
+        self.write(move |txn| misc::revoke_link(txn, &id, at))
+    }
+}
+
+impl ApiTokenStore for RedbStore {
+    fn put_api_token(&self, rec: ApiTokenRecord) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| misc::put_api_token(txn, &rec))
+    }
+
+    fn api_token_by_hash(&self, token_sha256: &str) -> StoreResult<Option<ApiTokenRecord>> {
+        misc::api_token_by_hash(&self.read()?, token_sha256)
+    }
+
+    fn list_api_tokens(&self) -> StoreResult<Vec<ApiTokenRecord>> {
+        misc::list_api_tokens(&self.read()?)
+    }
+}
+
+impl SettingsStore for RedbStore {
+    fn setting(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        misc::setting(&self.read()?, key)
+    }
+
+    fn put_setting(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        let values = vec![(key.to_owned(), value)];
+        self.write(move |txn| misc::put_settings(txn, &values))
+    }
+
+    fn put_settings(
+        &self,
+        values: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| misc::put_settings(txn, &values))
+    }
+}

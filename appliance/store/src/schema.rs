@@ -1,0 +1,322 @@
+//! Table layout, schema version and migrations.
+//!
+//! Records are JSON (new optional fields deserialise as `None`, so adding one needs no
+//! migration); keys are redb tuples shaped for the access paths. Large byte strings (command
+//! payloads, device reports) live in their own tables as raw bytes rather than inside JSON.
+
+use mdm_service::ports::{StoreError, StoreResult};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle,
+    WriteTransaction,
+};
+
+use crate::codec::{context, BackendExt};
+
+/// Small counters: [`SCHEMA_VERSION`] and [`NEXT_SEQ`].
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Key in [`META`]: the schema version the file is at.
+pub(crate) const SCHEMA_VERSION: &str = "schema_version";
+/// Key in [`META`]: the next delivery sequence number. One global counter orders every queue
+/// and history entry, so FIFO order and "newest first" need no clock.
+pub(crate) const NEXT_SEQ: &str = "next_seq";
+
+/// Enrollment id → `EnrollmentRecord` (JSON). A user channel `UDID:user` sorts after `UDID`;
+/// its device's user channels are the range `[UDID:, UDID;)`.
+pub(crate) const ENROLLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollments");
+/// Command uuid → `StoredCommand` (JSON).
+pub(crate) const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
+/// Command uuid → the command plist as it will be sent.
+pub(crate) const COMMAND_PAYLOADS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("command_payloads");
+/// (command uuid, enrollment id) → `StoredDelivery` (JSON).
+pub(crate) const DELIVERIES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("deliveries");
+/// (command uuid, enrollment id) → the device's final report plist.
+pub(crate) const DELIVERY_RESULTS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("delivery_results");
+/// (enrollment id, seq) → command uuid, for deliveries that are not final: the FIFO queue.
+pub(crate) const QUEUE: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue");
+/// (enrollment id, seq) → command uuid, for every delivery: the enrollment's history.
+pub(crate) const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
+/// (finished at ms, seq) → (command uuid, enrollment id): finished deliveries by age.
+pub(crate) const FINISHED_BY_AGE: TableDefinition<(i64, u64), (&str, &str)> =
+    TableDefinition::new("finished_by_age");
+/// (enrollment id, seq) → (finished at ms, command uuid): an enrollment's finished deliveries,
+/// oldest first.
+pub(crate) const FINISHED_BY_ENROLLMENT: TableDefinition<(&str, u64), (i64, &str)> =
+    TableDefinition::new("finished_by_enrollment");
+/// Enrollment id → how many entries it has in [`FINISHED_BY_ENROLLMENT`]; lets pruning find
+/// the enrollments over their limit without counting ranges.
+pub(crate) const FINISHED_COUNT: TableDefinition<&str, u64> =
+    TableDefinition::new("finished_count");
+/// Challenge SHA-256 → `ChallengeRecord` (JSON).
+pub(crate) const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
+/// (expires at ms, challenge SHA-256) → (): challenges by expiry, for pruning.
+pub(crate) const CHALLENGE_EXPIRY: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("challenge_expiry");
+/// Certificate SHA-256 → `IssuedCertRecord` (JSON).
+pub(crate) const ISSUED_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("issued_certs");
+/// Link id → `LinkRecord` (JSON).
+pub(crate) const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
+/// Link token SHA-256 → link id.
+pub(crate) const LINK_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("link_tokens");
+/// API token id → `ApiTokenRecord` (JSON).
+pub(crate) const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+/// API token SHA-256 → API token id.
+pub(crate) const API_TOKEN_HASHES: TableDefinition<&str, &str> =
+    TableDefinition::new("api_token_hashes");
+/// Setting key → value bytes.
+pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+/// One schema step: brings a file from version `i` to `i + 1` (where `i` is its index in the
+/// list). Runs inside the single transaction that also records the new version.
+pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
+
+/// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
+/// in an empty file. Never edit a released step: append a new one.
+pub(crate) const MIGRATIONS: &[Migration] = &[create_v1];
+
+/// The schema version this binary writes.
+pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// Version 1: every table of the initial layout.
+fn create_v1(txn: &WriteTransaction) -> StoreResult<()> {
+    fn create<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &WriteTransaction,
+        def: TableDefinition<K, V>,
+    ) -> StoreResult<()> {
+        open(txn, def).map(drop)
+    }
+    create(txn, META)?;
+    create(txn, ENROLLMENTS)?;
+    create(txn, COMMANDS)?;
+    create(txn, COMMAND_PAYLOADS)?;
+    create(txn, DELIVERIES)?;
+    create(txn, DELIVERY_RESULTS)?;
+    create(txn, QUEUE)?;
+    create(txn, HISTORY)?;
+    create(txn, FINISHED_BY_AGE)?;
+    create(txn, FINISHED_BY_ENROLLMENT)?;
+    create(txn, FINISHED_COUNT)?;
+    create(txn, CHALLENGES)?;
+    create(txn, CHALLENGE_EXPIRY)?;
+    create(txn, ISSUED_CERTS)?;
+    create(txn, LINKS)?;
+    create(txn, LINK_TOKENS)?;
+    create(txn, API_TOKENS)?;
+    create(txn, API_TOKEN_HASHES)?;
+    create(txn, SETTINGS)?;
+    Ok(())
+}
+
+/// Opens (creating if needed) a table in a write transaction.
+pub(crate) fn open<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &'t WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> StoreResult<Table<'t, K, V>> {
+    txn.open_table(def)
+        .backend(&format!("cannot open table `{}`", def.name()))
+}
+
+/// Opens a table in a read transaction. Every table exists from schema version 1 on, so a
+/// missing one is a backend failure, not an empty result.
+pub(crate) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> StoreResult<ReadOnlyTable<K, V>> {
+    rtx.open_table(def)
+        .backend(&format!("cannot open table `{}`", def.name()))
+}
+
+/// Brings the file to the version `migrations` lead to, or refuses a file from a newer
+/// binary. All pending steps and the version bump commit together, so a failed step leaves
+/// the file exactly as it was. Returns the version the file is at afterwards.
+pub(crate) fn prepare(db: &Database, migrations: &[Migration]) -> StoreResult<u64> {
+    let supported = migrations.len() as u64;
+    let txn = db
+        .begin_write()
+        .backend("cannot start the schema check transaction")?;
+    let found = {
+        let meta = open(&txn, META)?;
+        let version = meta
+            .get(SCHEMA_VERSION)
+            .backend("cannot read the schema version")?;
+        version.map_or(0, |g| g.value())
+    };
+    if found >= supported {
+        // Nothing to write: abort rather than commit an empty transaction (an fsync per open).
+        txn.abort()
+            .backend("cannot end the schema check transaction")?;
+        if found > supported {
+            return Err(StoreError::Corrupt(format!(
+                "the database was written by a newer appliance version (schema version {found}); \
+                 this version understands up to schema version {supported}"
+            )));
+        }
+        return Ok(found);
+    }
+    let first = usize::try_from(found).unwrap_or(usize::MAX);
+    for (index, step) in migrations.iter().enumerate().skip(first) {
+        step(&txn).map_err(|e| {
+            context(
+                e,
+                &format!("migration to schema version {} failed", index + 1),
+            )
+        })?;
+    }
+    {
+        let mut meta = open(&txn, META)?;
+        meta.insert(SCHEMA_VERSION, supported)
+            .backend("cannot record the schema version")?;
+    }
+    txn.commit().backend("cannot commit the schema migration")?;
+    if found == 0 {
+        tracing::info!(version = supported, "created database schema");
+    } else {
+        tracing::info!(from = found, to = supported, "migrated database schema");
+    }
+    Ok(supported)
+}
+
+/// Reads the schema version of an open database (0 if it has none yet).
+#[cfg(test)]
+pub(crate) fn version(db: &Database) -> StoreResult<u64> {
+    use redb::ReadableDatabase;
+    let rtx = db.begin_read().backend("cannot begin a read")?;
+    match rtx.open_table(META) {
+        Ok(meta) => Ok(meta
+            .get(SCHEMA_VERSION)
+            .backend("cannot read the schema version")?
+            .map_or(0, |g| g.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(StoreError::Backend(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+    use mdm_service::ports::StoreError;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    use serde::{Deserialize, Serialize};
+
+    /// What a v2 of this store could look like: every setting gains a companion
+    /// `<key>.len` entry. Real future migrations follow the same shape.
+    fn test_v2(txn: &WriteTransaction) -> StoreResult<()> {
+        let mut settings = txn.open_table(SETTINGS).backend("open settings")?;
+        let mut lens = Vec::new();
+        for entry in settings.iter().backend("iterate settings")? {
+            let (k, v) = entry.backend("read setting")?;
+            lens.push((format!("{}.len", k.value()), v.value().len().to_string()));
+        }
+        for (k, v) in lens {
+            settings.insert(k.as_str(), v.as_bytes()).backend("write")?;
+        }
+        Ok(())
+    }
+
+    fn failing_v2(txn: &WriteTransaction) -> StoreResult<()> {
+        let mut settings = txn.open_table(SETTINGS).backend("open settings")?;
+        settings
+            .insert("half-done", b"x".as_slice())
+            .backend("write")?;
+        Err(StoreError::Corrupt(
+            "a record this step cannot convert".into(),
+        ))
+    }
+
+    fn v1_file_with_a_setting(path: &std::path::Path) {
+        let db = Database::create(path).unwrap();
+        assert_eq!(prepare(&db, MIGRATIONS).unwrap(), 1);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(SETTINGS)
+            .unwrap()
+            .insert("greeting", b"hello".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn empty_file_gets_current_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        assert_eq!(version(&db).unwrap(), 0);
+        assert_eq!(prepare(&db, MIGRATIONS).unwrap(), CURRENT_VERSION);
+        assert_eq!(version(&db).unwrap(), CURRENT_VERSION);
+        let rtx = db.begin_read().unwrap();
+        assert!(rtx.open_table(ENROLLMENTS).is_ok());
+        assert!(rtx.open_table(SETTINGS).is_ok());
+        assert!(rtx.open_table(FINISHED_BY_AGE).is_ok());
+    }
+
+    #[test]
+    fn v1_migrates_to_v2_in_order_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        v1_file_with_a_setting(&path);
+        let db = Database::create(&path).unwrap();
+        let steps: &[Migration] = &[create_v1, test_v2];
+        assert_eq!(prepare(&db, steps).unwrap(), 2);
+        let rtx = db.begin_read().unwrap();
+        let settings = rtx.open_table(SETTINGS).unwrap();
+        assert_eq!(settings.get("greeting").unwrap().unwrap().value(), b"hello");
+        assert_eq!(settings.get("greeting.len").unwrap().unwrap().value(), b"5");
+        drop(settings);
+        drop(rtx);
+        // Idempotent: a second open runs nothing.
+        assert_eq!(prepare(&db, steps).unwrap(), 2);
+        let rtx = db.begin_read().unwrap();
+        assert_eq!(rtx.open_table(SETTINGS).unwrap().len().unwrap(), 2);
+        drop(rtx);
+        // And the binary that only knows v1 now refuses the file.
+        let err = prepare(&db, MIGRATIONS).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("newer appliance version (schema version 2)"),
+            "{msg}"
+        );
+        assert!(msg.contains("up to schema version 1"), "{msg}");
+    }
+
+    #[test]
+    fn failed_migration_leaves_the_file_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        v1_file_with_a_setting(&path);
+        let db = Database::create(&path).unwrap();
+        let err = prepare(&db, &[create_v1, failing_v2]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("migration to schema version 2 failed"),
+            "{msg}"
+        );
+        assert_eq!(version(&db).unwrap(), 1);
+        let rtx = db.begin_read().unwrap();
+        let settings = rtx.open_table(SETTINGS).unwrap();
+        assert!(settings.get("half-done").unwrap().is_none());
+        assert_eq!(settings.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn records_tolerate_new_optional_fields() {
+        #[derive(Serialize)]
+        struct Old {
+            a: u32,
+        }
+        #[derive(Deserialize, Debug)]
+        struct New {
+            a: u32,
+            b: Option<String>,
+        }
+        let bytes = encode("t", &"k", &Old { a: 7 }).unwrap();
+        let new: New = decode("t", &"k", &bytes).unwrap();
+        assert_eq!((new.a, new.b), (7, None));
+        let err = decode::<New>("enrollments", &"UDID-1", b"{not json").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)));
+        assert!(err
+            .to_string()
+            .contains("table `enrollments`, key `UDID-1`"));
+    }
+}

@@ -1,0 +1,381 @@
+//! Group commit: one writer thread applies every waiting write in one durable transaction.
+//!
+//! redb allows one write transaction at a time and each durable commit costs an fsync, so
+//! writers that each committed alone would queue behind each other's fsyncs. Instead callers
+//! hand their operation to the writer thread and wait; the thread takes everything waiting (up
+//! to `max_batch`), applies it in order in one transaction, commits once, and only then answers
+//! each caller with its own result. An operation that fails makes the writer abort the batch
+//! and replay its operations one transaction each, so a bad request never fails a neighbour;
+//! operations are therefore closures that can run more than once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use mdm_service::ports::{StoreError, StoreResult};
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::codec::BackendExt;
+
+/// Write activity since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Durable commits (each one fsync).
+    pub commits: u64,
+    /// Write requests answered (successful or not).
+    pub writes: u64,
+    /// Batches that were aborted because one operation failed and then replayed one
+    /// operation per transaction.
+    pub replayed_batches: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    commits: AtomicU64,
+    writes: AtomicU64,
+    replayed_batches: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            replayed_batches: self.replayed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A write waiting for the writer thread, with its result type erased.
+pub(crate) trait Pending: Send {
+    /// Runs the operation in `txn`, keeping its result; false if it failed.
+    fn apply(&mut self, txn: &WriteTransaction) -> bool;
+    /// Answers the caller: with `failure` if given (the commit failed), else with the result
+    /// `apply` kept.
+    fn complete(self: Box<Self>, failure: Option<StoreError>);
+}
+
+/// An operation and where its caller waits.
+pub(crate) struct Request<R, F> {
+    op: F,
+    outcome: Option<StoreResult<R>>,
+    reply: oneshot::Sender<StoreResult<R>>,
+}
+
+impl<R, F> Request<R, F> {
+    pub(crate) fn new(op: F, reply: oneshot::Sender<StoreResult<R>>) -> Self {
+        Request {
+            op,
+            outcome: None,
+            reply,
+        }
+    }
+}
+
+impl<R, F> Pending for Request<R, F>
+where
+    R: Send,
+    F: FnMut(&WriteTransaction) -> StoreResult<R> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> bool {
+        let outcome = (self.op)(txn);
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn complete(self: Box<Self>, failure: Option<StoreError>) {
+        let answer = match failure {
+            Some(e) => Err(e),
+            None => self.outcome.unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "the write was answered before it ran".into(),
+                ))
+            }),
+        };
+        // The caller may have stopped waiting (its future was dropped); the write stands.
+        let _ = self.reply.send(answer);
+    }
+}
+
+pub(crate) enum Message {
+    Write(Box<dyn Pending>),
+    /// Finish what was queued before this message, then exit.
+    Shutdown,
+}
+
+/// The handle to the writer thread.
+pub(crate) struct Writer {
+    sender: Sender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    pub(crate) fn start(db: Arc<Database>, max_batch: usize) -> StoreResult<Writer> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("mdm-store-writer".into())
+            .spawn(move || run(&db, &receiver, max_batch.max(1), &thread_counters))
+            .backend("cannot start the store writer thread")?;
+        Ok(Writer {
+            sender,
+            thread: Mutex::new(Some(thread)),
+            counters,
+        })
+    }
+
+    pub(crate) fn submit(&self, pending: Box<dyn Pending>) -> StoreResult<()> {
+        self.sender
+            .send(Message::Write(pending))
+            .map_err(|_| StoreError::Closed)
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        self.counters.snapshot()
+    }
+
+    /// Lets the thread finish the writes already submitted, then waits for it to exit.
+    /// Later submissions fail with [`StoreError::Closed`]. Idempotent.
+    pub(crate) fn stop(&self) -> StoreResult<()> {
+        let handle = match self.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(handle) = handle else {
+            return Ok(());
+        };
+        // Fails only if the thread is already gone, which `join` reports below.
+        let _ = self.sender.send(Message::Shutdown);
+        handle
+            .join()
+            .map_err(|_| StoreError::Backend("the store writer thread crashed".into()))
+    }
+}
+
+fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, counters: &Counters) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = Vec::new();
+        let mut shutdown = false;
+        match first {
+            Message::Write(p) => batch.push(p),
+            Message::Shutdown => shutdown = true,
+        }
+        while !shutdown && batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(Message::Write(p)) => batch.push(p),
+                Ok(Message::Shutdown) => shutdown = true,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if !batch.is_empty() {
+            process(db, batch, counters);
+        }
+        if shutdown {
+            break;
+        }
+    }
+}
+
+/// Applies a batch in one transaction, falling back to one transaction per operation if any
+/// of them fails (or the shared commit does).
+pub(crate) fn process(db: &Database, mut batch: Vec<Box<dyn Pending>>, counters: &Counters) {
+    let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+    if batch.len() > 1 {
+        match apply_all(db, &mut batch) {
+            Ok(()) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                counters.writes.fetch_add(n, Ordering::Relaxed);
+                for p in batch {
+                    p.complete(None);
+                }
+                return;
+            }
+            Err(why) => {
+                counters.replayed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%why, size = batch.len(), "replaying a write batch one by one");
+            }
+        }
+    }
+    for p in batch {
+        process_one(db, p, counters);
+    }
+}
+
+fn begin(db: &Database) -> StoreResult<WriteTransaction> {
+    let mut txn = db
+        .begin_write()
+        .backend("cannot begin a write transaction")?;
+    txn.set_durability(Durability::Immediate)
+        .backend("cannot make the write transaction durable")?;
+    Ok(txn)
+}
+
+/// Why a batch could not commit as one transaction.
+enum BatchFailure {
+    /// The operation at this index returned an error.
+    Operation(usize),
+    /// Beginning or committing the transaction failed.
+    Backend(StoreError),
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchFailure::Operation(i) => write!(f, "operation {i} of the batch failed"),
+            BatchFailure::Backend(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn apply_all(db: &Database, batch: &mut [Box<dyn Pending>]) -> Result<(), BatchFailure> {
+    let txn = begin(db).map_err(BatchFailure::Backend)?;
+    for (i, p) in batch.iter_mut().enumerate() {
+        if !p.apply(&txn) {
+            abort(txn);
+            return Err(BatchFailure::Operation(i));
+        }
+    }
+    txn.commit()
+        .backend("cannot commit")
+        .map_err(BatchFailure::Backend)
+}
+
+fn process_one(db: &Database, mut p: Box<dyn Pending>, counters: &Counters) {
+    let failure = match begin(db) {
+        Err(e) => Some(e),
+        Ok(txn) => {
+            if p.apply(&txn) {
+                match txn.commit().backend("cannot commit") {
+                    Ok(()) => {
+                        counters.commits.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            } else {
+                // The operation's own error is the answer; none of its writes may stay.
+                abort(txn);
+                None
+            }
+        }
+    };
+    counters.writes.fetch_add(1, Ordering::Relaxed);
+    p.complete(failure);
+}
+
+fn abort(txn: WriteTransaction) {
+    if let Err(e) = txn.abort() {
+        tracing::warn!(error = %e, "aborting a write transaction failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+    const T: TableDefinition<&str, u64> = TableDefinition::new("t");
+
+    fn op(
+        key: &'static str,
+        fail: bool,
+    ) -> (Box<dyn Pending>, oneshot::Receiver<StoreResult<u64>>) {
+        let (tx, rx) = oneshot::channel();
+        let f = move |txn: &WriteTransaction| -> StoreResult<u64> {
+            let mut t = txn.open_table(T).backend("open")?;
+            t.insert(key, 1).backend("insert")?;
+            if fail {
+                return Err(StoreError::Conflict(format!("{key} refused")));
+            }
+            t.len().backend("len")
+        };
+        (Box::new(Request::new(f, tx)), rx)
+    }
+
+    fn keys(db: &Database) -> Vec<String> {
+        let rtx = db.begin_read().unwrap();
+        let t = rtx.open_table(T).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_batch_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("w.redb")).unwrap();
+        let counters = Counters::default();
+        let (ops, rxs): (Vec<_>, Vec<_>) = ["a", "b", "c"].iter().map(|k| op(k, false)).unzip();
+        process(&db, ops, &counters);
+        let results: Vec<u64> = rxs
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap().unwrap())
+            .collect();
+        // Each operation saw the writes of those before it in the same transaction.
+        assert_eq!(results, vec![1, 2, 3]);
+        assert_eq!(
+            counters.snapshot(),
+            StoreStats {
+                commits: 1,
+                writes: 3,
+                replayed_batches: 0
+            }
+        );
+        assert_eq!(keys(&db), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_failing_operation_does_not_fail_its_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("w.redb")).unwrap();
+        let counters = Counters::default();
+        let (ops, rxs): (Vec<_>, Vec<_>) = [("a", false), ("bad", true), ("c", false)]
+            .iter()
+            .map(|(k, fail)| op(k, *fail))
+            .unzip();
+        process(&db, ops, &counters);
+        let results: Vec<StoreResult<u64>> = rxs
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
+        assert_eq!(results[0].as_ref().unwrap(), &1);
+        assert!(
+            matches!(&results[1], Err(StoreError::Conflict(m)) if m == "bad refused"),
+            "{:?}",
+            results[1]
+        );
+        // Replayed after the failure: "c" no longer sees "bad"'s discarded insert.
+        assert_eq!(results[2].as_ref().unwrap(), &2);
+        assert_eq!(keys(&db), vec!["a", "c"]);
+        assert_eq!(
+            counters.snapshot(),
+            StoreStats {
+                commits: 2,
+                writes: 3,
+                replayed_batches: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_finishes_submitted_writes_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("w.redb")).unwrap());
+        let writer = Writer::start(Arc::clone(&db), 16).unwrap();
+        let (a, rx) = op("a", false);
+        writer.submit(a).unwrap();
+        writer.stop().unwrap();
+        assert_eq!(rx.await.unwrap().unwrap(), 1);
+        let (b, rx) = op("b", false);
+        assert!(matches!(writer.submit(b), Err(StoreError::Closed)));
+        assert!(rx.await.is_err());
+        writer.stop().unwrap();
+        assert_eq!(keys(&db), vec!["a"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! The admin API, version 1: JSON over the appliance's HTTPS listener, authenticated by
+//! bearer API tokens with roles. Documented in `docs/reference/api.md`.
+
+use base64::Engine as _;
+use http::{header, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use mdm_service::commands::{CommandSpec, CommandView};
+use mdm_service::enroll::LinkRequest;
+use mdm_service::ports::{
+    ApiTokenRecord, DeliveryRecord, EnrollmentRecord, LinkRecord, Role, Store, Timestamp,
+};
+use mdm_service::ServiceError;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::respond::{self, api_error, json, json_status, Resp};
+use crate::routes::{body_or_error, query_get, query_pairs, App};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLink {
+    #[serde(default)]
+    label: String,
+    ttl_seconds: Option<u64>,
+    max_uses: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCommandReq {
+    /// Enrollment ids.
+    targets: Vec<String>,
+    /// A typed command name (`DeviceInformation`, ...), or absent with `plist`.
+    request_type: Option<String>,
+    /// A raw command plist, base64.
+    plist_base64: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+}
+
+/// A link as the API shows it (no token hash).
+#[derive(Serialize)]
+struct LinkView<'a> {
+    id: &'a str,
+    label: &'a str,
+    created_at: String,
+    expires_at: String,
+    revoked_at: Option<String>,
+    uses: u64,
+    max_uses: Option<u64>,
+    created_by: &'a str,
+}
+
+fn link_view(l: &LinkRecord) -> LinkView<'_> {
+    LinkView {
+        id: &l.id,
+        label: &l.label,
+        created_at: l.created_at.to_rfc3339(),
+        expires_at: l.expires_at.to_rfc3339(),
+        revoked_at: l.revoked_at.map(|t| t.to_rfc3339()),
+        uses: l.uses,
+        max_uses: l.max_uses,
+        created_by: &l.created_by,
+    }
+}
+
+/// A delivery with its result plist as text (devices send XML plists).
+fn delivery_json(d: &DeliveryRecord) -> serde_json::Value {
+    let (text, b64) = match &d.result {
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => (Some(s.to_string()), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+        },
+        None => (None, None),
+    };
+    let error_chain = d
+        .error_chain_json
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+    json!({
+        "command_uuid": d.command_uuid,
+        "enrollment_id": d.enrollment_id,
+        "request_type": d.request_type,
+        "status": d.status,
+        "queued_at": d.queued_at.to_rfc3339(),
+        "updated_at": d.updated_at.to_rfc3339(),
+        "result_plist": text,
+        "result_base64": b64,
+        "error_chain": error_chain,
+    })
+}
+
+fn command_json(v: &CommandView) -> serde_json::Value {
+    json!({
+        "command_uuid": v.command.uuid,
+        "request_type": v.command.request_type,
+        "created_at": v.command.created_at.to_rfc3339(),
+        "created_by": v.command.created_by,
+        "payload_plist": String::from_utf8_lossy(&v.command.payload),
+        "deliveries": v.deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
+    })
+}
+
+/// An enrollment as the API shows it: no sealed blobs, no push secrets, RFC 3339 times.
+fn enrollment_json(e: &EnrollmentRecord, queued: Option<u64>) -> serde_json::Value {
+    let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());
+    let mut v = json!({
+        "id": e.id,
+        "device_id": e.device_id,
+        "user_id": e.user_id,
+        "user_short_name": e.user_short_name,
+        "channel": e.channel,
+        "state": e.state,
+        "identity_sha256": e.identity_sha256,
+        "topic": e.topic,
+        "facts": e.facts,
+        "source": e.source,
+        "push_token_present": e.push.is_some(),
+        "unlock_token_present": e.unlock_token_sealed.is_some(),
+        "bootstrap_token_present": e.bootstrap_token_sealed.is_some(),
+        "awaiting_configuration": e.awaiting_configuration,
+        "authenticated_at": e.authenticated_at.to_rfc3339(),
+        "enrolled_at": ts(e.enrolled_at),
+        "token_updated_at": ts(e.token_updated_at),
+        "checked_out_at": ts(e.checked_out_at),
+        "last_seen_at": e.last_seen_at.to_rfc3339(),
+    });
+    if let Some(q) = queued {
+        v["queued_commands"] = json!(q);
+    }
+    v
+}
+
+fn token_view(t: &ApiTokenRecord) -> serde_json::Value {
+    json!({
+        "id": t.id, "name": t.name, "role": t.role,
+        "created_at": t.created_at.to_rfc3339(),
+        "revoked_at": t.revoked_at.map(|r| r.to_rfc3339()),
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
+    serde_json::from_slice(body).map_err(|e| {
+        respond::simple(StatusCode::BAD_REQUEST, "INVALID_JSON", &format!("request body: {e}"))
+    })
+}
+
+fn need(role: Role, have: Role) -> Result<(), Resp> {
+    let ok = match role {
+        Role::Auditor => true,
+        Role::Operator => matches!(have, Role::Operator | Role::Admin),
+        Role::Admin => have == Role::Admin,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(api_error(&ServiceError::forbidden(
+            "ROLE_INSUFFICIENT",
+            format!("this needs the {role:?} role; the token has {have:?}"),
+        )))
+    }
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    Some(rest.trim().to_string())
+}
+
+impl<S: Store> App<S> {
+    pub(crate) async fn api(&self, req: Request<Incoming>) -> Resp {
+        match self.api_inner(req).await {
+            Ok(r) => r,
+            Err(r) => r,
+        }
+    }
+
+    async fn api_inner(&self, req: Request<Incoming>) -> Result<Resp, Resp> {
+        let Some(token) = bearer(&req) else {
+            return Err(api_error(&ServiceError::unauthorized(
+                "API_TOKEN_MISSING",
+                "send an API token as `Authorization: Bearer <token>` (the first one is in the data directory's admin.token)",
+            )));
+        };
+        let caller = self.service.authenticate_api_token(&token).map_err(|e| api_error(&e))?;
+        let method = req.method().clone();
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let segs: Vec<&str> = path.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+        let pairs = query_pairs(&req);
+        let svc = &self.service;
+        let ok = |r: mdm_service::ServiceResult<Resp>| r.map_err(|e| api_error(&e));
+
+        if !path.starts_with("/api/v1") {
+            return Err(respond::simple(StatusCode::NOT_FOUND, "API_VERSION_UNKNOWN", "this appliance serves /api/v1"));
+        }
+        if method != Method::GET {
+            need(Role::Operator, caller.role)?;
+        }
+        match (method, segs.as_slice()) {
+            (Method::GET, ["status"]) => {
+                let count = svc.store().count_enrollments().map_err(|e| api_error(&e.into()))?;
+                Ok(json(&json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "enrollments": count,
+                    "push_topic": svc.topic(),
+                    "ca_sha256": hex::encode(svc.authority().ca.cert.sha256()),
+                    "keystore": self.keystore_backend,
+                    "caller": {"name": caller.name, "role": caller.role},
+                })))
+            }
+            (Method::GET, ["ca"]) => Ok(respond::with_body(
+                StatusCode::OK,
+                "application/x-pem-file",
+                svc.authority().ca_pem(),
+            )),
+            (Method::GET, ["enroll-links"]) => {
+                let links = svc.store().list_links().map_err(|e| api_error(&e.into()))?;
+                Ok(json(&json!({"items": links.iter().map(link_view).collect::<Vec<_>>()})))
+            }
+            (Method::POST, ["enroll-links"]) => {
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                let nl: NewLink = parse_json(&body)?;
+                let created = svc
+                    .create_link(
+                        LinkRequest {
+                            label: nl.label,
+                            ttl: nl.ttl_seconds.map(std::time::Duration::from_secs),
+                            max_uses: nl.max_uses,
+                        },
+                        &caller.name,
+                    )
+                    .await
+                    .map_err(|e| api_error(&e))?;
+                let mut v = serde_json::to_value(link_view(&created.link)).unwrap_or_default();
+                v["url"] = json!(created.url);
+                Ok(json_status(StatusCode::CREATED, &v))
+            }
+            (Method::DELETE, ["enroll-links", id]) => {
+                ok(svc.revoke_link(id).await.map(|()| json(&json!({"revoked": id}))))
+            }
+            (Method::GET, ["push-cert"]) => match svc.push_cert().map_err(|e| api_error(&e))? {
+                Some(info) => Ok(json(&info)),
+                None => Err(api_error(&ServiceError::not_found(
+                    "PUSH_CERT_MISSING",
+                    "no push certificate is imported; use `mdmctl push-cert import`",
+                ))),
+            },
+            (Method::PUT, ["push-cert"]) => {
+                need(Role::Admin, caller.role)?;
+                let force = matches!(query_get(&pairs, "force").as_deref(), Some("true" | "1"));
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                ok(svc.import_push_cert(&body, force).await.map(|i| json(&i)))
+            }
+            (Method::GET, ["devices"]) => {
+                let limit = query_get(&pairs, "limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                let after = query_get(&pairs, "after");
+                let items = svc.list_enrollments(after.as_deref(), limit).map_err(|e| api_error(&e))?;
+                let next = if items.len() >= limit.clamp(1, 1000) { items.last().map(|e| e.id.clone()) } else { None };
+                let items: Vec<_> = items.iter().map(|e| enrollment_json(e, None)).collect();
+                Ok(json(&json!({"items": items, "next": next})))
+            }
+            (Method::GET, ["devices", id]) => ok(svc
+                .enrollment_view(id)
+                .map(|v| json(&enrollment_json(&v.enrollment, Some(v.queued_commands))))),
+            (Method::GET, ["devices", id, "commands"]) => {
+                let limit = query_get(&pairs, "limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+                ok(svc.enrollment_commands(id, limit).map(|d| {
+                    json(&json!({"items": d.iter().map(delivery_json).collect::<Vec<_>>()}))
+                }))
+            }
+            (Method::POST, ["commands"]) => {
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                let nc: NewCommandReq = parse_json(&body)?;
+                let spec = match (nc.request_type, nc.plist_base64) {
+                    (Some(rt), None) => CommandSpec::Typed(rt.parse().map_err(|e: mdm_proto::ProtoError| {
+                        api_error(&ServiceError::bad_request("COMMAND_UNKNOWN", e.to_string()))
+                    })?),
+                    (None, Some(b64)) => CommandSpec::Raw(
+                        base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| {
+                            api_error(&ServiceError::bad_request("INVALID_FIELD", "plist_base64: not valid base64"))
+                        })?,
+                    ),
+                    _ => {
+                        return Err(api_error(&ServiceError::bad_request(
+                            "INVALID_FIELD",
+                            "give exactly one of request_type and plist_base64",
+                        )))
+                    }
+                };
+                ok(svc.enqueue(spec, nc.targets, &caller.name).await.map(|q| json_status(StatusCode::CREATED, &q)))
+            }
+            (Method::GET, ["commands", uuid]) => ok(svc.command_view(uuid).map(|v| json(&command_json(&v)))),
+            (Method::GET, ["tokens"]) => {
+                need(Role::Admin, caller.role)?;
+                let items = svc.store().list_api_tokens().map_err(|e| api_error(&e.into()))?;
+                Ok(json(&json!({"items": items.iter().map(token_view).collect::<Vec<_>>()})))
+            }
+            (Method::POST, ["tokens"]) => {
+                need(Role::Admin, caller.role)?;
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                let nt: NewToken = parse_json(&body)?;
+                let created = svc.create_api_token(&nt.name, nt.role).await.map_err(|e| api_error(&e))?;
+                let mut v = token_view(&created.record);
+                v["token"] = json!(created.token);
+                Ok(json_status(StatusCode::CREATED, &v))
+            }
+            _ => Err(respond::simple(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")),
+        }
+    }
+}

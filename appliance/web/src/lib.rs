@@ -1,0 +1,14 @@
+//! The appliance's HTTPS front: TLS (rustls) with optional client certificates, HTTP/1.1 and
+//! HTTP/2, socket activation, graceful shutdown, and the routes: device endpoints, enrollment,
+//! SCEP, and the admin API (`/api/v1`).
+//!
+//! Not yet here: the web console pages (they will sit on the admin API).
+
+pub mod api;
+pub mod listen;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod tls;
+
+pub use routes::{App, Limits};

@@ -1,0 +1,236 @@
+//! Request routing and the device-facing endpoints (see `docs/design/endpoints.md`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use mdm_service::ports::Store;
+use mdm_service::{ConnectionScratch, DeviceReply, DeviceRequest, MdmService};
+
+use crate::respond::{self, device_error, with_body, Resp};
+use crate::server::{read_body, BodyError, ConnectionInfo, Handler};
+
+/// Request size limits, per kind of endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Check-ins and command reports (a Mac's InstalledApplicationList can be megabytes).
+    pub device_body: usize,
+    /// SCEP messages and MachineInfo.
+    pub enrollment_body: usize,
+    /// Admin API requests (profiles to install can be large).
+    pub api_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { device_body: 8 * 1024 * 1024, enrollment_body: 256 * 1024, api_body: 8 * 1024 * 1024 }
+    }
+}
+
+/// The appliance's HTTP application: device endpoints, enrollment, and the admin API.
+pub struct App<S> {
+    pub(crate) service: MdmService<S>,
+    pub(crate) limits: Limits,
+    /// Shown by `/api/v1/status`.
+    pub(crate) keystore_backend: String,
+}
+
+impl<S: Store> App<S> {
+    pub fn new(service: MdmService<S>, limits: Limits, keystore_backend: &str) -> Self {
+        App { service, limits, keystore_backend: keystore_backend.to_string() }
+    }
+}
+
+struct Scratch<'a>(&'a ConnectionInfo);
+
+impl ConnectionScratch for Scratch<'_> {
+    fn not_now(&self, enrollment_id: &str) -> HashSet<String> {
+        self.0
+            .state
+            .lock()
+            .map(|s| s.not_now.get(enrollment_id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+    fn add_not_now(&self, enrollment_id: &str, command_uuid: &str) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.not_now.entry(enrollment_id.to_string()).or_default().insert(command_uuid.to_string());
+        }
+    }
+}
+
+/// Parse a query string into (key, value) pairs, percent-decoded.
+pub(crate) fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn query_get(pairs: &[(String, String)], key: &str) -> Option<String> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+pub(crate) async fn body_or_error(body: Incoming, max: usize) -> Result<Bytes, Resp> {
+    read_body(body, max).await.map_err(|e| match e {
+        BodyError::TooLarge { .. } => respond::simple(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            &format!("request bodies here are limited to {max} bytes"),
+        ),
+        other => respond::simple(StatusCode::BAD_REQUEST, "BODY_UNREADABLE", &other.to_string()),
+    })
+}
+
+fn reply(r: mdm_service::ServiceResult<DeviceReply>) -> Resp {
+    match r {
+        Ok(DeviceReply::Empty) => respond::empty(),
+        Ok(DeviceReply::Plist(b)) => with_body(StatusCode::OK, "application/xml; charset=utf-8", b),
+        Ok(DeviceReply::Json(b)) => with_body(StatusCode::OK, "application/json", b),
+        Err(e) => device_error(&e),
+    }
+}
+
+fn method_not_allowed() -> Resp {
+    respond::simple(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed here")
+}
+
+impl<S: Store> App<S> {
+    async fn device(&self, req: Request<Incoming>, conn: &ConnectionInfo, checkin_only: bool) -> Resp {
+        if !matches!(*req.method(), Method::PUT | Method::POST) {
+            return method_not_allowed();
+        }
+        let signature = req
+            .headers()
+            .get("mdm-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match body_or_error(req.into_body(), self.limits.device_body).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let dreq = DeviceRequest {
+            body: &body,
+            mdm_signature: signature.as_deref(),
+            tls_certificate: conn.peer_certificate.as_deref().map(Vec::as_slice),
+        };
+        if checkin_only {
+            reply(self.service.checkin(dreq).await)
+        } else {
+            reply(self.service.connect(dreq, &Scratch(conn)).await)
+        }
+    }
+
+    async fn scep(&self, req: Request<Incoming>) -> Resp {
+        let pairs = query_pairs(&req);
+        let op = query_get(&pairs, "operation").unwrap_or_default();
+        match (req.method().clone(), op.as_str()) {
+            (Method::GET, "GetCACaps") => {
+                with_body(StatusCode::OK, "text/plain", self.service.scep_ca_caps())
+            }
+            (Method::GET, "GetCACert") => match self.service.scep_ca_cert() {
+                Ok(der) => with_body(StatusCode::OK, mdm_service::scep::CA_RA_CONTENT_TYPE, der),
+                Err(e) => device_error(&e),
+            },
+            (Method::POST, "PKIOperation") => {
+                match body_or_error(req.into_body(), self.limits.enrollment_body).await {
+                    Ok(body) => self.pki_operation(&body).await,
+                    Err(resp) => resp,
+                }
+            }
+            (Method::GET, "PKIOperation") => {
+                let Some(msg) = query_get(&pairs, "message") else {
+                    return respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "message parameter missing");
+                };
+                match base64::engine::general_purpose::STANDARD.decode(msg.trim()) {
+                    Ok(der) if der.len() <= self.limits.enrollment_body => self.pki_operation(&der).await,
+                    Ok(_) => respond::simple(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "message too large"),
+                    Err(_) => respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "message is not base64"),
+                }
+            }
+            (_, "") => respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "operation parameter missing"),
+            (_, other) => respond::simple(
+                StatusCode::BAD_REQUEST,
+                "SCEP_UNSUPPORTED",
+                &format!("SCEP operation {other} is not supported with this method"),
+            ),
+        }
+    }
+
+    async fn pki_operation(&self, der: &[u8]) -> Resp {
+        match self.service.scep_pki_operation(der).await {
+            Ok(rep) => with_body(StatusCode::OK, mdm_service::scep::PKI_MESSAGE_CONTENT_TYPE, rep),
+            Err(e) => device_error(&e),
+        }
+    }
+
+    async fn ade(&self, req: Request<Incoming>) -> Resp {
+        let result = match *req.method() {
+            Method::POST => match body_or_error(req.into_body(), self.limits.enrollment_body).await {
+                Ok(body) => self.service.ade_profile(&body).await,
+                Err(resp) => return resp,
+            },
+            Method::GET => {
+                let Some(info) = req
+                    .headers()
+                    .get("x-apple-aspen-deviceinfo")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                else {
+                    return respond::simple(
+                        StatusCode::BAD_REQUEST,
+                        "MACHINEINFO_MISSING",
+                        "open this page from the device's Setup Assistant (x-apple-aspen-deviceinfo header missing)",
+                    );
+                };
+                self.service.ade_web_profile(&info).await
+            }
+            _ => return method_not_allowed(),
+        };
+        profile_reply(result)
+    }
+}
+
+fn profile_reply(r: mdm_service::ServiceResult<Vec<u8>>) -> Resp {
+    match r {
+        Ok(profile) => {
+            let mut resp = with_body(StatusCode::OK, mdm_service::enroll::PROFILE_CONTENT_TYPE, profile);
+            resp.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                header::HeaderValue::from_static("attachment; filename=\"enroll.mobileconfig\""),
+            );
+            resp
+        }
+        Err(e) => device_error(&e),
+    }
+}
+
+impl<S: Store> Handler for App<S> {
+    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Resp {
+        let path = req.uri().path().to_string();
+        match path.as_str() {
+            "/mdm/checkin" => self.device(req, &conn, true).await,
+            "/mdm/connect" => self.device(req, &conn, false).await,
+            "/scep" => self.scep(req).await,
+            "/mdm/enroll" => self.ade(req).await,
+            "/healthz" => with_body(StatusCode::OK, "text/plain", "ok\n"),
+            "/ca.pem" => with_body(StatusCode::OK, "application/x-pem-file", self.service.authority().ca_pem()),
+            "/ca.crt" => with_body(
+                StatusCode::OK,
+                "application/x-x509-ca-cert",
+                self.service.authority().ca.cert.der().to_vec(),
+            ),
+            p if p.starts_with("/enroll/") => {
+                if *req.method() != Method::GET {
+                    return method_not_allowed();
+                }
+                let token = &p["/enroll/".len()..];
+                profile_reply(self.service.link_profile(token).await)
+            }
+            p if p.starts_with("/api/") => self.api(req).await,
+            _ => respond::simple(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint"),
+        }
+    }
+}

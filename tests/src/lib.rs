@@ -1,0 +1,270 @@
+//! Test kit for end-to-end tests: starts the real daemon (in this process, or as a child
+//! process for crash tests) on 127.0.0.1 in a temporary data directory, and talks to it over
+//! real HTTPS, as an admin (the JSON API) and as devices (`mdm-sim`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mdm_sim::apple::AppleStandIn;
+use mdm_sim::device::{DeviceKind, SimDevice};
+use mdm_sim::http::{headers, HttpClient, HttpResponse};
+use mdmd::config::Config;
+use serde_json::Value;
+
+/// The push topic every test appliance gets.
+pub const TOPIC: &str = "com.apple.mgmt.External.3c2d3f64-5b1e-4f8e-9a63-0d1f6a2b7c11";
+
+/// A daemon under test.
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub ca_pem: Vec<u8>,
+    pub token: String,
+    pub apple: AppleStandIn,
+    pub admin: HttpClient,
+    running: Option<mdmd::Running>,
+    tweak: fn(&mut Config),
+}
+
+fn no_tweak(_: &mut Config) {}
+
+/// Pick a free port on 127.0.0.1 (bind, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(dir: &Path, addr: SocketAddr, apple_root: PathBuf, tweak: fn(&mut Config)) -> Config {
+    let mut cfg = Config::development(addr, dir.join("data"));
+    cfg.ade.device_ca_roots = vec![apple_root];
+    cfg.limits.drain_timeout_seconds = 5;
+    tweak(&mut cfg);
+    cfg
+}
+
+impl Appliance {
+    /// Start with development defaults, trusting a fresh stand-in Apple device CA for ADE, and
+    /// with a push certificate imported (profiles need its topic).
+    pub async fn start() -> Self {
+        Self::start_with(no_tweak).await
+    }
+
+    /// Like [`start`](Self::start), changing the configuration first.
+    pub async fn start_with(tweak: fn(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let apple = AppleStandIn::generate().unwrap();
+        apple.save(&dir.path().join("apple")).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cfg = config(dir.path(), addr, AppleStandIn::root_path(&dir.path().join("apple")), tweak);
+        let running = mdmd::start(cfg).await.unwrap();
+        let data = dir.path().join("data");
+        let token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+        let ca_pem = running.ca_pem.clone().into_bytes();
+        let admin = HttpClient::from_ca_pem(&ca_pem).unwrap();
+        let app = Appliance {
+            dir,
+            addr,
+            base_url: format!("https://127.0.0.1:{}", addr.port()),
+            ca_pem,
+            token,
+            apple,
+            admin,
+            running: Some(running),
+            tweak,
+        };
+        let (status, body) = app.api_raw("PUT", "/api/v1/push-cert", push_cert_pem(TOPIC).into_bytes()).await;
+        assert_eq!(status, 200, "push cert import: {body}");
+        app
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stop gracefully (as on SIGTERM).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+
+    /// Stop and start again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let cfg = config(
+            self.dir.path(),
+            self.addr,
+            AppleStandIn::root_path(&self.dir.path().join("apple")),
+            self.tweak,
+        );
+        self.running = Some(mdmd::start(cfg).await.unwrap());
+        self.admin = HttpClient::from_ca_pem(&self.ca_pem).unwrap();
+    }
+
+    /// An admin API call with the admin token; returns status and JSON (or the text as a
+    /// JSON string when the body is not JSON).
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        self.api_raw(method, path, bytes).await
+    }
+
+    /// An admin API call with a raw body.
+    pub async fn api_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.api_as(&self.token.clone(), method, path, body).await
+    }
+
+    /// An admin API call with another token.
+    pub async fn api_as(&self, token: &str, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
+        let h = headers(&[("authorization", &auth), ("content-type", "application/json")]).unwrap();
+        let resp = self
+            .admin
+            .request(method.parse().unwrap(), &format!("{}{path}", self.base_url), h, body)
+            .await
+            .unwrap();
+        (resp.status, body_json(&resp))
+    }
+
+    /// Create an enrollment link and return its URL.
+    pub async fn link(&self) -> String {
+        let (status, v) = self.api("POST", "/api/v1/enroll-links", Some(serde_json::json!({"label": "test"}))).await;
+        assert_eq!(status, 201, "{v}");
+        v["url"].as_str().unwrap().to_string()
+    }
+
+    /// A simulated iPhone that trusts the appliance CA.
+    pub fn device(&self) -> SimDevice {
+        let mut d = SimDevice::random(DeviceKind::IPhone).unwrap();
+        d.trust_ca_pem(&self.ca_pem).unwrap();
+        d
+    }
+
+    /// Manual enrollment of a fresh device through a new link: profile, SCEP, Authenticate,
+    /// TokenUpdate.
+    pub async fn enroll_manual(&self) -> SimDevice {
+        let mut d = self.device();
+        self.enroll_manual_device(&mut d).await;
+        d
+    }
+
+    /// Manual enrollment of a given device.
+    pub async fn enroll_manual_device(&self, d: &mut SimDevice) {
+        let url = self.link().await;
+        let profile = d.manual_enroll(&self.admin, &url).await.unwrap();
+        let ca = mdm_sim::x509::certificates_from_pem(&self.ca_pem).unwrap();
+        d.install_profile(&profile, Some(&ca)).unwrap();
+        d.complete_enrollment().await.unwrap();
+    }
+
+    /// Queue a typed command for one device; returns its UUID.
+    pub async fn send(&self, device_id: &str, request_type: &str) -> String {
+        let (status, v) = self
+            .api(
+                "POST",
+                "/api/v1/commands",
+                Some(serde_json::json!({"targets": [device_id], "request_type": request_type})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v["command_uuid"].as_str().unwrap().to_string()
+    }
+
+    /// A command with its deliveries.
+    pub async fn command(&self, uuid: &str) -> Value {
+        let (status, v) = self.api("GET", &format!("/api/v1/commands/{uuid}"), None).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// An enrollment as the API shows it.
+    pub async fn enrollment(&self, id: &str) -> (u16, Value) {
+        self.api("GET", &format!("/api/v1/devices/{id}"), None).await
+    }
+}
+
+/// A response body as JSON, or as a JSON string when it is not JSON.
+pub fn body_json(resp: &HttpResponse) -> Value {
+    serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&resp.body).into_owned()))
+}
+
+/// A self-signed stand-in for Apple's MDM push certificate: its subject UID is the topic.
+pub fn push_cert_pem(topic: &str) -> String {
+    let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
+    let now = std::time::SystemTime::now();
+    let params = mdm_pki::CertificateParams {
+        subject: mdm_pki::Name {
+            common_name: format!("APSP:{topic}"),
+            organization: None,
+            organizational_unit: None,
+            uid: Some(topic.to_string()),
+        },
+        subject_der: None,
+        serial: None,
+        not_before: now - Duration::from_secs(60),
+        not_after: now + Duration::from_secs(365 * 24 * 3600),
+        is_ca: false,
+        path_len: None,
+        key_usage: mdm_pki::KeyUsages { digital_signature: true, ..Default::default() },
+        extended_key_usage: Vec::new(),
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+    };
+    mdm_pki::self_signed(&params, &key).unwrap().to_pem()
+}
+
+/// The daemon as a child process (for kill -9 tests).
+pub struct DaemonProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// The `mdmd` binary built next to this test executable (`scripts/test` builds it first).
+pub fn mdmd_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("mdmd");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+impl DaemonProcess {
+    /// Start `mdmd serve --dev` on `data_dir` and wait until it answers.
+    pub fn start(data_dir: &Path, addr: SocketAddr, apple_root: &Path) -> Self {
+        let child = Command::new(mdmd_binary())
+            .args(["serve", "--dev", "--log-format", "text"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--ade-root")
+            .arg(apple_root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "mdmd did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        DaemonProcess { child, addr }
+    }
+
+    /// SIGKILL: no drain, no close.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
