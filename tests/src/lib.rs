@@ -105,6 +105,16 @@ impl Appliance {
         self.admin = HttpClient::from_ca_pem(&self.ca_pem).unwrap();
     }
 
+    /// Drop the admin client's connection (after the daemon behind it was replaced).
+    pub fn reconnect_admin(&mut self) {
+        self.admin = HttpClient::from_ca_pem(&self.ca_pem).unwrap();
+    }
+
+    /// The stand-in Apple root file the daemon trusts for ADE.
+    pub fn apple_root(&self) -> PathBuf {
+        AppleStandIn::root_path(&self.dir.path().join("apple"))
+    }
+
     /// An admin API call with the admin token; returns status and JSON (or the text as a
     /// JSON string when the body is not JSON).
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -627,6 +627,14 @@ impl SimDevice {
         }
     }
 
+    /// Closes the device's connection; the next request opens a new one (as after sleep or a
+    /// network change). Servers forget per-connection state such as NotNow skips.
+    pub async fn disconnect(&mut self) {
+        if let Some((_, client)) = self.session.take() {
+            client.disconnect().await;
+        }
+    }
+
     /// Sends an MDM request (check-in or command report) with the device's identity
     /// presented as configured, and returns the answer whatever its status.
     pub async fn send_mdm(
