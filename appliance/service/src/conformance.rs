@@ -52,6 +52,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(links_usage_limits_expiry_revocation);
     case!(api_tokens_by_hash);
     case!(issued_certificates);
+    case!(challenge_and_link_writes_are_paired);
     case!(settings_put_and_atomic_put);
     case!(prune_by_age);
     case!(prune_by_count);
@@ -695,24 +696,24 @@ pub async fn enqueue_refuses_unknown_and_checked_out<S: Store>(store: &S) {
 
 pub async fn challenges_are_one_time_and_expire<S: Store>(store: &S) {
     store.put_challenge(challenge("ch1", t(100))).await.unwrap();
-    let accepted = match store.consume_challenge("ch1", t(10)).await.unwrap() {
+    let accepted = match store.consume_challenge("ch1", t(10), None).await.unwrap() {
         ChallengeOutcome::Accepted(rec) => rec,
         other => panic!("first use: {other:?}"),
     };
     assert_eq!(accepted.used_at, Some(t(10)));
     assert_eq!(accepted.profile_uuid, "profile-ch1");
-    match store.consume_challenge("ch1", t(20)).await.unwrap() {
+    match store.consume_challenge("ch1", t(20), None).await.unwrap() {
         ChallengeOutcome::AlreadyUsed(rec) => assert_eq!(rec.used_at, Some(t(10))),
         other => panic!("second use: {other:?}"),
     }
     assert_eq!(
-        store.consume_challenge("missing", t(20)).await.unwrap(),
+        store.consume_challenge("missing", t(20), None).await.unwrap(),
         ChallengeOutcome::NotFound
     );
 
     store.put_challenge(challenge("ch2", t(100))).await.unwrap();
     for at in [t(150), t(160)] {
-        match store.consume_challenge("ch2", at).await.unwrap() {
+        match store.consume_challenge("ch2", at, None).await.unwrap() {
             ChallengeOutcome::Expired(rec) => assert_eq!(rec.used_at, None),
             other => panic!("expired challenge: {other:?}"),
         }
@@ -744,19 +745,19 @@ pub async fn links_usage_limits_expiry_revocation<S: Store>(store: &S) {
     assert_eq!(store.link_by_token("token-of-nobody").unwrap(), None);
 
     let used = store
-        .use_link("token-of-L1", t(10))
+        .use_link("token-of-L1", t(10), None)
         .await
         .unwrap()
         .expect("usable");
     assert_eq!(used.uses, 1);
     let used = store
-        .use_link("token-of-L1", t(11))
+        .use_link("token-of-L1", t(11), None)
         .await
         .unwrap()
         .expect("usable");
     assert_eq!(used.uses, 2);
     assert_eq!(
-        store.use_link("token-of-L1", t(12)).await.unwrap(),
+        store.use_link("token-of-L1", t(12), None).await.unwrap(),
         None,
         "max_uses reached"
     );
@@ -764,12 +765,12 @@ pub async fn links_usage_limits_expiry_revocation<S: Store>(store: &S) {
 
     store.put_link(link("L2", t(100), None)).await.unwrap();
     assert!(store
-        .use_link("token-of-L2", t(50))
+        .use_link("token-of-L2", t(50), None)
         .await
         .unwrap()
         .is_some());
     assert_eq!(
-        store.use_link("token-of-L2", t(150)).await.unwrap(),
+        store.use_link("token-of-L2", t(150), None).await.unwrap(),
         None,
         "expired"
     );
@@ -779,12 +780,12 @@ pub async fn links_usage_limits_expiry_revocation<S: Store>(store: &S) {
     assert!(store.revoke_link("L3", t(5)).await.unwrap());
     assert!(!store.revoke_link("NOPE", t(5)).await.unwrap());
     assert_eq!(
-        store.use_link("token-of-L3", t(6)).await.unwrap(),
+        store.use_link("token-of-L3", t(6), None).await.unwrap(),
         None,
         "revoked"
     );
     assert_eq!(store.link("L3").unwrap().unwrap().revoked_at, Some(t(5)));
-    assert_eq!(store.use_link("token-of-nobody", t(6)).await.unwrap(), None);
+    assert_eq!(store.use_link("token-of-nobody", t(6), None).await.unwrap(), None);
 
     let mut relabeled = l1.clone();
     relabeled.label = "renamed".into();
@@ -841,6 +842,50 @@ pub async fn api_tokens_by_hash<S: Store>(store: &S) {
     let mut all = store.list_api_tokens().unwrap();
     all.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(all, [revoked, auditor]);
+}
+
+/// A served profile's challenge is stored with the link use that paid for it, and a consumed
+/// challenge records the certificate it bought, each in one transaction and only on success.
+pub async fn challenge_and_link_writes_are_paired<S: Store>(store: &S) {
+    let issued = |sha: &str| IssuedCertRecord {
+        sha256: sha.into(),
+        serial_hex: "01".into(),
+        subject: "CN=x".into(),
+        not_before: t(0),
+        not_after: t(1_000_000),
+        issued_at: t(0),
+        renewed_from: None,
+        source: None,
+    };
+    store.put_link(link("LP", t(100), Some(1))).await.unwrap();
+    let served = store
+        .use_link("token-of-LP", t(10), Some(challenge("for-LP", t(100))))
+        .await
+        .unwrap();
+    assert!(served.is_some());
+    assert!(store.challenge("for-LP").unwrap().is_some(), "stored with the use");
+    let refused = store
+        .use_link("token-of-LP", t(11), Some(challenge("second", t(100))))
+        .await
+        .unwrap();
+    assert_eq!(refused, None, "used up");
+    assert_eq!(store.challenge("second").unwrap(), None, "nothing written for a refused use");
+
+    match store.consume_challenge("for-LP", t(20), Some(issued("paid"))).await.unwrap() {
+        ChallengeOutcome::Accepted(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(store.issued("paid").unwrap().is_some());
+    match store.consume_challenge("for-LP", t(21), Some(issued("replayed"))).await.unwrap() {
+        ChallengeOutcome::AlreadyUsed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.issued("replayed").unwrap(), None, "a replay buys nothing");
+    assert!(matches!(
+        store.consume_challenge("missing", t(21), Some(issued("nothing"))).await.unwrap(),
+        ChallengeOutcome::NotFound
+    ));
+    assert_eq!(store.issued("nothing").unwrap(), None);
 }
 
 pub async fn issued_certificates<S: Store>(store: &S) {
@@ -1059,11 +1104,11 @@ pub async fn prune_removes_expired_challenges<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(stats.challenges_removed, 1);
     assert_eq!(
-        store.consume_challenge("expired", t(5_000)).await.unwrap(),
+        store.consume_challenge("expired", t(5_000), None).await.unwrap(),
         ChallengeOutcome::NotFound
     );
     assert!(matches!(
-        store.consume_challenge("live", t(5_000)).await.unwrap(),
+        store.consume_challenge("live", t(5_000), None).await.unwrap(),
         ChallengeOutcome::Accepted(_)
     ));
 }

@@ -91,15 +91,19 @@ impl<S: Store> MdmService<S> {
     /// The signed profile for a manual enrollment link. Counts one use.
     pub async fn link_profile(&self, token: &str) -> ServiceResult<Vec<u8>> {
         let hash = sha256_hex(token.as_bytes());
-        let Some(link) = self.store().use_link(&hash, Timestamp::now()).await? else {
+        let invalid = || {
             warn!("enrollment link refused: unknown, expired, revoked or used up");
-            return Err(ServiceError::not_found(
+            ServiceError::not_found(
                 "LINK_INVALID",
                 "this enrollment link is unknown, expired, revoked or used up; ask your administrator for a new one",
-            ));
+            )
         };
-        let profile =
-            self.enrollment_profile(EnrollmentSource::Link { link_id: link.id.clone() }).await?;
+        let link = self.store().link_by_token(&hash)?.ok_or_else(invalid)?;
+        let source = EnrollmentSource::Link { link_id: link.id.clone() };
+        let (challenge, record) = self.new_challenge(&source)?;
+        // The use and the challenge it pays for are one write.
+        let link = self.store().use_link(&hash, Timestamp::now(), record.clone()).await?.ok_or_else(invalid)?;
+        let profile = self.signed_profile(&challenge, record.as_ref(), &source)?;
         info!(link = %link.id, uses = link.uses, "enrollment profile served for a link");
         Ok(profile)
     }
@@ -186,6 +190,38 @@ impl<S: Store> MdmService<S> {
 
     /// Build, record the challenge for, and sign an enrollment profile.
     pub async fn enrollment_profile(&self, source: EnrollmentSource) -> ServiceResult<Vec<u8>> {
+        let (challenge, record) = self.new_challenge(&source)?;
+        if let Some(rec) = &record {
+            self.store().put_challenge(rec.clone()).await?;
+        }
+        self.signed_profile(&challenge, record.as_ref(), &source)
+    }
+
+    /// A challenge for a new profile and, unless the static challenge is configured, the
+    /// record to store for it.
+    fn new_challenge(&self, source: &EnrollmentSource) -> ServiceResult<(String, Option<ChallengeRecord>)> {
+        if let Some(c) = &self.config().static_challenge {
+            return Ok((c.clone(), None));
+        }
+        let c = random_token()?;
+        let now = Timestamp::now();
+        let record = ChallengeRecord {
+            challenge_sha256: sha256_hex(c.as_bytes()),
+            profile_uuid: new_uuid(),
+            source: source.clone(),
+            created_at: now,
+            expires_at: now.plus(self.config().challenge_ttl),
+            used_at: None,
+        };
+        Ok((c, Some(record)))
+    }
+
+    fn signed_profile(
+        &self,
+        challenge: &str,
+        record: Option<&ChallengeRecord>,
+        source: &EnrollmentSource,
+    ) -> ServiceResult<Vec<u8>> {
         let topic = self.topic().ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::Unavailable,
@@ -193,26 +229,8 @@ impl<S: Store> MdmService<S> {
                 "no push certificate is imported, so profiles have no push topic; import one with `mdmctl push-cert import`",
             )
         })?;
-        let profile_uuid = new_uuid();
-        let challenge = match &self.config().static_challenge {
-            Some(c) => c.clone(),
-            None => {
-                let c = random_token()?;
-                let now = Timestamp::now();
-                self.store()
-                    .put_challenge(ChallengeRecord {
-                        challenge_sha256: sha256_hex(c.as_bytes()),
-                        profile_uuid: profile_uuid.clone(),
-                        source: source.clone(),
-                        created_at: now,
-                        expires_at: now.plus(self.config().challenge_ttl),
-                        used_at: None,
-                    })
-                    .await?;
-                c
-            }
-        };
-        let plist = self.profile_plist(&profile_uuid, &challenge, &topic, &source)?;
+        let profile_uuid = record.map_or_else(new_uuid, |r| r.profile_uuid.clone());
+        let plist = self.profile_plist(&profile_uuid, challenge, &topic, source)?;
         let auth = self.authority();
         mdm_pki::cms::sign(
             &plist,

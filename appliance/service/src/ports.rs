@@ -459,11 +459,14 @@ pub trait CommandQueue: Send + Sync + 'static {
 /// One-time SCEP challenges.
 pub trait ChallengeStore: Send + Sync + 'static {
     fn put_challenge(&self, rec: ChallengeRecord) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Atomically check and mark used.
+    fn challenge(&self, challenge_sha256: &str) -> StoreResult<Option<ChallengeRecord>>;
+    /// Atomically check and mark used; when accepted, record `issued` (the certificate the
+    /// challenge paid for) in the same transaction.
     fn consume_challenge(
         &self,
         challenge_sha256: &str,
         now: Timestamp,
+        issued: Option<IssuedCertRecord>,
     ) -> impl Future<Output = StoreResult<ChallengeOutcome>> + Send;
 }
 
@@ -480,12 +483,14 @@ pub trait LinkStore: Send + Sync + 'static {
     fn link_by_token(&self, token_sha256: &str) -> StoreResult<Option<LinkRecord>>;
     fn link(&self, id: &str) -> StoreResult<Option<LinkRecord>>;
     fn list_links(&self) -> StoreResult<Vec<LinkRecord>>;
-    /// Count one use if the link is usable at `now` (not revoked, not expired, under max_uses).
-    /// Returns the updated record, or `None` if unusable or unknown.
+    /// Count one use if the link is usable at `now` (not revoked, not expired, under max_uses)
+    /// and, in the same transaction, store the challenge of the profile served for it.
+    /// Returns the updated record, or `None` (nothing written) if unusable or unknown.
     fn use_link(
         &self,
         token_sha256: &str,
         now: Timestamp,
+        challenge: Option<ChallengeRecord>,
     ) -> impl Future<Output = StoreResult<Option<LinkRecord>>> + Send;
     /// Returns false if unknown.
     fn revoke_link(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send;

@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use crate::authority::BACKDATE;
 use crate::error::{ServiceError, ServiceResult};
-use crate::ports::{ChallengeOutcome, EnrollmentSource, IssuedCertRecord, Store, Timestamp};
+use crate::ports::{
+    ChallengeOutcome, ChallengeRecord, EnrollmentSource, IssuedCertRecord, Store, Timestamp,
+};
 use crate::{sha256_hex, MdmService};
 
 /// `GetCACert` content type when an RA certificate accompanies the CA.
@@ -106,41 +108,28 @@ impl<S: Store> MdmService<S> {
         let challenge = csr
             .challenge_password()
             .ok_or_else(|| refuse(FailInfo::BadRequest, "the CSR has no challengePassword"))?;
-        let source = match &self.config().static_challenge {
-            Some(fixed) => {
-                if !ct_eq(fixed.as_bytes(), challenge.as_bytes()) {
-                    return Err(refuse(FailInfo::BadRequest, "wrong static challenge"));
-                }
-                None
+        let storage = |e: crate::ports::StoreError| refuse(FailInfo::BadRequest, format!("storage: {e}"));
+        if let Some(fixed) = &self.config().static_challenge {
+            if !ct_eq(fixed.as_bytes(), challenge.as_bytes()) {
+                return Err(refuse(FailInfo::BadRequest, "wrong static challenge"));
             }
-            None => {
-                let outcome = self
-                    .store()
-                    .consume_challenge(&sha256_hex(challenge.as_bytes()), Timestamp::now())
-                    .await
-                    .map_err(|e| refuse(FailInfo::BadRequest, format!("storage: {e}")))?;
-                match outcome {
-                    ChallengeOutcome::Accepted(rec) => Some(rec.source),
-                    ChallengeOutcome::NotFound => {
-                        return Err(refuse(FailInfo::BadRequest, "unknown challenge"))
-                    }
-                    ChallengeOutcome::AlreadyUsed(rec) => {
-                        return Err(refuse(
-                            FailInfo::BadRequest,
-                            format!("challenge of profile {} was already used", rec.profile_uuid),
-                        ))
-                    }
-                    ChallengeOutcome::Expired(rec) => {
-                        return Err(refuse(
-                            FailInfo::BadRequest,
-                            format!("challenge of profile {} expired", rec.profile_uuid),
-                        ))
-                    }
-                }
-            }
-        };
-        let cert = self.issue_device_cert(req, source, None).await?;
-        Ok((cert, ()))
+            let (cert, rec) = self.sign_device_cert(req, None, None)?;
+            self.store().record_issued(rec).await.map_err(storage)?;
+            return Ok((cert, ()));
+        }
+        let hash = sha256_hex(challenge.as_bytes());
+        let now = Timestamp::now();
+        // Check first so that a bad challenge costs no CA signature; the consume below
+        // re-checks atomically (two devices racing with one challenge: one wins).
+        let rec = self.store().challenge(&hash).map_err(storage)?;
+        let rec = challenge_usable(rec, now)?;
+        let (cert, issued) = self.sign_device_cert(req, Some(rec.source.clone()), None)?;
+        match self.store().consume_challenge(&hash, now, Some(issued)).await.map_err(storage)? {
+            ChallengeOutcome::Accepted(_) => Ok((cert, ())),
+            other => Err(challenge_usable(outcome_record(other), now).err().unwrap_or_else(|| {
+                refuse(FailInfo::BadRequest, "challenge could not be redeemed")
+            })),
+        }
     }
 
     async fn scep_renew(&self, req: &PkiRequest) -> Result<(Certificate, ()), Refusal> {
@@ -153,16 +142,21 @@ impl<S: Store> MdmService<S> {
             .issued(&old)
             .map_err(|e| refuse(FailInfo::BadRequest, format!("storage: {e}")))?
             .ok_or_else(|| refuse(FailInfo::BadCertId, "renewal signer was not issued by this appliance"))?;
-        let cert = self.issue_device_cert(req, prior.source, Some(old)).await?;
+        let (cert, rec) = self.sign_device_cert(req, prior.source, Some(old))?;
+        self.store()
+            .record_issued(rec)
+            .await
+            .map_err(|e| refuse(FailInfo::BadRequest, format!("storage: {e}")))?;
         Ok((cert, ()))
     }
 
-    async fn issue_device_cert(
+    /// Sign a device certificate for the request's CSR; the caller stores the record.
+    fn sign_device_cert(
         &self,
         req: &PkiRequest,
         source: Option<EnrollmentSource>,
         renewed_from: Option<String>,
-    ) -> Result<Certificate, Refusal> {
+    ) -> Result<(Certificate, IssuedCertRecord), Refusal> {
         let csr = req.csr.as_ref().ok_or_else(|| refuse(FailInfo::BadRequest, "no CSR"))?;
         let now = SystemTime::now();
         let mut params = CertificateParams {
@@ -201,11 +195,29 @@ impl<S: Store> MdmService<S> {
             renewed_from,
             source,
         };
-        self.store()
-            .record_issued(rec)
-            .await
-            .map_err(|e| refuse(FailInfo::BadRequest, format!("storage: {e}")))?;
         info!(serial = %cert.serial_hex(), subject = %cert.subject(), "device identity issued");
-        Ok(cert)
+        Ok((cert, rec))
     }
+}
+
+fn outcome_record(o: ChallengeOutcome) -> Option<ChallengeRecord> {
+    match o {
+        ChallengeOutcome::Accepted(r) | ChallengeOutcome::AlreadyUsed(r) | ChallengeOutcome::Expired(r) => Some(r),
+        ChallengeOutcome::NotFound => None,
+    }
+}
+
+/// Whether a stored challenge can still be redeemed at `now`, as a refusal if not.
+fn challenge_usable(rec: Option<ChallengeRecord>, now: Timestamp) -> Result<ChallengeRecord, Refusal> {
+    let rec = rec.ok_or_else(|| refuse(FailInfo::BadRequest, "unknown challenge"))?;
+    if rec.used_at.is_some() {
+        return Err(refuse(
+            FailInfo::BadRequest,
+            format!("challenge of profile {} was already used", rec.profile_uuid),
+        ));
+    }
+    if now >= rec.expires_at {
+        return Err(refuse(FailInfo::BadRequest, format!("challenge of profile {} expired", rec.profile_uuid)));
+    }
+    Ok(rec)
 }

@@ -282,13 +282,18 @@ impl ChallengeStore for RedbStore {
         self.write(move |txn| misc::put_challenge(txn, &rec))
     }
 
+    fn challenge(&self, challenge_sha256: &str) -> StoreResult<Option<ChallengeRecord>> {
+        misc::challenge(&self.read()?, challenge_sha256)
+    }
+
     fn consume_challenge(
         &self,
         challenge_sha256: &str,
         now: Timestamp,
+        issued: Option<IssuedCertRecord>,
     ) -> impl Future<Output = StoreResult<ChallengeOutcome>> + Send {
         let sha = challenge_sha256.to_owned();
-        self.write(move |txn| misc::consume_challenge(txn, &sha, now))
+        self.write(move |txn| misc::consume_challenge(txn, &sha, now, issued.as_ref()))
     }
 }
 
@@ -323,9 +328,10 @@ impl LinkStore for RedbStore {
         &self,
         token_sha256: &str,
         now: Timestamp,
+        challenge: Option<ChallengeRecord>,
     ) -> impl Future<Output = StoreResult<Option<LinkRecord>>> + Send {
         let sha = token_sha256.to_owned();
-        self.write(move |txn| misc::use_link(txn, &sha, now))
+        self.write(move |txn| misc::use_link(txn, &sha, now, challenge.as_ref()))
     }
 
     fn revoke_link(

@@ -32,6 +32,7 @@ pub(crate) fn consume_challenge(
     txn: &WriteTransaction,
     sha: &str,
     now: Timestamp,
+    issued: Option<&IssuedCertRecord>,
 ) -> StoreResult<ChallengeOutcome> {
     let mut challenges = open(txn, CHALLENGES)?;
     let Some(mut rec) = get_json::<ChallengeRecord>(&challenges, sha)? else {
@@ -45,7 +46,14 @@ pub(crate) fn consume_challenge(
     }
     rec.used_at = Some(now);
     put_json(&mut challenges, sha, &rec)?;
+    if let Some(issued) = issued {
+        record_issued(txn, issued)?;
+    }
     Ok(ChallengeOutcome::Accepted(rec))
+}
+
+pub(crate) fn challenge(rtx: &ReadTransaction, sha: &str) -> StoreResult<Option<ChallengeRecord>> {
+    get_json(&open_read(rtx, CHALLENGES)?, sha)
 }
 
 pub(crate) fn record_issued(txn: &WriteTransaction, rec: &IssuedCertRecord) -> StoreResult<()> {
@@ -126,6 +134,7 @@ pub(crate) fn use_link(
     txn: &WriteTransaction,
     sha: &str,
     now: Timestamp,
+    challenge: Option<&ChallengeRecord>,
 ) -> StoreResult<Option<LinkRecord>> {
     let Some(id) = link_id_by_token(&open(txn, LINK_TOKENS)?, sha)? else {
         return Ok(None);
@@ -141,6 +150,9 @@ pub(crate) fn use_link(
     }
     link.uses = link.uses.saturating_add(1);
     put_json(&mut links, &id, &link)?;
+    if let Some(challenge) = challenge {
+        put_challenge(txn, challenge)?;
+    }
     Ok(Some(link))
 }
 

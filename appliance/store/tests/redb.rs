@@ -202,7 +202,7 @@ async fn each_caller_gets_its_own_result_and_bad_writes_stay_alone() {
         let store = store.clone();
         tasks.spawn(async move {
             let outcome = store
-                .consume_challenge(&format!("ch-{i}"), Timestamp(10))
+                .consume_challenge(&format!("ch-{i}"), Timestamp(10), None)
                 .await
                 .unwrap();
             (i, format!("{outcome:?}"))
@@ -235,7 +235,7 @@ async fn each_caller_gets_its_own_result_and_bad_writes_stay_alone() {
     for i in 0..20 {
         assert!(matches!(
             store
-                .consume_challenge(&format!("ch-{i}"), Timestamp(11))
+                .consume_challenge(&format!("ch-{i}"), Timestamp(11), None)
                 .await
                 .unwrap(),
             ChallengeOutcome::AlreadyUsed(_)
