@@ -513,7 +513,7 @@ impl Activity {
     }
 
     fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::SeqCst) > 1000 {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
             return None;
         }
         let ms = self.last_done_ms.load(Ordering::SeqCst);

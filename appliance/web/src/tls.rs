@@ -109,11 +109,9 @@ fn certified_key(identity: &TlsIdentity) -> Result<CertifiedKey, TlsError> {
     // Loading through a borrowed `PrivateKeyDer` keeps the only copy of the key bytes in the
     // caller's zeroizing buffer; rustls' owned-key path (`with_single_cert`) would take and
     // drop an unwiped copy. This is the same loader the aws-lc-rs provider uses.
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        identity.key_pkcs8_der.as_slice(),
-    ));
-    let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
-        .map_err(TlsError::Key)?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8_der.as_slice()));
+    let signing_key =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(TlsError::Key)?;
     let chain = identity
         .cert_chain_der
         .iter()

@@ -22,9 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mdm_web::listen::{take_listeners, ListenSource};
-use mdm_web::server::{
-    read_body, serve, BodyError, ConnectionInfo, Handler, ServeOptions,
-};
+use mdm_web::server::{read_body, serve, BodyError, ConnectionInfo, Handler, ServeOptions};
 use mdm_web::tls::{server_config, ReloadableTls, TlsError, TlsIdentity};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -174,7 +172,15 @@ fn make_cert(dir: &Path, name: &str, cn: &str, section: &str, issuer: Option<&st
     openssl(dir, &args);
     openssl(
         dir,
-        &["x509", "-in", &pem, "-outform", "DER", "-out", &format!("{name}.der")],
+        &[
+            "x509",
+            "-in",
+            &pem,
+            "-outform",
+            "DER",
+            "-out",
+            &format!("{name}.der"),
+        ],
     );
     openssl(
         dir,
@@ -338,7 +344,8 @@ impl Server {
         assert_eq!(source, ListenSource::Bound { count: 1 });
         let addr = listeners[0].local_addr().unwrap();
         let tls = Arc::new(
-            ReloadableTls::from_identity(&pki.server.identity(), &[pki.ca.clone()]).unwrap(),
+            ReloadableTls::from_identity(&pki.server.identity(), std::slice::from_ref(&pki.ca))
+                .unwrap(),
         );
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
@@ -596,6 +603,14 @@ impl hyper::body::Body for Chunks {
     }
 }
 
+/// Waits for the next `/slow` request to reach the handler; panics after [`PATIENCE`].
+async fn slow_started(started: &mut mpsc::UnboundedReceiver<()>) {
+    tokio::time::timeout(PATIENCE, started.recv())
+        .await
+        .expect("the slow request reaches the handler")
+        .unwrap();
+}
+
 /// Waits until `check` holds, polling; panics after [`PATIENCE`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -617,7 +632,9 @@ async fn http1_keep_alive_serves_two_requests_on_one_connection() {
     let Some(pki) = pki() else { return };
     let server = Server::start(pki, Arc::default(), opts()).await;
 
-    let mut client = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut client = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     assert!(!client.is_h2());
     let (first, h2, version) = client.info().await;
     let (second, _, _) = client.info().await;
@@ -625,7 +642,9 @@ async fn http1_keep_alive_serves_two_requests_on_one_connection() {
     assert!(!h2);
     assert_eq!(version, Version::HTTP_11);
 
-    let mut other = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut other = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     let (third, _, _) = other.info().await;
     assert_ne!(first, third, "a new connection gets a new id");
     assert_eq!(server.handler.calls.load(Ordering::SeqCst), 3);
@@ -637,7 +656,9 @@ async fn http2_is_negotiated_with_alpn() {
     let Some(pki) = pki() else { return };
     let server = Server::start(pki, Arc::default(), opts()).await;
 
-    let mut client = Client::connect(server.addr, pki, ClientSpec::h2()).await.unwrap();
+    let mut client = Client::connect(server.addr, pki, ClientSpec::h2())
+        .await
+        .unwrap();
     assert!(client.is_h2(), "the server prefers h2 when offered");
     let (first, h2, version) = client.info().await;
     let (second, _, _) = client.info().await;
@@ -664,7 +685,11 @@ async fn client_certificate_from_the_appliance_ca_reaches_the_handler() {
         let mut client = Client::connect(server.addr, pki, spec).await.unwrap();
         let (status, _, body) = client.get("/peer").await.unwrap();
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body.as_ref(), pki.client.cert.as_slice(), "tls12_only={tls12_only}");
+        assert_eq!(
+            body.as_ref(),
+            pki.client.cert.as_slice(),
+            "tls12_only={tls12_only}"
+        );
     }
     server.stop().await;
 }
@@ -674,7 +699,9 @@ async fn no_client_certificate_is_accepted() {
     let Some(pki) = pki() else { return };
     let server = Server::start(pki, Arc::default(), opts()).await;
 
-    let mut client = Client::connect(server.addr, pki, ClientSpec::h2()).await.unwrap();
+    let mut client = Client::connect(server.addr, pki, ClientSpec::h2())
+        .await
+        .unwrap();
     let (status, _, body) = client.get("/peer").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(body.is_empty(), "no certificate was presented");
@@ -711,7 +738,10 @@ async fn client_certificate_from_another_ca_is_rejected_at_handshake() {
         client.get("/info").await
     }
     .await;
-    assert!(outcome.is_err(), "request over a rejected handshake: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "request over a rejected handshake: {outcome:?}"
+    );
     assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
     server.stop().await;
 }
@@ -788,7 +818,10 @@ async fn request_bodies_are_bounded() {
                 .send("PUT", "/body", full(len), Some(len))
                 .await
                 .unwrap();
-            assert_eq!((status, body.as_ref()), (StatusCode::OK, len.to_string().as_bytes()));
+            assert_eq!(
+                (status, body.as_ref()),
+                (StatusCode::OK, len.to_string().as_bytes())
+            );
         }
 
         // Declared length over the limit: refused from the header alone.
@@ -798,7 +831,10 @@ async fn request_bodies_are_bounded() {
             .send("PUT", "/body", full(len), Some(len))
             .await
             .unwrap();
-        assert_eq!((String::from_utf8_lossy(&body).into_owned(), status), too_large);
+        assert_eq!(
+            (String::from_utf8_lossy(&body).into_owned(), status),
+            too_large
+        );
 
         // No declared length: counted while streaming.
         let mut client = Client::connect(server.addr, pki, spec()).await.unwrap();
@@ -811,7 +847,10 @@ async fn request_bodies_are_bounded() {
             .send("PUT", "/body", streamed(8, 200), None)
             .await
             .unwrap();
-        assert_eq!((String::from_utf8_lossy(&body).into_owned(), status), too_large);
+        assert_eq!(
+            (String::from_utf8_lossy(&body).into_owned(), status),
+            too_large
+        );
     }
     server.stop().await;
 }
@@ -821,8 +860,12 @@ async fn conn_state_belongs_to_one_connection() {
     let Some(pki) = pki() else { return };
     let server = Server::start(pki, Arc::default(), opts()).await;
 
-    let mut first = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
-    let mut second = Client::connect(server.addr, pki, ClientSpec::h2()).await.unwrap();
+    let mut first = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
+    let mut second = Client::connect(server.addr, pki, ClientSpec::h2())
+        .await
+        .unwrap();
     assert_eq!(first.get("/notnow/a").await.unwrap().2.as_ref(), b"a");
     assert_eq!(second.get("/notnow/c").await.unwrap().2.as_ref(), b"c");
     assert_eq!(first.get("/notnow/b").await.unwrap().2.as_ref(), b"a,b");
@@ -830,7 +873,9 @@ async fn conn_state_belongs_to_one_connection() {
 
     // A reconnecting device starts with a clean slate.
     drop(first);
-    let mut again = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut again = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     assert_eq!(again.get("/notnow/e").await.unwrap().2.as_ref(), b"e");
     server.stop().await;
 }
@@ -844,7 +889,9 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connectio
     let (handler, mut started) = TestHandler::with_slow_channel();
     let mut server = Server::start(pki, Arc::clone(&handler), opts()).await;
 
-    let mut idle = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut idle = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     idle.info().await;
     let mut in_flight = Vec::new();
     for spec in [ClientSpec::h1, ClientSpec::h2] {
@@ -853,7 +900,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connectio
             let outcome = client.get("/slow").await;
             (outcome, client)
         }));
-        started.recv().await.unwrap();
+        slow_started(&mut started).await;
     }
 
     server.trigger_shutdown();
@@ -876,7 +923,10 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_refuses_new_connectio
     for request in in_flight {
         let (outcome, _client) = request.await.unwrap();
         let (status, _, body) = outcome.unwrap();
-        assert_eq!((status, body.as_ref()), (StatusCode::OK, b"slow done".as_ref()));
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, b"slow done".as_ref())
+        );
     }
     tokio::time::timeout(PATIENCE, server.task)
         .await
@@ -898,8 +948,10 @@ async fn drain_timeout_closes_stuck_connections() {
     let mut stuck = Vec::new();
     for spec in [ClientSpec::h1, ClientSpec::h2] {
         let mut client = Client::connect(server.addr, pki, spec()).await.unwrap();
-        stuck.push(tokio::spawn(async move { client.get("/slow").await.map(|_| ()) }));
-        started.recv().await.unwrap();
+        stuck.push(tokio::spawn(async move {
+            client.get("/slow").await.map(|_| ())
+        }));
+        slow_started(&mut started).await;
     }
     server.trigger_shutdown();
     tokio::time::timeout(PATIENCE, server.task)
@@ -908,7 +960,10 @@ async fn drain_timeout_closes_stuck_connections() {
         .unwrap()
         .unwrap();
     for request in stuck {
-        let outcome = tokio::time::timeout(PATIENCE, request).await.unwrap().unwrap();
+        let outcome = tokio::time::timeout(PATIENCE, request)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(outcome.is_err(), "a force-closed request cannot succeed");
     }
     // The handlers were cancelled, not left running: only this test and `server.handler`
@@ -937,7 +992,7 @@ async fn idle_connections_are_closed_but_busy_ones_are_not() {
 
         let mut busy = Client::connect(server.addr, pki, spec()).await.unwrap();
         let request = tokio::spawn(async move { busy.get("/slow").await.map(|r| r.0) });
-        started.recv().await.unwrap();
+        slow_started(&mut started).await;
         tokio::time::sleep(idle_timeout * 3).await;
         handler.slow_release.add_permits(1);
         assert_eq!(request.await.unwrap().unwrap(), StatusCode::OK);
@@ -954,7 +1009,9 @@ async fn connections_over_the_limit_are_closed() {
     };
     let server = Server::start(pki, Arc::default(), opts).await;
 
-    let mut first = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut first = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     first.info().await;
     let refused = Client::connect(server.addr, pki, ClientSpec::h1()).await;
     assert!(refused.is_err(), "a second connection is over the limit");
@@ -998,14 +1055,21 @@ async fn certificate_can_be_replaced_while_serving() {
     let Some(pki) = pki() else { return };
     let server = Server::start(pki, Arc::default(), opts()).await;
 
-    let mut before = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut before = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     assert_eq!(before.server_leaf, pki.server.cert);
 
     server
         .tls
-        .reload(&pki.server_renewed.identity(), &[pki.ca.clone()])
+        .reload(
+            &pki.server_renewed.identity(),
+            std::slice::from_ref(&pki.ca),
+        )
         .unwrap();
-    let mut after = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    let mut after = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     assert_eq!(after.server_leaf, pki.server_renewed.cert);
     after.info().await;
     // The connection made before the switch carries on.
@@ -1016,8 +1080,13 @@ async fn certificate_can_be_replaced_while_serving() {
         cert_chain_der: vec![pki.server.cert.clone()],
         key_pkcs8_der: Zeroizing::new(pki.client.key.clone()),
     };
-    assert!(server.tls.reload(&broken, &[pki.ca.clone()]).is_err());
-    let mut still = Client::connect(server.addr, pki, ClientSpec::h1()).await.unwrap();
+    assert!(server
+        .tls
+        .reload(&broken, std::slice::from_ref(&pki.ca))
+        .is_err());
+    let mut still = Client::connect(server.addr, pki, ClientSpec::h1())
+        .await
+        .unwrap();
     assert_eq!(still.server_leaf, pki.server_renewed.cert);
     still.info().await;
     server.stop().await;
@@ -1029,14 +1098,20 @@ fn server_config_refuses_unusable_inputs() {
     let roots = [pki.ca.clone()];
 
     let config = server_config(&pki.server.identity(), &roots).unwrap();
-    assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(
+        config.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
     assert_eq!(config.max_early_data_size, 0);
 
     let empty = TlsIdentity {
         cert_chain_der: Vec::new(),
         key_pkcs8_der: Zeroizing::new(pki.server.key.clone()),
     };
-    assert!(matches!(server_config(&empty, &roots), Err(TlsError::EmptyChain)));
+    assert!(matches!(
+        server_config(&empty, &roots),
+        Err(TlsError::EmptyChain)
+    ));
 
     let mismatched = TlsIdentity {
         cert_chain_der: vec![pki.server.cert.clone()],
@@ -1051,7 +1126,10 @@ fn server_config_refuses_unusable_inputs() {
         cert_chain_der: vec![pki.server.cert.clone()],
         key_pkcs8_der: Zeroizing::new(b"not a key".to_vec()),
     };
-    assert!(matches!(server_config(&garbage_key, &roots), Err(TlsError::Key(_))));
+    assert!(matches!(
+        server_config(&garbage_key, &roots),
+        Err(TlsError::Key(_))
+    ));
 
     let bad_roots = [pki.ca.clone(), b"not a certificate".to_vec()];
     assert!(matches!(
@@ -1091,7 +1169,11 @@ async fn without_client_roots_no_certificate_is_requested() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.is_empty());
     tx.send(()).unwrap();
-    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1126,7 +1208,11 @@ async fn binds_every_address_given() {
     for addr in [a, b] {
         let (connected, accepted) = tokio::join!(
             TcpStream::connect(addr),
-            listeners.iter().find(|l| l.local_addr().unwrap() == addr).unwrap().accept()
+            listeners
+                .iter()
+                .find(|l| l.local_addr().unwrap() == addr)
+                .unwrap()
+                .accept()
         );
         connected.unwrap();
         accepted.unwrap();
@@ -1248,7 +1334,11 @@ struct ActivationHandler {
 }
 
 impl Handler for ActivationHandler {
-    async fn handle(&self, _req: Request<Incoming>, _conn: Arc<ConnectionInfo>) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        _req: Request<Incoming>,
+        _conn: Arc<ConnectionInfo>,
+    ) -> Response<Full<Bytes>> {
         if let Some(done) = self.done.lock().unwrap().take() {
             let _ = done.send(());
         }

@@ -1,0 +1,177 @@
+//! `mdmctl` against the real daemon binary, and the promise that secrets never reach the
+//! database file or the logs in the clear.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use appliance_tests::{free_port, push_cert_pem};
+use mdm_sim::device::{DeviceKind, SimDevice};
+use mdm_sim::http::HttpClient;
+
+fn sibling_binary(name: &str) -> PathBuf {
+    let bin = appliance_tests::mdmd_binary().with_file_name(name);
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+struct Cli {
+    server: String,
+    token_file: PathBuf,
+    ca: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(sibling_binary("mdmctl"))
+            .args(args)
+            .env("MDMCTL_SERVER", &self.server)
+            .env("MDMCTL_TOKEN_FILE", &self.token_file)
+            .env("MDMCTL_CA", &self.ca)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "mdmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn wait_for_file(p: &Path) {
+    for _ in 0..200 {
+        if p.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} never appeared", p.display());
+}
+
+/// The whole daemon as a process with its log captured: enroll a device through the CLI's
+/// link, exercise commands through the CLI, then search the database and the log for secrets.
+#[tokio::test]
+async fn cli_drives_the_daemon_and_no_secret_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let apple = mdm_sim::apple::AppleStandIn::generate().unwrap();
+    apple.save(&dir.path().join("apple")).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log_path = dir.path().join("mdmd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(appliance_tests::mdmd_binary())
+        .args(["serve", "--dev", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_file(&data.join(mdmd::LISTEN_ADDR_FILE));
+
+    // Trust on first use, as an admin would: fetch the CA, then pin it.
+    let ca_path = dir.path().join("ca.pem");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-showcerts"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let start = text.rfind("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start + 25;
+    std::fs::write(&ca_path, &text[start..end]).unwrap();
+
+    let cli = Cli { server: format!("https://{addr}"), token_file: data.join(mdmd::ADMIN_TOKEN_FILE), ca: ca_path.clone() };
+    assert!(cli.ok(&["ca", "show"]).contains("BEGIN CERTIFICATE"));
+    let status: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "status"])).unwrap();
+    assert_eq!(status["enrollments"], 0);
+
+    let push = dir.path().join("push.pem");
+    std::fs::write(&push, push_cert_pem(appliance_tests::TOPIC)).unwrap();
+    assert!(cli.ok(&["push-cert", "import", push.to_str().unwrap()]).contains(appliance_tests::TOPIC));
+
+    let url = cli.ok(&["enroll-link", "create", "--label", "cli test"]).trim().to_string();
+    assert!(url.starts_with(&format!("https://{addr}/enroll/")), "{url}");
+    let link_token = url.rsplit('/').next().unwrap().to_string();
+
+    // A device enrolls through the link.
+    let ca_pem = std::fs::read(&ca_path).unwrap();
+    let client = HttpClient::from_ca_pem(&ca_pem).unwrap();
+    let mut d = SimDevice::random(DeviceKind::IPhone).unwrap();
+    d.trust_ca_pem(&ca_pem).unwrap();
+    let profile = d.manual_enroll(&client, &url).await.unwrap();
+    let challenge = {
+        let cas = mdm_sim::x509::certificates_from_pem(&ca_pem).unwrap();
+        let p = d.install_profile(&profile, Some(&cas)).unwrap();
+        p.scep.as_ref().unwrap().challenge.clone().unwrap()
+    };
+    d.complete_enrollment().await.unwrap();
+    let bootstrap = b"BOOTSTRAP-SECRET-5f1c9a7e3d2b".to_vec();
+    d.set_bootstrap_token(&bootstrap).await.unwrap();
+
+    let listed = cli.ok(&["devices", "list"]);
+    assert!(listed.contains(&d.udid) && listed.to_lowercase().contains("enrolled"), "{listed}");
+    let uuid = cli.ok(&["command", "send", "--device", &d.udid, "DeviceInformation"]).trim().to_string();
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    assert_eq!(d.run_until_idle().await.unwrap().len(), 1);
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "command", "show", &uuid])).unwrap();
+    assert_eq!(shown["deliveries"][0]["status"], "Acknowledged");
+
+    // Refusals: exit 1 with the code on stderr.
+    let out = cli.run(&["command", "send", "--device", "no-such-device", "ProfileList"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ENROLLMENT_NOT_FOUND"));
+
+    // Stop the daemon (SIGKILL: whatever is on disk is what an attacker could copy).
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let admin_token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+    let mut secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("bootstrap token", bootstrap),
+        ("admin API token", admin_token.into_bytes()),
+        ("enrollment link token", link_token.into_bytes()),
+        ("SCEP challenge", challenge.into_bytes()),
+    ];
+    // The appliance's private keys: unseal them here (with the key file an attacker would
+    // also need) to know what must not appear in the clear.
+    {
+        use mdm_keystore::Sealer as _;
+        use mdm_service::ports::SettingsStore as _;
+        let store = mdm_store::RedbStore::open(&data.join(mdmd::DB_FILE), Default::default()).unwrap();
+        let sealer = mdm_keystore::SoftSealer::open_or_create(&data.join(mdmd::SOFT_KEY_FILE)).unwrap();
+        for (role, label) in [("ca", "CA key"), ("scep-ra", "SCEP RA key"), ("profile-signer", "signing key"), ("tls", "TLS key")] {
+            let sealed = store.setting(&format!("pki/{role}.key.sealed")).unwrap().unwrap();
+            let blob = mdm_keystore::SealedBlob::from_bytes(&sealed).unwrap();
+            let pkcs8 = sealer.unseal(&format!("{role}-key"), &blob).unwrap();
+            // Skip the PKCS#8 header (common to all keys of a type): take key material.
+            secrets.push((label, pkcs8[pkcs8.len() / 2..pkcs8.len() / 2 + 32].to_vec()));
+        }
+        store.close().unwrap();
+    }
+    if let Some(unlock) = d.unlock_token.clone() {
+        secrets.push(("unlock token", unlock));
+    }
+    let db = std::fs::read(data.join(mdmd::DB_FILE)).unwrap();
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(log.len() > 1000, "the log captured the run");
+    for (what, secret) in &secrets {
+        let needle = &secret[..secret.len().min(24)];
+        assert!(!contains(&db, needle), "{what} is in the database file in the clear");
+        assert!(!contains(&log, needle), "{what} is in the log");
+        let b64 = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        };
+        assert!(!contains(&log, &b64.as_bytes()[..b64.len().min(24)]), "{what} (base64) is in the log");
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
