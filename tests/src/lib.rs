@@ -34,7 +34,11 @@ fn no_tweak(_: &mut Config) {}
 
 /// Pick a free port on 127.0.0.1 (bind, read, release).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn config(dir: &Path, addr: SocketAddr, apple_root: PathBuf, tweak: fn(&mut Config)) -> Config {
@@ -58,10 +62,18 @@ impl Appliance {
         let apple = AppleStandIn::generate().unwrap();
         apple.save(&dir.path().join("apple")).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = config(dir.path(), addr, AppleStandIn::root_path(&dir.path().join("apple")), tweak);
+        let cfg = config(
+            dir.path(),
+            addr,
+            AppleStandIn::root_path(&dir.path().join("apple")),
+            tweak,
+        );
         let running = mdmd::start(cfg).await.unwrap();
         let data = dir.path().join("data");
-        let token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+        let token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE))
+            .unwrap()
+            .trim()
+            .to_string();
         let ca_pem = running.ca_pem.clone().into_bytes();
         let admin = HttpClient::from_ca_pem(&ca_pem).unwrap();
         let app = Appliance {
@@ -75,7 +87,13 @@ impl Appliance {
             running: Some(running),
             tweak,
         };
-        let (status, body) = app.api_raw("PUT", "/api/v1/push-cert", push_cert_pem(TOPIC).into_bytes()).await;
+        let (status, body) = app
+            .api_raw(
+                "PUT",
+                "/api/v1/push-cert",
+                push_cert_pem(TOPIC).into_bytes(),
+            )
+            .await;
         assert_eq!(status, 200, "push cert import: {body}");
         app
     }
@@ -118,7 +136,9 @@ impl Appliance {
     /// An admin API call with the admin token; returns status and JSON (or the text as a
     /// JSON string when the body is not JSON).
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
         self.api_raw(method, path, bytes).await
     }
 
@@ -128,12 +148,27 @@ impl Appliance {
     }
 
     /// An admin API call with another token.
-    pub async fn api_as(&self, token: &str, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let auth = format!("Bearer {token}");
-        let h = headers(&[("authorization", &auth), ("content-type", "application/json")]).unwrap();
+        let h = headers(&[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ])
+        .unwrap();
         let resp = self
             .admin
-            .request(method.parse().unwrap(), &format!("{}{path}", self.base_url), h, body)
+            .request(
+                method.parse().unwrap(),
+                &format!("{}{path}", self.base_url),
+                h,
+                body,
+            )
             .await
             .unwrap();
         (resp.status, body_json(&resp))
@@ -141,7 +176,13 @@ impl Appliance {
 
     /// Create an enrollment link and return its URL.
     pub async fn link(&self) -> String {
-        let (status, v) = self.api("POST", "/api/v1/enroll-links", Some(serde_json::json!({"label": "test"}))).await;
+        let (status, v) = self
+            .api(
+                "POST",
+                "/api/v1/enroll-links",
+                Some(serde_json::json!({"label": "test"})),
+            )
+            .await;
         assert_eq!(status, 201, "{v}");
         v["url"].as_str().unwrap().to_string()
     }
@@ -185,14 +226,17 @@ impl Appliance {
 
     /// A command with its deliveries.
     pub async fn command(&self, uuid: &str) -> Value {
-        let (status, v) = self.api("GET", &format!("/api/v1/commands/{uuid}"), None).await;
+        let (status, v) = self
+            .api("GET", &format!("/api/v1/commands/{uuid}"), None)
+            .await;
         assert_eq!(status, 200, "{v}");
         v
     }
 
     /// An enrollment as the API shows it.
     pub async fn enrollment(&self, id: &str) -> (u16, Value) {
-        self.api("GET", &format!("/api/v1/devices/{id}"), None).await
+        self.api("GET", &format!("/api/v1/devices/{id}"), None)
+            .await
     }
 }
 
@@ -219,7 +263,10 @@ pub fn push_cert_pem(topic: &str) -> String {
         not_after: now + Duration::from_secs(365 * 24 * 3600),
         is_ca: false,
         path_len: None,
-        key_usage: mdm_pki::KeyUsages { digital_signature: true, ..Default::default() },
+        key_usage: mdm_pki::KeyUsages {
+            digital_signature: true,
+            ..Default::default()
+        },
         extended_key_usage: Vec::new(),
         dns_names: Vec::new(),
         ip_addresses: Vec::new(),
@@ -238,7 +285,11 @@ pub fn mdmd_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("mdmd");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -259,7 +310,10 @@ impl DaemonProcess {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "mdmd did not start listening on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "mdmd did not start listening on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         DaemonProcess { child, addr }

@@ -11,7 +11,11 @@ use mdm_sim::http::HttpClient;
 
 fn sibling_binary(name: &str) -> PathBuf {
     let bin = appliance_tests::mdmd_binary().with_file_name(name);
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -35,7 +39,11 @@ impl Cli {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "mdmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mdmctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -86,16 +94,25 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start + 25;
     std::fs::write(&ca_path, &text[start..end]).unwrap();
 
-    let cli = Cli { server: format!("https://{addr}"), token_file: data.join(mdmd::ADMIN_TOKEN_FILE), ca: ca_path.clone() };
+    let cli = Cli {
+        server: format!("https://{addr}"),
+        token_file: data.join(mdmd::ADMIN_TOKEN_FILE),
+        ca: ca_path.clone(),
+    };
     assert!(cli.ok(&["ca", "show"]).contains("BEGIN CERTIFICATE"));
     let status: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "status"])).unwrap();
     assert_eq!(status["enrollments"], 0);
 
     let push = dir.path().join("push.pem");
     std::fs::write(&push, push_cert_pem(appliance_tests::TOPIC)).unwrap();
-    assert!(cli.ok(&["push-cert", "import", push.to_str().unwrap()]).contains(appliance_tests::TOPIC));
+    assert!(cli
+        .ok(&["push-cert", "import", push.to_str().unwrap()])
+        .contains(appliance_tests::TOPIC));
 
-    let url = cli.ok(&["enroll-link", "create", "--label", "cli test"]).trim().to_string();
+    let url = cli
+        .ok(&["enroll-link", "create", "--label", "cli test"])
+        .trim()
+        .to_string();
     assert!(url.starts_with(&format!("https://{addr}/enroll/")), "{url}");
     let link_token = url.rsplit('/').next().unwrap().to_string();
 
@@ -115,15 +132,28 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     d.set_bootstrap_token(&bootstrap).await.unwrap();
 
     let listed = cli.ok(&["devices", "list"]);
-    assert!(listed.contains(&d.udid) && listed.to_lowercase().contains("enrolled"), "{listed}");
-    let uuid = cli.ok(&["command", "send", "--device", &d.udid, "DeviceInformation"]).trim().to_string();
+    assert!(
+        listed.contains(&d.udid) && listed.to_lowercase().contains("enrolled"),
+        "{listed}"
+    );
+    let uuid = cli
+        .ok(&["command", "send", "--device", &d.udid, "DeviceInformation"])
+        .trim()
+        .to_string();
     assert_eq!(uuid.len(), 36, "{uuid}");
     assert_eq!(d.run_until_idle().await.unwrap().len(), 1);
-    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "command", "show", &uuid])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--json", "command", "show", &uuid])).unwrap();
     assert_eq!(shown["deliveries"][0]["status"], "Acknowledged");
 
     // Refusals: exit 1 with the code on stderr.
-    let out = cli.run(&["command", "send", "--device", "no-such-device", "ProfileList"]);
+    let out = cli.run(&[
+        "command",
+        "send",
+        "--device",
+        "no-such-device",
+        "ProfileList",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ENROLLMENT_NOT_FOUND"));
 
@@ -131,7 +161,10 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let admin_token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE)).unwrap().trim().to_string();
+    let admin_token = std::fs::read_to_string(data.join(mdmd::ADMIN_TOKEN_FILE))
+        .unwrap()
+        .trim()
+        .to_string();
     let mut secrets: Vec<(&str, Vec<u8>)> = vec![
         ("bootstrap token", bootstrap),
         ("admin API token", admin_token.into_bytes()),
@@ -143,10 +176,20 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     {
         use mdm_keystore::Sealer as _;
         use mdm_service::ports::SettingsStore as _;
-        let store = mdm_store::RedbStore::open(&data.join(mdmd::DB_FILE), Default::default()).unwrap();
-        let sealer = mdm_keystore::SoftSealer::open_or_create(&data.join(mdmd::SOFT_KEY_FILE)).unwrap();
-        for (role, label) in [("ca", "CA key"), ("scep-ra", "SCEP RA key"), ("profile-signer", "signing key"), ("tls", "TLS key")] {
-            let sealed = store.setting(&format!("pki/{role}.key.sealed")).unwrap().unwrap();
+        let store =
+            mdm_store::RedbStore::open(&data.join(mdmd::DB_FILE), Default::default()).unwrap();
+        let sealer =
+            mdm_keystore::SoftSealer::open_or_create(&data.join(mdmd::SOFT_KEY_FILE)).unwrap();
+        for (role, label) in [
+            ("ca", "CA key"),
+            ("scep-ra", "SCEP RA key"),
+            ("profile-signer", "signing key"),
+            ("tls", "TLS key"),
+        ] {
+            let sealed = store
+                .setting(&format!("pki/{role}.key.sealed"))
+                .unwrap()
+                .unwrap();
             let blob = mdm_keystore::SealedBlob::from_bytes(&sealed).unwrap();
             let pkcs8 = sealer.unseal(&format!("{role}-key"), &blob).unwrap();
             // Skip the PKCS#8 header (common to all keys of a type): take key material.
@@ -162,13 +205,19 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     assert!(log.len() > 1000, "the log captured the run");
     for (what, secret) in &secrets {
         let needle = &secret[..secret.len().min(24)];
-        assert!(!contains(&db, needle), "{what} is in the database file in the clear");
+        assert!(
+            !contains(&db, needle),
+            "{what} is in the database file in the clear"
+        );
         assert!(!contains(&log, needle), "{what} is in the log");
         let b64 = {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.encode(secret)
         };
-        assert!(!contains(&log, &b64.as_bytes()[..b64.len().min(24)]), "{what} (base64) is in the log");
+        assert!(
+            !contains(&log, &b64.as_bytes()[..b64.len().min(24)]),
+            "{what} (base64) is in the log"
+        );
     }
 }
 

@@ -18,15 +18,27 @@ async fn restart_mid_queue_loses_nothing() {
     // answering it.
     d.commands.max_commands = 1;
     assert!(d.run_until_idle().await.is_err());
-    assert_eq!(app.command(&uuids[0]).await["deliveries"][0]["status"], "Acknowledged");
+    assert_eq!(
+        app.command(&uuids[0]).await["deliveries"][0]["status"],
+        "Acknowledged"
+    );
 
     app.restart().await;
     d.disconnect().await;
     d.commands.max_commands = 100;
     let done = d.run_until_idle().await.unwrap();
-    assert_eq!(done.iter().map(|c| c.command_uuid.as_str()).collect::<Vec<_>>(), [&uuids[1], &uuids[2]]);
+    assert_eq!(
+        done.iter()
+            .map(|c| c.command_uuid.as_str())
+            .collect::<Vec<_>>(),
+        [&uuids[1], &uuids[2]]
+    );
     for u in &uuids {
-        assert_eq!(app.command(u).await["deliveries"][0]["status"], "Acknowledged", "{u}");
+        assert_eq!(
+            app.command(u).await["deliveries"][0]["status"],
+            "Acknowledged",
+            "{u}"
+        );
     }
     // The enrollment, the CA and the admin token all survived too.
     assert_eq!(app.enrollment(&d.udid).await.1["state"], "Enrolled");
@@ -47,7 +59,11 @@ async fn kill_9_keeps_every_acknowledged_write() {
         let app = &app;
         tasks.push(async move {
             let (s, v) = app
-                .api("POST", "/api/v1/commands", Some(json!({"targets": [udid], "request_type": "ProfileList"})))
+                .api(
+                    "POST",
+                    "/api/v1/commands",
+                    Some(json!({"targets": [udid], "request_type": "ProfileList"})),
+                )
                 .await;
             assert_eq!(s, 201, "{v}");
             v["command_uuid"].as_str().unwrap().to_string()
@@ -66,7 +82,10 @@ async fn kill_9_keeps_every_acknowledged_write() {
     let _daemon = DaemonProcess::start(&app.data_dir(), app.addr, &app.apple_root());
     app.reconnect_admin();
     for p in &answered {
-        assert_eq!(app.command(&p.command_uuid).await["deliveries"][0]["status"], "Acknowledged");
+        assert_eq!(
+            app.command(&p.command_uuid).await["deliveries"][0]["status"],
+            "Acknowledged"
+        );
     }
     for d in &mut devices {
         d.disconnect().await;
@@ -74,7 +93,11 @@ async fn kill_9_keeps_every_acknowledged_write() {
     let rest = devices[1].run_until_idle().await.unwrap();
     assert_eq!(rest.len(), 12, "every acknowledged enqueue survived");
     assert!(rest.iter().all(|c| c.status == CommandStatus::Acknowledged));
-    let mut all: Vec<String> = answered.iter().chain(&rest).map(|c| c.command_uuid.clone()).collect();
+    let mut all: Vec<String> = answered
+        .iter()
+        .chain(&rest)
+        .map(|c| c.command_uuid.clone())
+        .collect();
     all.sort();
     uuids.sort();
     assert_eq!(all, uuids);

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use appliance_tests::{Appliance, TOPIC};
-use mdm_sim::error::{DeviceError, ScepError};
 use mdm_sim::error::FailInfo;
+use mdm_sim::error::{DeviceError, ScepError};
 use serde_json::json;
 
 #[tokio::test]
@@ -29,7 +29,10 @@ async fn manual_enrollment_end_to_end() {
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // Secrets never leave the appliance through the API.
     let text = list.to_string();
-    assert!(!text.contains("unlock_token_sealed") && !text.contains("push_magic"), "{text}");
+    assert!(
+        !text.contains("unlock_token_sealed") && !text.contains("push_magic"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -42,11 +45,18 @@ async fn profile_verifies_with_openssl_against_the_appliance_ca() {
     std::fs::write(dir.path().join("p.der"), &profile).unwrap();
     std::fs::write(dir.path().join("ca.pem"), &app.ca_pem).unwrap();
     let out = std::process::Command::new("openssl")
-        .args(["cms", "-verify", "-inform", "DER", "-in", "p.der", "-CAfile", "ca.pem", "-out", "p.xml"])
+        .args([
+            "cms", "-verify", "-inform", "DER", "-in", "p.der", "-CAfile", "ca.pem", "-out",
+            "p.xml",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "openssl cms -verify: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl cms -verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let xml = std::fs::read_to_string(dir.path().join("p.xml")).unwrap();
     for needle in [
         "com.apple.security.scep",
@@ -60,13 +70,22 @@ async fn profile_verifies_with_openssl_against_the_appliance_ca() {
     ] {
         assert!(xml.contains(needle), "profile lacks {needle}");
     }
-    assert!(!xml.contains("/scep?"), "the SCEP URL must not carry a query string");
+    assert!(
+        !xml.contains("/scep?"),
+        "the SCEP URL must not carry a query string"
+    );
 }
 
 #[tokio::test]
 async fn links_expire_are_revocable_and_count_uses() {
     let app = Appliance::start().await;
-    let (s, v) = app.api("POST", "/api/v1/enroll-links", Some(json!({"label": "cart", "max_uses": 1}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            "/api/v1/enroll-links",
+            Some(json!({"label": "cart", "max_uses": 1})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let url = v["url"].as_str().unwrap().to_string();
     let d = app.device();
@@ -74,26 +93,70 @@ async fn links_expire_are_revocable_and_count_uses() {
     let err = d.manual_enroll(&app.admin, &url).await.unwrap_err();
     assert_eq!(err.status().unwrap().status, 404, "used up");
 
-    let (_, v) = app.api("POST", "/api/v1/enroll-links", Some(json!({"label": "x"}))).await;
-    let (url, id) = (v["url"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string());
-    let (s, _) = app.api("DELETE", &format!("/api/v1/enroll-links/{id}"), None).await;
+    let (_, v) = app
+        .api("POST", "/api/v1/enroll-links", Some(json!({"label": "x"})))
+        .await;
+    let (url, id) = (
+        v["url"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    let (s, _) = app
+        .api("DELETE", &format!("/api/v1/enroll-links/{id}"), None)
+        .await;
     assert_eq!(s, 200);
-    assert_eq!(d.manual_enroll(&app.admin, &url).await.unwrap_err().status().unwrap().status, 404);
+    assert_eq!(
+        d.manual_enroll(&app.admin, &url)
+            .await
+            .unwrap_err()
+            .status()
+            .unwrap()
+            .status,
+        404
+    );
 
-    let (_, v) = app.api("POST", "/api/v1/enroll-links", Some(json!({"ttl_seconds": 1}))).await;
+    let (_, v) = app
+        .api(
+            "POST",
+            "/api/v1/enroll-links",
+            Some(json!({"ttl_seconds": 1})),
+        )
+        .await;
     let url = v["url"].as_str().unwrap().to_string();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(d.manual_enroll(&app.admin, &url).await.unwrap_err().status().unwrap().status, 404);
+    assert_eq!(
+        d.manual_enroll(&app.admin, &url)
+            .await
+            .unwrap_err()
+            .status()
+            .unwrap()
+            .status,
+        404
+    );
 
     let bad = format!("{}/enroll/not-a-token", app.base_url);
-    assert_eq!(d.manual_enroll(&app.admin, &bad).await.unwrap_err().status().unwrap().status, 404);
+    assert_eq!(
+        d.manual_enroll(&app.admin, &bad)
+            .await
+            .unwrap_err()
+            .status()
+            .unwrap()
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
 async fn ade_enrollment_with_signed_machine_info() {
     let app = Appliance::start().await;
     let mut d = app.device();
-    let profile = d.ade_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &app.apple).await.unwrap();
+    let profile = d
+        .ade_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap();
     let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
     d.install_profile(&profile, Some(&ca)).unwrap();
     d.complete_enrollment().await.unwrap();
@@ -104,7 +167,14 @@ async fn ade_enrollment_with_signed_machine_info() {
 
     // The configuration_web_url flavour.
     let mut d2 = app.device();
-    let profile = d2.ade_web_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &app.apple).await.unwrap();
+    let profile = d2
+        .ade_web_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap();
     d2.install_profile(&profile, Some(&ca)).unwrap();
     d2.complete_enrollment().await.unwrap();
     assert_eq!(app.enrollment(&d2.udid).await.1["state"], "Enrolled");
@@ -115,15 +185,30 @@ async fn ade_refuses_machine_info_not_from_apple() {
     let app = Appliance::start().await;
     let rogue = mdm_sim::apple::AppleStandIn::generate().unwrap();
     let mut d = app.device();
-    let err = d.ade_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &rogue).await.unwrap_err();
+    let err = d
+        .ade_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &rogue)
+        .await
+        .unwrap_err();
     let st = err.status().unwrap();
     assert_eq!(st.status, 403);
     assert!(String::from_utf8_lossy(&st.body).contains("MACHINEINFO_UNTRUSTED"));
 
     // Garbage and a missing header are clear 400s.
-    let r = app.admin.post(&format!("{}/mdm/enroll", app.base_url), "application/pkcs7-signature", b"nope".to_vec()).await.unwrap();
+    let r = app
+        .admin
+        .post(
+            &format!("{}/mdm/enroll", app.base_url),
+            "application/pkcs7-signature",
+            b"nope".to_vec(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = app.admin.get(&format!("{}/mdm/enroll", app.base_url), Default::default()).await.unwrap();
+    let r = app
+        .admin
+        .get(&format!("{}/mdm/enroll", app.base_url), Default::default())
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
 }
 
@@ -135,7 +220,14 @@ async fn ade_asks_outdated_devices_to_update() {
         .os("16.7", "20H19")
         .build();
     old.can_request_software_update = true;
-    let err = old.ade_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &app.apple).await.unwrap_err();
+    let err = old
+        .ade_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap_err();
     let st = err.status().unwrap();
     assert_eq!(st.status, 403);
     let v: serde_json::Value = serde_json::from_slice(&st.body).unwrap();
@@ -147,7 +239,13 @@ async fn ade_asks_outdated_devices_to_update() {
         .os("17.10", "21H1")
         .build();
     new.can_request_software_update = true;
-    new.ade_enroll(&app.admin, &format!("{}/mdm/enroll", app.base_url), &app.apple).await.unwrap();
+    new.ade_enroll(
+        &app.admin,
+        &format!("{}/mdm/enroll", app.base_url),
+        &app.apple,
+    )
+    .await
+    .unwrap();
 }
 
 fn rejected(err: &DeviceError) -> Option<FailInfo> {
@@ -191,14 +289,42 @@ async fn scep_challenges_expire() {
 async fn scep_garbage_is_a_clear_error() {
     let app = Appliance::start().await;
     let url = format!("{}/scep?operation=PKIOperation", app.base_url);
-    let r = app.admin.post(&url, "application/x-pki-message", vec![0x30, 0x03, 0x02, 0x01, 0x01]).await.unwrap();
+    let r = app
+        .admin
+        .post(
+            &url,
+            "application/x-pki-message",
+            vec![0x30, 0x03, 0x02, 0x01, 0x01],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = app.admin.get(&format!("{}/scep?operation=Bogus", app.base_url), Default::default()).await.unwrap();
+    let r = app
+        .admin
+        .get(
+            &format!("{}/scep?operation=Bogus", app.base_url),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let caps = app.admin.get(&format!("{}/scep?operation=GetCACaps", app.base_url), Default::default()).await.unwrap();
+    let caps = app
+        .admin
+        .get(
+            &format!("{}/scep?operation=GetCACaps", app.base_url),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(caps.status, 200);
     let caps = String::from_utf8_lossy(&caps.body).to_string();
-    for cap in ["POSTPKIOperation", "SHA-256", "AES", "SCEPStandard", "Renewal"] {
+    for cap in [
+        "POSTPKIOperation",
+        "SHA-256",
+        "AES",
+        "SCEPStandard",
+        "Renewal",
+    ] {
         assert!(caps.contains(cap), "{caps}");
     }
 }

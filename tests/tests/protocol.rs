@@ -17,15 +17,31 @@ async fn every_checkin_type() {
 
     // Bootstrap token: stored sealed, handed back on request.
     assert_eq!(d.get_bootstrap_token().await.unwrap(), None);
-    d.set_bootstrap_token(b"bootstrap-secret-0123456789").await.unwrap();
-    assert_eq!(d.get_bootstrap_token().await.unwrap().as_deref(), Some(&b"bootstrap-secret-0123456789"[..]));
-    assert_eq!(app.enrollment(&d.udid).await.1["bootstrap_token_present"], true);
+    d.set_bootstrap_token(b"bootstrap-secret-0123456789")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.get_bootstrap_token().await.unwrap().as_deref(),
+        Some(&b"bootstrap-secret-0123456789"[..])
+    );
+    assert_eq!(
+        app.enrollment(&d.udid).await.1["bootstrap_token_present"],
+        true
+    );
 
     // Declarative management answers valid empty documents.
-    let tokens: serde_json::Value = serde_json::from_slice(&d.declarative_management("tokens", None).await.unwrap()).unwrap();
-    assert!(tokens["SyncTokens"]["DeclarationsToken"].is_string(), "{tokens}");
-    let items: serde_json::Value =
-        serde_json::from_slice(&d.declarative_management("declaration-items", None).await.unwrap()).unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&d.declarative_management("tokens", None).await.unwrap()).unwrap();
+    assert!(
+        tokens["SyncTokens"]["DeclarationsToken"].is_string(),
+        "{tokens}"
+    );
+    let items: serde_json::Value = serde_json::from_slice(
+        &d.declarative_management("declaration-items", None)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(items["Declarations"]["Configurations"], json!([]));
 
     // GetToken for a service nobody provides: a clear error.
@@ -41,7 +57,9 @@ async fn every_checkin_type() {
         mdm_sim::checkin::UserAuthOutcome::Declined
     );
     d.user_token_update(&user).await.unwrap();
-    let (s, v) = app.enrollment(&format!("{}:{}", d.udid, user.user_id)).await;
+    let (s, v) = app
+        .enrollment(&format!("{}:{}", d.udid, user.user_id))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["channel"], "User");
     assert_eq!(v["state"], "Enrolled");
@@ -51,7 +69,13 @@ async fn every_checkin_type() {
     assert_eq!(app.enrollment(&d.udid).await.1["state"], "CheckedOut");
     let err = d.run_until_idle().await.unwrap_err();
     assert_eq!(err.status().unwrap().status, 401);
-    let (s, v) = app.api("POST", "/api/v1/commands", Some(json!({"targets": [d.udid], "request_type": "ProfileList"}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            "/api/v1/commands",
+            Some(json!({"targets": [d.udid], "request_type": "ProfileList"})),
+        )
+        .await;
     assert_eq!(s, 404, "{v}");
 }
 
@@ -65,19 +89,30 @@ async fn command_lifecycle_with_results() {
     assert_eq!(v["queued_commands"], 2);
 
     let done = d.run_until_idle().await.unwrap();
-    assert_eq!(done.iter().map(|c| c.command_uuid.clone()).collect::<Vec<_>>(), vec![info.clone(), profiles.clone()], "FIFO");
+    assert_eq!(
+        done.iter()
+            .map(|c| c.command_uuid.clone())
+            .collect::<Vec<_>>(),
+        vec![info.clone(), profiles.clone()],
+        "FIFO"
+    );
     assert!(done.iter().all(|c| c.status == CommandStatus::Acknowledged));
 
     let c = app.command(&info).await;
     let delivery = &c["deliveries"][0];
     assert_eq!(delivery["status"], "Acknowledged");
     let result = delivery["result_plist"].as_str().unwrap();
-    assert!(result.contains("QueryResponses") && result.contains(&d.serial), "{result}");
+    assert!(
+        result.contains("QueryResponses") && result.contains(&d.serial),
+        "{result}"
+    );
     assert_eq!(app.enrollment(&d.udid).await.1["queued_commands"], 0);
 
     // Nothing more to do: an empty answer.
     assert!(d.run_until_idle().await.unwrap().is_empty());
-    let (_, hist) = app.api("GET", &format!("/api/v1/devices/{}/commands", d.udid), None).await;
+    let (_, hist) = app
+        .api("GET", &format!("/api/v1/devices/{}/commands", d.udid), None)
+        .await;
     assert_eq!(hist["items"].as_array().unwrap().len(), 2);
 }
 
@@ -91,23 +126,37 @@ async fn errors_are_stored_with_their_error_chain() {
     assert_eq!(done[0].status, CommandStatus::Error);
     let c = app.command(&uuid).await;
     assert_eq!(c["deliveries"][0]["status"], "Error");
-    assert!(c["deliveries"][0]["error_chain"][0]["ErrorCode"].is_number(), "{c}");
+    assert!(
+        c["deliveries"][0]["error_chain"][0]["ErrorCode"].is_number(),
+        "{c}"
+    );
 }
 
 #[tokio::test]
 async fn not_now_keeps_the_command_for_the_next_connection() {
     let app = Appliance::start().await;
     let mut d = app.enroll_manual().await;
-    d.commands.not_now_request_types.insert("SecurityInfo".into());
+    d.commands
+        .not_now_request_types
+        .insert("SecurityInfo".into());
     let first = app.send(&d.udid, "SecurityInfo").await;
     let second = app.send(&d.udid, "ProfileList").await;
 
     let done = d.run_until_idle().await.unwrap();
     // NotNow skips the command for the rest of this connection; the next one is delivered.
     assert_eq!(done.len(), 2);
-    assert_eq!((done[0].command_uuid.as_str(), done[0].status), (first.as_str(), CommandStatus::NotNow));
-    assert_eq!((done[1].command_uuid.as_str(), done[1].status), (second.as_str(), CommandStatus::Acknowledged));
-    assert_eq!(app.command(&first).await["deliveries"][0]["status"], "NotNow");
+    assert_eq!(
+        (done[0].command_uuid.as_str(), done[0].status),
+        (first.as_str(), CommandStatus::NotNow)
+    );
+    assert_eq!(
+        (done[1].command_uuid.as_str(), done[1].status),
+        (second.as_str(), CommandStatus::Acknowledged)
+    );
+    assert_eq!(
+        app.command(&first).await["deliveries"][0]["status"],
+        "NotNow"
+    );
     assert_eq!(app.enrollment(&d.udid).await.1["queued_commands"], 1);
 
     // Same connection: still skipped.
@@ -118,8 +167,14 @@ async fn not_now_keeps_the_command_for_the_next_connection() {
     d.commands.not_now_request_types.clear();
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].command_uuid.as_str(), done[0].status), (first.as_str(), CommandStatus::Acknowledged));
-    assert_eq!(app.command(&first).await["deliveries"][0]["status"], "Acknowledged");
+    assert_eq!(
+        (done[0].command_uuid.as_str(), done[0].status),
+        (first.as_str(), CommandStatus::Acknowledged)
+    );
+    assert_eq!(
+        app.command(&first).await["deliveries"][0]["status"],
+        "Acknowledged"
+    );
 }
 
 #[tokio::test]
@@ -134,26 +189,56 @@ async fn raw_command_plists_and_typed_builders() {
     Value::Dictionary(top).to_writer_xml(&mut raw).unwrap();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
-    let (s, v) = app.api("POST", "/api/v1/commands", Some(json!({"targets": [d.udid], "plist_base64": b64}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            "/api/v1/commands",
+            Some(json!({"targets": [d.udid], "plist_base64": b64})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done[0].request_type, "InstalledApplicationList");
     assert_eq!(done[0].command_uuid, v["command_uuid"].as_str().unwrap());
 
-    for t in ["SecurityInfo", "CertificateList", "RestartDevice", "ShutDownDevice", "DeviceLock"] {
+    for t in [
+        "SecurityInfo",
+        "CertificateList",
+        "RestartDevice",
+        "ShutDownDevice",
+        "DeviceLock",
+    ] {
         app.send(&d.udid, t).await;
     }
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done.len(), 5);
-    assert!(done.iter().all(|c| c.status == CommandStatus::Acknowledged), "{done:?}");
+    assert!(
+        done.iter().all(|c| c.status == CommandStatus::Acknowledged),
+        "{done:?}"
+    );
 
     // Invalid requests are refused with a code naming the problem.
     for (body, code) in [
-        (json!({"targets": [d.udid], "request_type": "Frobnicate"}), "COMMAND_UNKNOWN"),
-        (json!({"targets": [d.udid], "plist_base64": "AAAA"}), "COMMAND_INVALID"),
-        (json!({"targets": [], "request_type": "ProfileList"}), "INVALID_FIELD"),
-        (json!({"targets": ["nobody"], "request_type": "ProfileList"}), "ENROLLMENT_NOT_FOUND"),
-        (json!({"targets": [d.udid], "request_type": "ProfileList", "extra": 1}), "INVALID_JSON"),
+        (
+            json!({"targets": [d.udid], "request_type": "Frobnicate"}),
+            "COMMAND_UNKNOWN",
+        ),
+        (
+            json!({"targets": [d.udid], "plist_base64": "AAAA"}),
+            "COMMAND_INVALID",
+        ),
+        (
+            json!({"targets": [], "request_type": "ProfileList"}),
+            "INVALID_FIELD",
+        ),
+        (
+            json!({"targets": ["nobody"], "request_type": "ProfileList"}),
+            "ENROLLMENT_NOT_FOUND",
+        ),
+        (
+            json!({"targets": [d.udid], "request_type": "ProfileList", "extra": 1}),
+            "INVALID_JSON",
+        ),
     ] {
         let (s, v) = app.api("POST", "/api/v1/commands", Some(body)).await;
         assert!(s == 400 || s == 404, "{s} {v}");
@@ -190,7 +275,11 @@ async fn identity_faults_are_refused() {
     ] {
         d.identity_fault = fault.clone();
         let err = d.run_until_idle().await.unwrap_err();
-        assert_eq!(err.status().map(|s| s.status), Some(401), "{fault:?}: {err}");
+        assert_eq!(
+            err.status().map(|s| s.status),
+            Some(401),
+            "{fault:?}: {err}"
+        );
     }
     // Nothing was delivered to an impostor.
     assert_eq!(app.enrollment(&d.udid).await.1["queued_commands"], 1);
@@ -227,9 +316,15 @@ async fn malformed_unknown_and_oversized_bodies() {
     let checkin = format!("{}/mdm/checkin", app.base_url);
     let connect = format!("{}/mdm/connect", app.base_url);
 
-    let r = d.send_mdm(&checkin, CHECKIN, b"<plist><dict><key>MessageType".to_vec()).await.unwrap();
+    let r = d
+        .send_mdm(&checkin, CHECKIN, b"<plist><dict><key>MessageType".to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status, 400, "truncated plist");
-    let r = d.send_mdm(&connect, CHECKIN, b"{\"json\": true}".to_vec()).await.unwrap();
+    let r = d
+        .send_mdm(&connect, CHECKIN, b"{\"json\": true}".to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.status, 400, "not a plist");
 
     let mut msg = Dictionary::new();
@@ -259,23 +354,55 @@ async fn malformed_unknown_and_oversized_bodies() {
 #[tokio::test]
 async fn admin_api_roles_and_push_topic_guard() {
     let app = Appliance::start().await;
-    let (s, v) = app.api("POST", "/api/v1/tokens", Some(json!({"name": "audit", "role": "Auditor"}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "audit", "role": "Auditor"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let auditor = v["token"].as_str().unwrap().to_string();
-    let (s, _) = app.api_as(&auditor, "GET", "/api/v1/devices", Vec::new()).await;
+    let (s, _) = app
+        .api_as(&auditor, "GET", "/api/v1/devices", Vec::new())
+        .await;
     assert_eq!(s, 200);
     let body = serde_json::to_vec(&json!({"label": "x"})).unwrap();
-    let (s, v) = app.api_as(&auditor, "POST", "/api/v1/enroll-links", body).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("ROLE_INSUFFICIENT")));
-    let (s, v) = app.api_as("mdm_wrong", "GET", "/api/v1/status", Vec::new()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("API_TOKEN_INVALID")));
+    let (s, v) = app
+        .api_as(&auditor, "POST", "/api/v1/enroll-links", body)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("ROLE_INSUFFICIENT"))
+    );
+    let (s, v) = app
+        .api_as("mdm_wrong", "GET", "/api/v1/status", Vec::new())
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("API_TOKEN_INVALID"))
+    );
 
     // A push certificate with another topic would orphan every device: refused unless forced.
-    let other = appliance_tests::push_cert_pem("com.apple.mgmt.External.00000000-0000-4000-8000-00000000beef");
-    let (s, v) = app.api_raw("PUT", "/api/v1/push-cert", other.clone().into_bytes()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("PUSH_TOPIC_CHANGED")));
-    let (s, v) = app.api_raw("PUT", "/api/v1/push-cert?force=true", other.into_bytes()).await;
+    let other = appliance_tests::push_cert_pem(
+        "com.apple.mgmt.External.00000000-0000-4000-8000-00000000beef",
+    );
+    let (s, v) = app
+        .api_raw("PUT", "/api/v1/push-cert", other.clone().into_bytes())
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("PUSH_TOPIC_CHANGED"))
+    );
+    let (s, v) = app
+        .api_raw("PUT", "/api/v1/push-cert?force=true", other.into_bytes())
+        .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = app.api_raw("PUT", "/api/v1/push-cert", b"not a cert".to_vec()).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("PUSH_CERT_INVALID")));
+    let (s, v) = app
+        .api_raw("PUT", "/api/v1/push-cert", b"not a cert".to_vec())
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("PUSH_CERT_INVALID"))
+    );
 }

@@ -72,7 +72,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: default_log_format(), level: default_log_level() }
+        Log {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -97,7 +100,9 @@ pub struct Keystore {
 
 impl Default for Keystore {
     fn default() -> Self {
-        Keystore { backend: default_backend() }
+        Keystore {
+            backend: default_backend(),
+        }
     }
 }
 
@@ -273,7 +278,11 @@ impl Config {
 
     /// The configuration `--dev` uses when no file is given.
     pub fn development(listen: SocketAddr, data_dir: PathBuf) -> Config {
-        let host = if listen.ip().is_unspecified() { "localhost".to_string() } else { host_for(listen.ip()) };
+        let host = if listen.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            host_for(listen.ip())
+        };
         Config {
             version: CONFIG_VERSION,
             development: true,
@@ -286,7 +295,9 @@ impl Config {
                 tls_ip_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             },
             log: Log::default(),
-            keystore: Keystore { backend: KeystoreBackend::Software },
+            keystore: Keystore {
+                backend: KeystoreBackend::Software,
+            },
             enrollment: Enrollment::default(),
             ade: Ade::default(),
             retention: Retention::default(),
@@ -321,7 +332,12 @@ impl Config {
         if self.keystore.backend == KeystoreBackend::Tpm {
             bail!("keystore.backend: the TPM backend is not available in this version; use a development setup");
         }
-        if self.enrollment.static_challenge.as_deref().is_some_and(|c| c.len() < 16) {
+        if self
+            .enrollment
+            .static_challenge
+            .as_deref()
+            .is_some_and(|c| c.len() < 16)
+        {
             bail!("enrollment.static_challenge: at least 16 characters (better: leave it unset for one-time challenges)");
         }
         if self.enrollment.challenge_ttl_seconds == 0 || self.enrollment.device_cert_days == 0 {

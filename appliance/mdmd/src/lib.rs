@@ -70,7 +70,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
             .create(dir)
             .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     }
-    let meta = std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("data directory {} is not a directory", dir.display());
     }
@@ -155,44 +156,67 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     create_private_dir(&data_dir)?;
 
     let sealer: Arc<dyn Sealer> = Arc::new(
-        SoftSealer::open_or_create(&data_dir.join(SOFT_KEY_FILE))
-            .context("software keystore")?,
+        SoftSealer::open_or_create(&data_dir.join(SOFT_KEY_FILE)).context("software keystore")?,
     );
     warn!("keystore: SOFTWARE backend (development only): keys are NOT protected by a TPM");
 
     let store = RedbStore::open(&data_dir.join(DB_FILE), StoreOptions::default())
         .map_err(|e| anyhow::anyhow!("database {}: {e}", data_dir.join(DB_FILE).display()))?;
 
-    let authority = Authority::load_or_create(&store, sealer.as_ref(), &cfg.server.organization, &tls_names(&cfg))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let authority = Authority::load_or_create(
+        &store,
+        sealer.as_ref(),
+        &cfg.server.organization,
+        &tls_names(&cfg),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(ca_sha256 = %hex::encode(authority.ca.cert.sha256()), "appliance CA loaded");
 
-    let service = MdmService::new(store.clone(), Arc::clone(&sealer), authority.clone(), service_config(&cfg)?, HashMap::new())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let service = MdmService::new(
+        store.clone(),
+        Arc::clone(&sealer),
+        authority.clone(),
+        service_config(&cfg)?,
+        HashMap::new(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // First start: an admin token for the CLI, readable only by the daemon's user.
-    if store.list_api_tokens().map_err(|e| anyhow::anyhow!("{e}"))?.is_empty() {
+    if store
+        .list_api_tokens()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_empty()
+    {
         let created = service
             .create_api_token("admin", Role::Admin)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        write_private_file(&data_dir.join(ADMIN_TOKEN_FILE), format!("{}\n", created.token).as_bytes())?;
+        write_private_file(
+            &data_dir.join(ADMIN_TOKEN_FILE),
+            format!("{}\n", created.token).as_bytes(),
+        )?;
         info!(file = %data_dir.join(ADMIN_TOKEN_FILE).display(), "first start: admin API token written");
     }
 
     let tls = ReloadableTls::from_identity(
         &TlsIdentity {
-            cert_chain_der: vec![authority.tls.cert.der().to_vec(), authority.ca.cert.der().to_vec()],
+            cert_chain_der: vec![
+                authority.tls.cert.der().to_vec(),
+                authority.ca.cert.der().to_vec(),
+            ],
             key_pkcs8_der: authority.tls.key.to_pkcs8_der(),
         },
         &[authority.ca.cert.der().to_vec()],
     )
     .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
 
-    let (listeners, source) = mdm_web::listen::take_listeners(&cfg.server.listen)
-        .context("cannot listen")?;
-    let local_addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let (listeners, source) =
+        mdm_web::listen::take_listeners(&cfg.server.listen).context("cannot listen")?;
+    let local_addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     info!(addrs = ?local_addrs, %source, "listening");
     let addr_text: String = local_addrs.iter().map(|a| format!("{a}\n")).collect();
     write_private_file(&data_dir.join(LISTEN_ADDR_FILE), addr_text.as_bytes())?;
@@ -225,11 +249,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let served = mdm_web::server::serve(listeners, Arc::new(tls), app, opts, shutdown).await;
         pruner.abort();
         drop(service);
-        store.close().map_err(|e| anyhow::anyhow!("closing the database: {e}"))?;
+        store
+            .close()
+            .map_err(|e| anyhow::anyhow!("closing the database: {e}"))?;
         info!("stopped");
         served.context("server")
     });
-    Ok(Running { local_addrs, data_dir, ca_pem, shutdown: tx, task })
+    Ok(Running {
+        local_addrs,
+        data_dir,
+        ca_pem,
+        shutdown: tx,
+        task,
+    })
 }
 
 async fn retention_loop<S: mdm_service::ports::Store>(

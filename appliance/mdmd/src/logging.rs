@@ -25,15 +25,23 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => registry.with(layer.with_syslog_identifier("mdmd".into())).try_init(),
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("mdmd".into()))
+                .try_init(),
             Err(e) => {
-                let r = registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init();
+                let r = registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .try_init();
                 tracing::warn!(error = %e, "journald is not reachable; logging to stderr");
                 r
             }
         },
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Text | LogFormat::Auto => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

@@ -9,7 +9,11 @@ use mdmd::config::{Config, LogFormat};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "mdmd", version, about = "On-premises Apple MDM appliance daemon")]
+#[command(
+    name = "mdmd",
+    version,
+    about = "On-premises Apple MDM appliance daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,9 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(url) = &args.base_url {
         cfg.server.base_url = url.clone();
     }
-    cfg.ade.device_ca_roots.extend(args.ade_root.iter().cloned());
+    cfg.ade
+        .device_ca_roots
+        .extend(args.ade_root.iter().cloned());
     if let Some(f) = args.log_format {
         cfg.log.format = f;
     }
@@ -94,7 +100,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
     info!("ready");
 
     let stop = running.shutdown_handle();
@@ -108,7 +117,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };
@@ -121,7 +133,9 @@ async fn wait_for_signal() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())),
+        Command::CheckConfig { config } => {
+            Config::load(&config).map(|_| println!("{}: ok", config.display()))
+        }
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -45,7 +45,9 @@ pub struct KeyedCert {
 
 impl std::fmt::Debug for KeyedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedCert").field("subject", &self.cert.subject()).finish_non_exhaustive()
+        f.debug_struct("KeyedCert")
+            .field("subject", &self.cert.subject())
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,9 +97,10 @@ fn load<S: SettingsStore>(
     sealer: &dyn Sealer,
     role: Role,
 ) -> ServiceResult<Option<KeyedCert>> {
-    let (Some(cert_der), Some(sealed)) =
-        (store.setting(&role.cert_key())?, store.setting(&role.sealed_key())?)
-    else {
+    let (Some(cert_der), Some(sealed)) = (
+        store.setting(&role.cert_key())?,
+        store.setting(&role.sealed_key())?,
+    ) else {
         return Ok(None);
     };
     let cert = Certificate::from_der(&cert_der)
@@ -110,7 +113,10 @@ fn load<S: SettingsStore>(
     })?;
     let key = PrivateKey::from_pkcs8_der(&pkcs8)
         .map_err(|e| pki_err(&format!("stored {} key", role.name()), e))?;
-    Ok(Some(KeyedCert { cert, key: Arc::new(key) }))
+    Ok(Some(KeyedCert {
+        cert,
+        key: Arc::new(key),
+    }))
 }
 
 fn seal_entries(
@@ -118,10 +124,15 @@ fn seal_entries(
     role: Role,
     kc: &KeyedCert,
 ) -> ServiceResult<Vec<(String, Vec<u8>)>> {
-    let blob = sealer.seal(&role.purpose(), &kc.key.to_pkcs8_der()).map_err(|e| {
-        ServiceError::internal("KEY_SEAL_FAILED", format!("{} key: {e}", role.name()))
-    })?;
-    Ok(vec![(role.cert_key(), kc.cert.der().to_vec()), (role.sealed_key(), blob.to_bytes())])
+    let blob = sealer
+        .seal(&role.purpose(), &kc.key.to_pkcs8_der())
+        .map_err(|e| {
+            ServiceError::internal("KEY_SEAL_FAILED", format!("{} key: {e}", role.name()))
+        })?;
+    Ok(vec![
+        (role.cert_key(), kc.cert.der().to_vec()),
+        (role.sealed_key(), blob.to_bytes()),
+    ])
 }
 
 fn needs_renewal(cert: &Certificate, now: SystemTime) -> bool {
@@ -144,13 +155,21 @@ fn new_ca(org: &str) -> ServiceResult<KeyedCert> {
         not_after: now + CA_LIFETIME,
         is_ca: true,
         path_len: Some(0),
-        key_usage: KeyUsages { key_cert_sign: true, crl_sign: true, digital_signature: true, ..Default::default() },
+        key_usage: KeyUsages {
+            key_cert_sign: true,
+            crl_sign: true,
+            digital_signature: true,
+            ..Default::default()
+        },
         extended_key_usage: Vec::new(),
         dns_names: Vec::new(),
         ip_addresses: Vec::new(),
     };
     let cert = mdm_pki::self_signed(&params, &key).map_err(|e| pki_err("CA certificate", e))?;
-    Ok(KeyedCert { cert, key: Arc::new(key) })
+    Ok(KeyedCert {
+        cert,
+        key: Arc::new(key),
+    })
 }
 
 fn issue_service_cert(
@@ -165,7 +184,11 @@ fn issue_service_cert(
             KeyAlgorithm::Rsa2048,
             format!("{org} MDM SCEP RA"),
             SERVICE_CERT_LIFETIME,
-            KeyUsages { digital_signature: true, key_encipherment: true, ..Default::default() },
+            KeyUsages {
+                digital_signature: true,
+                key_encipherment: true,
+                ..Default::default()
+            },
             Vec::new(),
         ),
         // No extendedKeyUsage: `openssl cms -verify` (S/MIME purpose) and Apple's profile
@@ -174,15 +197,25 @@ fn issue_service_cert(
             KeyAlgorithm::Rsa2048,
             format!("{org} MDM Profile Signing"),
             SERVICE_CERT_LIFETIME,
-            KeyUsages { digital_signature: true, ..Default::default() },
+            KeyUsages {
+                digital_signature: true,
+                ..Default::default()
+            },
             Vec::new(),
         ),
         // Apple requires serverAuth in the EKU and the names in subjectAltName.
         Role::Tls => (
             KeyAlgorithm::EcdsaP256,
-            names.dns.first().cloned().unwrap_or_else(|| format!("{org} MDM")),
+            names
+                .dns
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("{org} MDM")),
             TLS_CERT_LIFETIME,
-            KeyUsages { digital_signature: true, ..Default::default() },
+            KeyUsages {
+                digital_signature: true,
+                ..Default::default()
+            },
             vec![const_oid::db::rfc5280::ID_KP_SERVER_AUTH],
         ),
         Role::Ca => return new_ca(org),
@@ -212,7 +245,10 @@ fn issue_service_cert(
     };
     let cert = mdm_pki::issue(&params, &key.public_key_der(), &ca.cert, &ca.key)
         .map_err(|e| pki_err(role.name(), e))?;
-    Ok(KeyedCert { cert, key: Arc::new(key) })
+    Ok(KeyedCert {
+        cert,
+        key: Arc::new(key),
+    })
 }
 
 fn tls_names_match(cert: &Certificate, names: &TlsNames) -> bool {
@@ -257,13 +293,20 @@ impl Authority {
                 ca
             }
         };
-        let mut get = |role: Role, extra_check: &dyn Fn(&Certificate) -> bool| -> ServiceResult<KeyedCert> {
+        let mut get = |role: Role,
+                       extra_check: &dyn Fn(&Certificate) -> bool|
+         -> ServiceResult<KeyedCert> {
             match load(store, sealer, role)? {
                 Some(kc)
                     if !needs_renewal(&kc.cert, now)
                         && extra_check(&kc.cert)
-                        && mdm_pki::verify_chain(&kc.cert, &[], std::slice::from_ref(&ca.cert), now)
-                            .is_ok() =>
+                        && mdm_pki::verify_chain(
+                            &kc.cert,
+                            &[],
+                            std::slice::from_ref(&ca.cert),
+                            now,
+                        )
+                        .is_ok() =>
                 {
                     Ok(kc)
                 }
@@ -283,7 +326,12 @@ impl Authority {
         if !writes.is_empty() {
             store.put_settings(writes).await?;
         }
-        Ok(Authority { ca, scep_ra, profile_signer, tls })
+        Ok(Authority {
+            ca,
+            scep_ra,
+            profile_signer,
+            tls,
+        })
     }
 
     /// The CA certificate as PEM.

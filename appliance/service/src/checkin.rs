@@ -63,9 +63,14 @@ impl<S: Store> MdmService<S> {
             Some(sig) => {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(sig.trim())
-                    .map_err(|_| unauthorized("SIGNATURE_INVALID", "Mdm-Signature is not base64"))?;
+                    .map_err(|_| {
+                        unauthorized("SIGNATURE_INVALID", "Mdm-Signature is not base64")
+                    })?;
                 let verified = mdm_pki::cms::verify(&der, Some(req.body)).map_err(|e| {
-                    unauthorized("SIGNATURE_INVALID", format!("Mdm-Signature does not verify: {e}"))
+                    unauthorized(
+                        "SIGNATURE_INVALID",
+                        format!("Mdm-Signature does not verify: {e}"),
+                    )
                 })?;
                 let sha = sha256_hex(verified.signer.der());
                 if let Some(tls) = tls {
@@ -76,10 +81,16 @@ impl<S: Store> MdmService<S> {
                         ));
                     }
                 }
-                Ok(Identity { sha256: sha, cert: Some(verified.signer) })
+                Ok(Identity {
+                    sha256: sha,
+                    cert: Some(verified.signer),
+                })
             }
             None => match (tls, req.tls_certificate) {
-                (Some(sha), Some(der)) => Ok(Identity { sha256: sha, cert: Certificate::from_der(der).ok() }),
+                (Some(sha), Some(der)) => Ok(Identity {
+                    sha256: sha,
+                    cert: Certificate::from_der(der).ok(),
+                }),
                 _ => Err(unauthorized(
                     "IDENTITY_MISSING",
                     "the request carries neither an Mdm-Signature nor a TLS client certificate",
@@ -91,37 +102,74 @@ impl<S: Store> MdmService<S> {
     /// Check that a certificate presented for a new binding was issued by this appliance.
     fn check_issued_here(&self, id: &Identity) -> ServiceResult<crate::ports::IssuedCertRecord> {
         let cert = id.cert.as_ref().ok_or_else(|| {
-            unauthorized("IDENTITY_INVALID", "the client certificate could not be parsed")
+            unauthorized(
+                "IDENTITY_INVALID",
+                "the client certificate could not be parsed",
+            )
         })?;
-        mdm_pki::verify_chain(cert, &[], std::slice::from_ref(&self.authority().ca.cert), SystemTime::now())
-            .map_err(|e| unauthorized("IDENTITY_UNTRUSTED", format!("identity not issued by this appliance: {e}")))?;
+        mdm_pki::verify_chain(
+            cert,
+            &[],
+            std::slice::from_ref(&self.authority().ca.cert),
+            SystemTime::now(),
+        )
+        .map_err(|e| {
+            unauthorized(
+                "IDENTITY_UNTRUSTED",
+                format!("identity not issued by this appliance: {e}"),
+            )
+        })?;
         self.store().issued(&id.sha256)?.ok_or_else(|| {
-            unauthorized("IDENTITY_UNKNOWN", "identity certificate is not in this appliance's issuance records")
+            unauthorized(
+                "IDENTITY_UNKNOWN",
+                "identity certificate is not in this appliance's issuance records",
+            )
         })
     }
 
     /// The enrollment a request belongs to, if its identity matches the bound one. A device
     /// whose identity was renewed by SCEP (RenewalReq signed with the bound certificate) is
     /// moved to the new certificate on its first request with it.
-    async fn bound_enrollment(&self, enrollment_id: &str, id: &Identity) -> ServiceResult<EnrollmentRecord> {
+    async fn bound_enrollment(
+        &self,
+        enrollment_id: &str,
+        id: &Identity,
+    ) -> ServiceResult<EnrollmentRecord> {
         match self.bound_enrollment_now(enrollment_id, id) {
             Err(e) if e.code == "IDENTITY_MISMATCH" => {
-                let renewed = self.store().issued(&id.sha256)?.and_then(|r| r.renewed_from);
+                let renewed = self
+                    .store()
+                    .issued(&id.sha256)?
+                    .and_then(|r| r.renewed_from);
                 let Some(from) = renewed else { return Err(e) };
                 self.check_issued_here(id)?;
-                if !self.store().rebind_identity(enrollment_id, &from, &id.sha256, Timestamp::now()).await? {
+                if !self
+                    .store()
+                    .rebind_identity(enrollment_id, &from, &id.sha256, Timestamp::now())
+                    .await?
+                {
                     return Err(e);
                 }
-                info!(enrollment = enrollment_id, "identity renewed: enrollment moved to the new certificate");
+                info!(
+                    enrollment = enrollment_id,
+                    "identity renewed: enrollment moved to the new certificate"
+                );
                 self.bound_enrollment_now(enrollment_id, id)
             }
             other => other,
         }
     }
 
-    fn bound_enrollment_now(&self, enrollment_id: &str, id: &Identity) -> ServiceResult<EnrollmentRecord> {
+    fn bound_enrollment_now(
+        &self,
+        enrollment_id: &str,
+        id: &Identity,
+    ) -> ServiceResult<EnrollmentRecord> {
         let rec = self.store().enrollment(enrollment_id)?.ok_or_else(|| {
-            unauthorized("ENROLLMENT_UNKNOWN", format!("no enrollment {enrollment_id}; the device must enroll again"))
+            unauthorized(
+                "ENROLLMENT_UNKNOWN",
+                format!("no enrollment {enrollment_id}; the device must enroll again"),
+            )
         })?;
         if rec.state == EnrollmentState::CheckedOut {
             return Err(unauthorized(
@@ -130,7 +178,10 @@ impl<S: Store> MdmService<S> {
             ));
         }
         if rec.identity_sha256 != id.sha256 {
-            warn!(enrollment = enrollment_id, "request presented a certificate other than the bound one");
+            warn!(
+                enrollment = enrollment_id,
+                "request presented a certificate other than the bound one"
+            );
             return Err(unauthorized(
                 "IDENTITY_MISMATCH",
                 format!("enrollment {enrollment_id} is bound to another certificate"),
@@ -163,7 +214,11 @@ impl<S: Store> MdmService<S> {
         }
     }
 
-    async fn handle_checkin(&self, identity: Identity, msg: CheckinMessage) -> ServiceResult<DeviceReply> {
+    async fn handle_checkin(
+        &self,
+        identity: Identity,
+        msg: CheckinMessage,
+    ) -> ServiceResult<DeviceReply> {
         let now = Timestamp::now();
         let eref = msg.enrollment_ref();
         let id = eref.id();
@@ -235,7 +290,10 @@ impl<S: Store> MdmService<S> {
                     })
                     .await?
                     .ok_or_else(|| {
-                        unauthorized("ENROLLMENT_UNKNOWN", format!("no enrollment {}", eref.device_id))
+                        unauthorized(
+                            "ENROLLMENT_UNKNOWN",
+                            format!("no enrollment {}", eref.device_id),
+                        )
                     })?;
                 if outcome.activated {
                     info!(enrollment = %id, awaiting_configuration = t.awaiting_configuration, "enrolled (first TokenUpdate)");
@@ -392,7 +450,11 @@ impl<S: Store> MdmService<S> {
             .map_err(|e| ServiceError::internal("KEY_SEAL_FAILED", e.to_string()))
     }
 
-    fn unseal(&self, purpose: &str, sealed: &[u8]) -> ServiceResult<mdm_keystore::Zeroizing<Vec<u8>>> {
+    fn unseal(
+        &self,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> ServiceResult<mdm_keystore::Zeroizing<Vec<u8>>> {
         let blob = mdm_keystore::SealedBlob::from_bytes(sealed)
             .map_err(|e| ServiceError::internal("KEY_UNSEAL_FAILED", e.to_string()))?;
         self.sealer()

@@ -60,7 +60,10 @@ impl<S: Store> MdmService<S> {
         targets.dedup();
         targets.retain(|t| !t.trim().is_empty());
         if targets.is_empty() {
-            return Err(ServiceError::bad_request("INVALID_FIELD", "targets: name at least one enrollment"));
+            return Err(ServiceError::bad_request(
+                "INVALID_FIELD",
+                "targets: name at least one enrollment",
+            ));
         }
         if targets.len() > MAX_TARGETS {
             return Err(ServiceError::bad_request(
@@ -125,22 +128,26 @@ impl<S: Store> MdmService<S> {
 
     /// A command and every enrollment's delivery of it.
     pub fn command_view(&self, uuid: &str) -> ServiceResult<CommandView> {
-        let command = self
-            .store()
-            .command(uuid)?
-            .ok_or_else(|| ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}")))?;
+        let command = self.store().command(uuid)?.ok_or_else(|| {
+            ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}"))
+        })?;
         let deliveries = self.store().deliveries(uuid)?;
-        Ok(CommandView { command, deliveries })
+        Ok(CommandView {
+            command,
+            deliveries,
+        })
     }
 
     /// One enrollment.
     pub fn enrollment_view(&self, id: &str) -> ServiceResult<EnrollmentView> {
-        let enrollment = self
-            .store()
-            .enrollment(id)?
-            .ok_or_else(|| ServiceError::not_found("ENROLLMENT_NOT_FOUND", format!("no enrollment {id}")))?;
+        let enrollment = self.store().enrollment(id)?.ok_or_else(|| {
+            ServiceError::not_found("ENROLLMENT_NOT_FOUND", format!("no enrollment {id}"))
+        })?;
         let queued_commands = self.store().queued_count(id)?;
-        Ok(EnrollmentView { enrollment, queued_commands })
+        Ok(EnrollmentView {
+            enrollment,
+            queued_commands,
+        })
     }
 
     /// Enrollments in id order, paged by the last id seen.
@@ -153,16 +160,28 @@ impl<S: Store> MdmService<S> {
     }
 
     /// An enrollment's command history, newest first.
-    pub fn enrollment_commands(&self, id: &str, limit: usize) -> ServiceResult<Vec<DeliveryRecord>> {
+    pub fn enrollment_commands(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> ServiceResult<Vec<DeliveryRecord>> {
         if self.store().enrollment(id)?.is_none() {
-            return Err(ServiceError::not_found("ENROLLMENT_NOT_FOUND", format!("no enrollment {id}")));
+            return Err(ServiceError::not_found(
+                "ENROLLMENT_NOT_FOUND",
+                format!("no enrollment {id}"),
+            ));
         }
-        Ok(self.store().enrollment_deliveries(id, limit.clamp(1, 1000))?)
+        Ok(self
+            .store()
+            .enrollment_deliveries(id, limit.clamp(1, 1000))?)
     }
 
     /// One retention pass; run periodically by the daemon until `more` is false.
     pub async fn prune(&self) -> ServiceResult<PruneStats> {
-        let stats = self.store().prune(self.config().retention, Timestamp::now()).await?;
+        let stats = self
+            .store()
+            .prune(self.config().retention, Timestamp::now())
+            .await?;
         if stats.deliveries_removed + stats.commands_removed + stats.challenges_removed > 0 {
             info!(
                 deliveries = stats.deliveries_removed,

@@ -398,15 +398,43 @@ pub async fn user_channel_created_by_token_update<S: Store>(store: &S) {
 /// A renewed identity moves the device and its user channels, only from the bound hash.
 pub async fn rebind_identity_moves_device_and_user_channels<S: Store>(store: &S) {
     enrolled(store, "D9", t(0)).await;
-    store.token_update(token("D9:U1", t(1))).await.unwrap().unwrap();
+    store
+        .token_update(token("D9:U1", t(1)))
+        .await
+        .unwrap()
+        .unwrap();
     let old = store.enrollment("D9").unwrap().unwrap().identity_sha256;
-    assert!(!store.rebind_identity("D9", "not-the-bound-hash", "new", t(2)).await.unwrap());
-    assert_eq!(store.enrollment("D9").unwrap().unwrap().identity_sha256, old);
-    assert!(!store.rebind_identity("nobody", &old, "new", t(2)).await.unwrap());
-    assert!(store.rebind_identity("D9", &old, "new", t(3)).await.unwrap());
-    assert_eq!(store.enrollment("D9").unwrap().unwrap().identity_sha256, "new");
-    assert_eq!(store.enrollment("D9:U1").unwrap().unwrap().identity_sha256, "new");
-    assert!(!store.rebind_identity("D9", &old, "newer", t(4)).await.unwrap(), "only from the bound hash");
+    assert!(!store
+        .rebind_identity("D9", "not-the-bound-hash", "new", t(2))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.enrollment("D9").unwrap().unwrap().identity_sha256,
+        old
+    );
+    assert!(!store
+        .rebind_identity("nobody", &old, "new", t(2))
+        .await
+        .unwrap());
+    assert!(store
+        .rebind_identity("D9", &old, "new", t(3))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.enrollment("D9").unwrap().unwrap().identity_sha256,
+        "new"
+    );
+    assert_eq!(
+        store.enrollment("D9:U1").unwrap().unwrap().identity_sha256,
+        "new"
+    );
+    assert!(
+        !store
+            .rebind_identity("D9", &old, "newer", t(4))
+            .await
+            .unwrap(),
+        "only from the bound hash"
+    );
 }
 
 /// Id order, user channels right after their device, `after` exclusive, `limit` respected.
@@ -707,7 +735,10 @@ pub async fn challenges_are_one_time_and_expire<S: Store>(store: &S) {
         other => panic!("second use: {other:?}"),
     }
     assert_eq!(
-        store.consume_challenge("missing", t(20), None).await.unwrap(),
+        store
+            .consume_challenge("missing", t(20), None)
+            .await
+            .unwrap(),
         ChallengeOutcome::NotFound
     );
 
@@ -785,7 +816,10 @@ pub async fn links_usage_limits_expiry_revocation<S: Store>(store: &S) {
         "revoked"
     );
     assert_eq!(store.link("L3").unwrap().unwrap().revoked_at, Some(t(5)));
-    assert_eq!(store.use_link("token-of-nobody", t(6), None).await.unwrap(), None);
+    assert_eq!(
+        store.use_link("token-of-nobody", t(6), None).await.unwrap(),
+        None
+    );
 
     let mut relabeled = l1.clone();
     relabeled.label = "renamed".into();
@@ -863,26 +897,48 @@ pub async fn challenge_and_link_writes_are_paired<S: Store>(store: &S) {
         .await
         .unwrap();
     assert!(served.is_some());
-    assert!(store.challenge("for-LP").unwrap().is_some(), "stored with the use");
+    assert!(
+        store.challenge("for-LP").unwrap().is_some(),
+        "stored with the use"
+    );
     let refused = store
         .use_link("token-of-LP", t(11), Some(challenge("second", t(100))))
         .await
         .unwrap();
     assert_eq!(refused, None, "used up");
-    assert_eq!(store.challenge("second").unwrap(), None, "nothing written for a refused use");
+    assert_eq!(
+        store.challenge("second").unwrap(),
+        None,
+        "nothing written for a refused use"
+    );
 
-    match store.consume_challenge("for-LP", t(20), Some(issued("paid"))).await.unwrap() {
+    match store
+        .consume_challenge("for-LP", t(20), Some(issued("paid")))
+        .await
+        .unwrap()
+    {
         ChallengeOutcome::Accepted(_) => {}
         other => panic!("{other:?}"),
     }
     assert!(store.issued("paid").unwrap().is_some());
-    match store.consume_challenge("for-LP", t(21), Some(issued("replayed"))).await.unwrap() {
+    match store
+        .consume_challenge("for-LP", t(21), Some(issued("replayed")))
+        .await
+        .unwrap()
+    {
         ChallengeOutcome::AlreadyUsed(_) => {}
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.issued("replayed").unwrap(), None, "a replay buys nothing");
+    assert_eq!(
+        store.issued("replayed").unwrap(),
+        None,
+        "a replay buys nothing"
+    );
     assert!(matches!(
-        store.consume_challenge("missing", t(21), Some(issued("nothing"))).await.unwrap(),
+        store
+            .consume_challenge("missing", t(21), Some(issued("nothing")))
+            .await
+            .unwrap(),
         ChallengeOutcome::NotFound
     ));
     assert_eq!(store.issued("nothing").unwrap(), None);
@@ -1104,11 +1160,17 @@ pub async fn prune_removes_expired_challenges<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(stats.challenges_removed, 1);
     assert_eq!(
-        store.consume_challenge("expired", t(5_000), None).await.unwrap(),
+        store
+            .consume_challenge("expired", t(5_000), None)
+            .await
+            .unwrap(),
         ChallengeOutcome::NotFound
     );
     assert!(matches!(
-        store.consume_challenge("live", t(5_000), None).await.unwrap(),
+        store
+            .consume_challenge("live", t(5_000), None)
+            .await
+            .unwrap(),
         ChallengeOutcome::Accepted(_)
     ));
 }

@@ -44,13 +44,23 @@ fn new_uuid() -> String {
 
 impl<S: Store> MdmService<S> {
     /// Create an enrollment link.
-    pub async fn create_link(&self, req: LinkRequest, created_by: &str) -> ServiceResult<CreatedLink> {
+    pub async fn create_link(
+        &self,
+        req: LinkRequest,
+        created_by: &str,
+    ) -> ServiceResult<CreatedLink> {
         let label = req.label.trim().to_string();
         if label.chars().count() > 200 {
-            return Err(ServiceError::bad_request("INVALID_FIELD", "label: at most 200 characters"));
+            return Err(ServiceError::bad_request(
+                "INVALID_FIELD",
+                "label: at most 200 characters",
+            ));
         }
         if req.max_uses == Some(0) {
-            return Err(ServiceError::bad_request("INVALID_FIELD", "max_uses: must be at least 1"));
+            return Err(ServiceError::bad_request(
+                "INVALID_FIELD",
+                "max_uses: must be at least 1",
+            ));
         }
         let ttl = req.ttl.unwrap_or(self.config().link_ttl);
         if ttl.is_zero() || ttl > crate::authority::days(365) {
@@ -84,7 +94,10 @@ impl<S: Store> MdmService<S> {
             info!(link = id, "enrollment link revoked");
             Ok(())
         } else {
-            Err(ServiceError::not_found("LINK_NOT_FOUND", format!("no enrollment link {id}")))
+            Err(ServiceError::not_found(
+                "LINK_NOT_FOUND",
+                format!("no enrollment link {id}"),
+            ))
         }
     }
 
@@ -99,10 +112,16 @@ impl<S: Store> MdmService<S> {
             )
         };
         let link = self.store().link_by_token(&hash)?.ok_or_else(invalid)?;
-        let source = EnrollmentSource::Link { link_id: link.id.clone() };
+        let source = EnrollmentSource::Link {
+            link_id: link.id.clone(),
+        };
         let (challenge, record) = self.new_challenge(&source)?;
         // The use and the challenge it pays for are one write.
-        let link = self.store().use_link(&hash, Timestamp::now(), record.clone()).await?.ok_or_else(invalid)?;
+        let link = self
+            .store()
+            .use_link(&hash, Timestamp::now(), record.clone())
+            .await?
+            .ok_or_else(invalid)?;
         let profile = self.signed_profile(&challenge, record.as_ref(), &source)?;
         info!(link = %link.id, uses = link.uses, "enrollment profile served for a link");
         Ok(profile)
@@ -168,9 +187,13 @@ impl<S: Store> MdmService<S> {
     }
 
     fn check_min_os(&self, info: &MachineInfo) -> ServiceResult<()> {
-        let Some(min) = self.config().ade.min_os_version.as_deref() else { return Ok(()) };
+        let Some(min) = self.config().ade.min_os_version.as_deref() else {
+            return Ok(());
+        };
         // Devices that do not report OS_VERSION (before iOS 17) cannot be asked to update.
-        let Some(os) = info.os_version.as_deref() else { return Ok(()) };
+        let Some(os) = info.os_version.as_deref() else {
+            return Ok(());
+        };
         if info.mdm_can_request_software_update && mdm_proto::os_version_less_than(os, min) {
             info!(udid = %info.udid, os, min, "ADE enrollment asks the device to update its OS first");
             let body = mdm_proto::software_update_required_json(
@@ -199,7 +222,10 @@ impl<S: Store> MdmService<S> {
 
     /// A challenge for a new profile and, unless the static challenge is configured, the
     /// record to store for it.
-    fn new_challenge(&self, source: &EnrollmentSource) -> ServiceResult<(String, Option<ChallengeRecord>)> {
+    fn new_challenge(
+        &self,
+        source: &EnrollmentSource,
+    ) -> ServiceResult<(String, Option<ChallengeRecord>)> {
         if let Some(c) = &self.config().static_challenge {
             return Ok((c.clone(), None));
         }
@@ -263,10 +289,16 @@ impl<S: Store> MdmService<S> {
         let mut ca = Dictionary::new();
         ca.insert("PayloadType".into(), "com.apple.security.root".into());
         ca.insert("PayloadVersion".into(), 1.into());
-        ca.insert("PayloadIdentifier".into(), format!("{PROFILE_IDENTIFIER}.ca").into());
+        ca.insert(
+            "PayloadIdentifier".into(),
+            format!("{PROFILE_IDENTIFIER}.ca").into(),
+        );
         ca.insert("PayloadUUID".into(), new_uuid().into());
         ca.insert("PayloadDisplayName".into(), format!("{org} MDM CA").into());
-        ca.insert("PayloadContent".into(), Value::Data(self.authority().ca.cert.der().to_vec()));
+        ca.insert(
+            "PayloadContent".into(),
+            Value::Data(self.authority().ca.cert.der().to_vec()),
+        );
 
         let rdn = |oid: &str, value: &str| {
             Value::Array(vec![Value::Array(vec![oid.into(), value.into()])])
@@ -288,7 +320,10 @@ impl<S: Store> MdmService<S> {
         let mut scep = Dictionary::new();
         scep.insert("PayloadType".into(), "com.apple.security.scep".into());
         scep.insert("PayloadVersion".into(), 1.into());
-        scep.insert("PayloadIdentifier".into(), format!("{PROFILE_IDENTIFIER}.scep").into());
+        scep.insert(
+            "PayloadIdentifier".into(),
+            format!("{PROFILE_IDENTIFIER}.scep").into(),
+        );
         scep.insert("PayloadUUID".into(), identity_uuid.clone().into());
         scep.insert("PayloadDisplayName".into(), "Device identity".into());
         scep.insert("PayloadContent".into(), Value::Dictionary(scep_content));
@@ -296,11 +331,20 @@ impl<S: Store> MdmService<S> {
         let mut mdm = Dictionary::new();
         mdm.insert("PayloadType".into(), "com.apple.mdm".into());
         mdm.insert("PayloadVersion".into(), 1.into());
-        mdm.insert("PayloadIdentifier".into(), format!("{PROFILE_IDENTIFIER}.mdm").into());
+        mdm.insert(
+            "PayloadIdentifier".into(),
+            format!("{PROFILE_IDENTIFIER}.mdm").into(),
+        );
         mdm.insert("PayloadUUID".into(), new_uuid().into());
         mdm.insert("PayloadDisplayName".into(), "Device management".into());
-        mdm.insert("ServerURL".into(), format!("{}/mdm/connect", cfg.base_url).into());
-        mdm.insert("CheckInURL".into(), format!("{}/mdm/checkin", cfg.base_url).into());
+        mdm.insert(
+            "ServerURL".into(),
+            format!("{}/mdm/connect", cfg.base_url).into(),
+        );
+        mdm.insert(
+            "CheckInURL".into(),
+            format!("{}/mdm/checkin", cfg.base_url).into(),
+        );
         mdm.insert("Topic".into(), topic.into());
         mdm.insert("IdentityCertificateUUID".into(), identity_uuid.into());
         mdm.insert("AccessRights".into(), 8191.into());
@@ -320,7 +364,10 @@ impl<S: Store> MdmService<S> {
         top.insert("PayloadVersion".into(), 1.into());
         top.insert("PayloadIdentifier".into(), PROFILE_IDENTIFIER.into());
         top.insert("PayloadUUID".into(), profile_uuid.into());
-        top.insert("PayloadDisplayName".into(), format!("{org} device management").into());
+        top.insert(
+            "PayloadDisplayName".into(),
+            format!("{org} device management").into(),
+        );
         top.insert("PayloadOrganization".into(), org.clone().into());
         top.insert(
             "PayloadDescription".into(),
@@ -328,7 +375,11 @@ impl<S: Store> MdmService<S> {
         );
         top.insert(
             "PayloadContent".into(),
-            Value::Array(vec![Value::Dictionary(ca), Value::Dictionary(scep), Value::Dictionary(mdm)]),
+            Value::Array(vec![
+                Value::Dictionary(ca),
+                Value::Dictionary(scep),
+                Value::Dictionary(mdm),
+            ]),
         );
         let mut out = Vec::new();
         Value::Dictionary(top)

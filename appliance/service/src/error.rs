@@ -42,7 +42,12 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError { kind, code, message: message.into(), body: None }
+        ServiceError {
+            kind,
+            code,
+            message: message.into(),
+            body: None,
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, code, message)
@@ -80,7 +85,9 @@ impl From<StoreError> for ServiceError {
             StoreError::Backend(m) => ServiceError::new(
                 ErrorKind::Unavailable,
                 "STORE_UNAVAILABLE",
-                format!("the database could not be used: {m}; check disk space and the data directory"),
+                format!(
+                    "the database could not be used: {m}; check disk space and the data directory"
+                ),
             ),
         }
     }

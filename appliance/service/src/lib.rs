@@ -115,7 +115,9 @@ pub struct MdmService<S> {
 
 impl<S> Clone for MdmService<S> {
     fn clone(&self) -> Self {
-        MdmService { inner: Arc::clone(&self.inner) }
+        MdmService {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -175,7 +177,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn random_token() -> ServiceResult<String> {
     use base64::Engine as _;
     let mut buf = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut buf)
-        .map_err(|_| ServiceError::internal("RANDOM_FAILED", "the system random generator failed"))?;
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| {
+        ServiceError::internal("RANDOM_FAILED", "the system random generator failed")
+    })?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }

@@ -42,7 +42,10 @@ impl Timestamp {
         let nanos = i128::from(self.0) * 1_000_000;
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| self.0.to_string())
     }
 }
@@ -377,7 +380,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait EnrollmentStore: Send + Sync + 'static {
     /// Insert or replace the enrollment as `Authenticated` and cancel everything queued for it
     /// (and for its user channels): a device that authenticates again is a new enrollment.
-    fn authenticate(&self, rec: AuthenticateRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    fn authenticate(&self, rec: AuthenticateRecord)
+        -> impl Future<Output = StoreResult<()>> + Send;
     /// Store push addressing and activate the enrollment. `Ok(None)` if the device channel
     /// (`rec.device_id`) is not known.
     fn token_update(
@@ -472,8 +476,7 @@ pub trait ChallengeStore: Send + Sync + 'static {
 
 /// Certificates the appliance CA issued.
 pub trait IssuedCertStore: Send + Sync + 'static {
-    fn record_issued(&self, rec: IssuedCertRecord)
-        -> impl Future<Output = StoreResult<()>> + Send;
+    fn record_issued(&self, rec: IssuedCertRecord) -> impl Future<Output = StoreResult<()>> + Send;
     fn issued(&self, sha256_hex: &str) -> StoreResult<Option<IssuedCertRecord>>;
 }
 
@@ -493,7 +496,11 @@ pub trait LinkStore: Send + Sync + 'static {
         challenge: Option<ChallengeRecord>,
     ) -> impl Future<Output = StoreResult<Option<LinkRecord>>> + Send;
     /// Returns false if unknown.
-    fn revoke_link(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn revoke_link(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 /// Admin API tokens.

@@ -30,7 +30,10 @@ struct Refusal {
 }
 
 fn refuse(fail: FailInfo, reason: impl Into<String>) -> Refusal {
-    Refusal { fail, reason: reason.into() }
+    Refusal {
+        fail,
+        reason: reason.into(),
+    }
 }
 
 fn to_timestamp(t: SystemTime) -> Timestamp {
@@ -91,24 +94,38 @@ impl<S: Store> MdmService<S> {
             )),
         };
         match outcome {
-            Ok((issued, _)) => {
-                scep::cert_rep_success(&req, &issued, &[self.authority().ca.cert.clone()], &ra.cert, &ra.key)
-                    .map_err(|e| ServiceError::internal("PKI_FAILURE", e.to_string()))
-            }
+            Ok((issued, _)) => scep::cert_rep_success(
+                &req,
+                &issued,
+                &[self.authority().ca.cert.clone()],
+                &ra.cert,
+                &ra.key,
+            )
+            .map_err(|e| ServiceError::internal("PKI_FAILURE", e.to_string())),
             Err(r) => {
                 warn!(transaction = %req.transaction_id, reason = %r.reason, "SCEP request refused");
-                scep::cert_rep_failure(&req.transaction_id, &req.sender_nonce, r.fail, &ra.cert, &ra.key)
-                    .map_err(|e| ServiceError::internal("PKI_FAILURE", e.to_string()))
+                scep::cert_rep_failure(
+                    &req.transaction_id,
+                    &req.sender_nonce,
+                    r.fail,
+                    &ra.cert,
+                    &ra.key,
+                )
+                .map_err(|e| ServiceError::internal("PKI_FAILURE", e.to_string()))
             }
         }
     }
 
     async fn scep_enroll(&self, req: &PkiRequest) -> Result<(Certificate, ()), Refusal> {
-        let csr = req.csr.as_ref().ok_or_else(|| refuse(FailInfo::BadRequest, "no CSR"))?;
+        let csr = req
+            .csr
+            .as_ref()
+            .ok_or_else(|| refuse(FailInfo::BadRequest, "no CSR"))?;
         let challenge = csr
             .challenge_password()
             .ok_or_else(|| refuse(FailInfo::BadRequest, "the CSR has no challengePassword"))?;
-        let storage = |e: crate::ports::StoreError| refuse(FailInfo::BadRequest, format!("storage: {e}"));
+        let storage =
+            |e: crate::ports::StoreError| refuse(FailInfo::BadRequest, format!("storage: {e}"));
         if let Some(fixed) = &self.config().static_challenge {
             if !ct_eq(fixed.as_bytes(), challenge.as_bytes()) {
                 return Err(refuse(FailInfo::BadRequest, "wrong static challenge"));
@@ -124,24 +141,46 @@ impl<S: Store> MdmService<S> {
         let rec = self.store().challenge(&hash).map_err(storage)?;
         let rec = challenge_usable(rec, now)?;
         let (cert, issued) = self.sign_device_cert(req, Some(rec.source.clone()), None)?;
-        match self.store().consume_challenge(&hash, now, Some(issued)).await.map_err(storage)? {
+        match self
+            .store()
+            .consume_challenge(&hash, now, Some(issued))
+            .await
+            .map_err(storage)?
+        {
             ChallengeOutcome::Accepted(_) => Ok((cert, ())),
-            other => Err(challenge_usable(outcome_record(other), now).err().unwrap_or_else(|| {
-                refuse(FailInfo::BadRequest, "challenge could not be redeemed")
-            })),
+            other => Err(challenge_usable(outcome_record(other), now)
+                .err()
+                .unwrap_or_else(|| {
+                    refuse(FailInfo::BadRequest, "challenge could not be redeemed")
+                })),
         }
     }
 
     async fn scep_renew(&self, req: &PkiRequest) -> Result<(Certificate, ()), Refusal> {
         let now = SystemTime::now();
-        mdm_pki::verify_chain(&req.signer, &[], std::slice::from_ref(&self.authority().ca.cert), now)
-            .map_err(|e| refuse(FailInfo::BadMessageCheck, format!("renewal signer not valid: {e}")))?;
+        mdm_pki::verify_chain(
+            &req.signer,
+            &[],
+            std::slice::from_ref(&self.authority().ca.cert),
+            now,
+        )
+        .map_err(|e| {
+            refuse(
+                FailInfo::BadMessageCheck,
+                format!("renewal signer not valid: {e}"),
+            )
+        })?;
         let old = sha256_hex(req.signer.der());
         let prior = self
             .store()
             .issued(&old)
             .map_err(|e| refuse(FailInfo::BadRequest, format!("storage: {e}")))?
-            .ok_or_else(|| refuse(FailInfo::BadCertId, "renewal signer was not issued by this appliance"))?;
+            .ok_or_else(|| {
+                refuse(
+                    FailInfo::BadCertId,
+                    "renewal signer was not issued by this appliance",
+                )
+            })?;
         let (cert, rec) = self.sign_device_cert(req, prior.source, Some(old))?;
         self.store()
             .record_issued(rec)
@@ -157,7 +196,10 @@ impl<S: Store> MdmService<S> {
         source: Option<EnrollmentSource>,
         renewed_from: Option<String>,
     ) -> Result<(Certificate, IssuedCertRecord), Refusal> {
-        let csr = req.csr.as_ref().ok_or_else(|| refuse(FailInfo::BadRequest, "no CSR"))?;
+        let csr = req
+            .csr
+            .as_ref()
+            .ok_or_else(|| refuse(FailInfo::BadRequest, "no CSR"))?;
         let now = SystemTime::now();
         let mut params = CertificateParams {
             subject: mdm_pki::Name {
@@ -172,7 +214,11 @@ impl<S: Store> MdmService<S> {
             not_after: now + self.config().device_cert_lifetime,
             is_ca: false,
             path_len: None,
-            key_usage: KeyUsages { digital_signature: true, key_encipherment: true, ..Default::default() },
+            key_usage: KeyUsages {
+                digital_signature: true,
+                key_encipherment: true,
+                ..Default::default()
+            },
             extended_key_usage: vec![const_oid::db::rfc5280::ID_KP_CLIENT_AUTH],
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
@@ -180,11 +226,19 @@ impl<S: Store> MdmService<S> {
         if params.subject_der.as_deref().is_some_and(|d| d.len() <= 2) {
             // An empty subject is legal in a CSR but makes the certificate unreadable in logs.
             params.subject_der = None;
-            params.subject.common_name = format!("mdm-device-{}", &req.transaction_id.chars().take(16).collect::<String>());
+            params.subject.common_name = format!(
+                "mdm-device-{}",
+                &req.transaction_id.chars().take(16).collect::<String>()
+            );
         }
         let ca = &self.authority().ca;
-        let cert = mdm_pki::issue(&params, &csr.public_key_der(), &ca.cert, &ca.key)
-            .map_err(|e| refuse(FailInfo::BadRequest, format!("cannot issue for this CSR: {e}")))?;
+        let cert =
+            mdm_pki::issue(&params, &csr.public_key_der(), &ca.cert, &ca.key).map_err(|e| {
+                refuse(
+                    FailInfo::BadRequest,
+                    format!("cannot issue for this CSR: {e}"),
+                )
+            })?;
         let rec = IssuedCertRecord {
             sha256: sha256_hex(cert.der()),
             serial_hex: cert.serial_hex(),
@@ -202,13 +256,18 @@ impl<S: Store> MdmService<S> {
 
 fn outcome_record(o: ChallengeOutcome) -> Option<ChallengeRecord> {
     match o {
-        ChallengeOutcome::Accepted(r) | ChallengeOutcome::AlreadyUsed(r) | ChallengeOutcome::Expired(r) => Some(r),
+        ChallengeOutcome::Accepted(r)
+        | ChallengeOutcome::AlreadyUsed(r)
+        | ChallengeOutcome::Expired(r) => Some(r),
         ChallengeOutcome::NotFound => None,
     }
 }
 
 /// Whether a stored challenge can still be redeemed at `now`, as a refusal if not.
-fn challenge_usable(rec: Option<ChallengeRecord>, now: Timestamp) -> Result<ChallengeRecord, Refusal> {
+fn challenge_usable(
+    rec: Option<ChallengeRecord>,
+    now: Timestamp,
+) -> Result<ChallengeRecord, Refusal> {
     let rec = rec.ok_or_else(|| refuse(FailInfo::BadRequest, "unknown challenge"))?;
     if rec.used_at.is_some() {
         return Err(refuse(
@@ -217,7 +276,10 @@ fn challenge_usable(rec: Option<ChallengeRecord>, now: Timestamp) -> Result<Chal
         ));
     }
     if now >= rec.expires_at {
-        return Err(refuse(FailInfo::BadRequest, format!("challenge of profile {} expired", rec.profile_uuid)));
+        return Err(refuse(
+            FailInfo::BadRequest,
+            format!("challenge of profile {} expired", rec.profile_uuid),
+        ));
     }
     Ok(rec)
 }

@@ -38,13 +38,18 @@ pub(crate) fn load_topic<S: SettingsStore>(store: &S) -> ServiceResult<Option<St
 }
 
 fn parse_cert(bytes: &[u8]) -> ServiceResult<mdm_pki::Certificate> {
-    let text = std::str::from_utf8(bytes).ok().filter(|t| t.contains("-----BEGIN"));
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.contains("-----BEGIN"));
     let parsed = match text {
         Some(pem) => mdm_pki::Certificate::from_pem(pem),
         None => mdm_pki::Certificate::from_der(bytes),
     };
     parsed.map_err(|e| {
-        ServiceError::bad_request("PUSH_CERT_INVALID", format!("not a PEM or DER certificate: {e}"))
+        ServiceError::bad_request(
+            "PUSH_CERT_INVALID",
+            format!("not a PEM or DER certificate: {e}"),
+        )
     })
 }
 
@@ -96,7 +101,9 @@ impl<S: Store> MdmService<S> {
 
     /// The imported push certificate, if any.
     pub fn push_cert(&self) -> ServiceResult<Option<PushCertInfo>> {
-        let Some(der) = self.store().setting(PUSH_CERT_KEY)? else { return Ok(None) };
+        let Some(der) = self.store().setting(PUSH_CERT_KEY)? else {
+            return Ok(None);
+        };
         let cert = parse_cert(&der)?;
         let topic = self.topic().unwrap_or_default();
         Ok(Some(push_info(&cert, topic)))
@@ -106,7 +113,10 @@ impl<S: Store> MdmService<S> {
     pub async fn create_api_token(&self, name: &str, role: Role) -> ServiceResult<CreatedToken> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
-            return Err(ServiceError::bad_request("INVALID_FIELD", "name: 1 to 100 characters"));
+            return Err(ServiceError::bad_request(
+                "INVALID_FIELD",
+                "name: 1 to 100 characters",
+            ));
         }
         let token = format!("mdm_{}", random_token()?);
         let record = ApiTokenRecord {
@@ -129,7 +139,10 @@ impl<S: Store> MdmService<S> {
             .api_token_by_hash(&sha256_hex(token.as_bytes()))?
             .filter(|r| r.revoked_at.is_none())
             .ok_or_else(|| {
-                ServiceError::unauthorized("API_TOKEN_INVALID", "the API token is unknown or revoked")
+                ServiceError::unauthorized(
+                    "API_TOKEN_INVALID",
+                    "the API token is unknown or revoked",
+                )
             })?;
         Ok(rec)
     }

@@ -230,7 +230,11 @@ pub fn parse_cert_rep(
     let parsed = cms::parse_signed_data(cert_rep)?;
     // RFC 8894 §3.3.2: FAILURE and PENDING replies omit the content, so their signature covers
     // empty content.
-    let no_content: Option<&[u8]> = if parsed.content.is_none() { Some(b"") } else { None };
+    let no_content: Option<&[u8]> = if parsed.content.is_none() {
+        Some(b"")
+    } else {
+        None
+    };
     let signer = parsed.verify(no_content, responders)?;
     if !responders.contains(&signer.certificate) {
         return Err(ScepError::UnknownResponder);

@@ -192,7 +192,10 @@ pub(crate) fn rebind_identity(
     {
         let (start, end) = colon_prefix_range(id);
         let what = "cannot read user channels";
-        for entry in table.range::<&str>(start.as_str()..end.as_str()).backend(what)? {
+        for entry in table
+            .range::<&str>(start.as_str()..end.as_str())
+            .backend(what)?
+        {
             let (k, _) = entry.backend(what)?;
             ids.push(k.value().to_string());
         }

@@ -77,7 +77,10 @@ fn delivery_json(d: &DeliveryRecord) -> serde_json::Value {
     let (text, b64) = match &d.result {
         Some(bytes) => match std::str::from_utf8(bytes) {
             Ok(s) => (Some(s.to_string()), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ),
         },
         None => (None, None),
     };
@@ -149,7 +152,11 @@ fn token_view(t: &ApiTokenRecord) -> serde_json::Value {
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
     serde_json::from_slice(body).map_err(|e| {
-        respond::simple(StatusCode::BAD_REQUEST, "INVALID_JSON", &format!("request body: {e}"))
+        respond::simple(
+            StatusCode::BAD_REQUEST,
+            "INVALID_JSON",
+            &format!("request body: {e}"),
+        )
     })
 }
 
@@ -171,7 +178,9 @@ fn need(role: Role, have: Role) -> Result<(), Resp> {
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let rest = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    let rest = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
     Some(rest.trim().to_string())
 }
 
@@ -190,23 +199,37 @@ impl<S: Store> App<S> {
                 "send an API token as `Authorization: Bearer <token>` (the first one is in the data directory's admin.token)",
             )));
         };
-        let caller = self.service.authenticate_api_token(&token).map_err(|e| api_error(&e))?;
+        let caller = self
+            .service
+            .authenticate_api_token(&token)
+            .map_err(|e| api_error(&e))?;
         let method = req.method().clone();
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let segs: Vec<&str> = path.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+        let segs: Vec<&str> = path
+            .trim_start_matches("/api/v1")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let pairs = query_pairs(&req);
         let svc = &self.service;
         let ok = |r: mdm_service::ServiceResult<Resp>| r.map_err(|e| api_error(&e));
 
         if !path.starts_with("/api/v1") {
-            return Err(respond::simple(StatusCode::NOT_FOUND, "API_VERSION_UNKNOWN", "this appliance serves /api/v1"));
+            return Err(respond::simple(
+                StatusCode::NOT_FOUND,
+                "API_VERSION_UNKNOWN",
+                "this appliance serves /api/v1",
+            ));
         }
         if method != Method::GET {
             need(Role::Operator, caller.role)?;
         }
         match (method, segs.as_slice()) {
             (Method::GET, ["status"]) => {
-                let count = svc.store().count_enrollments().map_err(|e| api_error(&e.into()))?;
+                let count = svc
+                    .store()
+                    .count_enrollments()
+                    .map_err(|e| api_error(&e.into()))?;
                 Ok(json(&json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "enrollments": count,
@@ -223,7 +246,9 @@ impl<S: Store> App<S> {
             )),
             (Method::GET, ["enroll-links"]) => {
                 let links = svc.store().list_links().map_err(|e| api_error(&e.into()))?;
-                Ok(json(&json!({"items": links.iter().map(link_view).collect::<Vec<_>>()})))
+                Ok(json(
+                    &json!({"items": links.iter().map(link_view).collect::<Vec<_>>()}),
+                ))
             }
             (Method::POST, ["enroll-links"]) => {
                 let body = body_or_error(req.into_body(), self.limits.api_body).await?;
@@ -243,9 +268,10 @@ impl<S: Store> App<S> {
                 v["url"] = json!(created.url);
                 Ok(json_status(StatusCode::CREATED, &v))
             }
-            (Method::DELETE, ["enroll-links", id]) => {
-                ok(svc.revoke_link(id).await.map(|()| json(&json!({"revoked": id}))))
-            }
+            (Method::DELETE, ["enroll-links", id]) => ok(svc
+                .revoke_link(id)
+                .await
+                .map(|()| json(&json!({"revoked": id})))),
             (Method::GET, ["push-cert"]) => match svc.push_cert().map_err(|e| api_error(&e))? {
                 Some(info) => Ok(json(&info)),
                 None => Err(api_error(&ServiceError::not_found(
@@ -260,10 +286,18 @@ impl<S: Store> App<S> {
                 ok(svc.import_push_cert(&body, force).await.map(|i| json(&i)))
             }
             (Method::GET, ["devices"]) => {
-                let limit = query_get(&pairs, "limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                let limit = query_get(&pairs, "limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(100);
                 let after = query_get(&pairs, "after");
-                let items = svc.list_enrollments(after.as_deref(), limit).map_err(|e| api_error(&e))?;
-                let next = if items.len() >= limit.clamp(1, 1000) { items.last().map(|e| e.id.clone()) } else { None };
+                let items = svc
+                    .list_enrollments(after.as_deref(), limit)
+                    .map_err(|e| api_error(&e))?;
+                let next = if items.len() >= limit.clamp(1, 1000) {
+                    items.last().map(|e| e.id.clone())
+                } else {
+                    None
+                };
                 let items: Vec<_> = items.iter().map(|e| enrollment_json(e, None)).collect();
                 Ok(json(&json!({"items": items, "next": next})))
             }
@@ -271,7 +305,9 @@ impl<S: Store> App<S> {
                 .enrollment_view(id)
                 .map(|v| json(&enrollment_json(&v.enrollment, Some(v.queued_commands))))),
             (Method::GET, ["devices", id, "commands"]) => {
-                let limit = query_get(&pairs, "limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+                let limit = query_get(&pairs, "limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(50);
                 ok(svc.enrollment_commands(id, limit).map(|d| {
                     json(&json!({"items": d.iter().map(delivery_json).collect::<Vec<_>>()}))
                 }))
@@ -280,13 +316,20 @@ impl<S: Store> App<S> {
                 let body = body_or_error(req.into_body(), self.limits.api_body).await?;
                 let nc: NewCommandReq = parse_json(&body)?;
                 let spec = match (nc.request_type, nc.plist_base64) {
-                    (Some(rt), None) => CommandSpec::Typed(rt.parse().map_err(|e: mdm_proto::ProtoError| {
-                        api_error(&ServiceError::bad_request("COMMAND_UNKNOWN", e.to_string()))
-                    })?),
+                    (Some(rt), None) => {
+                        CommandSpec::Typed(rt.parse().map_err(|e: mdm_proto::ProtoError| {
+                            api_error(&ServiceError::bad_request("COMMAND_UNKNOWN", e.to_string()))
+                        })?)
+                    }
                     (None, Some(b64)) => CommandSpec::Raw(
-                        base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| {
-                            api_error(&ServiceError::bad_request("INVALID_FIELD", "plist_base64: not valid base64"))
-                        })?,
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .map_err(|_| {
+                                api_error(&ServiceError::bad_request(
+                                    "INVALID_FIELD",
+                                    "plist_base64: not valid base64",
+                                ))
+                            })?,
                     ),
                     _ => {
                         return Err(api_error(&ServiceError::bad_request(
@@ -295,24 +338,41 @@ impl<S: Store> App<S> {
                         )))
                     }
                 };
-                ok(svc.enqueue(spec, nc.targets, &caller.name).await.map(|q| json_status(StatusCode::CREATED, &q)))
+                ok(svc
+                    .enqueue(spec, nc.targets, &caller.name)
+                    .await
+                    .map(|q| json_status(StatusCode::CREATED, &q)))
             }
-            (Method::GET, ["commands", uuid]) => ok(svc.command_view(uuid).map(|v| json(&command_json(&v)))),
+            (Method::GET, ["commands", uuid]) => {
+                ok(svc.command_view(uuid).map(|v| json(&command_json(&v))))
+            }
             (Method::GET, ["tokens"]) => {
                 need(Role::Admin, caller.role)?;
-                let items = svc.store().list_api_tokens().map_err(|e| api_error(&e.into()))?;
-                Ok(json(&json!({"items": items.iter().map(token_view).collect::<Vec<_>>()})))
+                let items = svc
+                    .store()
+                    .list_api_tokens()
+                    .map_err(|e| api_error(&e.into()))?;
+                Ok(json(
+                    &json!({"items": items.iter().map(token_view).collect::<Vec<_>>()}),
+                ))
             }
             (Method::POST, ["tokens"]) => {
                 need(Role::Admin, caller.role)?;
                 let body = body_or_error(req.into_body(), self.limits.api_body).await?;
                 let nt: NewToken = parse_json(&body)?;
-                let created = svc.create_api_token(&nt.name, nt.role).await.map_err(|e| api_error(&e))?;
+                let created = svc
+                    .create_api_token(&nt.name, nt.role)
+                    .await
+                    .map_err(|e| api_error(&e))?;
                 let mut v = token_view(&created.record);
                 v["token"] = json!(created.token);
                 Ok(json_status(StatusCode::CREATED, &v))
             }
-            _ => Err(respond::simple(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")),
+            _ => Err(respond::simple(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such API endpoint",
+            )),
         }
     }
 }

@@ -49,7 +49,11 @@ pub fn json<T: Serialize>(value: &T) -> Resp {
 pub fn json_status<T: Serialize>(status: StatusCode, value: &T) -> Resp {
     match serde_json::to_vec(value) {
         Ok(body) => with_body(status, "application/json", body),
-        Err(e) => plain_error(StatusCode::INTERNAL_SERVER_ERROR, "ENCODING_FAILED", &e.to_string()),
+        Err(e) => plain_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ENCODING_FAILED",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -72,7 +76,11 @@ pub fn device_error(e: &ServiceError) -> Resp {
     log_error(status, e);
     match &e.body {
         Some(body) => with_body(status, "application/json", body.clone()),
-        None => with_body(status, "text/plain; charset=utf-8", format!("{}: {}\n", e.code, e.message)),
+        None => with_body(
+            status,
+            "text/plain; charset=utf-8",
+            format!("{}: {}\n", e.code, e.message),
+        ),
     }
 }
 
@@ -85,6 +93,11 @@ fn log_error(status: StatusCode, e: &ServiceError) {
     if status.is_server_error() {
         warn!(code = e.code, status = status.as_u16(), "{}", e.message);
     } else {
-        info!(code = e.code, status = status.as_u16(), "refused: {}", e.message);
+        info!(
+            code = e.code,
+            status = status.as_u16(),
+            "refused: {}",
+            e.message
+        );
     }
 }

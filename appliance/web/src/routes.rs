@@ -29,7 +29,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { device_body: 8 * 1024 * 1024, enrollment_body: 256 * 1024, api_body: 8 * 1024 * 1024 }
+        Limits {
+            device_body: 8 * 1024 * 1024,
+            enrollment_body: 256 * 1024,
+            api_body: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -43,7 +47,11 @@ pub struct App<S> {
 
 impl<S: Store> App<S> {
     pub fn new(service: MdmService<S>, limits: Limits, keystore_backend: &str) -> Self {
-        App { service, limits, keystore_backend: keystore_backend.to_string() }
+        App {
+            service,
+            limits,
+            keystore_backend: keystore_backend.to_string(),
+        }
     }
 }
 
@@ -59,7 +67,10 @@ impl ConnectionScratch for Scratch<'_> {
     }
     fn add_not_now(&self, enrollment_id: &str, command_uuid: &str) {
         if let Ok(mut s) = self.0.state.lock() {
-            s.not_now.entry(enrollment_id.to_string()).or_default().insert(command_uuid.to_string());
+            s.not_now
+                .entry(enrollment_id.to_string())
+                .or_default()
+                .insert(command_uuid.to_string());
         }
     }
 }
@@ -83,7 +94,11 @@ pub(crate) async fn body_or_error(body: Incoming, max: usize) -> Result<Bytes, R
             "BODY_TOO_LARGE",
             &format!("request bodies here are limited to {max} bytes"),
         ),
-        other => respond::simple(StatusCode::BAD_REQUEST, "BODY_UNREADABLE", &other.to_string()),
+        other => respond::simple(
+            StatusCode::BAD_REQUEST,
+            "BODY_UNREADABLE",
+            &other.to_string(),
+        ),
     })
 }
 
@@ -97,11 +112,20 @@ fn reply(r: mdm_service::ServiceResult<DeviceReply>) -> Resp {
 }
 
 fn method_not_allowed() -> Resp {
-    respond::simple(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed here")
+    respond::simple(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed here",
+    )
 }
 
 impl<S: Store> App<S> {
-    async fn device(&self, req: Request<Incoming>, conn: &ConnectionInfo, checkin_only: bool) -> Resp {
+    async fn device(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnectionInfo,
+        checkin_only: bool,
+    ) -> Resp {
         if !matches!(*req.method(), Method::PUT | Method::POST) {
             return method_not_allowed();
         }
@@ -145,15 +169,33 @@ impl<S: Store> App<S> {
             }
             (Method::GET, "PKIOperation") => {
                 let Some(msg) = query_get(&pairs, "message") else {
-                    return respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "message parameter missing");
+                    return respond::simple(
+                        StatusCode::BAD_REQUEST,
+                        "SCEP_MALFORMED",
+                        "message parameter missing",
+                    );
                 };
                 match base64::engine::general_purpose::STANDARD.decode(msg.trim()) {
-                    Ok(der) if der.len() <= self.limits.enrollment_body => self.pki_operation(&der).await,
-                    Ok(_) => respond::simple(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "message too large"),
-                    Err(_) => respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "message is not base64"),
+                    Ok(der) if der.len() <= self.limits.enrollment_body => {
+                        self.pki_operation(&der).await
+                    }
+                    Ok(_) => respond::simple(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "BODY_TOO_LARGE",
+                        "message too large",
+                    ),
+                    Err(_) => respond::simple(
+                        StatusCode::BAD_REQUEST,
+                        "SCEP_MALFORMED",
+                        "message is not base64",
+                    ),
                 }
             }
-            (_, "") => respond::simple(StatusCode::BAD_REQUEST, "SCEP_MALFORMED", "operation parameter missing"),
+            (_, "") => respond::simple(
+                StatusCode::BAD_REQUEST,
+                "SCEP_MALFORMED",
+                "operation parameter missing",
+            ),
             (_, other) => respond::simple(
                 StatusCode::BAD_REQUEST,
                 "SCEP_UNSUPPORTED",
@@ -164,14 +206,19 @@ impl<S: Store> App<S> {
 
     async fn pki_operation(&self, der: &[u8]) -> Resp {
         match self.service.scep_pki_operation(der).await {
-            Ok(rep) => with_body(StatusCode::OK, mdm_service::scep::PKI_MESSAGE_CONTENT_TYPE, rep),
+            Ok(rep) => with_body(
+                StatusCode::OK,
+                mdm_service::scep::PKI_MESSAGE_CONTENT_TYPE,
+                rep,
+            ),
             Err(e) => device_error(&e),
         }
     }
 
     async fn ade(&self, req: Request<Incoming>) -> Resp {
         let result = match *req.method() {
-            Method::POST => match body_or_error(req.into_body(), self.limits.enrollment_body).await {
+            Method::POST => match body_or_error(req.into_body(), self.limits.enrollment_body).await
+            {
                 Ok(body) => self.service.ade_profile(&body).await,
                 Err(resp) => return resp,
             },
@@ -199,7 +246,11 @@ impl<S: Store> App<S> {
 fn profile_reply(r: mdm_service::ServiceResult<Vec<u8>>) -> Resp {
     match r {
         Ok(profile) => {
-            let mut resp = with_body(StatusCode::OK, mdm_service::enroll::PROFILE_CONTENT_TYPE, profile);
+            let mut resp = with_body(
+                StatusCode::OK,
+                mdm_service::enroll::PROFILE_CONTENT_TYPE,
+                profile,
+            );
             resp.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
                 header::HeaderValue::from_static("attachment; filename=\"enroll.mobileconfig\""),
@@ -219,7 +270,11 @@ impl<S: Store> Handler for App<S> {
             "/scep" => self.scep(req).await,
             "/mdm/enroll" => self.ade(req).await,
             "/healthz" => with_body(StatusCode::OK, "text/plain", "ok\n"),
-            "/ca.pem" => with_body(StatusCode::OK, "application/x-pem-file", self.service.authority().ca_pem()),
+            "/ca.pem" => with_body(
+                StatusCode::OK,
+                "application/x-pem-file",
+                self.service.authority().ca_pem(),
+            ),
             "/ca.crt" => with_body(
                 StatusCode::OK,
                 "application/x-x509-ca-cert",

@@ -39,6 +39,9 @@ use crate::tls::ReloadableTls;
 /// (file descriptor or memory exhaustion): retrying at once would spin on the same error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Most a body read preallocates before data has arrived.
+const PREALLOCATE_MAX: usize = 64 * 1024;
+
 /// At most one warning per this interval when connections are refused for being over the limit,
 /// so a flood cannot flood the journal too.
 const OVERLOAD_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -153,9 +156,10 @@ pub async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyErro
     if declared > limit {
         return Err(too_large());
     }
-    // `declared` is at most `max` here, so the conversion cannot fail; the fallback only keeps
-    // the capacity hint honest on exotic targets.
-    let mut buf = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
+    // Preallocate for the declared length, but only up to a bound: a client could otherwise
+    // make every connection reserve `max` bytes by declaring a length it never sends.
+    let capacity = usize::try_from(declared).map_or(0, |d| d.min(PREALLOCATE_MAX));
+    let mut buf = BytesMut::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
@@ -333,8 +337,7 @@ fn accept_any<'a>(
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )

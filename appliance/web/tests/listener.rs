@@ -41,7 +41,6 @@ const BODY_LIMIT: usize = 1024;
 /// hanging it. Never reached when things work.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-// ---------------------------------------------------------------------------------------------
 // Throwaway PKI
 
 struct Pki {
@@ -237,7 +236,6 @@ fn pki() -> Option<&'static Pki> {
     pki
 }
 
-// ---------------------------------------------------------------------------------------------
 // Test handler
 
 struct TestHandler {
@@ -327,7 +325,6 @@ impl Handler for TestHandler {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
 // Server and client harness
 
 struct Server {
@@ -603,6 +600,21 @@ impl hyper::body::Body for Chunks {
     }
 }
 
+/// A body that never delivers a byte and never ends.
+struct Stalled;
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+}
+
 /// Waits for the next `/slow` request to reach the handler; panics after [`PATIENCE`].
 async fn slow_started(started: &mut mpsc::UnboundedReceiver<()>) {
     tokio::time::timeout(PATIENCE, started.recv())
@@ -624,7 +636,6 @@ where
     }
 }
 
-// ---------------------------------------------------------------------------------------------
 // Protocol negotiation and connection identity
 
 #[tokio::test]
@@ -668,7 +679,6 @@ async fn http2_is_negotiated_with_alpn() {
     server.stop().await;
 }
 
-// ---------------------------------------------------------------------------------------------
 // Client certificates and protocol versions
 
 #[tokio::test]
@@ -801,7 +811,6 @@ async fn tls_1_1_is_refused() {
     server.stop().await;
 }
 
-// ---------------------------------------------------------------------------------------------
 // Bodies and per-connection state
 
 #[tokio::test]
@@ -831,6 +840,19 @@ async fn request_bodies_are_bounded() {
             .send("PUT", "/body", full(len), Some(len))
             .await
             .unwrap();
+        assert_eq!(
+            (String::from_utf8_lossy(&body).into_owned(), status),
+            too_large
+        );
+        // ... without waiting for the body: this one never arrives.
+        let mut client = Client::connect(server.addr, pki, spec()).await.unwrap();
+        let (status, _, body) = tokio::time::timeout(
+            PATIENCE,
+            client.send("PUT", "/body", Stalled.boxed_unsync(), Some(len)),
+        )
+        .await
+        .expect("answered before the body was read")
+        .unwrap();
         assert_eq!(
             (String::from_utf8_lossy(&body).into_owned(), status),
             too_large
@@ -880,7 +902,6 @@ async fn conn_state_belongs_to_one_connection() {
     server.stop().await;
 }
 
-// ---------------------------------------------------------------------------------------------
 // Shutdown, limits and timeouts
 
 #[tokio::test]
@@ -1047,7 +1068,6 @@ async fn handshake_timeout_closes_silent_clients() {
     server.stop().await;
 }
 
-// ---------------------------------------------------------------------------------------------
 // Certificate replacement and configuration errors
 
 #[tokio::test]
@@ -1176,7 +1196,6 @@ async fn without_client_roots_no_certificate_is_requested() {
         .unwrap();
 }
 
-// ---------------------------------------------------------------------------------------------
 // Listeners
 
 #[tokio::test]
