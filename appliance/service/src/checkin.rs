@@ -260,6 +260,13 @@ impl<S: Store> MdmService<S> {
                         at: now,
                     })
                     .await?;
+                if let (Some(device), Some(ours)) = (a.enrollment.topic(), self.topic()) {
+                    if device != ours {
+                        // Pushes go to our topic; a device enrolled under another one never
+                        // wakes up. Usually a profile from before a forced push-cert change.
+                        warn!(enrollment = %id, device_topic = device, current_topic = %ours, "device enrolled with another push topic: it cannot be woken; re-enroll it");
+                    }
+                }
                 info!(enrollment = %id, serial = ?a.serial_number, "Authenticate");
                 Ok(DeviceReply::Empty)
             }

@@ -138,9 +138,11 @@ impl<S: Store> MdmService<S> {
         let now = Timestamp::now();
         // Check first so that a bad challenge costs no CA signature; the consume below
         // re-checks atomically (two devices racing with one challenge: one wins).
-        let rec = self.store().challenge(&hash).map_err(storage)?;
-        let rec = challenge_usable(rec, now)?;
-        let (cert, issued) = self.sign_device_cert(req, Some(rec.source.clone()), None)?;
+        let rec = match classify(self.store().challenge(&hash).map_err(storage)?, now) {
+            ChallengeOutcome::Accepted(rec) => rec,
+            other => return Err(refusal(&other)),
+        };
+        let (cert, issued) = self.sign_device_cert(req, Some(rec.source), None)?;
         match self
             .store()
             .consume_challenge(&hash, now, Some(issued))
@@ -148,11 +150,7 @@ impl<S: Store> MdmService<S> {
             .map_err(storage)?
         {
             ChallengeOutcome::Accepted(_) => Ok((cert, ())),
-            other => Err(challenge_usable(outcome_record(other), now)
-                .err()
-                .unwrap_or_else(|| {
-                    refuse(FailInfo::BadRequest, "challenge could not be redeemed")
-                })),
+            other => Err(refusal(&other)),
         }
     }
 
@@ -254,32 +252,30 @@ impl<S: Store> MdmService<S> {
     }
 }
 
-fn outcome_record(o: ChallengeOutcome) -> Option<ChallengeRecord> {
-    match o {
-        ChallengeOutcome::Accepted(r)
-        | ChallengeOutcome::AlreadyUsed(r)
-        | ChallengeOutcome::Expired(r) => Some(r),
-        ChallengeOutcome::NotFound => None,
+/// What a consume at `now` would answer for this stored challenge (without consuming it).
+fn classify(rec: Option<ChallengeRecord>, now: Timestamp) -> ChallengeOutcome {
+    match rec {
+        None => ChallengeOutcome::NotFound,
+        Some(r) if r.used_at.is_some() => ChallengeOutcome::AlreadyUsed(r),
+        Some(r) if now >= r.expires_at => ChallengeOutcome::Expired(r),
+        Some(r) => ChallengeOutcome::Accepted(r),
     }
 }
 
-/// Whether a stored challenge can still be redeemed at `now`, as a refusal if not.
-fn challenge_usable(
-    rec: Option<ChallengeRecord>,
-    now: Timestamp,
-) -> Result<ChallengeRecord, Refusal> {
-    let rec = rec.ok_or_else(|| refuse(FailInfo::BadRequest, "unknown challenge"))?;
-    if rec.used_at.is_some() {
-        return Err(refuse(
+/// The SCEP refusal for a challenge that cannot be redeemed.
+fn refusal(outcome: &ChallengeOutcome) -> Refusal {
+    match outcome {
+        ChallengeOutcome::NotFound => refuse(FailInfo::BadRequest, "unknown challenge"),
+        ChallengeOutcome::AlreadyUsed(r) => refuse(
             FailInfo::BadRequest,
-            format!("challenge of profile {} was already used", rec.profile_uuid),
-        ));
-    }
-    if now >= rec.expires_at {
-        return Err(refuse(
+            format!("challenge of profile {} was already used", r.profile_uuid),
+        ),
+        ChallengeOutcome::Expired(r) => refuse(
             FailInfo::BadRequest,
-            format!("challenge of profile {} expired", rec.profile_uuid),
-        ));
+            format!("challenge of profile {} expired", r.profile_uuid),
+        ),
+        ChallengeOutcome::Accepted(_) => {
+            refuse(FailInfo::BadRequest, "challenge could not be redeemed")
+        }
     }
-    Ok(rec)
 }
