@@ -192,6 +192,9 @@ pub struct Limits {
     pub max_connections: usize,
     #[serde(default = "default_drain")]
     pub drain_timeout_seconds: u64,
+    /// Database page cache; bounds the daemon's memory however much history is stored.
+    #[serde(default = "default_db_cache")]
+    pub db_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -202,6 +205,7 @@ impl Default for Limits {
             api_body_bytes: default_api_body(),
             max_connections: default_max_connections(),
             drain_timeout_seconds: default_drain(),
+            db_cache_bytes: default_db_cache(),
         }
     }
 }
@@ -259,6 +263,9 @@ fn default_max_connections() -> usize {
 }
 fn default_drain() -> u64 {
     20
+}
+fn default_db_cache() -> usize {
+    64 * 1024 * 1024
 }
 
 impl Config {

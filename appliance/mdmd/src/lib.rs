@@ -160,7 +160,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     warn!("keystore: SOFTWARE backend (development only): keys are NOT protected by a TPM");
 
-    let store = RedbStore::open(&data_dir.join(DB_FILE), StoreOptions::default())
+    let store_opts = StoreOptions {
+        cache_size: Some(cfg.limits.db_cache_bytes),
+        ..StoreOptions::default()
+    };
+    let store = RedbStore::open(&data_dir.join(DB_FILE), store_opts)
         .map_err(|e| anyhow::anyhow!("database {}: {e}", data_dir.join(DB_FILE).display()))?;
 
     let authority = Authority::load_or_create(

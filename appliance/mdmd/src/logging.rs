@@ -1,8 +1,10 @@
 //! Log output: journald when the daemon runs under systemd with a journal, JSON or text
 //! otherwise.
 
+use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -44,7 +46,12 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
             )
             .try_init(),
         LogFormat::Text | LogFormat::Auto => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a person at a terminal, never into files.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))

@@ -16,6 +16,9 @@ use crate::ports::{
 };
 use crate::{sha256_hex, MdmService};
 
+/// How stale `last_seen_at` may get before an Idle writes it again.
+const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
+
 /// One request from a device, as the web layer received it.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceRequest<'a> {
@@ -379,7 +382,7 @@ impl<S: Store> MdmService<S> {
         scratch: &(dyn ConnectionScratch + Sync),
     ) -> ServiceResult<DeviceReply> {
         let id = report.enrollment.id();
-        self.bound_enrollment(&id, &identity).await?;
+        let rec = self.bound_enrollment(&id, &identity).await?;
         let now = Timestamp::now();
         let status = match report.status {
             CommandStatus::Idle => None,
@@ -389,6 +392,9 @@ impl<S: Store> MdmService<S> {
             CommandStatus::NotNow => Some(DeliveryStatus::NotNow),
         };
         match (status, report.command_uuid.as_deref()) {
+            // An Idle needs no write when the device was heard from within the last minute:
+            // last-seen times are for humans, a write is an fsync shared with others.
+            (None, _) if now.0.saturating_sub(rec.last_seen_at.0) < LAST_SEEN_GRANULARITY_MS => {}
             (None, _) => self.store().touch(&id, now).await?,
             (Some(_), None) => {
                 return Err(ServiceError::bad_request(

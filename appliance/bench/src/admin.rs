@@ -1,0 +1,194 @@
+//! The admin API calls the benchmark needs (see `appliance/web/src/api.rs`): import a push
+//! certificate, create an enrollment link, queue commands in batches, read their outcome.
+
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use mdm_sim::http::{headers, HttpClient};
+use serde_json::{json, Value};
+
+use crate::error::BenchError;
+
+/// Targets per `POST /api/v1/commands` (the API's limit).
+pub const MAX_TARGETS_PER_CALL: usize = 10_000;
+
+/// The push topic of the stand-in push certificate.
+pub const TOPIC: &str = "com.apple.mgmt.External.6d1c0b1e-2f4a-4c8e-9b7d-0b3c4e5f6a71";
+
+/// An admin API session (kept-alive HTTPS, bearer token).
+#[derive(Debug)]
+pub struct Admin {
+    client: HttpClient,
+    base_url: String,
+    authorization: String,
+}
+
+fn truncate(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(400).collect()
+}
+
+impl Admin {
+    /// A session trusting the CAs in `ca_pem`.
+    pub fn new(ca_pem: &str, base_url: &str, token: &str) -> Result<Admin, BenchError> {
+        Ok(Admin {
+            // Listing a 10,000-target command returns megabytes of JSON; give it time.
+            client: HttpClient::from_ca_pem(ca_pem.as_bytes())?
+                .with_timeout(Duration::from_secs(300)),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            authorization: format!("Bearer {token}"),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, BenchError> {
+        let h = headers(&[
+            ("authorization", &self.authorization),
+            ("content-type", content_type),
+        ])?;
+        let name: &'static str = match method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            _ => "request",
+        };
+        let resp = self
+            .client
+            .request(method, &format!("{}{path}", self.base_url), h, body)
+            .await?;
+        if !resp.is_success() {
+            return Err(BenchError::Api {
+                method: name,
+                path: path.to_owned(),
+                status: resp.status,
+                body: truncate(&resp.body),
+            });
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| BenchError::ApiAnswer {
+            path: path.to_owned(),
+            reason: format!("not JSON: {e}"),
+        })
+    }
+
+    /// Imports a self-signed stand-in for Apple's push certificate with subject UID
+    /// [`TOPIC`]: enrollment profiles need a topic, and nothing is ever pushed.
+    pub async fn import_push_cert(&self) -> Result<(), BenchError> {
+        let pem = stand_in_push_cert()?;
+        self.call(
+            Method::PUT,
+            "/api/v1/push-cert",
+            "application/x-pem-file",
+            pem.into_bytes(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Creates an enrollment link without a use limit; returns its id and URL.
+    pub async fn create_link(&self) -> Result<(String, String), BenchError> {
+        let body = json!({"label": "mdm-bench"}).to_string().into_bytes();
+        let v = self
+            .call(
+                Method::POST,
+                "/api/v1/enroll-links",
+                "application/json",
+                body,
+            )
+            .await?;
+        let field = |name: &str| {
+            v[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| BenchError::ApiAnswer {
+                    path: "/api/v1/enroll-links".into(),
+                    reason: format!("no {name} in the answer"),
+                })
+        };
+        Ok((field("id")?, field("url")?))
+    }
+
+    /// Queues one command of `request_type` for every target (at most
+    /// [`MAX_TARGETS_PER_CALL`]); returns its UUID. Fails if any target was refused.
+    pub async fn queue(
+        &self,
+        targets: &[String],
+        request_type: &str,
+    ) -> Result<String, BenchError> {
+        let path = "/api/v1/commands";
+        let body = json!({"targets": targets, "request_type": request_type})
+            .to_string()
+            .into_bytes();
+        let v = self
+            .call(Method::POST, path, "application/json", body)
+            .await?;
+        let answer = |reason: String| BenchError::ApiAnswer {
+            path: path.into(),
+            reason,
+        };
+        let refused = v["refused"].as_array().map_or(0, Vec::len);
+        let queued = v["queued"].as_array().map_or(0, Vec::len);
+        if refused > 0 || queued != targets.len() {
+            return Err(answer(format!(
+                "{queued} of {} targets queued, {refused} refused",
+                targets.len()
+            )));
+        }
+        v["command_uuid"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| answer("no command_uuid".into()))
+    }
+
+    /// For one command: how many deliveries are `Acknowledged`, out of how many.
+    pub async fn acknowledged(&self, uuid: &str) -> Result<(u64, u64), BenchError> {
+        let path = format!("/api/v1/commands/{uuid}");
+        let v = self
+            .call(Method::GET, &path, "application/json", Vec::new())
+            .await?;
+        let deliveries = v["deliveries"]
+            .as_array()
+            .ok_or_else(|| BenchError::ApiAnswer {
+                path: path.clone(),
+                reason: "no deliveries array".into(),
+            })?;
+        let acked = deliveries
+            .iter()
+            .filter(|d| d["status"] == "Acknowledged")
+            .count();
+        Ok((acked as u64, deliveries.len() as u64))
+    }
+}
+
+/// A self-signed certificate whose subject UID is [`TOPIC`], as Apple's MDM push
+/// certificates carry their topic.
+fn stand_in_push_cert() -> Result<String, BenchError> {
+    let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048)?;
+    let now = SystemTime::now();
+    let params = mdm_pki::CertificateParams {
+        subject: mdm_pki::Name {
+            common_name: format!("APSP:{TOPIC}"),
+            organization: None,
+            organizational_unit: None,
+            uid: Some(TOPIC.to_owned()),
+        },
+        subject_der: None,
+        serial: None,
+        not_before: now - Duration::from_secs(3600),
+        not_after: now + Duration::from_secs(365 * 24 * 3600),
+        is_ca: false,
+        path_len: None,
+        key_usage: mdm_pki::KeyUsages {
+            digital_signature: true,
+            ..Default::default()
+        },
+        extended_key_usage: Vec::new(),
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+    };
+    Ok(mdm_pki::self_signed(&params, &key)?.to_pem())
+}

@@ -1,0 +1,196 @@
+//! The daemon under test: `mdmd serve --dev` as a child process on 127.0.0.1, so that its CPU
+//! time and memory are its own and can be read from `/proc`.
+
+use std::fs::OpenOptions;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::BenchError;
+use crate::procfs::{self, CpuTicks, Memory};
+
+/// How long the daemon may take to start (first start generates the CA and keys).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a SIGTERM'd daemon may take to drain and close its database.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `mdmd` binary next to this executable (`target/release/` when built by scripts/bench).
+pub fn binary_next_to_self() -> Result<PathBuf, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::io("locate this executable"))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(dir.join("mdmd"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read and released; the daemon binds it right after).
+pub fn free_loopback_addr() -> Result<SocketAddr, BenchError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(BenchError::io("find a free loopback port"))?;
+    listener
+        .local_addr()
+        .map_err(BenchError::io("find a free loopback port"))
+}
+
+/// A running `mdmd` child process.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    /// Its process id.
+    pub pid: u32,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary serve --dev` on `data_dir` and `addr`, logging to `log` (appended), and
+    /// waits until it listens.
+    pub fn start(
+        binary: &Path,
+        data_dir: &Path,
+        addr: SocketAddr,
+        log: &Path,
+    ) -> Result<Daemon, BenchError> {
+        if !binary.is_file() {
+            return Err(BenchError::DaemonMissing(binary.to_path_buf()));
+        }
+        let ready_file = data_dir.join(mdmd::LISTEN_ADDR_FILE);
+        // A restart finds the previous run's file; only a fresh one means "ready".
+        match std::fs::remove_file(&ready_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BenchError::io(format!("remove {}", ready_file.display()))(
+                    e,
+                ))
+            }
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(BenchError::io(format!("open {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(BenchError::io(format!("open {}", log.display())))?;
+        let child = Command::new(binary)
+            .args(["serve", "--dev", "--log-format", "text"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(BenchError::io(format!("start {}", binary.display())))?;
+        let mut daemon = Daemon {
+            pid: child.id(),
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        daemon.wait_ready(&ready_file)?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self, ready_file: &Path) -> Result<(), BenchError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            if ready_file.exists() && TcpStream::connect(self.addr).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::DaemonStart {
+                    reason: format!("not listening on {} after {START_TIMEOUT:?}", self.addr),
+                    log: self.log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails if the daemon has exited.
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::DaemonExited {
+                status: status.to_string(),
+                log: self.log.clone(),
+            }),
+            Err(e) => Err(BenchError::io("check on the daemon process")(e)),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`, the base URL `--dev` derives from the listen address.
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The first admin API token, written by the daemon on first start.
+    pub fn admin_token(&self) -> Result<String, BenchError> {
+        let path = self.data_dir.join(mdmd::ADMIN_TOKEN_FILE);
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .map_err(BenchError::io(format!("read {}", path.display())))
+    }
+
+    /// The daemon's CPU time so far.
+    pub fn cpu(&self) -> Result<CpuTicks, BenchError> {
+        procfs::cpu_ticks(Some(self.pid))
+    }
+
+    /// The daemon's memory now.
+    pub fn memory(&self) -> Result<Memory, BenchError> {
+        procfs::memory(Some(self.pid))
+    }
+
+    /// Stops the daemon as systemd would (SIGTERM, then wait for it to drain and close its
+    /// database), falling back to SIGKILL after a timeout. Stopping a stopped daemon does
+    /// nothing.
+    pub fn stop(&mut self) -> Result<(), BenchError> {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return Ok(());
+        }
+        // std can only send SIGKILL. The shell's `kill` builtin sends SIGTERM without unsafe
+        // FFI here, and `sh` exists even where procps' kill(1) is not installed.
+        let termed = Command::new("sh")
+            .args(["-c", "kill -TERM \"$0\"", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if termed {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                match self.child.try_wait() {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(e) => return Err(BenchError::io("wait for the daemon to stop")(e)),
+                }
+            }
+        }
+        self.child
+            .kill()
+            .map_err(BenchError::io("kill the daemon"))?;
+        self.child
+            .wait()
+            .map_err(BenchError::io("wait for the daemon to stop"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only reached when a run fails midway: do not leave a daemon behind.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

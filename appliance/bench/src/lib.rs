@@ -1,0 +1,457 @@
+//! `mdm-bench`: an end-to-end benchmark of the MDM appliance daemon (`mdmd`), run against a
+//! release build on this machine's loopback interface. It prints figures; it never asserts on
+//! time. `docs/benchmarks.md` explains how to run it and what each figure means.
+//!
+//! A run has up to three phases, all against one `mdmd serve --dev` child process in a
+//! temporary data directory (so its CPU time and memory, read from `/proc`, are its own):
+//!
+//! 1. **Enrollment** ([`enroll`]): N simulated iPhones (`mdm-sim`) enroll through the real
+//!    protocol (enrollment link, signed profile, SCEP, Authenticate, TokenUpdate), several at
+//!    a time. Devices share a pool of pre-generated RSA keys.
+//! 2. **Round trips** ([`worker`], [`pool`]): K commands are queued per device through the admin
+//!    API; then C concurrent clients, split over W worker processes, drive every device's
+//!    command session (Idle, K × (command, Acknowledged report), empty answer) over a
+//!    kept-alive TLS 1.3 connection authenticated with the device's certificate. Repeated
+//!    rounds show first contact (full handshakes) and reconnection (resumed TLS sessions).
+//!    After each round the admin API confirms every result was recorded.
+//! 3. **Large database** (optional, [`seed`]): the daemon is stopped, enrollment rows are
+//!    seeded straight into its database up to a total, it is restarted, one more round is
+//!    driven, and its memory is measured.
+//!
+//! What it cannot do yet: drive devices with `Mdm-Signature` instead of TLS client
+//! certificates, mix command types or answer with realistic result payloads (reports are
+//! minimal `Acknowledged` plists), exercise APNs or ABM, or run against a remote appliance
+//! (CPU and memory are read from the local `/proc`). Server CPU figures include the daemon's
+//! logging to a file; the client shares the machine's cores with the server.
+
+pub mod admin;
+pub mod daemon;
+pub mod enroll;
+pub mod error;
+pub mod histogram;
+pub mod identities;
+pub mod pool;
+pub mod procfs;
+pub mod report;
+pub mod seed;
+pub mod tls;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::admin::{Admin, MAX_TARGETS_PER_CALL};
+use crate::daemon::Daemon;
+pub use crate::error::BenchError;
+use crate::identities::IdentityFile;
+use crate::pool::WorkerPool;
+use crate::procfs::ticks_to_duration;
+use crate::report::{
+    EnrollmentFigures, LargeFigures, Machine, MemoryFigures, Percentiles, Report, RoundFigures,
+    Settings, ThreadCpu,
+};
+use crate::worker::RoundResult;
+
+/// Options of a benchmark run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Devices to enroll through the protocol [default: 10000; 1000 with --quick].
+    #[arg(long)]
+    pub devices: Option<usize>,
+    /// Concurrent round-trip clients, all worker processes together.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Worker processes the round-trip clients are split over.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Commands queued per device per round [default: 4; 2 with --quick].
+    #[arg(long)]
+    pub commands: Option<usize>,
+    /// Round-trip rounds: the first connects every device afresh, later ones resume TLS
+    /// sessions.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Devices enrolling at the same time.
+    #[arg(long, default_value_t = 16)]
+    pub enroll_concurrency: usize,
+    /// Pre-generated RSA keys the devices share.
+    #[arg(long, default_value_t = 16)]
+    pub key_pool: usize,
+    /// The command queued (any type the admin API accepts by name without arguments).
+    #[arg(long, default_value = "ProfileList")]
+    pub request_type: String,
+    /// Afterwards, seed enrollment rows up to this total and measure the daemon's memory
+    /// (e.g. 100000).
+    #[arg(long)]
+    pub rss_devices: Option<usize>,
+    /// A smaller, faster run (1,000 devices, 2 commands per round).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the figures as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon binary [default: `mdmd` next to this executable].
+    #[arg(long)]
+    pub mdmd: Option<PathBuf>,
+    /// Keep the temporary directory (daemon data, log, identities) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl Options {
+    /// Devices to enroll, after `--quick`.
+    pub fn device_count(&self) -> usize {
+        self.devices
+            .unwrap_or(if self.quick { 1_000 } else { 10_000 })
+    }
+
+    /// Commands per device per round, after `--quick`.
+    pub fn command_count(&self) -> usize {
+        self.commands.unwrap_or(if self.quick { 2 } else { 4 })
+    }
+
+    fn validate(&self) -> Result<(), BenchError> {
+        let bad = |m: &str| Err(BenchError::Options(m.to_owned()));
+        if self.device_count() == 0 {
+            return bad("--devices must be at least 1");
+        }
+        if self.workers == 0 || self.concurrency < self.workers {
+            return bad("--workers must be at least 1 and --concurrency at least --workers");
+        }
+        if self.rounds == 0 || self.enroll_concurrency == 0 || self.key_pool == 0 {
+            return bad("--rounds, --enroll-concurrency and --key-pool must be at least 1");
+        }
+        if self.rss_devices.is_some_and(|n| n <= self.device_count()) {
+            return bad("--rss-devices must be larger than --devices (it is a total)");
+        }
+        Ok(())
+    }
+}
+
+/// Progress goes to stderr, in text and JSON mode alike, so that stdout holds only the report.
+fn progress(message: &str) {
+    eprintln!("mdm-bench: {message}");
+}
+
+/// Everything the phases share.
+struct Run<'a> {
+    opts: &'a Options,
+    rt: tokio::runtime::Runtime,
+    ticks_per_second: u64,
+    daemon: Daemon,
+    admin: Admin,
+    udids: Vec<String>,
+}
+
+impl Run<'_> {
+    fn seconds(&self, ticks: u64) -> f64 {
+        ticks_to_duration(ticks, self.ticks_per_second).as_secs_f64()
+    }
+
+    /// Queues the round's commands, drives one round in the workers, checks the results
+    /// through the admin API and turns it all into figures.
+    fn round(&mut self, pool: &mut WorkerPool, round: usize) -> Result<RoundFigures, BenchError> {
+        let commands = self.opts.command_count();
+        let mut uuids = Vec::new();
+        for _ in 0..commands {
+            for chunk in self.udids.chunks(MAX_TARGETS_PER_CALL) {
+                uuids.push(
+                    self.rt
+                        .block_on(self.admin.queue(chunk, &self.opts.request_type))?,
+                );
+            }
+        }
+
+        let server_before = self.daemon.cpu()?;
+        let threads_before = procfs::thread_ticks(self.daemon.pid)?;
+        let self_before = procfs::cpu_ticks(None)?;
+        let started = Instant::now();
+        let results = pool.round()?;
+        let wall = started.elapsed();
+        let server_ticks = self.daemon.cpu()?.own().saturating_sub(server_before.own());
+        let threads_after = procfs::thread_ticks(self.daemon.pid)?;
+        let self_ticks = procfs::cpu_ticks(None)?
+            .own()
+            .saturating_sub(self_before.own());
+        self.daemon.check_alive()?;
+
+        let mut total = RoundResult::default();
+        for r in &results {
+            total.merge(r);
+        }
+        let mut verified = 0;
+        let mut queued = 0;
+        for uuid in &uuids {
+            let (acked, deliveries) = self.rt.block_on(self.admin.acknowledged(uuid))?;
+            verified += acked;
+            queued += deliveries;
+        }
+        let mut figures = round_figures(
+            round,
+            self.udids.len(),
+            &total,
+            wall,
+            self.seconds(server_ticks),
+            self.seconds(total.cpu_ticks + self_ticks),
+            (verified, queued),
+        );
+        figures.server_memory = self.daemon.memory()?.into();
+        figures.database_mib = self.database_mib()?;
+        let wall_s = wall.as_secs_f64().max(1e-9);
+        let mut threads: Vec<ThreadCpu> = threads_after
+            .iter()
+            .map(|(name, after)| {
+                let before = threads_before.get(name).copied().unwrap_or(0);
+                ThreadCpu {
+                    name: name.clone(),
+                    cores: self.seconds(after.saturating_sub(before)) / wall_s,
+                }
+            })
+            .filter(|t| t.cores >= 0.01)
+            .collect();
+        threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
+        figures.server_threads = threads;
+        Ok(figures)
+    }
+
+    fn database_mib(&self) -> Result<f64, BenchError> {
+        let path = self.daemon.data_dir.join(mdmd::DB_FILE);
+        let meta =
+            std::fs::metadata(&path).map_err(BenchError::io(format!("stat {}", path.display())))?;
+        Ok(meta.len() as f64 / (1024.0 * 1024.0))
+    }
+}
+
+/// The figures of a round that follow from the workers' results and the CPU times; memory,
+/// database size and the per-thread split are filled in by the caller.
+fn round_figures(
+    round: usize,
+    devices: usize,
+    total: &RoundResult,
+    wall: Duration,
+    server_cpu: f64,
+    client_cpu: f64,
+    (verified, queued): (u64, u64),
+) -> RoundFigures {
+    let requests = total.requests.max(1) as f64;
+    let wall_s = wall.as_secs_f64().max(1e-9);
+    RoundFigures {
+        round,
+        devices,
+        sessions: total.sessions,
+        resumed_sessions: total.resumed_sessions,
+        requests: total.requests,
+        acknowledged: total.acknowledged,
+        failed_sessions: total.failed_sessions,
+        mismatched_sessions: total.mismatched_sessions,
+        verified_acknowledged: verified,
+        queued_deliveries: queued,
+        wall_seconds: wall_s,
+        requests_per_second: total.requests as f64 / wall_s,
+        latency_ms: Percentiles::from(&total.latency),
+        connect_ms: Percentiles::from(&total.connect),
+        server_cpu_ms_per_request: server_cpu * 1000.0 / requests,
+        client_cpu_ms_per_request: client_cpu * 1000.0 / requests,
+        server_cores: server_cpu / wall_s,
+        client_cores: client_cpu / wall_s,
+        server_threads: Vec::new(),
+        server_memory: MemoryFigures {
+            rss_mib: 0.0,
+            peak_rss_mib: 0.0,
+        },
+        database_mib: 0.0,
+        error_samples: total.error_samples.clone(),
+    }
+}
+
+/// Runs the benchmark and returns its figures. Fails if the daemon cannot be started, a
+/// device cannot enroll or a worker dies; failures of individual round-trip requests are
+/// counted in the figures instead.
+pub fn run(opts: &Options) -> Result<Report, BenchError> {
+    opts.validate()?;
+    let devices = opts.device_count();
+    let (cpus, cpu_model, kernel) = procfs::machine();
+    // Private: it holds the daemon's keys and the devices' private keys.
+    let dir = tempfile::Builder::new()
+        .prefix("mdm-bench-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(BenchError::io("create a temporary directory"))?;
+    let data_dir = dir.path().join("data");
+    let log = dir.path().join("mdmd.log");
+    let binary = match &opts.mdmd {
+        Some(path) => path.clone(),
+        None => daemon::binary_next_to_self()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("start the async runtime"))?;
+
+    let addr = daemon::free_loopback_addr()?;
+    progress(&format!("starting {} on {addr}", binary.display()));
+    let daemon = Daemon::start(&binary, &data_dir, addr, &log)?;
+    let ca_pem = rt.block_on(tls::fetch_ca_pem(addr))?;
+    let admin = Admin::new(&ca_pem, &daemon.base_url(), &daemon.admin_token()?)?;
+    rt.block_on(admin.import_push_cert())?;
+    let (link_id, link_url) = rt.block_on(admin.create_link())?;
+    progress(&format!(
+        "generating {} RSA-2048 device keys",
+        opts.key_pool
+    ));
+    let keys = rt.block_on(enroll::key_pool(opts.key_pool))?;
+
+    progress(&format!(
+        "phase 1: enrolling {devices} devices, {} at a time",
+        opts.enroll_concurrency
+    ));
+    let server_before = daemon.cpu()?;
+    let self_before = procfs::cpu_ticks(None)?;
+    let started = Instant::now();
+    let enrolled = rt.block_on(enroll::enroll(
+        devices,
+        opts.enroll_concurrency,
+        &link_url,
+        &ca_pem,
+        keys.clone(),
+        true,
+    ))?;
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    let server_ticks = daemon.cpu()?.own().saturating_sub(server_before.own());
+    let self_ticks = procfs::cpu_ticks(None)?
+        .own()
+        .saturating_sub(self_before.own());
+    let ticks_per_second = procfs::clock_ticks_per_second();
+    let per_device = |ticks: u64| {
+        ticks_to_duration(ticks, ticks_per_second).as_secs_f64() * 1000.0 / devices as f64
+    };
+    let enrollment = EnrollmentFigures {
+        devices: enrolled.len(),
+        wall_seconds: wall,
+        devices_per_second: enrolled.len() as f64 / wall,
+        server_cpu_ms_per_device: per_device(server_ticks),
+        client_cpu_ms_per_device: per_device(self_ticks),
+        server_memory: daemon.memory()?.into(),
+    };
+
+    let identities = dir.path().join("identities.json");
+    let key_ders: Vec<&[u8]> = keys.iter().map(|k| k.pkcs8_der()).collect();
+    IdentityFile::new(addr, &ca_pem, &key_ders, &enrolled).write(&identities)?;
+    let udids: Vec<String> = enrolled.into_iter().map(|d| d.udid).collect();
+
+    let mut run = Run {
+        opts,
+        rt,
+        ticks_per_second,
+        daemon,
+        admin,
+        udids,
+    };
+    progress(&format!(
+        "phase 2: {} rounds, {} clients in {} worker processes",
+        opts.rounds, opts.concurrency, opts.workers
+    ));
+    let mut pool = WorkerPool::start(
+        &identities,
+        opts.workers,
+        opts.concurrency,
+        opts.command_count(),
+    )?;
+    let mut rounds = Vec::new();
+    for round in 1..=opts.rounds {
+        progress(&format!("  round {round}"));
+        rounds.push(run.round(&mut pool, round)?);
+    }
+    pool.stop()?;
+
+    let large = match opts.rss_devices {
+        Some(total) => Some(large_database(&mut run, total, &link_id, &identities)?),
+        None => None,
+    };
+
+    run.daemon.stop()?;
+    if opts.keep {
+        let kept = dir.keep();
+        progress(&format!("kept {}", kept.display()));
+    }
+    Ok(Report {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        machine: Machine {
+            cpus,
+            cpu_model,
+            kernel,
+        },
+        settings: Settings {
+            devices,
+            concurrency: opts.concurrency,
+            workers: opts.workers,
+            commands_per_round: opts.command_count(),
+            rounds: opts.rounds,
+            enroll_concurrency: opts.enroll_concurrency,
+            key_pool: opts.key_pool,
+            request_type: opts.request_type.clone(),
+            rss_devices: opts.rss_devices,
+        },
+        enrollment,
+        rounds,
+        large,
+    })
+}
+
+/// Phase 3: stop the daemon, seed rows up to `total`, restart, drive one round with the
+/// devices enrolled through the protocol, measure memory.
+fn large_database(
+    run: &mut Run<'_>,
+    total: usize,
+    link_id: &str,
+    identities: &std::path::Path,
+) -> Result<LargeFigures, BenchError> {
+    let seeded = total - run.udids.len();
+    progress(&format!(
+        "phase 3: stopping the daemon and seeding {seeded} enrollment rows"
+    ));
+    let binary = run
+        .opts
+        .mdmd
+        .clone()
+        .map_or_else(daemon::binary_next_to_self, Ok)?;
+    let (data_dir, addr, log) = (
+        run.daemon.data_dir.clone(),
+        run.daemon.addr,
+        run.daemon.log.clone(),
+    );
+    // The daemon must be gone before its database can be opened here (redb locks the file).
+    run.daemon.stop()?;
+    let started = Instant::now();
+    run.rt.block_on(seed::seed(
+        &data_dir.join(mdmd::DB_FILE),
+        seeded,
+        link_id,
+        admin::TOPIC,
+    ))?;
+    let seed_seconds = started.elapsed().as_secs_f64();
+    progress("  restarting the daemon");
+    run.daemon = Daemon::start(&binary, &data_dir, addr, &log)?;
+    let memory_after_restart = run.daemon.memory()?.into();
+    let ca_pem = run.rt.block_on(tls::fetch_ca_pem(addr))?;
+    run.admin = Admin::new(&ca_pem, &run.daemon.base_url(), &run.daemon.admin_token()?)?;
+    let mut pool = WorkerPool::start(
+        identities,
+        run.opts.workers,
+        run.opts.concurrency,
+        run.opts.command_count(),
+    )?;
+    progress("  round with the large database");
+    let round = run.round(&mut pool, 1)?;
+    pool.stop()?;
+    Ok(LargeFigures {
+        enrollments: total,
+        enrolled_through_protocol: run.udids.len(),
+        seeded,
+        seed_seconds,
+        memory_after_restart,
+        round,
+    })
+}
