@@ -14,6 +14,9 @@ use mdm_sim::http::{headers, HttpClient, HttpResponse};
 use mdmd::config::Config;
 use serde_json::Value;
 
+/// A push service address where nothing listens (loopback, discard port): pushes fail fast.
+pub const NO_APNS: &str = "https://127.0.0.1:9";
+
 /// The push topic every test appliance gets.
 pub const TOPIC: &str = "com.apple.mgmt.External.3c2d3f64-5b1e-4f8e-9a63-0d1f6a2b7c11";
 
@@ -27,10 +30,11 @@ pub struct Appliance {
     pub apple: AppleStandIn,
     pub admin: HttpClient,
     running: Option<mdmd::Running>,
-    tweak: fn(&mut Config),
+    tweak: Tweak,
 }
 
-fn no_tweak(_: &mut Config) {}
+/// A change to the daemon's configuration, reapplied on restart.
+pub type Tweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 /// Pick a free port on 127.0.0.1 (bind, read, release).
 pub fn free_port() -> u16 {
@@ -41,10 +45,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn config(dir: &Path, addr: SocketAddr, apple_root: PathBuf, tweak: fn(&mut Config)) -> Config {
+fn config(dir: &Path, addr: SocketAddr, apple_root: PathBuf, tweak: &Tweak) -> Config {
     let mut cfg = Config::development(addr, dir.join("data"));
     cfg.ade.device_ca_roots = vec![apple_root];
     cfg.limits.drain_timeout_seconds = 5;
+    // Never Apple's push service from a test: a closed loopback port unless a test points
+    // the pusher at its APNs simulator.
+    cfg.apns.url = NO_APNS.to_string();
     tweak(&mut cfg);
     cfg
 }
@@ -53,11 +60,12 @@ impl Appliance {
     /// Start with development defaults, trusting a fresh stand-in Apple device CA for ADE, and
     /// with a push certificate imported (profiles need its topic).
     pub async fn start() -> Self {
-        Self::start_with(no_tweak).await
+        Self::start_with(|_| {}).await
     }
 
     /// Like [`start`](Self::start), changing the configuration first.
-    pub async fn start_with(tweak: fn(&mut Config)) -> Self {
+    pub async fn start_with(tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        let tweak: Tweak = std::sync::Arc::new(tweak);
         let dir = tempfile::tempdir().unwrap();
         let apple = AppleStandIn::generate().unwrap();
         apple.save(&dir.path().join("apple")).unwrap();
@@ -66,7 +74,7 @@ impl Appliance {
             dir.path(),
             addr,
             AppleStandIn::root_path(&dir.path().join("apple")),
-            tweak,
+            &tweak,
         );
         let running = mdmd::start(cfg).await.unwrap();
         let data = dir.path().join("data");
@@ -87,14 +95,7 @@ impl Appliance {
             running: Some(running),
             tweak,
         };
-        let (status, body) = app
-            .api_raw(
-                "PUT",
-                "/api/v1/push-cert",
-                push_cert_pem(TOPIC).into_bytes(),
-            )
-            .await;
-        assert_eq!(status, 200, "push cert import: {body}");
+        app.install_push_cert(TOPIC).await;
         app
     }
 
@@ -117,10 +118,28 @@ impl Appliance {
             self.dir.path(),
             self.addr,
             AppleStandIn::root_path(&self.dir.path().join("apple")),
-            self.tweak,
+            &self.tweak,
         );
         self.running = Some(mdmd::start(cfg).await.unwrap());
         self.admin = HttpClient::from_ca_pem(&self.ca_pem).unwrap();
+    }
+
+    /// The appliance's push CSR, signed as Apple's portal would for `topic`, then imported.
+    pub async fn install_push_cert(&self, topic: &str) {
+        let cert = self.push_cert_for_csr(topic).await;
+        let (status, body) = self
+            .api_raw("PUT", "/api/v1/push-cert", cert.into_bytes())
+            .await;
+        assert_eq!(status, 200, "push cert import: {body}");
+    }
+
+    /// A push certificate for the appliance's push key (from its CSR), with `topic` as UID.
+    pub async fn push_cert_for_csr(&self, topic: &str) -> String {
+        let (status, csr) = self
+            .api_raw("POST", "/api/v1/push-cert/csr", Vec::new())
+            .await;
+        assert_eq!(status, 200, "push CSR: {csr}");
+        sign_push_csr(csr.as_str().unwrap(), topic, 365)
     }
 
     /// Drop the admin client's connection (after the daemon behind it was replaced).
@@ -246,7 +265,71 @@ pub fn body_json(resp: &HttpResponse) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&resp.body).into_owned()))
 }
 
-/// A self-signed stand-in for Apple's MDM push certificate: its subject UID is the topic.
+/// Sign a push CSR as Apple's push certificate portal would: subject UID = topic, valid for
+/// `days` (negative: already expired), issued by a stand-in Apple CA.
+pub fn sign_push_csr(csr_pem: &str, topic: &str, days: i64) -> String {
+    let b64: String = csr_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let csr = mdm_pki::CertificationRequest::from_der(&der).unwrap();
+    let ca_key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
+    let now = std::time::SystemTime::now();
+    let mut ca_params = params(mdm_pki::Name {
+        common_name: "Apple push CA (stand-in)".into(),
+        organization: Some("Apple Inc.".into()),
+        organizational_unit: None,
+        uid: None,
+    });
+    ca_params.is_ca = true;
+    ca_params.key_usage = mdm_pki::KeyUsages {
+        key_cert_sign: true,
+        ..Default::default()
+    };
+    let ca = mdm_pki::self_signed(&ca_params, &ca_key).unwrap();
+    let mut leaf = params(mdm_pki::Name {
+        common_name: format!("APSP:{topic}"),
+        organization: None,
+        organizational_unit: None,
+        uid: Some(topic.to_string()),
+    });
+    let span = Duration::from_secs(days.unsigned_abs() * 24 * 3600);
+    if days < 0 {
+        leaf.not_before = now - span - Duration::from_secs(3600);
+        leaf.not_after = now - span;
+    } else {
+        leaf.not_after = now + span;
+    }
+    mdm_pki::issue(&leaf, &csr.public_key_der(), &ca, &ca_key)
+        .unwrap()
+        .to_pem()
+}
+
+fn params(subject: mdm_pki::Name) -> mdm_pki::CertificateParams {
+    let now = std::time::SystemTime::now();
+    mdm_pki::CertificateParams {
+        subject,
+        subject_der: None,
+        serial: None,
+        not_before: now - Duration::from_secs(60),
+        not_after: now + Duration::from_secs(365 * 24 * 3600),
+        is_ca: false,
+        path_len: None,
+        key_usage: mdm_pki::KeyUsages {
+            digital_signature: true,
+            ..Default::default()
+        },
+        extended_key_usage: Vec::new(),
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+    }
+}
+
+/// A self-signed certificate with `topic` as UID whose key is NOT the appliance's push key.
 pub fn push_cert_pem(topic: &str) -> String {
     let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
     let now = std::time::SystemTime::now();
@@ -304,6 +387,7 @@ impl DaemonProcess {
             .arg(addr.to_string())
             .arg("--ade-root")
             .arg(apple_root)
+            .args(["--apns-url", NO_APNS])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use appliance_tests::{free_port, push_cert_pem};
+use appliance_tests::{free_port, sign_push_csr};
 use mdm_sim::device::{DeviceKind, SimDevice};
 use mdm_sim::http::HttpClient;
 
@@ -70,7 +70,14 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let log_path = dir.path().join("mdmd.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(appliance_tests::mdmd_binary())
-        .args(["serve", "--dev", "--log-format", "json"])
+        .args([
+            "serve",
+            "--dev",
+            "--log-format",
+            "json",
+            "--apns-url",
+            appliance_tests::NO_APNS,
+        ])
         .arg("--data-dir")
         .arg(&data)
         .arg("--listen")
@@ -103,8 +110,14 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let status: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "status"])).unwrap();
     assert_eq!(status["enrollments"], 0);
 
+    // The push certificate flow: CSR out, Apple signs it, certificate in.
+    let csr_path = dir.path().join("push.csr");
+    assert!(cli
+        .ok(&["push-cert", "csr", "--out", csr_path.to_str().unwrap()])
+        .contains("push.csr"));
+    let csr = std::fs::read_to_string(&csr_path).unwrap();
     let push = dir.path().join("push.pem");
-    std::fs::write(&push, push_cert_pem(appliance_tests::TOPIC)).unwrap();
+    std::fs::write(&push, sign_push_csr(&csr, appliance_tests::TOPIC, 365)).unwrap();
     assert!(cli
         .ok(&["push-cert", "import", push.to_str().unwrap()])
         .contains(appliance_tests::TOPIC));

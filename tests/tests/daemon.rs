@@ -31,7 +31,15 @@ fn notifies_ready_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let port = free_port();
     let mut child = Command::new(mdmd_binary())
-        .args(["serve", "--dev", "--log-format", "text", "--listen"])
+        .args([
+            "serve",
+            "--dev",
+            "--log-format",
+            "text",
+            "--apns-url",
+            appliance_tests::NO_APNS,
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -75,7 +83,15 @@ fn serves_on_a_socket_passed_by_systemd() {
     let mut child = Command::new(activate)
         .args(["-l", &format!("127.0.0.1:{port}")])
         .arg(mdmd_binary())
-        .args(["serve", "--dev", "--log-format", "text", "--listen"])
+        .args([
+            "serve",
+            "--dev",
+            "--log-format",
+            "text",
+            "--apns-url",
+            appliance_tests::NO_APNS,
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{unused}"))
         .arg("--base-url")
         .arg(format!("https://127.0.0.1:{port}"))

@@ -384,9 +384,20 @@ async fn admin_api_roles_and_push_topic_guard() {
     );
 
     // A push certificate with another topic would orphan every device: refused unless forced.
-    let other = appliance_tests::push_cert_pem(
-        "com.apple.mgmt.External.00000000-0000-4000-8000-00000000beef",
+    // A certificate for another key than the appliance's push key is refused outright.
+    let foreign = appliance_tests::push_cert_pem(appliance_tests::TOPIC);
+    let (s, v) = app
+        .api_raw("PUT", "/api/v1/push-cert", foreign.into_bytes())
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("PUSH_CERT_KEY_MISMATCH"))
     );
+    // Renewal with the same topic is accepted.
+    app.install_push_cert(appliance_tests::TOPIC).await;
+    let other = app
+        .push_cert_for_csr("com.apple.mgmt.External.00000000-0000-4000-8000-00000000beef")
+        .await;
     let (s, v) = app
         .api_raw("PUT", "/api/v1/push-cert", other.clone().into_bytes())
         .await;

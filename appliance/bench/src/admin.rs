@@ -1,7 +1,7 @@
 //! The admin API calls the benchmark needs (see `appliance/web/src/api.rs`): import a push
 //! certificate, create an enrollment link, queue commands in batches, read their outcome.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Method;
 use mdm_sim::http::{headers, HttpClient};
@@ -75,15 +75,48 @@ impl Admin {
         })
     }
 
-    /// Imports a self-signed stand-in for Apple's push certificate with subject UID
-    /// [`TOPIC`]: enrollment profiles need a topic, and nothing is ever pushed.
+    /// Gets the appliance's push CSR and imports a push certificate for it with subject UID
+    /// [`TOPIC`], issued by the simulator's stand-in Apple CA as Apple's portal would.
     pub async fn import_push_cert(&self) -> Result<(), BenchError> {
-        let pem = stand_in_push_cert()?;
+        let path = "/api/v1/push-cert/csr";
+        let h = headers(&[("authorization", &self.authorization)])?;
+        let resp = self
+            .client
+            .request(
+                Method::POST,
+                &format!("{}{path}", self.base_url),
+                h,
+                Vec::new(),
+            )
+            .await?;
+        if !resp.is_success() {
+            return Err(BenchError::Api {
+                method: "POST",
+                path: path.to_owned(),
+                status: resp.status,
+                body: truncate(&resp.body),
+            });
+        }
+        let apple =
+            mdm_sim::apns::ApnsAuthorities::generate().map_err(|e| BenchError::ApiAnswer {
+                path: path.to_owned(),
+                reason: format!("stand-in Apple CA: {e}"),
+            })?;
+        let cert = apple
+            .issue_push_certificate(TOPIC, &resp.body)
+            .map_err(|e| BenchError::ApiAnswer {
+                path: path.to_owned(),
+                reason: format!("cannot issue a push certificate for the CSR: {e}"),
+            })?;
+        let der = der::Encode::to_der(&cert).map_err(|e| BenchError::ApiAnswer {
+            path: path.to_owned(),
+            reason: format!("push certificate encoding: {e}"),
+        })?;
         self.call(
             Method::PUT,
             "/api/v1/push-cert",
-            "application/x-pem-file",
-            pem.into_bytes(),
+            "application/pkix-cert",
+            der,
         )
         .await
         .map(drop)
@@ -162,33 +195,4 @@ impl Admin {
             .count();
         Ok((acked as u64, deliveries.len() as u64))
     }
-}
-
-/// A self-signed certificate whose subject UID is [`TOPIC`], as Apple's MDM push
-/// certificates carry their topic.
-fn stand_in_push_cert() -> Result<String, BenchError> {
-    let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048)?;
-    let now = SystemTime::now();
-    let params = mdm_pki::CertificateParams {
-        subject: mdm_pki::Name {
-            common_name: format!("APSP:{TOPIC}"),
-            organization: None,
-            organizational_unit: None,
-            uid: Some(TOPIC.to_owned()),
-        },
-        subject_der: None,
-        serial: None,
-        not_before: now - Duration::from_secs(3600),
-        not_after: now + Duration::from_secs(365 * 24 * 3600),
-        is_ca: false,
-        path_len: None,
-        key_usage: mdm_pki::KeyUsages {
-            digital_signature: true,
-            ..Default::default()
-        },
-        extended_key_usage: Vec::new(),
-        dns_names: Vec::new(),
-        ip_addresses: Vec::new(),
-    };
-    Ok(mdm_pki::self_signed(&params, &key)?.to_pem())
 }

@@ -78,6 +78,8 @@ impl Daemon {
             .map_err(BenchError::io(format!("open {}", log.display())))?;
         let child = Command::new(binary)
             .args(["serve", "--dev", "--log-format", "text"])
+            // Pushes go nowhere: a closed loopback port (never Apple's service from a bench).
+            .args(["--apns-url", "https://127.0.0.1:9"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")

@@ -74,6 +74,11 @@ pub enum Action {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Wake a device now (an MDM push through APNs) and show APNs's answer
+    Push {
+        /// Enrollment ID (UDID, or UDID:UserID for a user channel)
+        device: String,
+    },
 }
 
 /// `mdmctl ca ...`
@@ -125,6 +130,13 @@ pub enum PushCertCommand {
     },
     /// Show the imported push certificate's topic and expiry
     Show,
+    /// Write a certificate signing request for the push certificate (the key stays sealed on
+    /// the appliance); have it signed by your MDM vendor and upload it to Apple's portal
+    Csr {
+        /// Write the CSR here instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `mdmctl devices ...`

@@ -91,6 +91,27 @@ pub async fn execute(
             })
         }
         Action::Tokens { command } => tokens(client, command, json).await,
+        Action::Push { device } => {
+            let path = format!("/devices/{}/push", segment(device, "enrollment ID")?);
+            let v = send(client, Method::POST, &path, RequestBody::Empty).await?;
+            if json {
+                return Ok(Output::json(&v));
+            }
+            let result = v["result"].as_str().unwrap_or("unknown");
+            let detail = v["reason"].as_str().or(v["apns_id"].as_str()).unwrap_or("");
+            let line = format!("{device}: {result} {detail}")
+                .trim_end()
+                .to_string();
+            if result == "sent" {
+                Ok(Output::line(&line))
+            } else {
+                Err(CliError::Api {
+                    status: 200,
+                    code: format!("PUSH_{}", result.to_uppercase()),
+                    message: line,
+                })
+            }
+        }
     }
 }
 
@@ -247,6 +268,29 @@ async fn push_cert(
             send(client, Method::PUT, path, body).await?
         }
         PushCertCommand::Show => get(client, "/push-cert").await?,
+        PushCertCommand::Csr { out } => {
+            let path = format!("{API_PREFIX}/push-cert/csr");
+            let body = client.call(Method::POST, &path, RequestBody::Empty).await?;
+            let pem = std::str::from_utf8(&body)
+                .ok()
+                .filter(|t| t.contains("-----BEGIN CERTIFICATE REQUEST-----"))
+                .ok_or_else(|| CliError::BadResponse {
+                    url: format!("{}{path}", client.origin()),
+                    reason: "the answer is not a PEM certificate request".into(),
+                })?
+                .to_owned();
+            return Ok(match out {
+                Some(file) => {
+                    std::fs::write(file, &pem).map_err(|source| CliError::OutputFile {
+                        path: file.clone(),
+                        source,
+                    })?;
+                    Output::line(&format!("push CSR written to {}", file.display()))
+                }
+                None if json => Output::json(&json!({ "pem": pem })),
+                None => Output::text(pem),
+            });
+        }
     };
     if json {
         return Ok(Output::json(&v));

@@ -105,6 +105,15 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// A file named on the command line cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    OutputFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The `--plist` file is not a command plist.
     #[error("{} is not a command plist: {reason}", path.display())]
     CommandPlist {
@@ -200,6 +209,7 @@ impl CliError {
             | CliError::CaPem { .. }
             | CliError::CaCertificate { .. }
             | CliError::InputFile { .. }
+            | CliError::OutputFile { .. }
             | CliError::CommandPlist { .. }
             | CliError::NotConfirmed { .. }
             | CliError::Usage(_) => EXIT_USAGE,

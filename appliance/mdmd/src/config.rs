@@ -32,6 +32,60 @@ pub struct Config {
     pub retention: Retention,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub apns: Apns,
+}
+
+/// `[apns]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apns {
+    /// The push service. Apple's production endpoint unless testing against a simulator.
+    #[serde(default = "default_apns_url")]
+    pub url: String,
+    /// PEM file of the roots the push service's certificate must chain to (default: the
+    /// system CA bundle).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP CONNECT proxy, `http://host:port`, for sites that route Apple traffic through one.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_username: Option<String>,
+    /// File holding the proxy password (kept out of the configuration file).
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// Devices with queued commands are pushed again this often (APNs keeps only the latest
+    /// push for an offline device).
+    #[serde(default = "default_repush")]
+    pub repush_interval_seconds: u64,
+    /// Parallel connections to APNs.
+    #[serde(default = "default_apns_connections")]
+    pub connections: usize,
+}
+
+impl Default for Apns {
+    fn default() -> Self {
+        Apns {
+            url: default_apns_url(),
+            ca_file: None,
+            proxy: None,
+            proxy_username: None,
+            proxy_password_file: None,
+            repush_interval_seconds: default_repush(),
+            connections: default_apns_connections(),
+        }
+    }
+}
+
+fn default_apns_url() -> String {
+    "https://api.push.apple.com".into()
+}
+fn default_repush() -> u64 {
+    4 * 3600
+}
+fn default_apns_connections() -> usize {
+    1
 }
 
 /// `[server]`
@@ -309,6 +363,7 @@ impl Config {
             ade: Ade::default(),
             retention: Retention::default(),
             limits: Limits::default(),
+            apns: Apns::default(),
         }
     }
 
@@ -349,6 +404,25 @@ impl Config {
         }
         if self.enrollment.challenge_ttl_seconds == 0 || self.enrollment.device_cert_days == 0 {
             bail!("enrollment: challenge_ttl_seconds and device_cert_days must be positive");
+        }
+        if !self.apns.url.starts_with("https://") {
+            bail!("apns.url: must start with https://");
+        }
+        if self
+            .apns
+            .proxy
+            .as_deref()
+            .is_some_and(|p| !p.starts_with("http://"))
+        {
+            bail!(
+                "apns.proxy: give it as http://host:port (the tunnel carries TLS to Apple itself)"
+            );
+        }
+        if self.apns.proxy_password_file.is_some() && self.apns.proxy_username.is_none() {
+            bail!("apns.proxy_password_file: set apns.proxy_username too");
+        }
+        if self.apns.repush_interval_seconds < 60 || self.apns.connections == 0 {
+            bail!("apns: repush_interval_seconds must be at least 60 and connections at least 1");
         }
         if self.limits.max_connections == 0 {
             bail!("limits.max_connections: must be positive");

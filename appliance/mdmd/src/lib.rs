@@ -127,6 +127,47 @@ fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
     Ok(sc)
 }
 
+fn apns_config(cfg: &Config) -> anyhow::Result<mdm_apns::ApnsConfig> {
+    let a = &cfg.apns;
+    let proxy = match &a.proxy {
+        None => None,
+        Some(url) => {
+            let basic_auth = match (&a.proxy_username, &a.proxy_password_file) {
+                (Some(user), file) => {
+                    let password = match file {
+                        Some(f) => std::fs::read_to_string(f)
+                            .with_context(|| {
+                                format!("apns.proxy_password_file: cannot read {}", f.display())
+                            })?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string(),
+                        None => String::new(),
+                    };
+                    Some(mdm_apns::ProxyCredentials {
+                        username: user.clone(),
+                        password: zeroize::Zeroizing::new(password),
+                    })
+                }
+                (None, _) => None,
+            };
+            Some(mdm_apns::ProxyConfig {
+                url: url.clone(),
+                basic_auth,
+            })
+        }
+    };
+    Ok(mdm_apns::ApnsConfig {
+        base_url: a.url.trim_end_matches('/').to_string(),
+        roots: match &a.ca_file {
+            Some(f) => mdm_apns::ApnsRoots::PemFile(f.clone()),
+            None => mdm_apns::ApnsRoots::System,
+        },
+        proxy,
+        connections: a.connections,
+        ..mdm_apns::ApnsConfig::default()
+    })
+}
+
 fn tls_names(cfg: &Config) -> TlsNames {
     let mut names = TlsNames::default();
     let host = cfg.base_host();
@@ -240,11 +281,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ..ServeOptions::default()
     };
 
+    let pusher = mdm_apns::ApnsPusher::new(apns_config(&cfg)?)
+        .map_err(|e| anyhow::anyhow!("APNs client: {e}"))?;
+    let push_settings = mdm_service::push::PushSettings {
+        repush_interval: Duration::from_secs(cfg.apns.repush_interval_seconds),
+        ..mdm_service::push::PushSettings::default()
+    };
+    service.warn_push_cert_expiry();
     let ca_pem = authority.ca_pem();
     let (tx, rx) = watch::channel(false);
     let retention_every = Duration::from_secs(cfg.retention.interval_seconds.max(60));
     let task = tokio::spawn(async move {
         let pruner = tokio::spawn(retention_loop(service.clone(), retention_every, rx.clone()));
+        let pushing = tokio::spawn(mdm_service::push::run_pusher(
+            service.clone(),
+            pusher,
+            push_settings,
+            rx.clone(),
+        ));
         let mut rx_serve = rx.clone();
         let shutdown = async move {
             let _ = rx_serve.wait_for(|stop| *stop).await;
@@ -252,6 +306,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         };
         let served = mdm_web::server::serve(listeners, Arc::new(tls), app, opts, shutdown).await;
         pruner.abort();
+        pushing.abort();
         drop(service);
         store
             .close()

@@ -50,6 +50,12 @@ struct ServeArgs {
     /// PEM file of a root MachineInfo signatures must chain to (adds to ade.device_ca_roots).
     #[arg(long)]
     ade_root: Vec<PathBuf>,
+    /// Push service URL (overrides apns.url; development and tests point it at a simulator).
+    #[arg(long)]
+    apns_url: Option<String>,
+    /// PEM roots for the push service's TLS certificate (overrides apns.ca_file).
+    #[arg(long)]
+    apns_ca: Option<PathBuf>,
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -83,6 +89,12 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     cfg.ade
         .device_ca_roots
         .extend(args.ade_root.iter().cloned());
+    if let Some(url) = &args.apns_url {
+        cfg.apns.url = url.clone();
+    }
+    if let Some(ca) = &args.apns_ca {
+        cfg.apns.ca_file = Some(ca.clone());
+    }
     if let Some(f) = args.log_format {
         cfg.log.format = f;
     }

@@ -101,6 +101,8 @@ impl<S: Store> MdmService<S> {
                 targets,
             )
             .await?;
+        // Wake them: the pusher coalesces, so a burst of commands is one push per device.
+        self.push_queue().mark(outcome.queued.iter().cloned());
         if outcome.queued.is_empty() {
             return Err(ServiceError::not_found(
                 "ENROLLMENT_NOT_FOUND",

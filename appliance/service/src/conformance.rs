@@ -23,8 +23,8 @@ use std::time::Duration;
 use crate::ports::{
     ApiTokenRecord, AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult,
     DeliveryRecord, DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState,
-    IssuedCertRecord, LinkRecord, NewCommand, PushTarget, ResultOutcome, RetentionPolicy, Role,
-    Store, Timestamp, TokenUpdateRecord,
+    IssuedCertRecord, LinkRecord, NewCommand, PushRecord, PushTarget, ResultOutcome,
+    RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -52,6 +52,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(links_usage_limits_expiry_revocation);
     case!(api_tokens_by_hash);
     case!(issued_certificates);
+    case!(push_results_and_owed_pushes);
     case!(challenge_and_link_writes_are_paired);
     case!(settings_put_and_atomic_put);
     case!(prune_by_age);
@@ -942,6 +943,75 @@ pub async fn challenge_and_link_writes_are_paired<S: Store>(store: &S) {
         ChallengeOutcome::NotFound
     ));
     assert_eq!(store.issued("nothing").unwrap(), None);
+}
+
+/// Push outcomes land on the enrollment; a TokenUpdate clears an invalid token; the
+/// enrollments owed a push are those with queued commands, listed once each, in id order.
+pub async fn push_results_and_owed_pushes<S: Store>(store: &S) {
+    for id in ["PA", "PB", "PC"] {
+        enrolled(store, id, t(0)).await;
+    }
+    store
+        .record_pushes(vec![
+            ("PA".into(), PushRecord::Sent { at: t(5) }),
+            (
+                "PB".into(),
+                PushRecord::Invalid {
+                    reason: "Unregistered".into(),
+                    at: t(6),
+                },
+            ),
+            ("nobody".into(), PushRecord::Sent { at: t(6) }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.enrollment("PA").unwrap().unwrap().last_push_at,
+        Some(t(5))
+    );
+    let pb = store.enrollment("PB").unwrap().unwrap();
+    assert_eq!(
+        pb.push_invalid.map(|f| f.reason),
+        Some("Unregistered".to_string())
+    );
+    store
+        .token_update(token("PB", t(7)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.enrollment("PB").unwrap().unwrap().push_invalid,
+        None,
+        "new token"
+    );
+
+    assert!(store.enrollments_with_queued(None, 10).unwrap().is_empty());
+    store
+        .enqueue(cmd("q1", t(8)), vec!["PC".into(), "PA".into()])
+        .await
+        .unwrap();
+    store
+        .enqueue(cmd("q2", t(9)), vec!["PA".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.enrollments_with_queued(None, 10).unwrap(),
+        ["PA", "PC"]
+    );
+    assert_eq!(store.enrollments_with_queued(None, 1).unwrap(), ["PA"]);
+    assert_eq!(
+        store.enrollments_with_queued(Some("PA"), 10).unwrap(),
+        ["PC"]
+    );
+    let done = CommandResult {
+        uuid: "q1".into(),
+        status: DeliveryStatus::Acknowledged,
+        raw: Vec::new(),
+        error_chain_json: None,
+        at: t(10),
+    };
+    store.record_result("PC", done).await.unwrap();
+    assert_eq!(store.enrollments_with_queued(None, 10).unwrap(), ["PA"]);
 }
 
 pub async fn issued_certificates<S: Store>(store: &S) {

@@ -4,7 +4,10 @@
 //! It declares the storage it needs in [`ports`] and knows nothing of HTTP: the web layer turns
 //! requests into calls here and [`ServiceError`]s into responses.
 //!
-//! Not yet here: APNs pushes (the push topic is only read from an imported certificate), ABM,
+//! Pushes go through a [`ports::PushProvider`] (APNs, in `mdm-apns`) driven by
+//! [`push::run_pusher`].
+//!
+//! Not yet here: ABM,
 //! declarations (DeclarativeManagement answers valid empty documents), user-channel
 //! authentication (UserAuthenticate is declined).
 
@@ -16,6 +19,7 @@ pub mod conformance;
 pub mod enroll;
 pub mod error;
 pub mod ports;
+pub mod push;
 pub mod scep;
 pub mod settings;
 
@@ -106,6 +110,8 @@ struct Inner<S> {
     token_providers: HashMap<String, Arc<dyn TokenProvider>>,
     /// The push topic from the imported push certificate (cached from settings).
     topic: RwLock<Option<String>>,
+    /// Enrollments owed a push.
+    pushes: push::PushQueue,
 }
 
 /// The MDM service. Cheap to clone.
@@ -139,6 +145,7 @@ impl<S: Store> MdmService<S> {
                 config,
                 token_providers,
                 topic: RwLock::new(topic),
+                pushes: push::PushQueue::default(),
             }),
         })
     }

@@ -129,6 +129,30 @@ pub struct EnrollmentRecord {
     pub token_updated_at: Option<Timestamp>,
     pub checked_out_at: Option<Timestamp>,
     pub last_seen_at: Timestamp,
+    /// When the last push to this enrollment was accepted by the push service.
+    #[serde(default)]
+    pub last_push_at: Option<Timestamp>,
+    /// Set when the push service called the token permanently invalid; cleared by the next
+    /// TokenUpdate (which brings a new token).
+    #[serde(default)]
+    pub push_invalid: Option<PushFailure>,
+}
+
+/// Why an enrollment cannot be pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushFailure {
+    /// The push service's reason (`Unregistered`, `BadDeviceToken`, ...).
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+/// What happened to a push, for the enrollment's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRecord {
+    /// Accepted by the push service.
+    Sent { at: Timestamp },
+    /// The token is permanently invalid.
+    Invalid { reason: String, at: Timestamp },
 }
 
 /// What `Authenticate` writes.
@@ -417,6 +441,11 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<EnrollmentRecord>>;
     fn count_enrollments(&self) -> StoreResult<u64>;
+    /// Record push results, all in one transaction. Unknown ids are skipped.
+    fn record_pushes(
+        &self,
+        records: Vec<(String, PushRecord)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// The per-enrollment FIFO command queue and command results.
@@ -452,6 +481,13 @@ pub trait CommandQueue: Send + Sync + 'static {
     ) -> StoreResult<Vec<DeliveryRecord>>;
     /// How many commands wait for this enrollment.
     fn queued_count(&self, enrollment_id: &str) -> StoreResult<u64>;
+    /// Enrollments with at least one queued command, in id order after `after`, at most
+    /// `limit`: the pushes still owed, derivable after a restart.
+    fn enrollments_with_queued(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
     /// Delete old finished deliveries, commands with none left, and expired challenges.
     fn prune(
         &self,
@@ -546,4 +582,85 @@ impl<T> Store for T where
         + ApiTokenStore
         + SettingsStore
 {
+}
+
+/// One MDM push: wake the device (or user channel) behind this enrollment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushMessage {
+    pub enrollment_id: String,
+    /// Device token, hex (as stored from TokenUpdate).
+    pub token_hex: String,
+    pub push_magic: String,
+    /// The topic the device registered with (the push certificate's UID).
+    pub topic: String,
+}
+
+/// The outcome of one push after the provider's own retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Accepted by the push service (`apns-id` when it gave one).
+    Sent { apns_id: Option<String> },
+    /// The token will never work again (Unregistered, BadDeviceToken, DeviceTokenNotForTopic,
+    /// ...): stop pushing it until the device sends a new TokenUpdate.
+    InvalidToken { status: u16, reason: String },
+    /// The push certificate or topic is refused (BadCertificate, BadTopic, TopicDisallowed,
+    /// Forbidden, ExpiredProviderToken): nothing can be pushed until an admin acts.
+    CertificateRejected { status: u16, reason: String },
+    /// Still failing after retries (429, 5xx, connection errors) or refused fast while the
+    /// circuit breaker is open: try again later.
+    Failed { reason: String },
+}
+
+/// The certificate and key a push provider authenticates with.
+pub struct PushIdentity {
+    /// The push certificate (DER), then any chain.
+    pub cert_chain_der: Vec<Vec<u8>>,
+    /// PKCS#8 private key.
+    pub key_pkcs8_der: zeroize::Zeroizing<Vec<u8>>,
+    /// The topic (the certificate's subject UID).
+    pub topic: String,
+}
+
+impl std::fmt::Debug for PushIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushIdentity")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State of a push provider's circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum CircuitState {
+    /// Pushing normally.
+    Closed,
+    /// Too many consecutive call-level failures: pushes fail fast until `retry_at`.
+    Open {
+        since: Timestamp,
+        retry_at: Timestamp,
+        last_error: String,
+    },
+    /// Trying again with a probe after being open.
+    HalfOpen,
+}
+
+/// What a push provider reports about itself (status API, metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PushProviderStatus {
+    pub configured: bool,
+    pub circuit: CircuitState,
+    pub sent: u64,
+    pub invalid_tokens: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// Delivers MDM pushes (APNs in production). Implemented by `mdm-apns`.
+pub trait PushProvider: Send + Sync + 'static {
+    /// Use this identity from now on (`None`: no certificate, every push fails fast).
+    fn set_identity(&self, identity: Option<PushIdentity>) -> Result<(), String>;
+    /// Push every message, concurrently where the transport allows; one outcome per message,
+    /// in the same order.
+    fn push(&self, messages: Vec<PushMessage>) -> impl Future<Output = Vec<PushOutcome>> + Send;
+    fn status(&self) -> PushProviderStatus;
 }

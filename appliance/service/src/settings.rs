@@ -8,7 +8,7 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{ApiTokenRecord, Role, SettingsStore, Store, Timestamp};
 use crate::{random_token, sha256_hex, MdmService};
 
-const PUSH_CERT_KEY: &str = "push/cert";
+pub(crate) const PUSH_CERT_KEY: &str = "push/cert";
 const PUSH_TOPIC_KEY: &str = "push/topic";
 /// Apple's MDM push topics all start with this.
 const TOPIC_PREFIX: &str = "com.apple.mgmt.";
@@ -21,6 +21,9 @@ pub struct PushCertInfo {
     pub not_after: String,
     pub expired: bool,
     pub days_left: i64,
+    pub seconds_left: i64,
+    /// `valid`, `expiring_soon` (30 days or less) or `expired`.
+    pub state: &'static str,
 }
 
 /// A newly created API token: the secret is shown once.
@@ -59,6 +62,7 @@ impl<S: Store> MdmService<S> {
     /// on the old topic and would never be reachable again.
     pub async fn import_push_cert(&self, bytes: &[u8], force: bool) -> ServiceResult<PushCertInfo> {
         let cert = parse_cert(bytes)?;
+        self.check_push_cert_key(&cert)?;
         let topic = cert.subject_uid().ok_or_else(|| {
             ServiceError::bad_request(
                 "PUSH_CERT_INVALID",
@@ -95,8 +99,10 @@ impl<S: Store> MdmService<S> {
         if let Ok(mut t) = self.inner.topic.write() {
             *t = Some(topic.clone());
         }
-        info!(topic = %topic, "push certificate imported");
-        Ok(push_info(&cert, topic))
+        self.push_identity_changed();
+        let info = push_info(&cert, topic);
+        info!(topic = %info.topic, expires = %info.not_after, "push certificate imported");
+        Ok(info)
     }
 
     /// The imported push certificate, if any.
@@ -107,6 +113,23 @@ impl<S: Store> MdmService<S> {
         let cert = parse_cert(&der)?;
         let topic = self.topic().unwrap_or_default();
         Ok(Some(push_info(&cert, topic)))
+    }
+
+    /// Log loudly when the push certificate is about to expire or has expired (called at
+    /// start and periodically).
+    pub fn warn_push_cert_expiry(&self) {
+        match self.push_cert() {
+            Ok(Some(info)) if info.expired => tracing::error!(
+                topic = %info.topic, expired = %info.not_after,
+                "the push certificate has EXPIRED: no device can be woken; renew it in Apple's portal (same account) and import it"
+            ),
+            Ok(Some(info)) if info.state == "expiring_soon" => warn!(
+                topic = %info.topic, days_left = info.days_left,
+                "the push certificate expires soon: renew it in Apple's portal with the same account and import it"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read the push certificate"),
+        }
     }
 
     /// Create an API token. Returns the secret once; only its hash is stored.
@@ -159,11 +182,21 @@ fn push_info(cert: &mdm_pki::Certificate, topic: String) -> PushCertInfo {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
+    let warn_secs = i64::try_from(crate::push::EXPIRY_WARNING.as_secs()).unwrap_or(i64::MAX);
+    let state = if secs < 0 {
+        "expired"
+    } else if secs <= warn_secs {
+        "expiring_soon"
+    } else {
+        "valid"
+    };
     PushCertInfo {
         topic,
         subject: cert.subject(),
         not_after: Timestamp(ms).to_rfc3339(),
         expired: secs < 0,
         days_left: secs.div_euclid(86_400),
+        seconds_left: secs,
+        state,
     }
 }

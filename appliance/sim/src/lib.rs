@@ -17,14 +17,18 @@
 //!    injected ([`device::IdentityFault`]).
 //! 5. [`commands`] runs the command loop with realistic reports.
 //!
+//! 6. [`apns`] stands in for Apple Push Notification service: the MDM server pushes to
+//!    it over HTTP/2 with its push certificate, and [`apns::wake_on_push`] makes the
+//!    device run its command loop when its push arrives.
+//!
 //! The building blocks ([`cms`], [`x509`], [`keys`], [`http`]) are public so tests and
 //! fakes can craft and inspect messages.
 //!
 //! Not implemented yet: SCEP CertPoll after PENDING, ACME identity payloads,
 //! user-channel command sessions, encrypted profiles, the two-step UserAuthenticate
-//! digest computation, BER (indefinite-length) CMS input, APNs (the device never waits
-//! for pushes: tests call [`device::SimDevice::run_until_idle`] directly).
+//! digest computation, BER (indefinite-length) CMS input.
 
+pub mod apns;
 pub mod apple;
 pub mod checkin;
 pub mod cms;

@@ -393,6 +393,31 @@ pub(crate) fn enrollment_deliveries(
     Ok(out)
 }
 
+/// Distinct enrollment ids in the queue, skipping over each one's entries.
+pub(crate) fn enrollments_with_queued(
+    rtx: &ReadTransaction,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<String>> {
+    let queue = open_read(rtx, QUEUE)?;
+    let what = "cannot read the command queue";
+    let mut out = Vec::new();
+    // The smallest key after every entry of `after`.
+    let mut from = after.map(successor);
+    while out.len() < limit {
+        let next = match &from {
+            Some(start) => queue.range((start.as_str(), 0)..).backend(what)?.next(),
+            None => queue.iter().backend(what)?.next(),
+        };
+        let Some(entry) = next else { break };
+        let (k, _) = entry.backend(what)?;
+        let id = k.value().0.to_owned();
+        from = Some(successor(&id));
+        out.push(id);
+    }
+    Ok(out)
+}
+
 pub(crate) fn queued_count(rtx: &ReadTransaction, enrollment_id: &str) -> StoreResult<u64> {
     let queue = open_read(rtx, QUEUE)?;
     let what = "cannot read the command queue";

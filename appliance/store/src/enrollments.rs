@@ -3,8 +3,8 @@
 use std::ops::Bound;
 
 use mdm_service::ports::{
-    AuthenticateRecord, Channel, EnrollmentRecord, EnrollmentState, StoreResult, Timestamp,
-    TokenUpdateOutcome, TokenUpdateRecord,
+    AuthenticateRecord, Channel, EnrollmentRecord, EnrollmentState, PushFailure, PushRecord,
+    StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
@@ -36,6 +36,8 @@ pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> 
         token_updated_at: None,
         checked_out_at: None,
         last_seen_at: rec.at,
+        last_push_at: None,
+        push_invalid: None,
     };
     {
         let mut table = open(txn, ENROLLMENTS)?;
@@ -66,6 +68,9 @@ pub(crate) fn token_update(
     let activated = enrollment.state != EnrollmentState::Enrolled;
     enrollment.identity_sha256.clone_from(&rec.identity_sha256);
     enrollment.push = Some(rec.push.clone());
+    // A TokenUpdate brings a fresh token: whatever the push service said of the old one no
+    // longer applies.
+    enrollment.push_invalid = None;
     // Devices send UnlockToken only in some TokenUpdates; a later one without it does not
     // revoke the one we hold.
     if let Some(unlock) = &rec.unlock_token_sealed {
@@ -112,6 +117,8 @@ fn new_user_channel(device: &EnrollmentRecord, rec: &TokenUpdateRecord) -> Enrol
         token_updated_at: None,
         checked_out_at: None,
         last_seen_at: rec.at,
+        last_push_at: None,
+        push_invalid: None,
     }
 }
 
@@ -170,6 +177,30 @@ pub(crate) fn set_bootstrap_token(
     enrollment.last_seen_at = enrollment.last_seen_at.max(at);
     put_json(&mut table, id, &enrollment)?;
     Ok(true)
+}
+
+/// Push results, one transaction for the whole batch.
+pub(crate) fn record_pushes(
+    txn: &WriteTransaction,
+    records: &[(String, PushRecord)],
+) -> StoreResult<()> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    for (id, record) in records {
+        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+            continue;
+        };
+        match record {
+            PushRecord::Sent { at } => enrollment.last_push_at = Some(*at),
+            PushRecord::Invalid { reason, at } => {
+                enrollment.push_invalid = Some(PushFailure {
+                    reason: reason.clone(),
+                    at: *at,
+                });
+            }
+        }
+        put_json(&mut table, id, &enrollment)?;
+    }
+    Ok(())
 }
 
 /// Compare-and-swap of the bound identity, for the device channel and its user channels

@@ -32,8 +32,8 @@ use mdm_service::ports::{
     ApiTokenRecord, ApiTokenStore, AuthenticateRecord, ChallengeOutcome, ChallengeRecord,
     ChallengeStore, CommandQueue, CommandRecord, CommandResult, DeliveryRecord, EnqueueOutcome,
     EnrollmentRecord, EnrollmentStore, IssuedCertRecord, IssuedCertStore, LinkRecord, LinkStore,
-    NewCommand, PruneStats, QueuedCommand, ResultOutcome, RetentionPolicy, SettingsStore,
-    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+    NewCommand, PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy,
+    SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
@@ -200,6 +200,13 @@ impl EnrollmentStore for RedbStore {
         self.write(move |txn| enrollments::rebind_identity(txn, &id, &from, &to, at))
     }
 
+    fn record_pushes(
+        &self,
+        records: Vec<(String, PushRecord)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        self.write(move |txn| enrollments::record_pushes(txn, &records))
+    }
+
     fn touch(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<()>> + Send {
         let id = id.to_owned();
         self.write(move |txn| enrollments::touch(txn, &id, at))
@@ -266,6 +273,14 @@ impl CommandQueue for RedbStore {
 
     fn queued_count(&self, enrollment_id: &str) -> StoreResult<u64> {
         commands::queued_count(&self.read()?, enrollment_id)
+    }
+
+    fn enrollments_with_queued(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        commands::enrollments_with_queued(&self.read()?, after, limit)
     }
 
     /// Chooses what to delete from a read snapshot (so the scan never holds up other writes),

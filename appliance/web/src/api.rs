@@ -127,6 +127,8 @@ fn enrollment_json(e: &EnrollmentRecord, queued: Option<u64>) -> serde_json::Val
         "facts": e.facts,
         "source": e.source,
         "push_token_present": e.push.is_some(),
+        "push_invalid": e.push_invalid,
+        "last_push_at": ts(e.last_push_at),
         "unlock_token_present": e.unlock_token_sealed.is_some(),
         "bootstrap_token_present": e.bootstrap_token_sealed.is_some(),
         "awaiting_configuration": e.awaiting_configuration,
@@ -140,6 +142,20 @@ fn enrollment_json(e: &EnrollmentRecord, queued: Option<u64>) -> serde_json::Val
         v["queued_commands"] = json!(q);
     }
     v
+}
+
+fn push_outcome_json(id: &str, o: &mdm_service::ports::PushOutcome) -> serde_json::Value {
+    use mdm_service::ports::PushOutcome as O;
+    match o {
+        O::Sent { apns_id } => json!({"enrollment_id": id, "result": "sent", "apns_id": apns_id}),
+        O::InvalidToken { status, reason } => {
+            json!({"enrollment_id": id, "result": "invalid_token", "status": status, "reason": reason})
+        }
+        O::CertificateRejected { status, reason } => {
+            json!({"enrollment_id": id, "result": "certificate_rejected", "status": status, "reason": reason})
+        }
+        O::Failed { reason } => json!({"enrollment_id": id, "result": "failed", "reason": reason}),
+    }
 }
 
 fn token_view(t: &ApiTokenRecord) -> serde_json::Value {
@@ -185,6 +201,86 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 }
 
 impl<S: Store> App<S> {
+    /// Prometheus text exposition of the figures an operator alerts on. Needs any API token
+    /// (auditor is enough): scrape with `bearer_token_file`.
+    pub(crate) async fn metrics(&self, req: Request<Incoming>) -> Resp {
+        let Some(token) = bearer(&req) else {
+            return api_error(&ServiceError::unauthorized(
+                "API_TOKEN_MISSING",
+                "metrics need an API token",
+            ));
+        };
+        if let Err(e) = self.service.authenticate_api_token(&token) {
+            return api_error(&e);
+        }
+        let svc = &self.service;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        if let Ok(n) = svc.store().count_enrollments() {
+            metric(
+                "mdm_enrollments",
+                "gauge",
+                "Enrollments known to the appliance.",
+                n.to_string(),
+            );
+        }
+        match svc.push_cert() {
+            Ok(Some(info)) => {
+                metric(
+                    "mdm_push_certificate_expiry_seconds",
+                    "gauge",
+                    "Seconds until the push certificate expires (negative: expired).",
+                    info.seconds_left.to_string(),
+                );
+                metric(
+                    "mdm_push_certificate_expiring",
+                    "gauge",
+                    "1 when the push certificate expires within 30 days or has expired.",
+                    u8::from(info.state != "valid").to_string(),
+                );
+            }
+            Ok(None) => metric(
+                "mdm_push_certificate_present",
+                "gauge",
+                "0: no push certificate is imported.",
+                "0".into(),
+            ),
+            Err(_) => {}
+        }
+        if let Some(st) = svc.push_queue().provider_status() {
+            metric(
+                "mdm_push_sent_total",
+                "counter",
+                "Pushes accepted by APNs.",
+                st.sent.to_string(),
+            );
+            metric(
+                "mdm_push_failed_total",
+                "counter",
+                "Pushes that failed after retries.",
+                st.failed.to_string(),
+            );
+            metric(
+                "mdm_push_invalid_tokens_total",
+                "counter",
+                "Pushes refused for a permanently invalid device token.",
+                st.invalid_tokens.to_string(),
+            );
+            let open = !matches!(st.circuit, mdm_service::ports::CircuitState::Closed);
+            metric(
+                "mdm_push_circuit_open",
+                "gauge",
+                "1 while the APNs circuit breaker is open or probing.",
+                u8::from(open).to_string(),
+            );
+        }
+        respond::with_body(StatusCode::OK, "text/plain; version=0.0.4", out)
+    }
+
     pub(crate) async fn api(&self, req: Request<Incoming>) -> Resp {
         match self.api_inner(req).await {
             Ok(r) => r,
@@ -230,10 +326,13 @@ impl<S: Store> App<S> {
                     .store()
                     .count_enrollments()
                     .map_err(|e| api_error(&e.into()))?;
+                let push_cert = svc.push_cert().map_err(|e| api_error(&e))?;
                 Ok(json(&json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "enrollments": count,
                     "push_topic": svc.topic(),
+                    "push_certificate": push_cert,
+                    "push": svc.push_queue().provider_status(),
                     "ca_sha256": hex::encode(svc.authority().ca.cert.sha256()),
                     "keystore": self.keystore_backend,
                     "caller": {"name": caller.name, "role": caller.role},
@@ -272,6 +371,31 @@ impl<S: Store> App<S> {
                 .revoke_link(id)
                 .await
                 .map(|()| json(&json!({"revoked": id})))),
+            (Method::POST, ["push-cert", "csr"]) => {
+                need(Role::Admin, caller.role)?;
+                ok(svc
+                    .push_csr()
+                    .await
+                    .map(|pem| respond::with_body(StatusCode::OK, "application/pkcs10", pem)))
+            }
+            (Method::POST, ["devices", id, "push"]) => {
+                let rx = svc.request_push(vec![id.to_string()]);
+                let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), rx).await;
+                match outcome {
+                    Ok(Ok(mut results)) => {
+                        let (_, outcome) = results.pop().unwrap_or((
+                            id.to_string(),
+                            mdm_service::ports::PushOutcome::Failed { reason: "no outcome".into() },
+                        ));
+                        Ok(json(&push_outcome_json(id, &outcome)))
+                    }
+                    Ok(Err(_)) | Err(_) => Err(api_error(&ServiceError::new(
+                        mdm_service::ErrorKind::Unavailable,
+                        "PUSH_UNAVAILABLE",
+                        "the pusher did not answer; check the push certificate and the daemon's log",
+                    ))),
+                }
+            }
             (Method::GET, ["push-cert"]) => match svc.push_cert().map_err(|e| api_error(&e))? {
                 Some(info) => Ok(json(&info)),
                 None => Err(api_error(&ServiceError::not_found(

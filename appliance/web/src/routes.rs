@@ -287,6 +287,7 @@ impl<S: Store> Handler for App<S> {
                 let token = &p["/enroll/".len()..];
                 profile_reply(self.service.link_profile(token).await)
             }
+            "/metrics" => self.metrics(req).await,
             p if p.starts_with("/api/") => self.api(req).await,
             _ => respond::simple(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint"),
         }

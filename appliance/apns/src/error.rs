@@ -1,0 +1,123 @@
+//! Errors of this crate.
+//!
+//! [`ApnsError`] is what a caller sees when building a pusher or loading an identity.
+//! [`ConnectError`] says why a connection to the push service could not be opened; it only
+//! reaches callers as text inside a `PushOutcome::Failed`.
+
+use std::path::PathBuf;
+
+/// A configuration or identity the pusher cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsError {
+    /// The base URL is not `https://host[:port]`.
+    #[error("the push service URL {url:?} is not usable: {reason}")]
+    BaseUrl {
+        /// The configured URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The proxy URL is not `http://host:port`.
+    #[error("the proxy URL {url:?} is not usable: {reason}")]
+    ProxyUrl {
+        /// The configured URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The proxy user name or password cannot be sent in a header.
+    #[error("the proxy credentials contain characters that cannot be sent (user name must not contain ':')")]
+    ProxyCredentials,
+    /// The trusted roots file could not be read.
+    #[error("cannot read the trusted roots file {path}: {reason}")]
+    RootsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No usable root certificate was found.
+    #[error("no usable trusted root certificate in {source_name}: the push service's TLS certificate could not be verified")]
+    NoRoots {
+        /// Where the roots were looked for.
+        source_name: String,
+    },
+    /// The TLS library refused the configuration.
+    #[error("TLS configuration refused: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The push identity has no certificate.
+    #[error("the push identity has no certificate")]
+    EmptyChain,
+    /// The push identity's key cannot be used for TLS.
+    #[error("the push certificate's private key cannot be used for TLS: {0}")]
+    Key(#[source] rustls::Error),
+    /// The push identity's key is not the certificate's.
+    #[error("the push certificate's private key does not belong to the certificate")]
+    KeyMismatch,
+}
+
+/// Why a connection to the push service could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No push certificate is configured.
+    #[error("no push certificate is configured: upload the push certificate before devices can be woken")]
+    NoIdentity,
+    /// TCP connect failed.
+    #[error("cannot connect to {target}: {source}")]
+    Tcp {
+        /// `host:port` that was dialled.
+        target: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The proxy did not answer like an HTTP proxy.
+    #[error("the proxy at {proxy} answered CONNECT with something that is not HTTP: {reason}")]
+    ProxyProtocol {
+        /// The proxy's `host:port`.
+        proxy: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The proxy refused to open the tunnel.
+    #[error("the proxy at {proxy} refused CONNECT {target} with {status_line:?}{hint}")]
+    ProxyRefused {
+        /// The proxy's `host:port`.
+        proxy: String,
+        /// The tunnel target.
+        target: String,
+        /// The proxy's status line.
+        status_line: String,
+        /// What to check, or empty.
+        hint: &'static str,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {host} failed: {source}")]
+    Tls {
+        /// The push service host.
+        host: String,
+        /// The TLS error.
+        source: std::io::Error,
+    },
+    /// The server did not select HTTP/2.
+    #[error("{host} did not agree to HTTP/2 (ALPN h2); the push service only speaks HTTP/2 (is a TLS-inspecting proxy in the way?)")]
+    NoHttp2 {
+        /// The push service host.
+        host: String,
+    },
+    /// The HTTP/2 preface exchange failed.
+    #[error("HTTP/2 handshake with {host} failed: {source}")]
+    Http2 {
+        /// The push service host.
+        host: String,
+        /// The HTTP/2 error.
+        source: hyper::Error,
+    },
+    /// The whole connection setup took longer than the connect timeout.
+    #[error("connecting to {target} took longer than {timeout_ms} ms")]
+    Timeout {
+        /// What was being connected to.
+        target: String,
+        /// The configured limit.
+        timeout_ms: u128,
+    },
+}

@@ -1,0 +1,146 @@
+//! TLS client configuration: trusted roots and the push certificate as client identity.
+
+use std::sync::Arc;
+
+use mdm_service::ports::PushIdentity;
+use rustls::client::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{InconsistentKeys, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tracing::debug;
+
+use crate::config::{ApnsRoots, SYSTEM_CA_BUNDLE};
+use crate::error::ApnsError;
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads the trusted roots. Certificates the bundle holds but webpki cannot use (a few
+/// legacy roots in every distribution bundle) are skipped; an empty result is an error.
+pub(crate) fn load_roots(roots: &ApnsRoots) -> Result<Arc<RootCertStore>, ApnsError> {
+    let (name, ders): (String, Vec<CertificateDer<'static>>) = match roots {
+        ApnsRoots::System => {
+            let path = std::path::PathBuf::from(SYSTEM_CA_BUNDLE);
+            (path.display().to_string(), read_pem(&path)?)
+        }
+        ApnsRoots::PemFile(path) => (path.display().to_string(), read_pem(path)?),
+        ApnsRoots::Der(ders) => (
+            "the configured certificates".to_string(),
+            ders.iter()
+                .map(|d| CertificateDer::from(d.clone()))
+                .collect(),
+        ),
+    };
+    let mut store = RootCertStore::empty();
+    let (added, ignored) = store.add_parsable_certificates(ders);
+    if ignored > 0 {
+        debug!(added, ignored, roots = %name, "some root certificates are not usable and were skipped");
+    }
+    if store.is_empty() {
+        return Err(ApnsError::NoRoots { source_name: name });
+    }
+    Ok(Arc::new(store))
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ApnsError> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| ApnsError::RootsFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    iter.collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApnsError::RootsFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// A client configuration that presents `identity` and speaks only HTTP/2.
+pub(crate) fn client_config(
+    roots: &Arc<RootCertStore>,
+    identity: &PushIdentity,
+) -> Result<Arc<ClientConfig>, ApnsError> {
+    let provider = provider();
+    let key = certified_key(identity)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ApnsError::Tls)?
+        .with_root_certificates(Arc::clone(roots))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn certified_key(identity: &PushIdentity) -> Result<CertifiedKey, ApnsError> {
+    if identity.cert_chain_der.is_empty() {
+        return Err(ApnsError::EmptyChain);
+    }
+    // Borrowing the key keeps the only copy of its bytes in the caller's zeroizing buffer;
+    // rustls' owned-key path would take and drop an unwiped copy.
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8_der.as_slice()));
+    let signing_key =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(ApnsError::Key)?;
+    let chain = identity
+        .cert_chain_der
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            Err(ApnsError::KeyMismatch)
+        }
+        // A key that cannot show its public half still proves possession in the handshake.
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
+        Err(other) => Err(ApnsError::Key(other)),
+    }
+}
+
+/// When a TLS error is the server refusing our certificate, says so in words an admin can
+/// act on. Walks the error's sources because hyper and tokio-rustls wrap it.
+pub(crate) fn certificate_refusal(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = refusal_alert(e) {
+            return found;
+        }
+        // `io::Error::source` skips the error it wraps, which is where tokio-rustls puts
+        // the rustls error; h2 keeps its I/O error out of `source` altogether.
+        let io = e
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(inner) = io.and_then(|io| io.get_ref()) {
+            if let Some(found) = refusal_alert(inner) {
+                return found;
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `Some(None)`: a TLS alert that is not about our certificate; `Some(Some(text))`: one that
+/// is; `None`: not a TLS alert.
+fn refusal_alert(e: &(dyn std::error::Error + 'static)) -> Option<Option<String>> {
+    use rustls::AlertDescription as A;
+    let Some(rustls::Error::AlertReceived(alert)) = e.downcast_ref::<rustls::Error>() else {
+        return None;
+    };
+    let what = match alert {
+        A::BadCertificate => "bad certificate",
+        A::UnsupportedCertificate => "unsupported certificate",
+        A::CertificateRevoked => "certificate revoked",
+        A::CertificateExpired => "certificate expired",
+        A::CertificateUnknown => "certificate unknown",
+        A::UnknownCA => "unknown CA",
+        A::AccessDenied => "access denied",
+        A::CertificateRequired => "certificate required",
+        _ => return Some(None),
+    };
+    Some(Some(format!(
+        "the push service refused the push certificate during the TLS handshake ({what})"
+    )))
+}
