@@ -311,3 +311,52 @@ async fn status_shows_the_pusher() {
     assert!(st["push"]["sent"].as_u64().unwrap() >= 1, "{st}");
     let _ = json!({});
 }
+
+#[tokio::test]
+async fn repeated_failures_open_the_circuit_visibly() {
+    let s = site().await;
+    let d = s.app.enroll_manual().await;
+    s.apns.inject_next(
+        100,
+        Fault::Respond(mdm_sim::apns::Reason::InternalServerError),
+    );
+    // Each push is retried before it counts as a failure; after the breaker's threshold (5 by
+    // default) of consecutive failures, pushes fail fast without reaching APNs.
+    let mut failures = 0;
+    loop {
+        let (_, v) = s
+            .app
+            .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+            .await;
+        assert_eq!(v["result"], "failed", "{v}");
+        if v["reason"].as_str().unwrap_or_default().contains("circuit") {
+            break;
+        }
+        failures += 1;
+        assert!(failures <= 5, "the breaker never opened");
+    }
+    let seen = s.apns.exchanges().len();
+    let (_, v) = s
+        .app
+        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .await;
+    assert!(
+        v["reason"].as_str().unwrap_or_default().contains("circuit"),
+        "{v}"
+    );
+    assert_eq!(s.apns.exchanges().len(), seen, "open: nothing sent");
+    let (_, st) = s.app.api("GET", "/api/v1/status", None).await;
+    assert!(st["push"]["circuit"]["Open"].is_object(), "{st}");
+    let metrics = s
+        .app
+        .admin
+        .get(
+            &format!("{}/metrics", s.app.base_url),
+            mdm_sim::http::headers(&[("authorization", &format!("Bearer {}", s.app.token))])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(text.contains("mdm_push_circuit_open 1"), "{text}");
+}
