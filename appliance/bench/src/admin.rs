@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use http::Method;
+use mdm_sim::apns::ApnsAuthorities;
 use mdm_sim::http::{headers, HttpClient};
 use serde_json::{json, Value};
 
@@ -76,8 +77,9 @@ impl Admin {
     }
 
     /// Gets the appliance's push CSR and imports a push certificate for it with subject UID
-    /// [`TOPIC`], issued by the simulator's stand-in Apple CA as Apple's portal would.
-    pub async fn import_push_cert(&self) -> Result<(), BenchError> {
+    /// [`TOPIC`], issued by `apple`'s stand-in push CA as Apple's portal would. A push service
+    /// simulator built on the same authorities accepts it as TLS client certificate.
+    pub async fn import_push_cert(&self, apple: &ApnsAuthorities) -> Result<(), BenchError> {
         let path = "/api/v1/push-cert/csr";
         let h = headers(&[("authorization", &self.authorization)])?;
         let resp = self
@@ -97,11 +99,6 @@ impl Admin {
                 body: truncate(&resp.body),
             });
         }
-        let apple =
-            mdm_sim::apns::ApnsAuthorities::generate().map_err(|e| BenchError::ApiAnswer {
-                path: path.to_owned(),
-                reason: format!("stand-in Apple CA: {e}"),
-            })?;
         let cert = apple
             .issue_push_certificate(TOPIC, &resp.body)
             .map_err(|e| BenchError::ApiAnswer {

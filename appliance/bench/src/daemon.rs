@@ -31,6 +31,56 @@ pub fn free_loopback_addr() -> Result<SocketAddr, BenchError> {
         .map_err(BenchError::io("find a free loopback port"))
 }
 
+/// Where the daemon sends its pushes. Never Apple's service: a benchmark must not wake real
+/// devices or spend the push certificate's reputation, so only loopback URLs are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushService {
+    /// A closed loopback port: every push fails at once (phases 1 to 3, which measure device
+    /// traffic, not pushing).
+    Unreachable,
+    /// An APNs simulator on loopback.
+    Simulator {
+        /// Its base URL, `https://127.0.0.1:PORT` or `https://[::1]:PORT`.
+        url: String,
+        /// PEM file of the CA its TLS certificate chains to.
+        ca_file: PathBuf,
+    },
+}
+
+/// The closed port [`PushService::Unreachable`] points at (TCP port 9, "discard", is not
+/// served on any machine this runs on; a refused connection fails fast).
+const UNREACHABLE_PUSH_URL: &str = "https://127.0.0.1:9";
+
+impl PushService {
+    /// The `mdmd serve` arguments that select this push service. Fails for a URL that is not
+    /// on the loopback interface.
+    pub fn args(&self) -> Result<Vec<std::ffi::OsString>, BenchError> {
+        match self {
+            PushService::Unreachable => Ok(vec!["--apns-url".into(), UNREACHABLE_PUSH_URL.into()]),
+            PushService::Simulator { url, ca_file } => {
+                let rest = url.strip_prefix("https://").unwrap_or_default();
+                let loopback = ["127.0.0.1:", "[::1]:"].iter().any(|host| {
+                    rest.strip_prefix(host).is_some_and(|port| {
+                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                    })
+                });
+                if !loopback {
+                    return Err(BenchError::Options(format!(
+                        "the push service for a benchmark must be a simulator on loopback \
+                         (https://127.0.0.1:PORT), not {url}"
+                    )));
+                }
+                Ok(vec![
+                    "--apns-url".into(),
+                    url.into(),
+                    "--apns-ca".into(),
+                    ca_file.into(),
+                ])
+            }
+        }
+    }
+}
+
 /// A running `mdmd` child process.
 #[derive(Debug)]
 pub struct Daemon {
@@ -43,17 +93,21 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// Where its stdout and stderr go.
     pub log: PathBuf,
+    /// Where it sends pushes.
+    pub push: PushService,
 }
 
 impl Daemon {
-    /// Starts `binary serve --dev` on `data_dir` and `addr`, logging to `log` (appended), and
-    /// waits until it listens.
+    /// Starts `binary serve --dev` on `data_dir` and `addr`, logging to `log` (appended),
+    /// pushing to `push`, and waits until it listens.
     pub fn start(
         binary: &Path,
         data_dir: &Path,
         addr: SocketAddr,
         log: &Path,
+        push: &PushService,
     ) -> Result<Daemon, BenchError> {
+        let push_args = push.args()?;
         if !binary.is_file() {
             return Err(BenchError::DaemonMissing(binary.to_path_buf()));
         }
@@ -78,8 +132,7 @@ impl Daemon {
             .map_err(BenchError::io(format!("open {}", log.display())))?;
         let child = Command::new(binary)
             .args(["serve", "--dev", "--log-format", "text"])
-            // Pushes go nowhere: a closed loopback port (never Apple's service from a bench).
-            .args(["--apns-url", "https://127.0.0.1:9"])
+            .args(push_args)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
@@ -95,6 +148,7 @@ impl Daemon {
             addr,
             data_dir: data_dir.to_path_buf(),
             log: log.to_path_buf(),
+            push: push.clone(),
         };
         daemon.wait_ready(&ready_file)?;
         Ok(daemon)
@@ -115,6 +169,14 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the daemon if it still runs (see [`Daemon::stop`]) and starts `binary` again on
+    /// the same data directory, address, log and push service.
+    pub fn restart(&mut self, binary: &Path) -> Result<(), BenchError> {
+        self.stop()?;
+        *self = Daemon::start(binary, &self.data_dir, self.addr, &self.log, &self.push)?;
+        Ok(())
     }
 
     /// Fails if the daemon has exited.
@@ -150,6 +212,14 @@ impl Daemon {
     /// The daemon's memory now.
     pub fn memory(&self) -> Result<Memory, BenchError> {
         procfs::memory(Some(self.pid))
+    }
+
+    /// The size of its database file, MiB.
+    pub fn database_mib(&self) -> Result<f64, BenchError> {
+        let path = self.data_dir.join(mdmd::DB_FILE);
+        let meta =
+            std::fs::metadata(&path).map_err(BenchError::io(format!("stat {}", path.display())))?;
+        Ok(meta.len() as f64 / (1024.0 * 1024.0))
     }
 
     /// Stops the daemon as systemd would (SIGTERM, then wait for it to drain and close its
@@ -193,6 +263,55 @@ impl Drop for Daemon {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_only_ever_go_to_loopback() {
+        let args = |push: PushService| {
+            push.args().map(|a| {
+                a.into_iter()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            args(PushService::Unreachable).unwrap(),
+            ["--apns-url", "https://127.0.0.1:9"]
+        );
+        let sim = |url: &str| PushService::Simulator {
+            url: url.into(),
+            ca_file: PathBuf::from("/tmp/ca.pem"),
+        };
+        assert_eq!(
+            args(sim("https://127.0.0.1:41234")).unwrap(),
+            [
+                "--apns-url",
+                "https://127.0.0.1:41234",
+                "--apns-ca",
+                "/tmp/ca.pem"
+            ]
+        );
+        assert!(args(sim("https://[::1]:8443")).is_ok());
+        for refused in [
+            "https://api.push.apple.com",
+            "https://api.push.apple.com:443",
+            "https://127.0.0.1.example.com:443",
+            "https://127.0.0.1:443/3/device",
+            "https://127.0.0.1:",
+            "https://127.0.0.2:443",
+            "http://127.0.0.1:443",
+            "127.0.0.1:443",
+        ] {
+            assert!(
+                matches!(args(sim(refused)), Err(BenchError::Options(_))),
+                "{refused} was accepted"
+            );
         }
     }
 }

@@ -92,6 +92,34 @@ pub async fn enroll(
     Ok(devices)
 }
 
+/// Enrolls one new simulated iPhone through the enrollment link at `link_url` (profile
+/// download with `client`, SCEP with `key` if given, Authenticate and TokenUpdate with the
+/// new identity as TLS client certificate) and returns it, its connection to the daemon still
+/// open.
+pub async fn enroll_device(
+    client: &HttpClient,
+    link_url: &str,
+    ca_pem: &str,
+    ca: &[Certificate],
+    key: Option<PrivateKey>,
+) -> Result<SimDevice, BenchError> {
+    let mut device = SimDevice::random(DeviceKind::IPhone)?;
+    let udid = device.udid.clone();
+    let wrap = |source: DeviceError| BenchError::Enroll {
+        udid: udid.clone(),
+        source,
+    };
+    device.trust_ca_pem(ca_pem.as_bytes())?;
+    device.identity_transport = IdentityTransport::TlsClientCertificate;
+    if let Some(key) = key {
+        device.set_scep_key(key);
+    }
+    let profile = device.manual_enroll(client, link_url).await.map_err(wrap)?;
+    device.install_profile(&profile, Some(ca)).map_err(wrap)?;
+    device.complete_enrollment().await.map_err(wrap)?;
+    Ok(device)
+}
+
 async fn enroll_loop(shared: &Shared) -> Result<Vec<EnrolledDevice>, BenchError> {
     // The profile download is an ordinary HTTPS GET; one kept-alive client per task serves it,
     // as a browser or Apple Configurator would. SCEP and check-ins use each device's own
@@ -104,30 +132,21 @@ async fn enroll_loop(shared: &Shared) -> Result<Vec<EnrolledDevice>, BenchError>
             return Ok(out);
         }
         let key_index = i % shared.keys.len().max(1);
-        let mut device = SimDevice::random(DeviceKind::IPhone)?;
+        let mut device = enroll_device(
+            &client,
+            &shared.link_url,
+            &shared.ca_pem,
+            &shared.ca,
+            shared.keys.get(key_index).cloned(),
+        )
+        .await?;
         let udid = device.udid.clone();
-        let wrap = |source: DeviceError| BenchError::Enroll {
+        let identity = device.identity().ok_or_else(|| BenchError::Enroll {
             udid: udid.clone(),
-            source,
-        };
-        device.trust_ca_pem(shared.ca_pem.as_bytes())?;
-        device.identity_transport = IdentityTransport::TlsClientCertificate;
-        if let Some(key) = shared.keys.get(key_index) {
-            device.set_scep_key(key.clone());
-        }
-        let profile = device
-            .manual_enroll(&client, &shared.link_url)
-            .await
-            .map_err(wrap)?;
-        device
-            .install_profile(&profile, Some(&shared.ca))
-            .map_err(wrap)?;
-        device.complete_enrollment().await.map_err(wrap)?;
-        let identity = device
-            .identity()
-            .ok_or_else(|| wrap(DeviceError::NoIdentity))?;
+            source: DeviceError::NoIdentity,
+        })?;
         out.push(EnrolledDevice {
-            udid: udid.clone(),
+            udid,
             cert_der: identity.certificate.to_der()?,
             key_index,
         });

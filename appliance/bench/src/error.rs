@@ -109,6 +109,13 @@ pub enum BenchError {
         /// What happened.
         reason: String,
     },
+    /// The APNs simulator could not start or issue a certificate.
+    #[error("the APNs simulator failed: {0}")]
+    Apns(#[source] mdm_sim::apns::ApnsError),
+    /// A request meant to measure responsiveness failed before any load was applied, so the
+    /// daemon is not answering the way the measurement needs.
+    #[error("a responsiveness probe failed on the idle daemon: {0}")]
+    Probe(String),
     /// The options contradict each other or are out of range.
     #[error("invalid options: {0}")]
     Options(String),

@@ -2,8 +2,9 @@
 //! release build on this machine's loopback interface. It prints figures; it never asserts on
 //! time. `docs/benchmarks.md` explains how to run it and what each figure means.
 //!
-//! A run has up to three phases, all against one `mdmd serve --dev` child process in a
-//! temporary data directory (so its CPU time and memory, read from `/proc`, are its own):
+//! A run has up to four phases. The first three run against one `mdmd serve --dev` child
+//! process in a temporary data directory (so its CPU time and memory, read from `/proc`, are
+//! its own), which pushes to a closed loopback port:
 //!
 //! 1. **Enrollment** ([`enroll`]): N simulated iPhones (`mdm-sim`) enroll through the real
 //!    protocol (enrollment link, signed profile, SCEP, Authenticate, TokenUpdate), several at
@@ -17,17 +18,25 @@
 //! 3. **Large database** (optional, [`seed`]): the daemon is stopped, enrollment rows are
 //!    seeded straight into its database up to a total, it is restarted, one more round is
 //!    driven, and its memory is measured.
+//! 4. **Push fan-out** (optional, [`fanout`]): a second daemon, pushing to an APNs simulator
+//!    in this process, gets N seeded devices with push tokens; each round queues one command
+//!    for all of them and measures pushes/s, the time until every device was pushed, the
+//!    latency of probe requests meanwhile, and the daemon's memory after the round.
 //!
 //! What it cannot do yet: drive devices with `Mdm-Signature` instead of TLS client
 //! certificates, mix command types or answer with realistic result payloads (reports are
-//! minimal `Acknowledged` plists), exercise APNs or ABM, or run against a remote appliance
-//! (CPU and memory are read from the local `/proc`). Server CPU figures include the daemon's
-//! logging to a file; the client shares the machine's cores with the server.
+//! minimal `Acknowledged` plists), exercise ABM, have pushed devices connect (the fan-out's
+//! devices are seeded rows that never connect), vary the daemon's number of APNs connections
+//! (`cargo bench -p mdm-apns` compares one and four against the push client alone), or run
+//! against a remote appliance (CPU and memory are read from the local `/proc`). Server CPU
+//! figures include the daemon's logging to a file; the client shares the machine's cores with
+//! the server.
 
 pub mod admin;
 pub mod daemon;
 pub mod enroll;
 pub mod error;
+pub mod fanout;
 pub mod histogram;
 pub mod identities;
 pub mod pool;
@@ -37,11 +46,12 @@ pub mod seed;
 pub mod tls;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::admin::{Admin, MAX_TARGETS_PER_CALL};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, PushService};
 pub use crate::error::BenchError;
 use crate::identities::IdentityFile;
 use crate::pool::WorkerPool;
@@ -84,6 +94,14 @@ pub struct Options {
     /// (e.g. 100000).
     #[arg(long)]
     pub rss_devices: Option<usize>,
+    /// Afterwards, fan one command out to this many devices seeded with push tokens, through
+    /// an APNs simulator in this process, and measure pushes/s, fan-out time, responsiveness
+    /// and memory (e.g. 50000).
+    #[arg(long)]
+    pub fanout: Option<usize>,
+    /// Fan-out rounds (each queues one more command for every device and pushes them all).
+    #[arg(long, default_value_t = 3)]
+    pub fanout_rounds: usize,
     /// A smaller, faster run (1,000 devices, 2 commands per round).
     #[arg(long)]
     pub quick: bool,
@@ -124,12 +142,15 @@ impl Options {
         if self.rss_devices.is_some_and(|n| n <= self.device_count()) {
             return bad("--rss-devices must be larger than --devices (it is a total)");
         }
+        if self.fanout == Some(0) || self.fanout_rounds == 0 {
+            return bad("--fanout and --fanout-rounds must be at least 1");
+        }
         Ok(())
     }
 }
 
 /// Progress goes to stderr, in text and JSON mode alike, so that stdout holds only the report.
-fn progress(message: &str) {
+pub(crate) fn progress(message: &str) {
     eprintln!("mdm-bench: {message}");
 }
 
@@ -196,30 +217,41 @@ impl Run<'_> {
             (verified, queued),
         );
         figures.server_memory = self.daemon.memory()?.into();
-        figures.database_mib = self.database_mib()?;
-        let wall_s = wall.as_secs_f64().max(1e-9);
-        let mut threads: Vec<ThreadCpu> = threads_after
-            .iter()
-            .map(|(name, after)| {
-                let before = threads_before.get(name).copied().unwrap_or(0);
-                ThreadCpu {
-                    name: name.clone(),
-                    cores: self.seconds(after.saturating_sub(before)) / wall_s,
-                }
-            })
-            .filter(|t| t.cores >= 0.01)
-            .collect();
-        threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
-        figures.server_threads = threads;
+        figures.database_mib = self.daemon.database_mib()?;
+        figures.server_threads = thread_split(
+            &threads_before,
+            &threads_after,
+            self.ticks_per_second,
+            wall.as_secs_f64(),
+        );
         Ok(figures)
     }
+}
 
-    fn database_mib(&self) -> Result<f64, BenchError> {
-        let path = self.daemon.data_dir.join(mdmd::DB_FILE);
-        let meta =
-            std::fs::metadata(&path).map_err(BenchError::io(format!("stat {}", path.display())))?;
-        Ok(meta.len() as f64 / (1024.0 * 1024.0))
-    }
+/// Per thread name, the CPU time between two [`procfs::thread_ticks`] readings divided by the
+/// wall time between them, busiest first; names below 0.01 core are left out.
+pub(crate) fn thread_split(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    ticks_per_second: u64,
+    wall_seconds: f64,
+) -> Vec<ThreadCpu> {
+    let wall_seconds = wall_seconds.max(1e-9);
+    let mut threads: Vec<ThreadCpu> = after
+        .iter()
+        .map(|(name, ticks)| {
+            let earlier = before.get(name).copied().unwrap_or(0);
+            ThreadCpu {
+                name: name.clone(),
+                cores: ticks_to_duration(ticks.saturating_sub(earlier), ticks_per_second)
+                    .as_secs_f64()
+                    / wall_seconds,
+            }
+        })
+        .filter(|t| t.cores >= 0.01)
+        .collect();
+    threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
+    threads
 }
 
 /// The figures of a round that follow from the workers' results and the CPU times; memory,
@@ -290,10 +322,13 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
 
     let addr = daemon::free_loopback_addr()?;
     progress(&format!("starting {} on {addr}", binary.display()));
-    let daemon = Daemon::start(&binary, &data_dir, addr, &log)?;
+    let daemon = Daemon::start(&binary, &data_dir, addr, &log, &PushService::Unreachable)?;
     let ca_pem = rt.block_on(tls::fetch_ca_pem(addr))?;
     let admin = Admin::new(&ca_pem, &daemon.base_url(), &daemon.admin_token()?)?;
-    rt.block_on(admin.import_push_cert())?;
+    // Phases 1 to 3 push nowhere; the certificate only has to exist (it sets the topic that
+    // goes into profiles), so throwaway authorities issue it.
+    let apple = mdm_sim::apns::ApnsAuthorities::generate().map_err(BenchError::Apns)?;
+    rt.block_on(admin.import_push_cert(&apple))?;
     let (link_id, link_url) = rt.block_on(admin.create_link())?;
     progress(&format!(
         "generating {} RSA-2048 device keys",
@@ -370,6 +405,17 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     };
 
     run.daemon.stop()?;
+    let fanout = match opts.fanout {
+        Some(n) => Some(fanout::run(
+            &run.rt,
+            n,
+            opts.fanout_rounds,
+            &binary,
+            dir.path(),
+            &keys,
+        )?),
+        None => None,
+    };
     if opts.keep {
         let kept = dir.keep();
         progress(&format!("kept {}", kept.display()));
@@ -393,10 +439,13 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             key_pool: opts.key_pool,
             request_type: opts.request_type.clone(),
             rss_devices: opts.rss_devices,
+            fanout: opts.fanout,
+            fanout_rounds: opts.fanout_rounds,
         },
         enrollment,
         rounds,
         large,
+        fanout,
     })
 }
 
@@ -417,11 +466,7 @@ fn large_database(
         .mdmd
         .clone()
         .map_or_else(daemon::binary_next_to_self, Ok)?;
-    let (data_dir, addr, log) = (
-        run.daemon.data_dir.clone(),
-        run.daemon.addr,
-        run.daemon.log.clone(),
-    );
+    let data_dir = run.daemon.data_dir.clone();
     // The daemon must be gone before its database can be opened here (redb locks the file).
     run.daemon.stop()?;
     let started = Instant::now();
@@ -433,9 +478,9 @@ fn large_database(
     ))?;
     let seed_seconds = started.elapsed().as_secs_f64();
     progress("  restarting the daemon");
-    run.daemon = Daemon::start(&binary, &data_dir, addr, &log)?;
+    run.daemon.restart(&binary)?;
     let memory_after_restart = run.daemon.memory()?.into();
-    let ca_pem = run.rt.block_on(tls::fetch_ca_pem(addr))?;
+    let ca_pem = run.rt.block_on(tls::fetch_ca_pem(run.daemon.addr))?;
     run.admin = Admin::new(&ca_pem, &run.daemon.base_url(), &run.daemon.admin_token()?)?;
     let mut pool = WorkerPool::start(
         identities,

@@ -12,7 +12,7 @@ use mdm_bench::Options;
 #[command(
     name = "mdm-bench",
     version,
-    about = "Benchmark mdmd: enroll simulated devices, then drive check-in and command round trips",
+    about = "Benchmark mdmd: enroll simulated devices, drive check-in and command round trips, optionally fan pushes out",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -89,6 +89,7 @@ fn main() -> ExitCode {
                             || r.mismatched_sessions > 0
                             || r.verified_acknowledged != r.queued_deliveries
                     });
+                let failed = failed || report.fanout.as_ref().is_some_and(|f| f.failed());
                 if failed {
                     eprintln!("mdm-bench: some requests failed; see the figures above");
                     ExitCode::FAILURE

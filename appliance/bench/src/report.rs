@@ -43,6 +43,10 @@ pub struct Settings {
     pub request_type: String,
     /// Enrollments on file for phase 3, if it ran.
     pub rss_devices: Option<usize>,
+    /// Devices of the push fan-out phase, if it ran.
+    pub fanout: Option<usize>,
+    /// Fan-out rounds.
+    pub fanout_rounds: usize,
 }
 
 /// Latency percentiles in milliseconds.
@@ -183,6 +187,127 @@ pub struct LargeFigures {
     pub round: RoundFigures,
 }
 
+/// Requests of one kind made alongside a phase, to see whether the daemon keeps answering.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeFigures {
+    /// Requests answered as expected.
+    pub requests: u64,
+    /// Requests that failed (transport error, timeout, unexpected answer).
+    pub failures: u64,
+    /// Latency of the requests answered as expected.
+    pub latency_ms: Percentiles,
+    /// A few failure messages, if any.
+    pub error_samples: Vec<String>,
+}
+
+/// The probes of one window: `GET /healthz` (no store access) and a device's `Idle` report
+/// over its mTLS connection (identity check and command queue lookup in the store).
+#[derive(Debug, Clone, Serialize)]
+pub struct Responsiveness {
+    /// Wall time the probes ran.
+    pub seconds: f64,
+    /// `GET /healthz`.
+    pub healthz: ProbeFigures,
+    /// `PUT /mdm/connect` `Idle` from enrolled devices with nothing queued.
+    pub idle: ProbeFigures,
+}
+
+impl Responsiveness {
+    /// Whether any probe request failed.
+    pub fn failed(&self) -> bool {
+        self.healthz.failures > 0 || self.idle.failures > 0
+    }
+}
+
+/// One fan-out round: one command queued for every device, pushed to each through the APNs
+/// simulator.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutRound {
+    /// Round number, from 1.
+    pub round: usize,
+    /// Devices the command was queued for.
+    pub devices: usize,
+    /// Admin API calls that queued it.
+    pub enqueue_calls: usize,
+    /// Time from the first queueing call to the answer of the last.
+    pub enqueue_seconds: f64,
+    /// Pushes the simulator accepted during the round.
+    pub pushes_accepted: u64,
+    /// Push requests the simulator answered with an error.
+    pub pushes_refused: u64,
+    /// Distinct devices (seeded push tokens) among the accepted pushes.
+    pub devices_pushed: usize,
+    /// Accepted pushes to a token that was not seeded, to another topic, or without push
+    /// magic.
+    pub unexpected_pushes: u64,
+    /// Every device was pushed before the deadline.
+    pub complete: bool,
+    /// HTTP/2 connections that carried the round's pushes.
+    pub push_connections: usize,
+    /// Connections the daemon opened to the simulator during the round.
+    pub connections_opened: u64,
+    /// From the first queueing call to the first push received.
+    pub first_push_ms: Option<f64>,
+    /// From the first queueing call to the last push received: the fan-out time (only when
+    /// every device was pushed).
+    pub fanout_seconds: Option<f64>,
+    /// From the first push received to the last.
+    pub push_seconds: f64,
+    /// Accepted pushes divided by [`FanoutRound::push_seconds`].
+    pub pushes_per_second: f64,
+    /// Daemon CPU time from the first queueing call until it went idle after the last push
+    /// (queueing, pushing, recording outcomes), divided by devices.
+    pub server_cpu_ms_per_device: f64,
+    /// Daemon CPU time divided by wall time, first queueing call to last push.
+    pub server_cores: f64,
+    /// This process's CPU time (APNs simulator, admin client, probes) over the same window.
+    pub bench_cores: f64,
+    /// Daemon CPU by thread name over the same window, busiest first.
+    pub server_threads: Vec<ThreadCpu>,
+    /// Daemon memory once it went idle after the round.
+    pub server_memory: MemoryFigures,
+    /// Size of the daemon's database file after the round, MiB (queued commands accumulate:
+    /// the seeded devices never fetch them).
+    pub database_mib: f64,
+    /// Probes while the round ran (first queueing call to last push).
+    pub during: Responsiveness,
+}
+
+/// Phase 4: push fan-out.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutFigures {
+    /// Devices seeded with push tokens.
+    pub devices: usize,
+    /// Time to seed them.
+    pub seed_seconds: f64,
+    /// Daemon memory right after the restart on the seeded database.
+    pub memory_after_restart: MemoryFigures,
+    /// Probes on the idle daemon before the first round.
+    pub baseline: Responsiveness,
+    /// The rounds.
+    pub rounds: Vec<FanoutRound>,
+}
+
+impl FanoutFigures {
+    /// Whether a round missed devices, pushed unexpected ones, or had probe failures.
+    pub fn failed(&self) -> bool {
+        self.baseline.failed()
+            || self
+                .rounds
+                .iter()
+                .any(|r| !r.complete || r.unexpected_pushes > 0 || r.during.failed())
+    }
+
+    /// RSS after the last round minus RSS after the first, MiB (0 with fewer than two
+    /// rounds).
+    pub fn rss_growth_mib(&self) -> f64 {
+        match (self.rounds.first(), self.rounds.last()) {
+            (Some(first), Some(last)) => last.server_memory.rss_mib - first.server_memory.rss_mib,
+            _ => 0.0,
+        }
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -198,6 +323,8 @@ pub struct Report {
     pub rounds: Vec<RoundFigures>,
     /// Phase 3, if requested.
     pub large: Option<LargeFigures>,
+    /// Phase 4, if requested.
+    pub fanout: Option<FanoutFigures>,
 }
 
 fn line(out: &mut String, label: &str, value: String) {
@@ -285,6 +412,177 @@ fn round_block(out: &mut String, r: &RoundFigures) {
     }
 }
 
+fn probe_text(p: &ProbeFigures) -> String {
+    format!(
+        "p50 {} p99 {} max {} ({} requests, {} failed)",
+        ms(p.latency_ms.p50),
+        ms(p.latency_ms.p99),
+        ms(p.latency_ms.max),
+        p.requests,
+        p.failures
+    )
+}
+
+fn probes_block(out: &mut String, label: &str, r: &Responsiveness) {
+    line(
+        out,
+        &format!("GET /healthz {label}"),
+        probe_text(&r.healthz),
+    );
+    line(out, &format!("device Idle {label}"), probe_text(&r.idle));
+    for e in r.healthz.error_samples.iter().chain(&r.idle.error_samples) {
+        let _ = writeln!(out, "    ! {e}");
+    }
+}
+
+fn fanout_round_block(out: &mut String, r: &FanoutRound) {
+    line(
+        out,
+        "queued",
+        format!("{} calls in {:.2} s", r.enqueue_calls, r.enqueue_seconds),
+    );
+    line(
+        out,
+        "pushes",
+        format!(
+            "{} accepted, {} refused; {} of {} devices pushed, {} unexpected",
+            r.pushes_accepted, r.pushes_refused, r.devices_pushed, r.devices, r.unexpected_pushes
+        ),
+    );
+    line(
+        out,
+        "push connections",
+        format!(
+            "{} ({} opened this round)",
+            r.push_connections, r.connections_opened
+        ),
+    );
+    if let Some(first) = r.first_push_ms {
+        line(out, "first push after", ms(first));
+    }
+    line(
+        out,
+        "fan-out time",
+        match r.fanout_seconds {
+            Some(t) => format!("{t:.2} s (first queueing call to last push)"),
+            None => format!(
+                "INCOMPLETE: {} of {} devices pushed before the deadline",
+                r.devices_pushed, r.devices
+            ),
+        },
+    );
+    line(
+        out,
+        "push rate",
+        format!(
+            "{:.0} pushes/s (first to last push, {:.2} s)",
+            r.pushes_per_second, r.push_seconds
+        ),
+    );
+    line(
+        out,
+        "server CPU per device",
+        format!(
+            "{} ({:.2} cores busy)",
+            ms(r.server_cpu_ms_per_device),
+            r.server_cores
+        ),
+    );
+    line(
+        out,
+        "bench CPU (simulator, probes)",
+        format!("{:.2} cores busy", r.bench_cores),
+    );
+    if !r.server_threads.is_empty() {
+        let threads: Vec<String> = r
+            .server_threads
+            .iter()
+            .map(|t| format!("{} {:.2}", t.name, t.cores))
+            .collect();
+        line(out, "server cores by thread", threads.join(", "));
+    }
+    line(out, "server RSS after", mib(&r.server_memory));
+    line(out, "database file", format!("{:.0} MiB", r.database_mib));
+    probes_block(out, "during fan-out", &r.during);
+}
+
+fn fanout_section(out: &mut String, f: &FanoutFigures, rounds: usize) {
+    let _ = writeln!(
+        out,
+        "\npush fan-out: {} devices SEEDED with push tokens (they never connect); per round one \
+         ProfileList queued for all of them through the admin API; APNs simulator in this \
+         process on 127.0.0.1 (HTTP/2, TLS client certificate)",
+        f.devices
+    );
+    line(out, "seeding time", format!("{:.1} s", f.seed_seconds));
+    line(
+        out,
+        "server RSS after restart",
+        mib(&f.memory_after_restart),
+    );
+    probes_block(
+        out,
+        &format!("before (idle, {:.0} s)", f.baseline.seconds),
+        &f.baseline,
+    );
+    for r in &f.rounds {
+        let _ = writeln!(out, "\nfan-out round {} of {rounds}", r.round);
+        fanout_round_block(out, r);
+    }
+}
+
+fn fanout_targets(out: &mut String, f: &FanoutFigures) {
+    let Some(last) = f.rounds.last() else {
+        return;
+    };
+    let _ = writeln!(out, "  (push figures from fan-out round {})", last.round);
+    line(
+        out,
+        "pushes/s",
+        format!(
+            "{:<23} target >= 20000 on 2 cores",
+            format!("{:.0}", last.pushes_per_second)
+        ),
+    );
+    line(
+        out,
+        &format!("fan-out to {} devices", f.devices),
+        format!(
+            "{:<23} target < 5 s at 50k",
+            last.fanout_seconds
+                .map_or_else(|| "incomplete".to_owned(), |t| format!("{t:.2} s"))
+        ),
+    );
+    let rss: Vec<String> = f
+        .rounds
+        .iter()
+        .map(|r| format!("{:.1}", r.server_memory.rss_mib))
+        .collect();
+    line(
+        out,
+        "server RSS after each fan-out",
+        format!(
+            "{:<23} target: no growth ({:+.1} MiB first to last)",
+            format!("{} MiB", rss.join(" / ")),
+            f.rss_growth_mib()
+        ),
+    );
+    line(
+        out,
+        "p99 during fan-out (healthz/Idle)",
+        format!(
+            "{:<23} target: request handling not blocked (idle: {} / {})",
+            format!(
+                "{} / {}",
+                ms(last.during.healthz.latency_ms.p99),
+                ms(last.during.idle.latency_ms.p99)
+            ),
+            ms(f.baseline.healthz.latency_ms.p99),
+            ms(f.baseline.idle.latency_ms.p99)
+        ),
+    );
+}
+
 impl Report {
     /// The readable form.
     pub fn to_text(&self) -> String {
@@ -350,6 +648,10 @@ impl Report {
             round_block(&mut out, &l.round);
         }
 
+        if let Some(f) = &self.fanout {
+            fanout_section(&mut out, f, s.fanout_rounds);
+        }
+
         out.push_str("\ntargets (from the issue; the figures are compared, not asserted)\n");
         if let Some(last) = self.rounds.last() {
             let _ = writeln!(
@@ -410,6 +712,17 @@ impl Report {
             "enrollment server CPU per device",
             format!("{:<23} target < 5 ms", ms(e.server_cpu_ms_per_device)),
         );
+        match &self.fanout {
+            Some(f) => fanout_targets(&mut out, f),
+            None => line(
+                &mut out,
+                "push fan-out to 50k devices",
+                format!(
+                    "{:<23} target < 5 s, >= 20000 pushes/s",
+                    "not run (--fanout)"
+                ),
+            ),
+        }
         out
     }
 }
@@ -482,6 +795,8 @@ mod tests {
                 key_pool: 4,
                 request_type: "ProfileList".into(),
                 rss_devices: None,
+                fanout: None,
+                fanout_rounds: 3,
             },
             enrollment: EnrollmentFigures {
                 devices: 100,
@@ -496,6 +811,7 @@ mod tests {
             },
             rounds: vec![round()],
             large: None,
+            fanout: None,
         };
         let text = report.to_text();
         for needle in [
@@ -507,6 +823,7 @@ mod tests {
             "target < 250 MB",
             "! device X: boom",
             "server cores by thread            mdm-store-write 0.50",
+            "not run (--fanout)",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
@@ -514,5 +831,118 @@ mod tests {
         assert_eq!(json["rounds"][0]["requests"], 500);
         assert_eq!(json["enrollment"]["server_cpu_ms_per_device"], 3.5);
         assert!(json["large"].is_null());
+    }
+
+    fn probes(p99_micros: u64, failures: u64) -> Responsiveness {
+        let mut h = Histogram::new();
+        for _ in 0..99 {
+            h.record_micros(200);
+        }
+        h.record_micros(p99_micros);
+        h.record_micros(p99_micros);
+        let figures = ProbeFigures {
+            requests: h.count(),
+            failures,
+            latency_ms: Percentiles::from(&h),
+            error_samples: (0..failures).map(|i| format!("probe {i} failed")).collect(),
+        };
+        Responsiveness {
+            seconds: 2.0,
+            healthz: figures.clone(),
+            idle: figures,
+        }
+    }
+
+    fn fanout_round(round: usize, rss_mib: f64, complete: bool) -> FanoutRound {
+        FanoutRound {
+            round,
+            devices: 50_000,
+            enqueue_calls: 5,
+            enqueue_seconds: 1.5,
+            pushes_accepted: if complete { 50_000 } else { 40_000 },
+            pushes_refused: 0,
+            devices_pushed: if complete { 50_000 } else { 40_000 },
+            unexpected_pushes: 0,
+            complete,
+            push_connections: 1,
+            connections_opened: u64::from(round == 1),
+            first_push_ms: Some(80.0),
+            fanout_seconds: complete.then_some(2.5),
+            push_seconds: 2.0,
+            pushes_per_second: 25_000.0,
+            server_cpu_ms_per_device: 0.04,
+            server_cores: 1.2,
+            bench_cores: 0.7,
+            server_threads: Vec::new(),
+            server_memory: MemoryFigures {
+                rss_mib,
+                peak_rss_mib: rss_mib + 10.0,
+            },
+            database_mib: 90.0 * round as f64,
+            during: probes(4_000, 0),
+        }
+    }
+
+    #[test]
+    fn fanout_figures_beside_their_targets() {
+        let fanout = FanoutFigures {
+            devices: 50_000,
+            seed_seconds: 3.0,
+            memory_after_restart: MemoryFigures {
+                rss_mib: 10.0,
+                peak_rss_mib: 10.0,
+            },
+            baseline: probes(300, 0),
+            rounds: vec![
+                fanout_round(1, 60.0, true),
+                fanout_round(2, 62.0, true),
+                fanout_round(3, 61.5, true),
+            ],
+        };
+        assert!(!fanout.failed());
+        assert!((fanout.rss_growth_mib() - 1.5).abs() < 1e-9);
+        let mut out = String::new();
+        fanout_section(&mut out, &fanout, 3);
+        fanout_targets(&mut out, &fanout);
+        for needle in [
+            "push fan-out: 50000 devices SEEDED",
+            "fan-out round 3 of 3",
+            "5 calls in 1.50 s",
+            "50000 accepted, 0 refused; 50000 of 50000 devices pushed, 0 unexpected",
+            "fan-out time                      2.50 s",
+            "25000 pushes/s (first to last push, 2.00 s)",
+            "first push after                  80.00 ms",
+            "GET /healthz before (idle, 2 s)   p50 0.201 ms p99 0.300 ms",
+            "device Idle during fan-out        p50 0.201 ms p99 4.00 ms max 4.00 ms (101 requests, 0 failed)",
+            "target >= 20000 on 2 cores",
+            "60.0 / 62.0 / 61.5 MiB",
+            "(+1.5 MiB first to last)",
+            "target < 5 s at 50k",
+            "4.00 ms / 4.00 ms",
+            "database file                     270 MiB",
+        ] {
+            assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+        }
+
+        // A round that missed devices, or a failed probe, makes the run a failure.
+        let mut incomplete = fanout.clone();
+        incomplete.rounds[1] = fanout_round(2, 62.0, false);
+        assert!(incomplete.failed());
+        let mut text = String::new();
+        fanout_round_block(&mut text, &incomplete.rounds[1]);
+        assert!(
+            text.contains("INCOMPLETE: 40000 of 50000 devices pushed"),
+            "{text}"
+        );
+        let mut probe_failed = fanout.clone();
+        probe_failed.rounds[2].during = probes(4_000, 1);
+        assert!(probe_failed.failed());
+        let mut text = String::new();
+        fanout_round_block(&mut text, &probe_failed.rounds[2]);
+        assert!(text.contains("! probe 0 failed"), "{text}");
+
+        let json = serde_json::to_value(&fanout).unwrap();
+        assert_eq!(json["rounds"][2]["pushes_per_second"], 25_000.0);
+        assert!(json["rounds"][0]["during"]["idle"]["latency_ms"]["p99"].is_number());
     }
 }

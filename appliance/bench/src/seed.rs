@@ -26,6 +26,22 @@ pub fn seeded_udid(i: usize) -> String {
     format!("00008120-5EED{i:012X}")
 }
 
+/// The push token of seeded row `i`: 64 hex digits, distinct for every row.
+pub fn seeded_token(i: usize) -> String {
+    format!("{i:064x}")
+}
+
+/// The row number whose push token is `token`, if it is one [`seeded_token`] makes.
+pub fn seeded_index(token: &str) -> Option<usize> {
+    let (zeros, tail) = token.split_at_checked(48)?;
+    if token.len() != 64 || zeros.bytes().any(|b| b != b'0') {
+        return None;
+    }
+    let i = usize::try_from(u64::from_str_radix(tail, 16).ok()?).ok()?;
+    // Only the canonical (lowercase, zero-padded) spelling, as seeded.
+    (seeded_token(i) == token).then_some(i)
+}
+
 /// Writes `count` enrolled-device rows (numbered from 0) into the database at `db`, which no
 /// process may have open. `link_id` is recorded as their enrollment source.
 pub async fn seed(db: &Path, count: usize, link_id: &str, topic: &str) -> Result<(), BenchError> {
@@ -91,7 +107,7 @@ async fn write_row(
             user_short_name: None,
             identity_sha256: identity,
             push: PushTarget {
-                token_hex: format!("{i:064x}"),
+                token_hex: seeded_token(i),
                 push_magic: uuid::Uuid::new_v4().to_string().to_uppercase(),
                 topic: topic.to_owned(),
             },
@@ -124,14 +140,30 @@ mod tests {
         assert_eq!(rec.state, EnrollmentState::Enrolled);
         assert!(rec.identity_sha256.starts_with("5eed"));
         assert_eq!(rec.identity_sha256.len(), 64);
-        assert_eq!(rec.push.unwrap().topic, "com.apple.mgmt.External.x");
+        assert_eq!(
+            rec.push.as_ref().unwrap().topic,
+            "com.apple.mgmt.External.x"
+        );
         assert_eq!(
             rec.source,
             Some(EnrollmentSource::Link {
                 link_id: "link-1".into()
             })
         );
+        assert_eq!(rec.push.as_ref().unwrap().token_hex, seeded_token(299));
         assert_ne!(seeded_udid(1), seeded_udid(2));
+        assert_ne!(seeded_token(1), seeded_token(2));
+        assert_eq!(seeded_token(255).len(), 64);
+        for i in [0, 1, 255, 299, 50_000, usize::MAX] {
+            assert_eq!(seeded_index(&seeded_token(i)), Some(i));
+        }
+        assert_eq!(seeded_index(&seeded_token(0xab).to_uppercase()), None);
+        assert_eq!(seeded_index(&"f".repeat(64)), None);
+        assert_eq!(seeded_index("ab"), None);
+        assert_eq!(seeded_index(&format!("{}+1", "0".repeat(62))), None);
+        assert!(seeded_token(usize::MAX)
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit()));
         assert_eq!(seeded_udid(0).len(), 25);
     }
 }
