@@ -48,10 +48,25 @@ pub trait ConnectionScratch {
     fn add_not_now(&self, enrollment_id: &str, command_uuid: &str);
 }
 
-/// The identity a request proved.
+/// The identity a request proved. The certificate is parsed only when a new binding needs it
+/// (Authenticate, renewal): the hash is all an established enrollment is checked against.
 struct Identity {
     sha256: String,
-    cert: Option<Certificate>,
+    cert: CertSource,
+}
+
+enum CertSource {
+    Parsed(Certificate),
+    Der(Vec<u8>),
+}
+
+impl Identity {
+    fn certificate(&self) -> Option<Certificate> {
+        match &self.cert {
+            CertSource::Parsed(c) => Some(c.clone()),
+            CertSource::Der(der) => Certificate::from_der(der).ok(),
+        }
+    }
 }
 
 fn unauthorized(code: &'static str, msg: impl Into<String>) -> ServiceError {
@@ -86,13 +101,13 @@ impl<S: Store> MdmService<S> {
                 }
                 Ok(Identity {
                     sha256: sha,
-                    cert: Some(verified.signer),
+                    cert: CertSource::Parsed(verified.signer),
                 })
             }
             None => match (tls, req.tls_certificate) {
                 (Some(sha), Some(der)) => Ok(Identity {
                     sha256: sha,
-                    cert: Certificate::from_der(der).ok(),
+                    cert: CertSource::Der(der.to_vec()),
                 }),
                 _ => Err(unauthorized(
                     "IDENTITY_MISSING",
@@ -104,14 +119,14 @@ impl<S: Store> MdmService<S> {
 
     /// Check that a certificate presented for a new binding was issued by this appliance.
     fn check_issued_here(&self, id: &Identity) -> ServiceResult<crate::ports::IssuedCertRecord> {
-        let cert = id.cert.as_ref().ok_or_else(|| {
+        let cert = id.certificate().ok_or_else(|| {
             unauthorized(
                 "IDENTITY_INVALID",
                 "the client certificate could not be parsed",
             )
         })?;
         mdm_pki::verify_chain(
-            cert,
+            &cert,
             &[],
             std::slice::from_ref(&self.authority().ca.cert),
             SystemTime::now(),

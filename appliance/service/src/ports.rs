@@ -120,8 +120,10 @@ pub struct EnrollmentRecord {
     pub source: Option<EnrollmentSource>,
     pub push: Option<PushTarget>,
     /// Sealed (see `mdm-keystore`) UnlockToken; never stored in the clear.
+    #[serde(default, with = "opt_bytes")]
     pub unlock_token_sealed: Option<Vec<u8>>,
     /// Sealed bootstrap token; never stored in the clear.
+    #[serde(default, with = "opt_bytes")]
     pub bootstrap_token_sealed: Option<Vec<u8>>,
     pub awaiting_configuration: bool,
     pub authenticated_at: Timestamp,
@@ -663,4 +665,109 @@ pub trait PushProvider: Send + Sync + 'static {
     /// in the same order.
     fn push(&self, messages: Vec<PushMessage>) -> impl Future<Output = Vec<PushOutcome>> + Send;
     fn status(&self) -> PushProviderStatus;
+}
+
+/// Byte fields of records as base64 strings. Serde's default, an array of numbers, costs a
+/// number parse per byte every time an enrollment is read (on every device request). Reading
+/// also accepts the array form, which earlier records used.
+mod opt_bytes {
+    use base64::Engine as _;
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => {
+                s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Option<Vec<u8>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("base64 text, an array of bytes, or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(BytesVisitor)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(Some)
+                .map_err(E::custom)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(Some(out))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(BytesVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> EnrollmentRecord {
+        EnrollmentRecord {
+            id: "U".into(),
+            device_id: "U".into(),
+            user_id: None,
+            user_short_name: None,
+            channel: Channel::Device,
+            state: EnrollmentState::Enrolled,
+            identity_sha256: "h".into(),
+            topic: None,
+            facts: DeviceFacts::default(),
+            source: None,
+            push: None,
+            unlock_token_sealed: Some(vec![0, 1, 2, 250, 255]),
+            bootstrap_token_sealed: None,
+            awaiting_configuration: false,
+            authenticated_at: Timestamp(1),
+            enrolled_at: None,
+            token_updated_at: None,
+            checked_out_at: None,
+            last_seen_at: Timestamp(1),
+            last_push_at: None,
+            push_invalid: None,
+        }
+    }
+
+    #[test]
+    fn sealed_bytes_are_base64_and_old_arrays_still_read() {
+        let json = serde_json::to_value(record()).unwrap();
+        assert_eq!(json["unlock_token_sealed"], "AAEC+v8=");
+        assert!(json["bootstrap_token_sealed"].is_null());
+        let back: EnrollmentRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, record());
+
+        let mut old = json;
+        old["unlock_token_sealed"] = serde_json::json!([0, 1, 2, 250, 255]);
+        old.as_object_mut()
+            .unwrap()
+            .remove("bootstrap_token_sealed");
+        let back: EnrollmentRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back, record());
+
+        let mut bad = serde_json::to_value(record()).unwrap();
+        bad["unlock_token_sealed"] = serde_json::json!("not base64!");
+        assert!(serde_json::from_value::<EnrollmentRecord>(bad).is_err());
+    }
 }
