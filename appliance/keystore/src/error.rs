@@ -129,6 +129,86 @@ pub enum KeystoreError {
         path: PathBuf,
     },
 
+    /// The TPM interface (TCTI) string is not one this build understands.
+    #[error(
+        "the TPM interface {tcti:?} is not understood; use `device:/dev/tpmrm0` (the kernel's \
+         TPM resource manager) on an appliance, or `swtpm:host=127.0.0.1,port=2321` for a \
+         software TPM"
+    )]
+    TpmInterfaceInvalid {
+        /// The string given.
+        tcti: String,
+    },
+
+    /// The TPM could not be reached: no TPM, no access to it, or its TCTI library is missing.
+    #[error(
+        "could not reach the TPM through {tcti:?} ({detail}); check that the TPM (or software \
+         TPM) is there and that this service may open it (for /dev/tpmrm0: the `tss` group, and \
+         the device allowed in the systemd unit), and that {library} is installed"
+    )]
+    TpmUnavailable {
+        /// The TCTI used.
+        tcti: String,
+        /// The TCTI library it needs, with its Debian package.
+        library: &'static str,
+        /// What the TPM stack reported.
+        detail: String,
+    },
+
+    /// The TPM is in dictionary-attack lockout.
+    #[error(
+        "the TPM is in dictionary-attack lockout and refused to {operation} (TPM_RC_LOCKOUT, \
+         after too many wrong passwords for some TPM object); wait for the lockout to expire, \
+         or clear it with the lockout authorization (`tpm2_dictionarylockout --clear-lockout`)"
+    )]
+    TpmLockout {
+        /// What was being done.
+        operation: &'static str,
+    },
+
+    /// The TPM refused an authorization (a password or a policy).
+    #[error("the TPM refused the authorization to {operation} ({code_name}, {code:#x}): {advice}")]
+    TpmAuthorization {
+        /// What was being done.
+        operation: &'static str,
+        /// The TPM response code.
+        code: u32,
+        /// Its name in the TPM specification.
+        code_name: &'static str,
+        /// What the operator can do.
+        advice: &'static str,
+    },
+
+    /// The TPM key file belongs to another TPM (or to this TPM before its owner hierarchy was
+    /// cleared).
+    #[error(
+        "the TPM key file {path} was sealed by another TPM, or by this TPM before its owner \
+         hierarchy was cleared (it names storage key {file_storage_key}, this TPM's is \
+         {tpm_storage_key}); nothing sealed under it can be unsealed here. Run the appliance \
+         on its original TPM, or restore its secrets from an encrypted backup. The file was \
+         left untouched",
+        path = path.display()
+    )]
+    TpmKeyFileFromOtherTpm {
+        /// The key file.
+        path: PathBuf,
+        /// Hex name of the storage key recorded in the file.
+        file_storage_key: String,
+        /// Hex name of this TPM's storage key.
+        tpm_storage_key: String,
+    },
+
+    /// Any other failure of the TPM or of the TPM software stack.
+    #[error("the TPM failed to {operation}: {detail}")]
+    Tpm {
+        /// What was being done.
+        operation: &'static str,
+        /// The TSS response code, when there is one.
+        code: Option<u32>,
+        /// What the TPM stack reported.
+        detail: String,
+    },
+
     /// A file operation failed.
     #[error("could not {action} {path}: {source}", path = path.display())]
     Io {

@@ -6,29 +6,39 @@
 //! cannot be unsealed as another, and any modification is detected. Unsealed secrets come
 //! back in [`Zeroizing`] buffers.
 //!
-//! Backends:
-//! - [`SoftSealer`]: a random master key in a 0600 file, AES-256-GCM. NOT hardware-backed:
-//!   whoever can read the data directory can unseal everything.
-//! - `TpmSealer` (not written yet): the blob format is shaped for it. Its [`Backend::Tpm`]
-//!   blobs will carry, as the key id, the name of the TPM storage key that sealed them (so
-//!   a replaced TPM or cleared hierarchy is reported as [`KeystoreError::WrongKey`]), and
-//!   either the AES-GCM nonce of a TPM-wrapped data key or no nonce at all with the
-//!   marshalled TPM2B_PUBLIC/TPM2B_PRIVATE pair as ciphertext. Variable-length key id and
-//!   nonce fields, and the version byte, leave room for either.
+//! Backends (both encrypt blobs with AES-256-GCM under a 256-bit data key; they differ in how
+//! that key is kept at rest):
+//! - [`TpmSealer`]: the data key is sealed by the TPM 2.0 (through `tss-esapi` and the
+//!   system's libtss2, with the TCTI library loaded at run time), in a key file that is useless
+//!   without that TPM. The appliance's backend.
+//! - [`SoftSealer`]: the data key in a 0600 file. NOT hardware-backed: whoever can read the
+//!   data directory can unseal everything. For development and tests.
 //!
-//! What it cannot do yet: TPM sealing; re-sealing blobs under a new master key (key
-//! rotation); checking that the key file is owned by the service user (only its mode is
-//! checked). Unix only.
+//! A blob records its backend and the id of its data key, so a blob of one backend is refused
+//! by the other ([`KeystoreError::WrongBackend`]) and a blob from another key (another
+//! appliance, a replaced key file) is reported as [`KeystoreError::WrongKey`].
+//! `docs/design/keystore.md` explains the TPM design and its trade-offs.
+//!
+//! What it cannot do yet: bind the TPM-sealed key to a PCR policy (measured boot), so any
+//! process with access to the TPM and the key file can unseal it; use an owner hierarchy that
+//! has a password; keep private keys inside the TPM (the ABM token's RSA key, for instance, is
+//! unsealed into memory to be used); back up and restore secrets across a TPM replacement;
+//! re-seal blobs under a new data key (key rotation); check that key files are owned by the
+//! service user (only their mode is checked). Unix only.
 
+mod aead;
 mod blob;
 mod error;
+mod keyfile;
 mod soft;
+mod tpm;
 
 use std::fmt;
 
 pub use blob::{validate_purpose, SealedBlob, BLOB_VERSION};
 pub use error::KeystoreError;
 pub use soft::SoftSealer;
+pub use tpm::{TpmSealer, DEFAULT_TCTI};
 pub use zeroize::Zeroizing;
 
 /// Which kind of key protects a blob.
@@ -36,7 +46,7 @@ pub use zeroize::Zeroizing;
 pub enum Backend {
     /// [`SoftSealer`]: a key in a file.
     Software,
-    /// A TPM 2.0 (backend not written yet).
+    /// [`TpmSealer`]: a key sealed by a TPM 2.0.
     Tpm,
 }
 

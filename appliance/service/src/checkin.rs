@@ -56,14 +56,14 @@ struct Identity {
 }
 
 enum CertSource {
-    Parsed(Certificate),
+    Parsed(Box<Certificate>),
     Der(Vec<u8>),
 }
 
 impl Identity {
     fn certificate(&self) -> Option<Certificate> {
         match &self.cert {
-            CertSource::Parsed(c) => Some(c.clone()),
+            CertSource::Parsed(c) => Some(c.as_ref().clone()),
             CertSource::Der(der) => Certificate::from_der(der).ok(),
         }
     }
@@ -101,7 +101,7 @@ impl<S: Store> MdmService<S> {
                 }
                 Ok(Identity {
                     sha256: sha,
-                    cert: CertSource::Parsed(verified.signer),
+                    cert: CertSource::Parsed(Box::new(verified.signer)),
                 })
             }
             None => match (tls, req.tls_certificate) {
