@@ -1,0 +1,910 @@
+//! The TPM 2.0 sealer: a data key sealed by the TPM, AES-256-GCM for the blobs.
+//!
+//! The design and its trade-offs are in `docs/design/keystore.md`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::response_code::Tss2ResponseCode;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Digest, EccPoint, KeyedHashScheme, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use crate::aead::{random, DataKey, KEY_LEN};
+use crate::blob::hex;
+use crate::keyfile::{corrupt, publish_new, read_existing, Published};
+use crate::{Backend, KeystoreError, SealedBlob, Sealer};
+
+/// The TCTI of the kernel's TPM resource manager, what an appliance uses.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// First bytes of the TPM key file.
+const KEY_FILE_MAGIC: &[u8; 8] = b"MDMTKEY1";
+/// Far above any real file (a TPM2B_PRIVATE and a TPM2B_PUBLIC are each well under 1 KiB);
+/// only bounds what is read from a wrong file.
+const KEY_FILE_MAX_LEN: u64 = 8 * 1024;
+
+// TPM 2.0 response codes (TPM 2.0 Library, Part 2, section 6.6) this module explains.
+const RC_FMT1: u32 = 0x080;
+const RC_PARAMETER: u32 = 0x040;
+const RC_WARN: u32 = 0x900;
+const RC_LOCKOUT: u32 = RC_WARN + 0x021;
+const RC_AUTH_FAIL: u32 = RC_FMT1 + 0x00E;
+const RC_POLICY_FAIL: u32 = RC_FMT1 + 0x01D;
+const RC_INTEGRITY: u32 = RC_FMT1 + 0x01F;
+const RC_BAD_AUTH: u32 = RC_FMT1 + 0x022;
+// The TSS layer (bits 16..24 of a response code, `tss2_common.h`): the TPM itself, the TPM
+// relayed by a resource manager, and the transport.
+const LAYER_TPM: u32 = 0;
+const LAYER_RESMGR_TPM: u32 = 12;
+const LAYER_TCTI: u32 = 10;
+
+/// TPM 2.0 backend: a random 256-bit data key sealed by the TPM, AES-256-GCM for the blobs.
+///
+/// The data key is sealed once, as a TPM sealed-data object under the TPM's standard ECC
+/// storage key (re-derived from the owner hierarchy on every open, never stored), and that
+/// object is kept in a key file next to the database. The file is useless without this TPM:
+/// its private part is encrypted and integrity-protected by the TPM's storage key. On open the
+/// key is unsealed once, through a session salted to the storage key so it never crosses the
+/// bus in clear, and kept in zeroized memory; sealing and unsealing blobs after that costs no
+/// TPM command.
+///
+/// Blobs carry [`Backend::Tpm`] and the data key's id, so they are refused by a
+/// [`SoftSealer`](crate::SoftSealer) and by another TPM key. The key file is created like the
+/// software one (complete or not at all, never replacing an existing file) and is never
+/// rewritten: a failure to open it leaves it as it was.
+pub struct TpmSealer {
+    tcti: String,
+    path: PathBuf,
+    storage_key_name: Vec<u8>,
+    key: DataKey,
+}
+
+impl TpmSealer {
+    /// Opens the TPM through `tcti` (for example [`DEFAULT_TCTI`] or
+    /// `swtpm:host=127.0.0.1,port=2321`) and unseals the data key kept in `key_file`, creating
+    /// and sealing a new one (file mode 0600) if the file does not exist. The parent directory
+    /// must exist.
+    ///
+    /// Takes tens of milliseconds (a few TPM commands); the TPM connection is closed before it
+    /// returns.
+    pub fn open_or_create(tcti: &str, key_file: &Path) -> Result<Self, KeystoreError> {
+        let started = Instant::now();
+        let conf =
+            TctiNameConf::from_str(tcti).map_err(|_| KeystoreError::TpmInterfaceInvalid {
+                tcti: tcti.to_owned(),
+            })?;
+        let target = Target {
+            tcti,
+            library: tcti_library(&conf),
+        };
+        // The file is checked before the TPM is touched, so a wrong file is reported as such
+        // even where there is no TPM.
+        let existing = read_key_file(key_file)?;
+        let mut tpm = Tpm::connect(&target, conf)?;
+        let storage = tpm.storage_key()?;
+        let (sealer, created) = match existing {
+            Some(file) => (
+                Self::unseal_file(&mut tpm, &storage, key_file, &file)?,
+                false,
+            ),
+            None => Self::create(&mut tpm, &storage, key_file)?,
+        };
+        drop(tpm);
+        tracing::info!(
+            tcti,
+            path = %key_file.display(),
+            key_id = %hex(sealer.key_id()),
+            created,
+            elapsed_ms = started.elapsed().as_millis(),
+            "TPM keystore opened"
+        );
+        Ok(sealer)
+    }
+
+    /// The key file this sealer was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The TPM interface it was opened through.
+    pub fn tcti(&self) -> &str {
+        &self.tcti
+    }
+
+    /// The id recorded in every blob this sealer makes (derived from the data key; reveals
+    /// nothing about it). Shown in diagnostics to tell keys apart.
+    pub fn key_id(&self) -> &[u8] {
+        self.key.key_id()
+    }
+
+    /// The TPM name (hash algorithm id and SHA-256 of the public area) of the storage key the
+    /// data key is sealed under. It identifies this TPM's owner hierarchy: it changes with
+    /// another TPM or after the owner hierarchy is cleared.
+    pub fn storage_key_name(&self) -> &[u8] {
+        &self.storage_key_name
+    }
+
+    fn from_parts(
+        tpm: &Tpm<'_>,
+        path: &Path,
+        storage_key_name: Vec<u8>,
+        key: Zeroizing<[u8; KEY_LEN]>,
+    ) -> Self {
+        Self {
+            tcti: tpm.target.tcti.to_owned(),
+            path: path.to_owned(),
+            storage_key_name,
+            key: DataKey::new(Backend::Tpm, key),
+        }
+    }
+
+    fn unseal_file(
+        tpm: &mut Tpm<'_>,
+        storage: &StorageKey,
+        path: &Path,
+        file: &KeyFile,
+    ) -> Result<Self, KeystoreError> {
+        // Checked before the TPM is asked: Load would refuse the file too, but only as a failed
+        // integrity check, which reads like a damaged file rather than a different TPM.
+        if storage.name != file.storage_key_name {
+            return Err(KeystoreError::TpmKeyFileFromOtherTpm {
+                path: path.to_owned(),
+                file_storage_key: hex(&file.storage_key_name),
+                tpm_storage_key: hex(&storage.name),
+            });
+        }
+        let key = tpm.unseal(storage, path, file)?;
+        Ok(Self::from_parts(tpm, path, storage.name.clone(), key))
+    }
+
+    /// Returns the sealer and whether this call created the key file.
+    fn create(
+        tpm: &mut Tpm<'_>,
+        storage: &StorageKey,
+        path: &Path,
+    ) -> Result<(Self, bool), KeystoreError> {
+        // The first boot of a fresh appliance image is when the kernel's entropy is weakest;
+        // mixing in the TPM's generator costs one command, and the key is as strong as the
+        // better of the two.
+        let mut key: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
+        let tpm_random = tpm.random(storage, KEY_LEN)?;
+        for (k, t) in key.iter_mut().zip(tpm_random.iter()) {
+            *k ^= t;
+        }
+        let file = tpm.seal(storage, &key)?;
+        // Unsealing it once before publishing proves the file works on this TPM: a file that
+        // could not be opened again would take every secret sealed under it along.
+        let back = tpm.unseal(storage, path, &file)?;
+        if back[..] != key[..] {
+            return Err(KeystoreError::Tpm {
+                operation: "unseal the master key it just sealed",
+                code: None,
+                detail: "the TPM returned different data".to_owned(),
+            });
+        }
+        match publish_new(path, &file.encode())? {
+            Published::Created => {}
+            Published::AlreadyExisted => {
+                // Another process created the file first: use its key, not ours.
+                let theirs = read_key_file(path)?
+                    .ok_or_else(|| corrupt(path, "it appeared and vanished while being created"))?;
+                return Ok((Self::unseal_file(tpm, storage, path, &theirs)?, false));
+            }
+        }
+        let sealer = Self::from_parts(tpm, path, storage.name.clone(), key);
+        tracing::warn!(
+            path = %path.display(),
+            key_id = %hex(sealer.key_id()),
+            "created a new TPM-sealed master key; only this TPM can unseal it: replacing the TPM \
+             or clearing its owner hierarchy makes every secret sealed under it unrecoverable"
+        );
+        Ok((sealer, true))
+    }
+}
+
+impl Sealer for TpmSealer {
+    fn backend(&self) -> Backend {
+        Backend::Tpm
+    }
+
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<SealedBlob, KeystoreError> {
+        self.key.seal(purpose, plaintext)
+    }
+
+    fn unseal(
+        &self,
+        purpose: &str,
+        blob: &SealedBlob,
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        self.key.unseal(purpose, blob)
+    }
+}
+
+impl fmt::Debug for TpmSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TpmSealer")
+            .field("tcti", &self.tcti)
+            .field("path", &self.path)
+            .field("storage_key_name", &hex(&self.storage_key_name))
+            .field("key_id", &hex(self.key.key_id()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TCTI library a TCTI string needs, with its Debian package, for error messages.
+fn tcti_library(conf: &TctiNameConf) -> &'static str {
+    match conf {
+        TctiNameConf::Device(_) => "libtss2-tcti-device.so.0 (Debian package libtss2-tcti-device0)",
+        TctiNameConf::Swtpm(_) => "libtss2-tcti-swtpm.so.0 (Debian package libtss2-tcti-swtpm0)",
+        TctiNameConf::Mssim(_) => "libtss2-tcti-mssim.so.0 (Debian package libtss2-tcti-mssim0)",
+        TctiNameConf::Tabrmd(_) => {
+            "libtss2-tcti-tabrmd.so.0 (Debian package libtss2-tcti-tabrmd0; tpm2-abrmd must be \
+             running)"
+        }
+    }
+}
+
+/// The storage key template: the usual ECC P-256 storage root key, as
+/// `tpm2_createprimary -C o -G ecc256:aes128cfb` makes it, with noDA added. CreatePrimary is
+/// deterministic for a given template and owner seed, so every process and boot derives the
+/// same key without it ever being stored or made persistent in the TPM's NV memory. ECC
+/// rather than RSA because deriving an RSA primary means a prime search that takes seconds on
+/// some TPMs.
+fn storage_key_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// The sealed-data object holding the data key: a keyed-hash object with neither sign nor
+/// decrypt, usable with an empty password and no policy (PCR binding is later work), and
+/// noDA because an empty password has nothing to guess: a dictionary-attack lockout caused by
+/// some other TPM user must not stop the appliance.
+fn sealed_object_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(Digest::default())
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+/// The TPM key file: the storage key's name and the sealed data key's public and private
+/// areas, in the TPM's own marshalling so tpm2-tools can load them for diagnosis.
+///
+/// ```text
+/// "MDMTKEY1" | TPM2B_NAME storage key name | TPM2B_PUBLIC sealed object | TPM2B_PRIVATE sealed object
+/// ```
+///
+/// (Each TPM2B is a big-endian u16 length and that many bytes, to the end of the file.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyFile {
+    storage_key_name: Vec<u8>,
+    /// A marshalled TPMT_PUBLIC.
+    public: Vec<u8>,
+    /// The contents of a TPM2B_PRIVATE: encrypted and integrity-protected by the storage key.
+    private: Vec<u8>,
+}
+
+fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Every field comes from the TPM or from `decode`, both bounded far below 64 KiB; the
+    // saturation only keeps this function total.
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl KeyFile {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            KEY_FILE_MAGIC.len() + 6 + self.storage_key_name.len() + self.public.len(),
+        );
+        out.extend_from_slice(KEY_FILE_MAGIC);
+        push_tpm2b(&mut out, &self.storage_key_name);
+        push_tpm2b(&mut out, &self.public);
+        push_tpm2b(&mut out, &self.private);
+        out
+    }
+
+    /// Structural parsing; `Err` holds the reason for [`KeystoreError::KeyFileCorrupt`].
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let rest = bytes
+            .strip_prefix(&KEY_FILE_MAGIC[..])
+            .ok_or("it does not start with the TPM key file marker")?;
+        let (storage_key_name, rest) = take_tpm2b(rest, "storage key name")?;
+        let (public, rest) = take_tpm2b(rest, "sealed object's public area")?;
+        let (private, rest) = take_tpm2b(rest, "sealed object's private area")?;
+        if !rest.is_empty() {
+            return Err(format!("{} unexpected bytes at the end", rest.len()));
+        }
+        if storage_key_name.is_empty() || public.is_empty() || private.is_empty() {
+            return Err("a field is empty".to_owned());
+        }
+        Ok(Self {
+            storage_key_name: storage_key_name.to_vec(),
+            public: public.to_vec(),
+            private: private.to_vec(),
+        })
+    }
+}
+
+fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+    let truncated = || format!("it is truncated in the {what}");
+    let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(truncated)?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(truncated());
+    }
+    Ok(rest.split_at(len))
+}
+
+fn read_key_file(path: &Path) -> Result<Option<KeyFile>, KeystoreError> {
+    let Some(bytes) = read_existing(path, KEY_FILE_MAX_LEN)? else {
+        return Ok(None);
+    };
+    KeyFile::decode(&bytes)
+        .map(Some)
+        .map_err(|reason| corrupt(path, reason))
+}
+
+/// Where the TPM is, for error messages.
+struct Target<'a> {
+    tcti: &'a str,
+    library: &'static str,
+}
+
+/// The TSS response code inside an error from the TPM stack.
+///
+/// tss-esapi 7 does not expose the raw code, only its `Display` ("Response code value:
+/// 0x…"), which is parsed here; the unit tests pin that format.
+fn response_code(e: &tss_esapi::Error) -> Option<u32> {
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
+        _ => return None,
+    };
+    let (_, digits) = text.rsplit_once("0x")?;
+    u32::from_str_radix(digits.trim(), 16).ok()
+}
+
+/// The TPM's own response code (TPM_RC_*) inside a TSS code, when it came from the TPM. For
+/// format-one codes the handle/session/parameter number is dropped, so `0x99d` (POLICY_FAIL in
+/// session 1) becomes `0x09d`.
+fn tpm_rc(code: u32) -> Option<u32> {
+    let layer = code >> 16;
+    if layer != LAYER_TPM && layer != LAYER_RESMGR_TPM {
+        return None;
+    }
+    let rc = code & 0xffff;
+    if rc & RC_FMT1 != 0 {
+        Some(rc & (RC_FMT1 | 0x3f))
+    } else {
+        Some(rc)
+    }
+}
+
+/// What went wrong in one of libtss2's own layers (not the TPM), by the names of
+/// `tss2_common.h`; `None` for codes from the TPM.
+fn tss_layer_failure(code: u32) -> Option<String> {
+    let layer = match code >> 16 {
+        6 => "FAPI",
+        7 => "ESAPI",
+        8 => "SAPI",
+        9 => "marshalling",
+        LAYER_TCTI => "TCTI",
+        11 => "resource manager",
+        _ => return None,
+    };
+    let what = match code & 0xffff {
+        1 => "general failure",
+        2 => "not implemented",
+        3 => "bad context",
+        4 => "ABI mismatch",
+        5 => "bad reference",
+        6 => "insufficient buffer",
+        7 => "bad sequence",
+        8 => "no connection",
+        9 => "try again",
+        10 => "input/output error",
+        11 => "bad value",
+        12 => "not permitted",
+        13 => "invalid sessions",
+        14 => "no decrypt parameter",
+        15 => "no encrypt parameter",
+        16 => "bad size",
+        17 => "malformed response",
+        18 => "insufficient context",
+        19 => "insufficient response",
+        20 => "incompatible TCTI",
+        // What the TCTI loader answers when it cannot dlopen the library.
+        21 => "not supported (for the TCTI loader: the library could not be loaded)",
+        22 => "bad TCTI structure",
+        23 => "out of memory",
+        24 => "bad ESYS_TR handle",
+        25 => "multiple decrypt sessions",
+        26 => "multiple encrypt sessions",
+        27 => "the TPM's response HMAC did not verify",
+        _ => "unknown failure",
+    };
+    Some(format!("{layer} layer: {what}"))
+}
+
+/// A TPM stack error in words, with its response code when it has one.
+fn describe(e: &tss_esapi::Error) -> (Option<u32>, String) {
+    let code = response_code(e);
+    let text = match code {
+        Some(code) => {
+            let what = tss_layer_failure(code).unwrap_or_else(|| e.to_string());
+            format!("{what}, response code {code:#x}")
+        }
+        None => e.to_string(),
+    };
+    (code, text)
+}
+
+impl Target<'_> {
+    /// Turns a TPM stack error into the error an operator can act on.
+    fn error(&self, operation: &'static str, e: tss_esapi::Error) -> KeystoreError {
+        let (code, detail) = describe(&e);
+        let Some(raw) = code else {
+            return KeystoreError::Tpm {
+                operation,
+                code,
+                detail,
+            };
+        };
+        if raw >> 16 == LAYER_TCTI {
+            return KeystoreError::TpmUnavailable {
+                tcti: self.tcti.to_owned(),
+                library: self.library,
+                detail: format!("{detail} while trying to {operation}"),
+            };
+        }
+        let authorization = |code_name, advice| KeystoreError::TpmAuthorization {
+            operation,
+            code: raw,
+            code_name,
+            advice,
+        };
+        match tpm_rc(raw) {
+            Some(RC_LOCKOUT) => KeystoreError::TpmLockout { operation },
+            Some(RC_BAD_AUTH) | Some(RC_AUTH_FAIL) => authorization(
+                if tpm_rc(raw) == Some(RC_BAD_AUTH) {
+                    "TPM_RC_BAD_AUTH"
+                } else {
+                    "TPM_RC_AUTH_FAIL"
+                },
+                "the TPM's owner hierarchy probably has a password (set with `tpm2_changeauth \
+                 -c owner`); this release needs it empty: remove it with `tpm2_changeauth -c \
+                 owner -p <current password>`",
+            ),
+            Some(RC_POLICY_FAIL) => authorization(
+                "TPM_RC_POLICY_FAIL",
+                "the policy the sealed master key is bound to is not satisfied; for a PCR \
+                 policy the boot measurements changed since it was sealed: boot the expected \
+                 software, or restore the secrets from an encrypted backup",
+            ),
+            _ => KeystoreError::Tpm {
+                operation,
+                code,
+                detail,
+            },
+        }
+    }
+}
+
+/// The storage key, loaded.
+struct StorageKey {
+    handle: KeyHandle,
+    name: Vec<u8>,
+}
+
+/// One connection to the TPM. Dropping it flushes every object and session it loaded.
+struct Tpm<'a> {
+    target: &'a Target<'a>,
+    context: Context,
+    /// The HMAC session, salted to the storage key, that encrypts the data key on the wire.
+    session: Option<AuthSession>,
+}
+
+impl<'a> Tpm<'a> {
+    fn connect(target: &'a Target<'a>, conf: TctiNameConf) -> Result<Self, KeystoreError> {
+        let context = Context::new(conf).map_err(|e| KeystoreError::TpmUnavailable {
+            tcti: target.tcti.to_owned(),
+            library: target.library,
+            detail: describe(&e).1,
+        })?;
+        Ok(Self {
+            target,
+            context,
+            session: None,
+        })
+    }
+
+    fn storage_key(&mut self) -> Result<StorageKey, KeystoreError> {
+        const OP: &str = "create its storage key under the owner hierarchy";
+        let template = storage_key_template().map_err(|e| self.target.error(OP, e))?;
+        // The owner hierarchy's authorization is its password, empty on an appliance; nothing
+        // secret travels in CreatePrimary, so a plain password session is enough here.
+        let handle = self
+            .context
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map_err(|e| self.target.error(OP, e))?
+            .key_handle;
+        let name = self
+            .context
+            .tr_get_name(handle.into())
+            .map_err(|e| self.target.error("read the name of its storage key", e))?
+            .value()
+            .to_vec();
+        Ok(StorageKey { handle, name })
+    }
+
+    /// The session that carries the data key, started on first use.
+    ///
+    /// Salted with the storage key (ESAPI encrypts a random salt to it), with parameter
+    /// encryption both ways: the data key goes to the TPM inside Create and comes back from
+    /// Unseal encrypted under a session key only this TPM can derive, so someone listening on
+    /// the TPM bus or the swtpm socket sees neither.
+    fn session(&mut self, storage: &StorageKey) -> Result<AuthSession, KeystoreError> {
+        if let Some(session) = self.session {
+            return Ok(session);
+        }
+        const OP: &str = "start an encrypted session";
+        let session = self
+            .context
+            .start_auth_session(
+                Some(storage.handle),
+                None,
+                None,
+                SessionType::Hmac,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| self.target.error(OP, e))?
+            .ok_or_else(|| KeystoreError::Tpm {
+                operation: OP,
+                code: None,
+                detail: "the TPM returned no session".to_owned(),
+            })?;
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(true)
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        self.context
+            .tr_sess_set_attributes(session, attributes, mask)
+            .map_err(|e| self.target.error(OP, e))?;
+        self.session = Some(session);
+        Ok(session)
+    }
+
+    /// Random bytes from the TPM's generator, encrypted on the wire like the data key they
+    /// become part of.
+    fn random(
+        &mut self,
+        storage: &StorageKey,
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        const OP: &str = "generate random bytes";
+        let session = self.session(storage)?;
+        let bytes = self
+            .context
+            .execute_with_session(Some(session), |ctx| ctx.get_random(len))
+            .map_err(|e| self.target.error(OP, e))?;
+        if bytes.len() != len {
+            return Err(KeystoreError::Tpm {
+                operation: OP,
+                code: None,
+                detail: format!("asked for {len} bytes, got {}", bytes.len()),
+            });
+        }
+        Ok(Zeroizing::new(bytes.value().to_vec()))
+    }
+
+    fn seal(
+        &mut self,
+        storage: &StorageKey,
+        key: &Zeroizing<[u8; KEY_LEN]>,
+    ) -> Result<KeyFile, KeystoreError> {
+        const OP: &str = "seal a new master key";
+        let template = sealed_object_template().map_err(|e| self.target.error(OP, e))?;
+        let data = SensitiveData::try_from(&key[..]).map_err(|e| self.target.error(OP, e))?;
+        let session = self.session(storage)?;
+        let created = self
+            .context
+            .execute_with_session(Some(session), |ctx| {
+                ctx.create(storage.handle, template, None, Some(data), None, None)
+            })
+            .map_err(|e| self.target.error(OP, e))?;
+        let public = created
+            .out_public
+            .marshall()
+            .map_err(|e| self.target.error(OP, e))?;
+        Ok(KeyFile {
+            storage_key_name: storage.name.clone(),
+            public,
+            private: created.out_private.value().to_vec(),
+        })
+    }
+
+    fn unseal(
+        &mut self,
+        storage: &StorageKey,
+        path: &Path,
+        file: &KeyFile,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, KeystoreError> {
+        let public = Public::unmarshall(&file.public).map_err(|e| {
+            corrupt(
+                path,
+                format!("its public area does not parse as a TPM object ({e})"),
+            )
+        })?;
+        let private = Private::try_from(file.private.as_slice()).map_err(|e| {
+            corrupt(
+                path,
+                format!("its private area is not a TPM private area ({e})"),
+            )
+        })?;
+        let session = self.session(storage)?;
+        let loaded = self
+            .context
+            .execute_with_session(Some(session), |ctx| {
+                ctx.load(storage.handle, private, public)
+            })
+            .map_err(|e| {
+                // The TPM checks the private area's integrity (and its binding to the public
+                // area) under the storage key; with the storage key's name already matching,
+                // a refusal of the loaded parameters means the file was altered.
+                let raw = response_code(&e).unwrap_or(0);
+                match tpm_rc(raw) {
+                    Some(RC_INTEGRITY) => corrupt(
+                        path,
+                        format!(
+                            "the TPM's integrity check of the sealed master key in it failed \
+                             (TPM_RC_INTEGRITY, {raw:#x}): the file was modified"
+                        ),
+                    ),
+                    Some(rc) if rc & RC_FMT1 != 0 && raw & RC_PARAMETER != 0 => corrupt(
+                        path,
+                        format!(
+                            "the TPM refused the sealed master key in it as malformed ({})",
+                            describe(&e).1
+                        ),
+                    ),
+                    _ => self.target.error("load the sealed master key", e),
+                }
+            })?;
+        let data = self
+            .context
+            .execute_with_session(Some(session), |ctx| ctx.unseal(loaded.into()))
+            .map_err(|e| self.target.error("unseal the master key", e));
+        // Flushed right away rather than when the connection closes: a TPM holds only a
+        // handful of loaded objects.
+        let _ = self.context.flush_context(loaded.into());
+        let data = data?;
+        if data.len() != KEY_LEN {
+            return Err(corrupt(
+                path,
+                format!(
+                    "the TPM unsealed {} bytes from it, not a {KEY_LEN}-byte key",
+                    data.len()
+                ),
+            ));
+        }
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key.copy_from_slice(data.value());
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tss(code: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(code))
+    }
+
+    const TARGET: Target<'static> = Target {
+        tcti: "swtpm:host=127.0.0.1,port=2321",
+        library: "libtss2-tcti-swtpm.so.0",
+    };
+
+    #[test]
+    fn raw_response_codes_are_recovered() {
+        for code in [
+            0x921, 0x99d, 0x9a2, 0x98e, 0x1df, 0xa000a, 0x8000b, 0x0b0921, 0x101,
+        ] {
+            assert_eq!(response_code(&tss(code)), Some(code), "{code:#x}");
+        }
+        let wrapper = tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::InvalidParam);
+        assert_eq!(response_code(&wrapper), None);
+    }
+
+    #[test]
+    fn tpm_codes_lose_their_handle_and_session_numbers() {
+        assert_eq!(tpm_rc(0x99d), Some(RC_POLICY_FAIL));
+        assert_eq!(tpm_rc(0x9a2), Some(RC_BAD_AUTH));
+        assert_eq!(tpm_rc(0x1df), Some(RC_INTEGRITY));
+        assert_eq!(tpm_rc(0x921), Some(RC_LOCKOUT));
+        // Relayed by the resource manager: still the TPM's code.
+        assert_eq!(tpm_rc(0x000c_0921), Some(RC_LOCKOUT));
+        // From the TCTI or ESAPI layers: not a TPM code.
+        assert_eq!(tpm_rc(0x000a_000a), None);
+        assert_eq!(tpm_rc(0x0007_0921), None);
+    }
+
+    #[test]
+    fn lockout_is_explained() {
+        let err = TARGET.error("unseal the master key", tss(0x921));
+        assert!(matches!(err, KeystoreError::TpmLockout { .. }), "{err}");
+        assert!(err.to_string().contains("TPM_RC_LOCKOUT"), "{err}");
+        assert!(err.to_string().contains("--clear-lockout"), "{err}");
+    }
+
+    #[test]
+    fn policy_and_password_failures_are_explained() {
+        let err = TARGET.error("unseal the master key", tss(0x99d));
+        let text = err.to_string();
+        assert!(
+            matches!(err, KeystoreError::TpmAuthorization { code: 0x99d, .. }),
+            "{text}"
+        );
+        assert!(text.contains("TPM_RC_POLICY_FAIL, 0x99d"), "{text}");
+        assert!(text.contains("PCR"), "{text}");
+
+        for (code, name) in [(0x9a2, "TPM_RC_BAD_AUTH"), (0x98e, "TPM_RC_AUTH_FAIL")] {
+            let err = TARGET.error(
+                "create its storage key under the owner hierarchy",
+                tss(code),
+            );
+            let text = err.to_string();
+            assert!(text.contains(name), "{text}");
+            assert!(text.contains("tpm2_changeauth"), "{text}");
+        }
+    }
+
+    #[test]
+    fn transport_failures_name_the_tcti_library() {
+        let err = TARGET.error("unseal the master key", tss(0x000a_000a));
+        let text = err.to_string();
+        assert!(
+            matches!(err, KeystoreError::TpmUnavailable { .. }),
+            "{text}"
+        );
+        assert!(text.contains("libtss2-tcti-swtpm.so.0"), "{text}");
+        assert!(text.contains("0xa000a"), "{text}");
+    }
+
+    #[test]
+    fn tss_layer_codes_are_named() {
+        let (code, text) = describe(&tss(0x000a_0015));
+        assert_eq!(code, Some(0xa0015));
+        assert!(text.contains("TCTI layer"), "{text}");
+        assert!(text.contains("could not be loaded"), "{text}");
+        let (_, text) = describe(&tss(0x0007_001b));
+        assert!(text.contains("ESAPI layer"), "{text}");
+        // TPM codes keep the library's own wording.
+        let (_, text) = describe(&tss(0x9a2));
+        assert!(!text.contains("layer"), "{text}");
+        assert!(text.ends_with("response code 0x9a2"), "{text}");
+    }
+
+    #[test]
+    fn other_failures_keep_the_code() {
+        let err = TARGET.error("load the sealed master key", tss(0x1df));
+        assert!(
+            matches!(
+                err,
+                KeystoreError::Tpm {
+                    code: Some(0x1df),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("0x1df"), "{err}");
+    }
+
+    #[test]
+    fn tcti_strings_map_to_their_library() {
+        let lib = |s: &str| tcti_library(&TctiNameConf::from_str(s).unwrap());
+        assert!(lib("device:/dev/tpmrm0").contains("libtss2-tcti-device0"));
+        assert!(lib("swtpm:host=127.0.0.1,port=2321").contains("libtss2-tcti-swtpm0"));
+        assert!(lib("mssim:host=localhost,port=2321").contains("libtss2-tcti-mssim0"));
+    }
+
+    fn sample_file() -> KeyFile {
+        KeyFile {
+            storage_key_name: [&[0x00, 0x0b][..], &[0x5a; 32]].concat(),
+            public: vec![0x00, 0x08, 0x00, 0x0b, 1, 2, 3],
+            private: vec![0x77; 126],
+        }
+    }
+
+    #[test]
+    fn key_file_round_trips_in_tpm2b_framing() {
+        let file = sample_file();
+        let bytes = file.encode();
+        assert!(bytes.starts_with(b"MDMTKEY1\x00\x22\x00\x0b"));
+        assert_eq!(bytes.len(), 8 + 2 + 34 + 2 + 7 + 2 + 126);
+        assert_eq!(KeyFile::decode(&bytes).unwrap(), file);
+    }
+
+    #[test]
+    fn key_file_structure_errors_are_caught() {
+        let bytes = sample_file().encode();
+        for cut in 0..bytes.len() {
+            assert!(KeyFile::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(KeyFile::decode(&longer)
+            .unwrap_err()
+            .contains("unexpected bytes"));
+        let soft = [&b"MDMSKEY1"[..], &[0u8; 32]].concat();
+        assert!(KeyFile::decode(&soft).unwrap_err().contains("marker"));
+        let empty = KeyFile {
+            private: vec![],
+            ..sample_file()
+        };
+        assert!(KeyFile::decode(&empty.encode()).is_err());
+    }
+
+    #[test]
+    fn templates_build() {
+        assert!(matches!(
+            storage_key_template().unwrap(),
+            Public::Ecc { .. }
+        ));
+        assert!(matches!(
+            sealed_object_template().unwrap(),
+            Public::KeyedHash { .. }
+        ));
+    }
+}

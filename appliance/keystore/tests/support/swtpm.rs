@@ -1,0 +1,150 @@
+//! A software TPM (swtpm) on free loopback ports, for the TPM tests and the TPM bench.
+//!
+//! Shared by `tests/tpm.rs` and `benches/tpm.rs` through `#[path]`.
+
+// Each includer uses a different part of it.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Silences libtss2's own logging to stderr (it reports every TPM error there, expected ones
+/// included). Call before anything touches the TPM stack: tpm2-tss reads the variable once.
+pub fn quiet_tss() {
+    static ONCE: Once = Once::new();
+    // Every test calls this before its first TPM operation, and the `Once` makes the others
+    // wait until it is done, so nothing reads the environment while it is being written.
+    ONCE.call_once(|| std::env::set_var("TSS2_LOG", "all+none"));
+}
+
+/// A running swtpm. Killed when dropped.
+pub struct Swtpm {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+}
+
+/// Two consecutive free loopback ports (swtpm's server and control ports), or `None`.
+pub fn free_port_pair() -> Option<u16> {
+    let first = TcpListener::bind("127.0.0.1:0").ok()?;
+    let port = first.local_addr().ok()?.port();
+    let second = TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
+    drop((first, second));
+    Some(port)
+}
+
+impl Swtpm {
+    /// Starts a TPM whose state lives in `state` (created if missing; an existing state is the
+    /// same TPM again). `None`, with a message, if swtpm is not installed.
+    pub fn start(state: &Path) -> Option<Self> {
+        quiet_tss();
+        if Command::new("swtpm")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!(
+                "swtpm is not installed (scripts/install-test-deps installs it); skipping this \
+                 TPM test"
+            );
+            return None;
+        }
+        std::fs::create_dir_all(state).unwrap();
+        // The ports are free when chosen but may be taken before swtpm binds them: retry.
+        for _ in 0..20 {
+            let Some(port) = free_port_pair() else {
+                continue;
+            };
+            if let Some(tpm) = Self::spawn(state, port) {
+                return Some(tpm);
+            }
+        }
+        panic!(
+            "swtpm did not start on any free port pair; see {}",
+            log_path(state).display()
+        );
+    }
+
+    fn spawn(state: &Path, port: u16) -> Option<Self> {
+        let log = std::fs::File::create(log_path(state)).unwrap();
+        let mut child = Command::new("swtpm")
+            .args(["socket", "--tpm2"])
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return None; // most likely a port taken meanwhile
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self {
+                    child,
+                    port,
+                    state: state.to_owned(),
+                });
+            }
+            sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// The TCTI string for [`mdm_keystore::TpmSealer::open_or_create`] and tpm2-tools.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Shuts the TPM down the orderly way (as at power-off: swtpm saves its state and exits).
+    pub fn stop(mut self) {
+        let ctrl = format!("127.0.0.1:{}", self.port + 1);
+        let asked = Command::new("swtpm_ioctl")
+            .args(["--tcp", &ctrl, "-s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while asked && Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops this TPM and starts it again on the same state: the same TPM after a reboot.
+    pub fn restart(self) -> Self {
+        let state = self.state.clone();
+        self.stop();
+        Self::start(&state).unwrap()
+    }
+}
+
+fn log_path(state: &Path) -> PathBuf {
+    state.with_extension("swtpm.log")
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
