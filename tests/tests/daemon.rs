@@ -173,10 +173,30 @@ fn configuration_errors_name_the_key_and_fail_start() {
         .output()
         .unwrap();
     assert!(
-        !out.status.success(),
-        "the TPM keystore is the default and not available yet"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("keystore"));
+    // The TPM keystore is the production default: a TPM that cannot be reached fails the start
+    // with a message naming the TPM.
+    let out = Command::new(mdmd_binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tcti",
+            "swtpm:host=127.0.0.1,port=9",
+        ])
+        .args(["--apns-url", appliance_tests::NO_APNS])
+        .env("TSS2_LOG", "all+none")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TPM"), "{err}");
 
     std::fs::write(
         &cfg,

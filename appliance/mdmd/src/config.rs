@@ -150,18 +150,26 @@ pub struct Keystore {
     /// `software` (development only) or `tpm`.
     #[serde(default = "default_backend")]
     pub backend: KeystoreBackend,
+    /// How to reach the TPM (a tpm2-tss TCTI string).
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
 }
 
 impl Default for Keystore {
     fn default() -> Self {
         Keystore {
             backend: default_backend(),
+            tcti: default_tcti(),
         }
     }
 }
 
+fn default_tcti() -> String {
+    mdm_keystore::DEFAULT_TCTI.to_string()
+}
+
 /// Keystore backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KeystoreBackend {
     Software,
@@ -358,6 +366,7 @@ impl Config {
             log: Log::default(),
             keystore: Keystore {
                 backend: KeystoreBackend::Software,
+                tcti: default_tcti(),
             },
             enrollment: Enrollment::default(),
             ade: Ade::default(),
@@ -390,9 +399,6 @@ impl Config {
                 "keystore.backend: the software keystore keeps keys in a file anyone with disk access can read; \
                  it is allowed only with `development = true` (or `mdmd serve --dev`)"
             );
-        }
-        if self.keystore.backend == KeystoreBackend::Tpm {
-            bail!("keystore.backend: the TPM backend is not available in this version; use a development setup");
         }
         if self
             .enrollment

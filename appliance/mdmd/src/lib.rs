@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mdm_keystore::{Sealer, SoftSealer};
+use config::KeystoreBackend;
+use mdm_keystore::{Sealer, SoftSealer, TpmSealer};
 use mdm_service::ports::{ApiTokenStore, RetentionPolicy, Role};
 use mdm_service::{Authority, MdmService, ServiceConfig, TlsNames};
 use mdm_store::{RedbStore, StoreOptions};
@@ -32,6 +33,8 @@ pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 pub const DB_FILE: &str = "mdm.redb";
 /// The software keystore's key file in the data directory.
 pub const SOFT_KEY_FILE: &str = "keystore-soft.key";
+/// The TPM keystore's sealed data key in the data directory (useless without that TPM).
+pub const TPM_KEY_FILE: &str = "keystore-tpm.key";
 
 /// A running daemon, for callers that embed it (tests) and for `main`.
 pub struct Running {
@@ -196,10 +199,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let data_dir = cfg.server.data_dir.clone();
     create_private_dir(&data_dir)?;
 
-    let sealer: Arc<dyn Sealer> = Arc::new(
-        SoftSealer::open_or_create(&data_dir.join(SOFT_KEY_FILE)).context("software keystore")?,
-    );
-    warn!("keystore: SOFTWARE backend (development only): keys are NOT protected by a TPM");
+    let (sealer, keystore_label): (Arc<dyn Sealer>, String) = match cfg.keystore.backend {
+        KeystoreBackend::Software => {
+            warn!("keystore: SOFTWARE backend (development only): keys are NOT protected by a TPM");
+            let s = SoftSealer::open_or_create(&data_dir.join(SOFT_KEY_FILE))
+                .context("software keystore")?;
+            (Arc::new(s), "software (development)".to_string())
+        }
+        KeystoreBackend::Tpm => {
+            let tcti = &cfg.keystore.tcti;
+            let s = TpmSealer::open_or_create(tcti, &data_dir.join(TPM_KEY_FILE))
+                .map_err(|e| anyhow::anyhow!("TPM keystore ({tcti}): {e}"))?;
+            info!(tcti = %tcti, "keystore: TPM backend, data key sealed by the TPM");
+            (Arc::new(s), format!("tpm ({tcti})"))
+        }
+    };
 
     let store_opts = StoreOptions {
         cache_size: Some(cfg.limits.db_cache_bytes),
@@ -273,7 +287,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             enrollment_body: cfg.limits.enrollment_body_bytes,
             api_body: cfg.limits.api_body_bytes,
         },
-        "software (development)",
+        &keystore_label,
     ));
     let opts = ServeOptions {
         max_connections: cfg.limits.max_connections,

@@ -50,6 +50,13 @@ struct ServeArgs {
     /// PEM file of a root MachineInfo signatures must chain to (adds to ade.device_ca_roots).
     #[arg(long)]
     ade_root: Vec<PathBuf>,
+    /// Keystore backend (overrides keystore.backend; `--dev` implies software).
+    #[arg(long, value_enum)]
+    keystore: Option<mdmd::config::KeystoreBackend>,
+    /// TPM interface, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`
+    /// (overrides keystore.tcti).
+    #[arg(long)]
+    tcti: Option<String>,
     /// Push service URL (overrides apns.url; development and tests point it at a simulator).
     #[arg(long)]
     apns_url: Option<String>,
@@ -76,6 +83,12 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.dev {
         cfg.development = true;
         cfg.keystore.backend = mdmd::config::KeystoreBackend::Software;
+    }
+    if let Some(backend) = args.keystore {
+        cfg.keystore.backend = backend;
+    }
+    if let Some(tcti) = &args.tcti {
+        cfg.keystore.tcti = tcti.clone();
     }
     if let Some(dir) = &args.data_dir {
         cfg.server.data_dir = dir.clone();
