@@ -332,28 +332,12 @@ fn params(subject: mdm_pki::Name) -> mdm_pki::CertificateParams {
 /// A self-signed certificate with `topic` as UID whose key is NOT the appliance's push key.
 pub fn push_cert_pem(topic: &str) -> String {
     let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
-    let now = std::time::SystemTime::now();
-    let params = mdm_pki::CertificateParams {
-        subject: mdm_pki::Name {
-            common_name: format!("APSP:{topic}"),
-            organization: None,
-            organizational_unit: None,
-            uid: Some(topic.to_string()),
-        },
-        subject_der: None,
-        serial: None,
-        not_before: now - Duration::from_secs(60),
-        not_after: now + Duration::from_secs(365 * 24 * 3600),
-        is_ca: false,
-        path_len: None,
-        key_usage: mdm_pki::KeyUsages {
-            digital_signature: true,
-            ..Default::default()
-        },
-        extended_key_usage: Vec::new(),
-        dns_names: Vec::new(),
-        ip_addresses: Vec::new(),
-    };
+    let params = params(mdm_pki::Name {
+        common_name: format!("APSP:{topic}"),
+        organization: None,
+        organizational_unit: None,
+        uid: Some(topic.to_string()),
+    });
     mdm_pki::self_signed(&params, &key).unwrap().to_pem()
 }
 
