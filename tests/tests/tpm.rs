@@ -44,6 +44,48 @@ async fn the_appliance_runs_on_a_tpm_keystore() {
     assert_eq!(d.run_until_idle().await.unwrap().len(), 1);
     app.stop().await;
 
+    // What an attacker copying the disk gets: no key or token in the clear. The plaintexts to
+    // look for are unsealed here with the same TPM.
+    {
+        use mdm_keystore::Sealer as _;
+        use mdm_service::ports::SettingsStore as _;
+        let data = app.data_dir();
+        let store =
+            mdm_store::RedbStore::open(&data.join(mdmd::DB_FILE), Default::default()).unwrap();
+        let sealer =
+            mdm_keystore::TpmSealer::open_or_create(&tpm.tcti(), &data.join(mdmd::TPM_KEY_FILE))
+                .unwrap();
+        let mut secrets: Vec<(String, Vec<u8>)> = vec![(
+            "bootstrap token".into(),
+            b"bootstrap-under-the-tpm".to_vec(),
+        )];
+        for role in ["ca", "scep-ra", "profile-signer", "tls"] {
+            let sealed = store
+                .setting(&format!("pki/{role}.key.sealed"))
+                .unwrap()
+                .unwrap();
+            let blob = mdm_keystore::SealedBlob::from_bytes(&sealed).unwrap();
+            let pkcs8 = sealer.unseal(&format!("{role}-key"), &blob).unwrap();
+            secrets.push((
+                format!("{role} key"),
+                pkcs8[pkcs8.len() / 2..pkcs8.len() / 2 + 32].to_vec(),
+            ));
+        }
+        store.close().unwrap();
+        let mut files = vec![data.join(mdmd::DB_FILE), data.join(mdmd::TPM_KEY_FILE)];
+        files.retain(|f| f.exists());
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            for (what, secret) in &secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                    "{what} is in {} in the clear",
+                    file.display()
+                );
+            }
+        }
+    }
+
     // The same data directory with another TPM: refused, and nothing is overwritten.
     let key_before = std::fs::read(app.data_dir().join(mdmd::TPM_KEY_FILE)).unwrap();
     let Some(other) = swtpm::Swtpm::start(&dir.path().join("other-tpm")) else {
