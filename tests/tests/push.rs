@@ -107,8 +107,7 @@ async fn pushes_are_coalesced_per_device() {
     let d = s.app.enroll_manual().await;
     let token = hex::encode(&d.push_token);
     // Hold the first push at APNs so the next commands queue up behind it.
-    s.apns
-        .inject_next(1, Fault::Delay(Duration::from_secs(3)));
+    s.apns.inject_next(1, Fault::Delay(Duration::from_secs(3)));
     s.app.send(&d.udid, "ProfileList").await;
     for _ in 0..20 {
         s.app.send(&d.udid, "SecurityInfo").await;

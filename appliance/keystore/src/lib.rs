@@ -14,6 +14,9 @@
 //! - [`SoftSealer`]: the data key in a 0600 file. NOT hardware-backed: whoever can read the
 //!   data directory can unseal everything. For development and tests.
 //!
+//! [`Sealer::describe`] says which keystore is in use ([`KeystoreInfo`]: backend, key id, key
+//! file and, for a TPM, its manufacturer and firmware), for status pages and support.
+//!
 //! A blob records its backend and the id of its data key, so a blob of one backend is refused
 //! by the other ([`KeystoreError::WrongBackend`]) and a blob from another key (another
 //! appliance, a replaced key file) is reported as [`KeystoreError::WrongKey`].
@@ -29,6 +32,7 @@
 mod aead;
 mod blob;
 mod error;
+mod info;
 mod keyfile;
 mod soft;
 mod tpm;
@@ -37,6 +41,7 @@ use std::fmt;
 
 pub use blob::{validate_purpose, SealedBlob, BLOB_VERSION};
 pub use error::KeystoreError;
+pub use info::{KeystoreInfo, TpmInfo};
 pub use soft::SoftSealer;
 pub use tpm::{TpmSealer, DEFAULT_TCTI};
 pub use zeroize::Zeroizing;
@@ -89,4 +94,11 @@ pub trait Sealer: Send + Sync + 'static {
     /// Checks and decrypts a blob sealed for `purpose` by this sealer's key.
     fn unseal(&self, purpose: &str, blob: &SealedBlob)
         -> Result<Zeroizing<Vec<u8>>, KeystoreError>;
+
+    /// What this keystore is, for status pages and support: backend, key id, key file and,
+    /// for a TPM, which one. Gathered when the sealer was opened; costs no I/O. The default
+    /// knows only the backend.
+    fn describe(&self) -> KeystoreInfo {
+        KeystoreInfo::bare(self.backend())
+    }
 }

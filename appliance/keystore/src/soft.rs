@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use crate::aead::{random, DataKey, KEY_LEN};
 use crate::blob::hex;
 use crate::keyfile::{corrupt, publish_new, read_existing, Published};
-use crate::{Backend, KeystoreError, SealedBlob, Sealer};
+use crate::{Backend, KeystoreError, KeystoreInfo, SealedBlob, Sealer};
 
 /// First bytes of the key file, so that a wrong file is reported as such.
 const KEY_FILE_MAGIC: &[u8; 8] = b"MDMSKEY1";
@@ -117,6 +117,14 @@ impl Sealer for SoftSealer {
         blob: &SealedBlob,
     ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
         self.key.unseal(purpose, blob)
+    }
+
+    fn describe(&self) -> KeystoreInfo {
+        KeystoreInfo {
+            key_id: Some(hex(self.key_id())),
+            key_file: Some(self.path.clone()),
+            ..KeystoreInfo::bare(Backend::Software)
+        }
     }
 }
 

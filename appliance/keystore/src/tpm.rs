@@ -9,15 +9,16 @@ use std::time::Instant;
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::response_code::Tss2ResponseCode;
-use tss_esapi::constants::SessionType;
+use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Digest, EccPoint, KeyedHashScheme, Private, Public, PublicBuilder, PublicEccParametersBuilder,
-    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+    CapabilityData, Digest, EccPoint, KeyedHashScheme, Private, Public, PublicBuilder,
+    PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -27,7 +28,7 @@ use zeroize::Zeroizing;
 use crate::aead::{random, DataKey, KEY_LEN};
 use crate::blob::hex;
 use crate::keyfile::{corrupt, publish_new, read_existing, Published};
-use crate::{Backend, KeystoreError, SealedBlob, Sealer};
+use crate::{Backend, KeystoreError, KeystoreInfo, SealedBlob, Sealer, TpmInfo};
 
 /// The TCTI of the kernel's TPM resource manager, what an appliance uses.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
@@ -71,6 +72,7 @@ pub struct TpmSealer {
     tcti: String,
     path: PathBuf,
     storage_key_name: Vec<u8>,
+    properties: Properties,
     key: DataKey,
 }
 
@@ -139,6 +141,19 @@ impl TpmSealer {
         &self.storage_key_name
     }
 
+    /// The TPM this sealer was opened on: manufacturer, vendor string and firmware version,
+    /// as the TPM reported them when the sealer was opened (no TPM command is sent here).
+    pub fn tpm_info(&self) -> TpmInfo {
+        let p = &self.properties;
+        TpmInfo::from_properties(
+            &self.tcti,
+            p.manufacturer,
+            &p.vendor_strings,
+            p.firmware,
+            hex(&self.storage_key_name),
+        )
+    }
+
     fn from_parts(
         tpm: &Tpm<'_>,
         path: &Path,
@@ -149,6 +164,7 @@ impl TpmSealer {
             tcti: tpm.target.tcti.to_owned(),
             path: path.to_owned(),
             storage_key_name,
+            properties: tpm.properties.clone(),
             key: DataKey::new(Backend::Tpm, key),
         }
     }
@@ -232,6 +248,15 @@ impl Sealer for TpmSealer {
         blob: &SealedBlob,
     ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
         self.key.unseal(purpose, blob)
+    }
+
+    fn describe(&self) -> KeystoreInfo {
+        KeystoreInfo {
+            backend: Backend::Tpm,
+            key_id: Some(hex(self.key_id())),
+            key_file: Some(self.path.clone()),
+            tpm: Some(self.tpm_info()),
+        }
     }
 }
 
@@ -535,30 +560,97 @@ impl Target<'_> {
     }
 }
 
+/// Reads TPM2_PT_MANUFACTURER through TPM2_PT_FIRMWARE_VERSION_2 (consecutive fixed
+/// properties) with one TPM2_GetCapability.
+fn read_properties(
+    target: &Target<'_>,
+    context: &mut Context,
+) -> Result<Properties, KeystoreError> {
+    const OP: &str = "read its fixed properties";
+    let first = PropertyTag::Manufacturer;
+    let count = u32::from(PropertyTag::FirmwareVersion2) - u32::from(first) + 1;
+    let (data, _more) = context
+        .execute_without_session(|ctx| {
+            ctx.get_capability(CapabilityType::TpmProperties, first.into(), count)
+        })
+        .map_err(|e| target.error(OP, e))?;
+    let CapabilityData::TpmProperties(list) = data else {
+        return Err(KeystoreError::Tpm {
+            operation: OP,
+            code: None,
+            detail: "the TPM answered with another kind of capability data".to_owned(),
+        });
+    };
+    let get = |tag| list.find(tag).map(|p| p.value());
+    // Every TPM 2.0 reports these fixed properties (TPM 2.0 Library, Part 2, TPM_PT); a TPM
+    // that does not is not one this keystore should trust with its key.
+    let required = |tag: PropertyTag, name: &str| {
+        get(tag).ok_or_else(|| KeystoreError::Tpm {
+            operation: OP,
+            code: None,
+            detail: format!("the TPM did not report {name}"),
+        })
+    };
+    let manufacturer = required(PropertyTag::Manufacturer, "TPM2_PT_MANUFACTURER")?;
+    let firmware = [
+        required(PropertyTag::FirmwareVersion1, "TPM2_PT_FIRMWARE_VERSION_1")?,
+        required(PropertyTag::FirmwareVersion2, "TPM2_PT_FIRMWARE_VERSION_2")?,
+    ];
+    // The vendor string may be shorter than 16 characters, and then its later parts may be
+    // missing (Part 2 says so): keep the ones present, in order.
+    let vendor_strings = [
+        PropertyTag::VendorString1,
+        PropertyTag::VendorString2,
+        PropertyTag::VendorString3,
+        PropertyTag::VendorString4,
+    ]
+    .into_iter()
+    .map_while(get)
+    .collect();
+    Ok(Properties {
+        manufacturer,
+        vendor_strings,
+        firmware,
+    })
+}
+
 /// The storage key, loaded.
 struct StorageKey {
     handle: KeyHandle,
     name: Vec<u8>,
 }
 
+/// The fixed TPM properties shown by [`TpmSealer::tpm_info`], as the TPM reported them.
+#[derive(Clone)]
+struct Properties {
+    manufacturer: u32,
+    /// TPM2_PT_VENDOR_STRING_1.., as many as the TPM reported (up to four).
+    vendor_strings: Vec<u32>,
+    firmware: [u32; 2],
+}
+
 /// One connection to the TPM. Dropping it flushes every object and session it loaded.
 struct Tpm<'a> {
     target: &'a Target<'a>,
     context: Context,
+    /// Read right after connecting, so every sealer can say which TPM it is on.
+    properties: Properties,
     /// The HMAC session, salted to the storage key, that encrypts the data key on the wire.
     session: Option<AuthSession>,
 }
 
 impl<'a> Tpm<'a> {
     fn connect(target: &'a Target<'a>, conf: TctiNameConf) -> Result<Self, KeystoreError> {
-        let context = Context::new(conf).map_err(|e| KeystoreError::TpmUnavailable {
+        let mut context = Context::new(conf).map_err(|e| KeystoreError::TpmUnavailable {
             tcti: target.tcti.to_owned(),
             library: target.library,
             detail: describe(&e).1,
         })?;
+        let properties = read_properties(target, &mut context)?;
         Ok(Self {
             target,
             context,
+            properties,
             session: None,
         })
     }

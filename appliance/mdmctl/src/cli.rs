@@ -79,6 +79,19 @@ pub enum Action {
         /// Enrollment ID (UDID, or UDID:UserID for a user channel)
         device: String,
     },
+    /// The keystore that seals the appliance's keys (TPM or software)
+    Keystore {
+        /// What to do with the keystore
+        #[command(subcommand)]
+        command: KeystoreCommand,
+    },
+}
+
+/// `mdmctl keystore ...`
+#[derive(Debug, Subcommand)]
+pub enum KeystoreCommand {
+    /// Show the backend, data key id, key file and, for a TPM, its manufacturer and firmware
+    Status,
 }
 
 /// `mdmctl ca ...`
@@ -391,6 +404,19 @@ mod tests {
         assert_eq!(role.api_name(), "Operator");
         assert_eq!(RoleArg::Admin.api_name(), "Admin");
         assert_eq!(RoleArg::Auditor.api_name(), "Auditor");
+    }
+
+    #[test]
+    fn keystore_status_parses() {
+        let cli = parse(&["keystore", "status", "--json"]).expect("parse");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Action::Keystore {
+                command: KeystoreCommand::Status
+            }
+        ));
+        assert!(parse(&["keystore"]).is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use http::Method;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    Action, CaCommand, CommandSend, DevicesCommand, LinkCommand, LinkCreate, MdmCommand,
-    PushCertCommand, TokensCommand,
+    Action, CaCommand, CommandSend, DevicesCommand, KeystoreCommand, LinkCommand, LinkCreate,
+    MdmCommand, PushCertCommand, TokensCommand,
 };
 use crate::client::{encode_query, encode_segment, ApiClient, RequestBody, API_PREFIX};
 use crate::error::CliError;
@@ -91,6 +91,16 @@ pub async fn execute(
             })
         }
         Action::Tokens { command } => tokens(client, command, json).await,
+        Action::Keystore {
+            command: KeystoreCommand::Status,
+        } => {
+            let v = get(client, "/keystore").await?;
+            Ok(if json {
+                Output::json(&v)
+            } else {
+                Output::text(render::keystore(&v))
+            })
+        }
         Action::Push { device } => {
             let path = format!("/devices/{}/push", segment(device, "enrollment ID")?);
             let v = send(client, Method::POST, &path, RequestBody::Empty).await?;

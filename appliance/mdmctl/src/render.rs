@@ -504,6 +504,47 @@ pub fn tokens(v: &Value) -> String {
     t.render()
 }
 
+/// `mdmctl keystore status`.
+pub fn keystore(v: &Value) -> String {
+    let backend = match opt_str(v, &["backend"]) {
+        Some("tpm") => "TPM".to_owned(),
+        Some("software") => "software (NOT hardware-backed; development only)".to_owned(),
+        _ => text(v, &["backend"]),
+    };
+    let mut rows = vec![
+        ("Backend", backend),
+        ("Key ID", text(v, &["key_id"])),
+        ("Key file", text(v, &["key_file"])),
+    ];
+    if at(v, &["tpm"]).is_some_and(Value::is_object) {
+        let firmware = match at(v, &["tpm", "firmware_version_raw"]).and_then(Value::as_array) {
+            Some(raw) => {
+                let raw: Vec<String> = raw
+                    .iter()
+                    .map(|n| match n.as_u64() {
+                        Some(n) => format!("{n:#010x}"),
+                        None => n.to_string(),
+                    })
+                    .collect();
+                format!(
+                    "{} ({})",
+                    text(v, &["tpm", "firmware_version"]),
+                    raw.join(" ")
+                )
+            }
+            None => text(v, &["tpm", "firmware_version"]),
+        };
+        rows.extend([
+            ("TPM interface", text(v, &["tpm", "tcti"])),
+            ("Manufacturer", text(v, &["tpm", "manufacturer"])),
+            ("Vendor string", text(v, &["tpm", "vendor"])),
+            ("Firmware", firmware),
+            ("Storage key", text(v, &["tpm", "storage_key_name"])),
+        ]);
+    }
+    key_values(&rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +590,32 @@ mod tests {
         assert!(out.contains("Enrollments   3\n"), "{out}");
         assert!(out.contains("Push topic    none (import one"), "{out}");
         assert!(out.contains("Signed in as  admin (admin)\n"), "{out}");
+    }
+
+    #[test]
+    fn keystore_shows_the_tpm_or_warns_about_software() {
+        let v = json!({
+            "backend": "tpm", "key_id": "4bcbf512f81dbde7",
+            "key_file": "/var/lib/mdm/keystore-tpm.key",
+            "tpm": {"tcti": "device:/dev/tpmrm0", "manufacturer": "IFX", "vendor": "SLB9670",
+                    "firmware_version": "7.85.4555.0", "firmware_version_raw": [458837, 298516480],
+                    "storage_key_name": "000b12"},
+        });
+        let out = keystore(&v);
+        assert!(out.contains("Backend        TPM\n"), "{out}");
+        assert!(out.contains("Key ID         4bcbf512f81dbde7\n"), "{out}");
+        assert!(out.contains("Manufacturer   IFX\n"), "{out}");
+        assert!(
+            out.contains("Firmware       7.85.4555.0 (0x00070055 0x11cb0000)\n"),
+            "{out}"
+        );
+        assert!(out.contains("TPM interface  device:/dev/tpmrm0\n"), "{out}");
+
+        let v = json!({"backend": "software", "key_id": "ab", "key_file": "/d/k", "tpm": null});
+        let out = keystore(&v);
+        assert!(out.contains("NOT hardware-backed"), "{out}");
+        assert!(out.contains("Key file  /d/k\n"), "{out}");
+        assert!(!out.contains("Manufacturer"), "{out}");
     }
 
     #[test]

@@ -199,19 +199,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let data_dir = cfg.server.data_dir.clone();
     create_private_dir(&data_dir)?;
 
-    let (sealer, keystore_label): (Arc<dyn Sealer>, String) = match cfg.keystore.backend {
+    let sealer: Arc<dyn Sealer> = match cfg.keystore.backend {
         KeystoreBackend::Software => {
             warn!("keystore: SOFTWARE backend (development only): keys are NOT protected by a TPM");
             let s = SoftSealer::open_or_create(&data_dir.join(SOFT_KEY_FILE))
                 .context("software keystore")?;
-            (Arc::new(s), "software (development)".to_string())
+            Arc::new(s)
         }
         KeystoreBackend::Tpm => {
             let tcti = &cfg.keystore.tcti;
             let s = TpmSealer::open_or_create(tcti, &data_dir.join(TPM_KEY_FILE))
                 .map_err(|e| anyhow::anyhow!("TPM keystore ({tcti}): {e}"))?;
             info!(tcti = %tcti, "keystore: TPM backend, data key sealed by the TPM");
-            (Arc::new(s), format!("tpm ({tcti})"))
+            Arc::new(s)
         }
     };
 
@@ -287,7 +287,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             enrollment_body: cfg.limits.enrollment_body_bytes,
             api_body: cfg.limits.api_body_bytes,
         },
-        &keystore_label,
+        sealer.describe(),
     ));
     let opts = ServeOptions {
         max_connections: cfg.limits.max_connections,

@@ -334,10 +334,11 @@ impl<S: Store> App<S> {
                     "push_certificate": push_cert,
                     "push": svc.push_queue().provider_status(),
                     "ca_sha256": hex::encode(svc.authority().ca.cert.sha256()),
-                    "keystore": self.keystore_backend,
+                    "keystore": self.keystore.label(),
                     "caller": {"name": caller.name, "role": caller.role},
                 })))
             }
+            (Method::GET, ["keystore"]) => Ok(json(&self.keystore)),
             (Method::GET, ["ca"]) => Ok(respond::with_body(
                 StatusCode::OK,
                 "application/x-pem-file",

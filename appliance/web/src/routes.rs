@@ -10,6 +10,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
+use mdm_keystore::KeystoreInfo;
 use mdm_service::ports::Store;
 use mdm_service::{ConnectionScratch, DeviceReply, DeviceRequest, MdmService};
 
@@ -41,16 +42,19 @@ impl Default for Limits {
 pub struct App<S> {
     pub(crate) service: MdmService<S>,
     pub(crate) limits: Limits,
-    /// Shown by `/api/v1/status`.
-    pub(crate) keystore_backend: String,
+    /// Shown by `/api/v1/keystore` (and as a label by `/api/v1/status`).
+    pub(crate) keystore: KeystoreInfo,
 }
 
 impl<S: Store> App<S> {
-    pub fn new(service: MdmService<S>, limits: Limits, keystore_backend: &str) -> Self {
+    /// `keystore` describes the sealer `service` was built with ([`Sealer::describe`]).
+    ///
+    /// [`Sealer::describe`]: mdm_keystore::Sealer::describe
+    pub fn new(service: MdmService<S>, limits: Limits, keystore: KeystoreInfo) -> Self {
         App {
             service,
             limits,
-            keystore_backend: keystore_backend.to_string(),
+            keystore,
         }
     }
 }
