@@ -417,3 +417,64 @@ async fn admin_api_roles_and_push_topic_guard() {
         (400, Some("PUSH_CERT_INVALID"))
     );
 }
+
+#[tokio::test]
+async fn api_tokens_can_be_revoked_but_not_the_last_admin() {
+    let app = Appliance::start().await;
+    let (_, list) = app.api("GET", "/api/v1/tokens", None).await;
+    let first_admin = list["items"][0]["id"].as_str().unwrap().to_string();
+    // Alone, the first admin token cannot be revoked.
+    let (s, v) = app
+        .api("DELETE", &format!("/api/v1/tokens/{first_admin}"), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("LAST_ADMIN_TOKEN"))
+    );
+
+    let (_, op) = app
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "helpdesk", "role": "Operator"})),
+        )
+        .await;
+    let (op_id, op_token) = (
+        op["id"].as_str().unwrap().to_string(),
+        op["token"].as_str().unwrap().to_string(),
+    );
+    let (s, _) = app
+        .api_as(&op_token, "GET", "/api/v1/status", Vec::new())
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = app
+        .api("DELETE", &format!("/api/v1/tokens/{op_id}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["revoked_at"].is_string());
+    let (s, v) = app
+        .api_as(&op_token, "GET", "/api/v1/status", Vec::new())
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("API_TOKEN_INVALID"))
+    );
+    let (s, v) = app
+        .api("DELETE", "/api/v1/tokens/no-such-token", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("API_TOKEN_NOT_FOUND"))
+    );
+
+    // Path segments are percent-decoded: a user channel's id with its ':' encoded.
+    let d = app.enroll_manual().await;
+    let (s, v) = app.enrollment(&d.udid.replace('-', "%2D")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], d.udid.as_str());
+    let (s, v) = app.api("GET", "/api/v1/devices/%FF", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("INVALID_PATH"))
+    );
+}

@@ -228,6 +228,11 @@ pub enum TokensCommand {
     },
     /// List tokens (not their secrets)
     List,
+    /// Revoke a token (the last active admin token cannot be revoked)
+    Revoke {
+        /// The token's ID, from `tokens list`
+        id: String,
+    },
 }
 
 /// API token roles, as typed on the command line.

@@ -521,6 +521,19 @@ async fn tokens(
                 Output::text(render::tokens(&v))
             })
         }
+        TokensCommand::Revoke { id } => {
+            let path = format!("/tokens/{}", segment(id, "token ID")?);
+            let v = send(client, Method::DELETE, &path, RequestBody::Empty).await?;
+            Ok(if json {
+                Output::json(&v)
+            } else {
+                Output::line(&format!(
+                    "token {} ({}) revoked",
+                    id,
+                    v["name"].as_str().unwrap_or("?")
+                ))
+            })
+        }
     }
 }
 

@@ -155,6 +155,32 @@ impl<S: Store> MdmService<S> {
         Ok(CreatedToken { record, token })
     }
 
+    /// Revoke an API token. The last active admin token cannot be revoked: that would leave
+    /// nobody able to manage the appliance.
+    pub async fn revoke_api_token(&self, id: &str) -> ServiceResult<ApiTokenRecord> {
+        let tokens = self.store().list_api_tokens()?;
+        let mut rec = tokens.iter().find(|t| t.id == id).cloned().ok_or_else(|| {
+            ServiceError::not_found("API_TOKEN_NOT_FOUND", format!("no API token {id}"))
+        })?;
+        if rec.revoked_at.is_some() {
+            return Ok(rec);
+        }
+        let other_admins = tokens
+            .iter()
+            .filter(|t| t.id != id && t.role == Role::Admin && t.revoked_at.is_none())
+            .count();
+        if rec.role == Role::Admin && other_admins == 0 {
+            return Err(ServiceError::conflict(
+                "LAST_ADMIN_TOKEN",
+                "this is the last active admin token; create another admin token first",
+            ));
+        }
+        rec.revoked_at = Some(Timestamp::now());
+        self.store().put_api_token(rec.clone()).await?;
+        info!(token = %rec.name, "API token revoked");
+        Ok(rec)
+    }
+
     /// Resolve a bearer token to its record; unknown or revoked tokens are refused.
     pub fn authenticate_api_token(&self, token: &str) -> ServiceResult<ApiTokenRecord> {
         let rec = self

@@ -301,11 +301,28 @@ impl<S: Store> App<S> {
             .map_err(|e| api_error(&e))?;
         let method = req.method().clone();
         let path = req.uri().path().trim_end_matches('/').to_string();
-        let segs: Vec<&str> = path
+        // Path segments are percent-decoded: enrollment ids are opaque to the API.
+        let decoded: Vec<String> = match path
             .trim_start_matches("/api/v1")
             .split('/')
             .filter(|s| !s.is_empty())
-            .collect();
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+            })
+            .collect::<Result<_, _>>()
+        {
+            Ok(d) => d,
+            Err(_) => {
+                return Err(respond::simple(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_PATH",
+                    "a path segment is not valid percent-encoded UTF-8",
+                ))
+            }
+        };
+        let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let pairs = query_pairs(&req);
         let svc = &self.service;
         let ok = |r: mdm_service::ServiceResult<Resp>| r.map_err(|e| api_error(&e));
@@ -480,6 +497,13 @@ impl<S: Store> App<S> {
                 Ok(json(
                     &json!({"items": items.iter().map(token_view).collect::<Vec<_>>()}),
                 ))
+            }
+            (Method::DELETE, ["tokens", id]) => {
+                need(Role::Admin, caller.role)?;
+                ok(svc
+                    .revoke_api_token(id)
+                    .await
+                    .map(|t| json(&token_view(&t))))
             }
             (Method::POST, ["tokens"]) => {
                 need(Role::Admin, caller.role)?;
