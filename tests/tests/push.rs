@@ -60,6 +60,32 @@ fn der_to_pem(der: &[u8]) -> String {
     )
 }
 
+/// The appliance's Prometheus text.
+async fn metrics(app: &Appliance) -> String {
+    let auth = format!("Bearer {}", app.token);
+    let resp = app
+        .admin
+        .get(
+            &format!("{}/metrics", app.base_url),
+            mdm_sim::http::headers(&[("authorization", &auth)]).unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&resp.body).to_string()
+}
+
+/// The appliance's Prometheus text.
+async fn metrics(app: &Appliance) -> String {
+    let auth = format!("Bearer {}", app.token);
+    let headers = mdm_sim::http::headers(&[("authorization", &auth)]).unwrap();
+    let resp = app
+        .admin
+        .get(&format!("{}/metrics", app.base_url), headers)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&resp.body).to_string()
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
@@ -241,17 +267,7 @@ async fn push_certificate_lifecycle() {
     assert_eq!(v["state"], "expiring_soon");
     let (_, st) = s.app.api("GET", "/api/v1/status", None).await;
     assert_eq!(st["push_certificate"]["state"], "expiring_soon");
-    let metrics = s
-        .app
-        .admin
-        .get(
-            &format!("{}/metrics", s.app.base_url),
-            mdm_sim::http::headers(&[("authorization", &format!("Bearer {}", s.app.token))])
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let text = metrics(&s.app).await;
     assert!(text.contains("mdm_push_certificate_expiring 1"), "{text}");
 
     // Expired.
@@ -344,16 +360,6 @@ async fn repeated_failures_open_the_circuit_visibly() {
     assert_eq!(s.apns.exchanges().len(), seen, "open: nothing sent");
     let (_, st) = s.app.api("GET", "/api/v1/status", None).await;
     assert!(st["push"]["circuit"]["Open"].is_object(), "{st}");
-    let metrics = s
-        .app
-        .admin
-        .get(
-            &format!("{}/metrics", s.app.base_url),
-            mdm_sim::http::headers(&[("authorization", &format!("Bearer {}", s.app.token))])
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let text = metrics(&s.app).await;
     assert!(text.contains("mdm_push_circuit_open 1"), "{text}");
 }

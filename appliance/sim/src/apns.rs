@@ -577,18 +577,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ApnsError + '_ {
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), ApnsError> {
-    use std::io::Write;
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(data).map_err(io_error(path))
+    crate::apple::write_sim_file(path, data, secret).map_err(io_error(path))
 }
 
 fn read_ca(cert_path: &Path, key_path: &Path) -> Result<CertificateAuthority, ApnsError> {

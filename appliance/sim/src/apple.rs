@@ -202,6 +202,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AppleError + '_ {
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), AppleError> {
+    write_sim_file(path, data, secret).map_err(io_err(path))
+}
+
+/// Writes one of the simulators' files; `secret` ones (private keys) are created mode 0600.
+pub(crate) fn write_sim_file(path: &Path, data: &[u8], secret: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -212,8 +217,7 @@ fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), AppleError> 
     }
     #[cfg(not(unix))]
     let _ = secret;
-    let mut file = options.open(path).map_err(io_err(path))?;
-    file.write_all(data).map_err(io_err(path))
+    options.open(path)?.write_all(data)
 }
 
 fn read_cert(path: &Path) -> Result<Certificate, AppleError> {
