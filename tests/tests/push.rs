@@ -63,20 +63,6 @@ fn der_to_pem(der: &[u8]) -> String {
 /// The appliance's Prometheus text.
 async fn metrics(app: &Appliance) -> String {
     let auth = format!("Bearer {}", app.token);
-    let resp = app
-        .admin
-        .get(
-            &format!("{}/metrics", app.base_url),
-            mdm_sim::http::headers(&[("authorization", &auth)]).unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&resp.body).to_string()
-}
-
-/// The appliance's Prometheus text.
-async fn metrics(app: &Appliance) -> String {
-    let auth = format!("Bearer {}", app.token);
     let headers = mdm_sim::http::headers(&[("authorization", &auth)]).unwrap();
     let resp = app
         .admin
