@@ -139,7 +139,7 @@ impl Appliance {
             .api_raw("POST", "/api/v1/push-cert/csr", Vec::new())
             .await;
         assert_eq!(status, 200, "push CSR: {csr}");
-        sign_push_csr(csr.as_str().unwrap(), topic, 365)
+        sign_push_csr(csr.as_str().unwrap(), topic)
     }
 
     /// Drop the admin client's connection (after the daemon behind it was replaced).
@@ -265,80 +265,21 @@ pub fn body_json(resp: &HttpResponse) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&resp.body).into_owned()))
 }
 
-/// Sign a push CSR as Apple's push certificate portal would: subject UID = topic, valid for
-/// `days` (negative: already expired), issued by a stand-in Apple CA.
-pub fn sign_push_csr(csr_pem: &str, topic: &str, days: i64) -> String {
-    let b64: String = csr_pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    use base64::Engine as _;
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64)
+/// Sign a push CSR as Apple's push certificate portal would (subject UID = topic), with the
+/// APNs simulator's stand-in Apple push CA.
+pub fn sign_push_csr(csr_pem: &str, topic: &str) -> String {
+    let apple = mdm_sim::apns::ApnsAuthorities::generate().unwrap();
+    let cert = apple
+        .issue_push_certificate(topic, csr_pem.as_bytes())
         .unwrap();
-    let csr = mdm_pki::CertificationRequest::from_der(&der).unwrap();
-    let ca_key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
-    let now = std::time::SystemTime::now();
-    let mut ca_params = params(mdm_pki::Name {
-        common_name: "Apple push CA (stand-in)".into(),
-        organization: Some("Apple Inc.".into()),
-        organizational_unit: None,
-        uid: None,
-    });
-    ca_params.is_ca = true;
-    ca_params.key_usage = mdm_pki::KeyUsages {
-        key_cert_sign: true,
-        ..Default::default()
-    };
-    let ca = mdm_pki::self_signed(&ca_params, &ca_key).unwrap();
-    let mut leaf = params(mdm_pki::Name {
-        common_name: format!("APSP:{topic}"),
-        organization: None,
-        organizational_unit: None,
-        uid: Some(topic.to_string()),
-    });
-    let span = Duration::from_secs(days.unsigned_abs() * 24 * 3600);
-    if days < 0 {
-        leaf.not_before = now - span - Duration::from_secs(3600);
-        leaf.not_after = now - span;
-    } else {
-        leaf.not_after = now + span;
-    }
-    mdm_pki::issue(&leaf, &csr.public_key_der(), &ca, &ca_key)
-        .unwrap()
-        .to_pem()
+    mdm_sim::x509::to_pem(&cert).unwrap()
 }
 
-fn params(subject: mdm_pki::Name) -> mdm_pki::CertificateParams {
-    let now = std::time::SystemTime::now();
-    mdm_pki::CertificateParams {
-        subject,
-        subject_der: None,
-        serial: None,
-        not_before: now - Duration::from_secs(60),
-        not_after: now + Duration::from_secs(365 * 24 * 3600),
-        is_ca: false,
-        path_len: None,
-        key_usage: mdm_pki::KeyUsages {
-            digital_signature: true,
-            ..Default::default()
-        },
-        extended_key_usage: Vec::new(),
-        dns_names: Vec::new(),
-        ip_addresses: Vec::new(),
-    }
-}
-
-/// A self-signed certificate with `topic` as UID whose key is NOT the appliance's push key.
+/// A push certificate with `topic` as UID whose key is NOT the appliance's push key.
 pub fn push_cert_pem(topic: &str) -> String {
-    let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
-    let params = params(mdm_pki::Name {
-        common_name: format!("APSP:{topic}"),
-        organization: None,
-        organizational_unit: None,
-        uid: Some(topic.to_string()),
-    });
-    mdm_pki::self_signed(&params, &key).unwrap().to_pem()
+    let apple = mdm_sim::apns::ApnsAuthorities::generate().unwrap();
+    let (cert, _key) = apple.issue_push_identity(topic).unwrap();
+    mdm_sim::x509::to_pem(&cert).unwrap()
 }
 
 /// The daemon as a child process (for kill -9 tests).

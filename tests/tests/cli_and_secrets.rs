@@ -117,7 +117,7 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
         .contains("push.csr"));
     let csr = std::fs::read_to_string(&csr_path).unwrap();
     let push = dir.path().join("push.pem");
-    std::fs::write(&push, sign_push_csr(&csr, appliance_tests::TOPIC, 365)).unwrap();
+    std::fs::write(&push, sign_push_csr(&csr, appliance_tests::TOPIC)).unwrap();
     assert!(cli
         .ok(&["push-cert", "import", push.to_str().unwrap()])
         .contains(appliance_tests::TOPIC));

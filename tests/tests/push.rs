@@ -34,7 +34,7 @@ async fn site() -> Site {
     let cert = apns
         .issue_push_certificate(TOPIC, csr.as_str().unwrap().as_bytes())
         .unwrap();
-    let pem = der_to_pem(&der::Encode::to_der(&cert).unwrap());
+    let pem = mdm_sim::x509::to_pem(&cert).unwrap();
     let (status, v) = app
         .api_raw("PUT", "/api/v1/push-cert", pem.into_bytes())
         .await;
@@ -44,20 +44,6 @@ async fn site() -> Site {
         apns,
         _ca_dir: ca_dir,
     }
-}
-
-fn der_to_pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        body.join("\n")
-    )
 }
 
 /// The appliance's Prometheus text.
@@ -244,7 +230,7 @@ async fn push_certificate_lifecycle() {
             now + Duration::from_secs(10 * 24 * 3600),
         )
         .unwrap();
-    let pem = der_to_pem(&der::Encode::to_der(&soon).unwrap());
+    let pem = mdm_sim::x509::to_pem(&soon).unwrap();
     let (status, v) = s
         .app
         .api_raw("PUT", "/api/v1/push-cert", pem.into_bytes())
@@ -267,7 +253,7 @@ async fn push_certificate_lifecycle() {
             now - Duration::from_secs(3600),
         )
         .unwrap();
-    let pem = der_to_pem(&der::Encode::to_der(&expired).unwrap());
+    let pem = mdm_sim::x509::to_pem(&expired).unwrap();
     let (_, v) = s
         .app
         .api_raw("PUT", "/api/v1/push-cert", pem.into_bytes())
@@ -285,7 +271,7 @@ async fn push_certificate_lifecycle() {
             csr.as_str().unwrap().as_bytes(),
         )
         .unwrap();
-    let pem = der_to_pem(&der::Encode::to_der(&other).unwrap());
+    let pem = mdm_sim::x509::to_pem(&other).unwrap();
     let (status, v) = s
         .app
         .api_raw("PUT", "/api/v1/push-cert", pem.into_bytes())
