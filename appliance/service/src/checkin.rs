@@ -153,37 +153,7 @@ impl<S: Store> MdmService<S> {
         enrollment_id: &str,
         id: &Identity,
     ) -> ServiceResult<EnrollmentRecord> {
-        match self.bound_enrollment_now(enrollment_id, id) {
-            Err(e) if e.code == "IDENTITY_MISMATCH" => {
-                let renewed = self
-                    .store()
-                    .issued(&id.sha256)?
-                    .and_then(|r| r.renewed_from);
-                let Some(from) = renewed else { return Err(e) };
-                self.check_issued_here(id)?;
-                if !self
-                    .store()
-                    .rebind_identity(enrollment_id, &from, &id.sha256, Timestamp::now())
-                    .await?
-                {
-                    return Err(e);
-                }
-                info!(
-                    enrollment = enrollment_id,
-                    "identity renewed: enrollment moved to the new certificate"
-                );
-                self.bound_enrollment_now(enrollment_id, id)
-            }
-            other => other,
-        }
-    }
-
-    fn bound_enrollment_now(
-        &self,
-        enrollment_id: &str,
-        id: &Identity,
-    ) -> ServiceResult<EnrollmentRecord> {
-        let rec = self.store().enrollment(enrollment_id)?.ok_or_else(|| {
+        let mut rec = self.store().enrollment(enrollment_id)?.ok_or_else(|| {
             unauthorized(
                 "ENROLLMENT_UNKNOWN",
                 format!("no enrollment {enrollment_id}; the device must enroll again"),
@@ -195,17 +165,42 @@ impl<S: Store> MdmService<S> {
                 format!("enrollment {enrollment_id} checked out; the device must enroll again"),
             ));
         }
-        if rec.identity_sha256 != id.sha256 {
-            warn!(
-                enrollment = enrollment_id,
-                "request presented a certificate other than the bound one"
-            );
-            return Err(unauthorized(
-                "IDENTITY_MISMATCH",
-                format!("enrollment {enrollment_id} is bound to another certificate"),
-            ));
+        if rec.identity_sha256 == id.sha256 {
+            return Ok(rec);
         }
-        Ok(rec)
+        let renewed_from = self
+            .store()
+            .issued(&id.sha256)?
+            .and_then(|r| r.renewed_from);
+        if renewed_from.as_deref() == Some(rec.identity_sha256.as_str()) {
+            self.check_issued_here(id)?;
+            // Compare-and-swap: a concurrent rebind or re-enrollment wins.
+            if self
+                .store()
+                .rebind_identity(
+                    enrollment_id,
+                    &rec.identity_sha256,
+                    &id.sha256,
+                    Timestamp::now(),
+                )
+                .await?
+            {
+                info!(
+                    enrollment = enrollment_id,
+                    "identity renewed: enrollment moved to the new certificate"
+                );
+                rec.identity_sha256.clone_from(&id.sha256);
+                return Ok(rec);
+            }
+        }
+        warn!(
+            enrollment = enrollment_id,
+            "request presented a certificate other than the bound one"
+        );
+        Err(unauthorized(
+            "IDENTITY_MISMATCH",
+            format!("enrollment {enrollment_id} is bound to another certificate"),
+        ))
     }
 
     /// A message to the check-in URL.
