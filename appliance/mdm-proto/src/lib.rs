@@ -20,6 +20,7 @@
 //! - typed builders for commands beyond [`Command`]; others go through [`payload_from_raw`];
 //! - verifying signatures (`Mdm-Signature`, signed MachineInfo): that is `mdm-pki`'s job.
 
+pub mod abm;
 mod checkin;
 mod command;
 mod enrollment;

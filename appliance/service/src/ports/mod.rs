@@ -10,6 +10,9 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+mod abm;
+pub use abm::*;
+
 /// Milliseconds since the Unix epoch (UTC). Stored as a plain integer: cheap to compare and
 /// sort, and independent of any date library's serialisation format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -443,6 +446,9 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<EnrollmentRecord>>;
     fn count_enrollments(&self) -> StoreResult<u64>;
+    /// The device-channel enrollments whose reported serial number is `serial` (usually one;
+    /// more when a device was wiped and enrolled again under a new id), by id.
+    fn enrollments_by_serial(&self, serial: &str) -> StoreResult<Vec<EnrollmentRecord>>;
     /// Record push results, all in one transaction. Unknown ids are skipped.
     fn record_pushes(
         &self,
@@ -572,6 +578,7 @@ pub trait Store:
     + LinkStore
     + ApiTokenStore
     + SettingsStore
+    + AbmStore
 {
 }
 
@@ -583,6 +590,7 @@ impl<T> Store for T where
         + LinkStore
         + ApiTokenStore
         + SettingsStore
+        + AbmStore
 {
 }
 
@@ -670,7 +678,7 @@ pub trait PushProvider: Send + Sync + 'static {
 /// Byte fields of records as base64 strings. Serde's default, an array of numbers, costs a
 /// number parse per byte every time an enrollment is read (on every device request). Reading
 /// also accepts the array form, which earlier records used.
-mod opt_bytes {
+pub(crate) mod opt_bytes {
     use base64::Engine as _;
     use serde::de::{self, Deserializer, SeqAccess, Visitor};
     use serde::Serializer;
