@@ -52,6 +52,8 @@ fn config(dir: &Path, addr: SocketAddr, apple_root: PathBuf, tweak: &Tweak) -> C
     // Never Apple's push service from a test: a closed loopback port unless a test points
     // the pusher at its APNs simulator.
     cfg.apns.url = NO_APNS.to_string();
+    // Nor Apple Business Manager: connections created by tests name their simulator.
+    cfg.abm.url = NO_APNS.to_string();
     tweak(&mut cfg);
     cfg
 }
@@ -312,7 +314,7 @@ impl DaemonProcess {
             .arg(addr.to_string())
             .arg("--ade-root")
             .arg(apple_root)
-            .args(["--apns-url", NO_APNS])
+            .args(["--apns-url", NO_APNS, "--abm-url", NO_APNS])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

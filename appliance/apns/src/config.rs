@@ -1,16 +1,11 @@
 //! How the pusher reaches APNs and how hard it tries.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
+pub use mdm_net::{ProxyConfig, ProxyCredentials, SYSTEM_CA_BUNDLE};
 
 /// APNs production. MDM push certificates only work here: there is no sandbox for MDM.
 pub const APNS_PRODUCTION: &str = "https://api.push.apple.com";
-
-/// Debian's CA bundle (package `ca-certificates`), present on the appliance image.
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Everything [`crate::ApnsPusher`] needs besides the push identity.
 ///
@@ -73,53 +68,9 @@ impl Default for ApnsConfig {
     }
 }
 
-/// Where the trusted root certificates for the push service come from.
-#[derive(Debug, Clone, Default)]
-pub enum ApnsRoots {
-    /// The system bundle at [`SYSTEM_CA_BUNDLE`].
-    #[default]
-    System,
-    /// A PEM file with one or more `CERTIFICATE` blocks.
-    PemFile(PathBuf),
-    /// DER certificates held in memory.
-    Der(Vec<Vec<u8>>),
-}
-
-/// An HTTP proxy reached with `CONNECT`.
-#[derive(Clone)]
-pub struct ProxyConfig {
-    /// `http://host:port` (a trailing `/` is accepted). TLS to the proxy itself is not
-    /// supported: the tunnel carries TLS to Apple end to end anyway.
-    pub url: String,
-    /// Sent as `Proxy-Authorization: Basic ...` when set.
-    pub basic_auth: Option<ProxyCredentials>,
-}
-
-impl fmt::Debug for ProxyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyConfig")
-            .field("url", &self.url)
-            .field("basic_auth", &self.basic_auth)
-            .finish()
-    }
-}
-
-/// Proxy user name and password.
-#[derive(Clone)]
-pub struct ProxyCredentials {
-    /// The user name.
-    pub username: String,
-    /// The password, wiped from memory when dropped.
-    pub password: Zeroizing<String>,
-}
-
-impl fmt::Debug for ProxyCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
+/// Where the trusted root certificates for the push service come from (system bundle, PEM
+/// file, PEM text or DER certificates).
+pub type ApnsRoots = mdm_net::Roots;
 
 /// Retries of one push after a transient failure (429, 5xx, connection errors, timeouts).
 ///

@@ -56,40 +56,32 @@ pub enum ApnsError {
     KeyMismatch,
 }
 
+impl From<mdm_net::ConfigError> for ApnsError {
+    fn from(e: mdm_net::ConfigError) -> Self {
+        use mdm_net::ConfigError as C;
+        match e {
+            C::BaseUrl { url, reason } => ApnsError::BaseUrl { url, reason },
+            C::ProxyUrl { url, reason } => ApnsError::ProxyUrl { url, reason },
+            C::ProxyCredentials => ApnsError::ProxyCredentials,
+            C::RootsFile { path, reason } => ApnsError::RootsFile { path, reason },
+            C::RootsPem { reason } => ApnsError::RootsFile {
+                path: PathBuf::from("(configured PEM text)"),
+                reason,
+            },
+            C::NoRoots { source_name } => ApnsError::NoRoots { source_name },
+        }
+    }
+}
+
 /// Why a connection to the push service could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// No push certificate is configured.
     #[error("no push certificate is configured: upload the push certificate before devices can be woken")]
     NoIdentity,
-    /// TCP connect failed.
-    #[error("cannot connect to {target}: {source}")]
-    Tcp {
-        /// `host:port` that was dialled.
-        target: String,
-        /// The socket error.
-        source: std::io::Error,
-    },
-    /// The proxy did not answer like an HTTP proxy.
-    #[error("the proxy at {proxy} answered CONNECT with something that is not HTTP: {reason}")]
-    ProxyProtocol {
-        /// The proxy's `host:port`.
-        proxy: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The proxy refused to open the tunnel.
-    #[error("the proxy at {proxy} refused CONNECT {target} with {status_line:?}{hint}")]
-    ProxyRefused {
-        /// The proxy's `host:port`.
-        proxy: String,
-        /// The tunnel target.
-        target: String,
-        /// The proxy's status line.
-        status_line: String,
-        /// What to check, or empty.
-        hint: &'static str,
-    },
+    /// TCP connect or the proxy tunnel failed.
+    #[error(transparent)]
+    Net(#[from] mdm_net::ConnectError),
     /// The TLS handshake failed.
     #[error("TLS handshake with {host} failed: {source}")]
     Tls {

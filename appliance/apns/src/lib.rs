@@ -5,7 +5,8 @@
 //! body `{"mdm": PushMagic}`), authenticated with the MDM push certificate as TLS client
 //! certificate, optionally through an HTTP CONNECT proxy. Many pushes share one connection
 //! as concurrent streams, up to the server's `SETTINGS_MAX_CONCURRENT_STREAMS`; a batch of
-//! tens of thousands runs on a fixed set of workers.
+//! tens of thousands runs on a fixed set of workers. Base URL parsing, the proxy tunnel and
+//! the trusted roots come from `mdm-net`, shared with the ABM client.
 //!
 //! Each answer is classified (see Apple's "Handling notification responses from APNs"):
 //! dead tokens, a refused certificate or topic, transient failures (429, 5xx, connection

@@ -171,7 +171,7 @@ impl Pool {
         .await
         {
             Ok(sender) => {
-                info!(conn_id = id, target = %self.settings.endpoint.authority, via_proxy = self.settings.proxy.is_some(), "connected to the push service");
+                info!(conn_id = id, target = %self.settings.endpoint.authority(), via_proxy = self.settings.proxy.is_some(), "connected to the push service");
                 let conn = Arc::new(Conn {
                     id,
                     generation: identity.generation,

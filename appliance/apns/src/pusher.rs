@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
+use mdm_net::{Endpoint, Proxy};
 use mdm_service::ports::{
     PushIdentity, PushMessage, PushOutcome, PushProvider, PushProviderStatus,
 };
@@ -19,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::breaker::Breaker;
 use crate::classify::{classify, Verdict};
 use crate::config::{ApnsConfig, RetryPolicy};
-use crate::connect::{ConnectSettings, Endpoint, Proxy};
+use crate::connect::ConnectSettings;
 use crate::error::{ApnsError, ConnectError};
 use crate::pool::{Conn, Pool, TlsIdentity};
 use crate::tls;
@@ -41,7 +42,7 @@ pub struct ApnsPusher {
 impl std::fmt::Debug for ApnsPusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApnsPusher")
-            .field("endpoint", &self.inner.endpoint.authority)
+            .field("endpoint", &self.inner.endpoint.authority())
             .field("configured", &self.inner.identity().is_some())
             .finish_non_exhaustive()
     }
@@ -652,7 +653,8 @@ impl Inner {
             .method(Method::POST)
             .uri(format!(
                 "https://{}/3/device/{}",
-                self.endpoint.request_authority, message.token_hex
+                self.endpoint.request_authority(),
+                message.token_hex
             ))
             .header("apns-push-type", "mdm")
             .header("apns-priority", "10")

@@ -4,57 +4,16 @@ use std::sync::Arc;
 
 use mdm_service::ports::PushIdentity;
 use rustls::client::ClientConfig;
-use rustls::crypto::CryptoProvider;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{InconsistentKeys, RootCertStore};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tracing::debug;
 
-use crate::config::{ApnsRoots, SYSTEM_CA_BUNDLE};
+use crate::config::ApnsRoots;
 use crate::error::ApnsError;
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// Loads the trusted roots. Certificates the bundle holds but webpki cannot use (a few
-/// legacy roots in every distribution bundle) are skipped; an empty result is an error.
+/// Loads the trusted roots (see [`mdm_net::load_roots`]).
 pub(crate) fn load_roots(roots: &ApnsRoots) -> Result<Arc<RootCertStore>, ApnsError> {
-    let (name, ders): (String, Vec<CertificateDer<'static>>) = match roots {
-        ApnsRoots::System => {
-            let path = std::path::PathBuf::from(SYSTEM_CA_BUNDLE);
-            (path.display().to_string(), read_pem(&path)?)
-        }
-        ApnsRoots::PemFile(path) => (path.display().to_string(), read_pem(path)?),
-        ApnsRoots::Der(ders) => (
-            "the configured certificates".to_string(),
-            ders.iter()
-                .map(|d| CertificateDer::from(d.clone()))
-                .collect(),
-        ),
-    };
-    let mut store = RootCertStore::empty();
-    let (added, ignored) = store.add_parsable_certificates(ders);
-    if ignored > 0 {
-        debug!(added, ignored, roots = %name, "some root certificates are not usable and were skipped");
-    }
-    if store.is_empty() {
-        return Err(ApnsError::NoRoots { source_name: name });
-    }
-    Ok(Arc::new(store))
-}
-
-fn read_pem(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ApnsError> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| ApnsError::RootsFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    iter.collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApnsError::RootsFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+    Ok(mdm_net::load_roots(roots)?)
 }
 
 /// A client configuration that presents `identity` and speaks only HTTP/2.
@@ -62,7 +21,7 @@ pub(crate) fn client_config(
     roots: &Arc<RootCertStore>,
     identity: &PushIdentity,
 ) -> Result<Arc<ClientConfig>, ApnsError> {
-    let provider = provider();
+    let provider = mdm_net::crypto_provider();
     let key = certified_key(identity)?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -1,10 +1,13 @@
 //! The command line: global flags and every subcommand, as clap derive types.
 
+pub mod abm;
+
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::ttl::parse_ttl;
+use abm::AbmCommand;
 
 /// Help heading of the flags every command takes, so they do not hide a command's own.
 const GLOBAL: &str = "Global options";
@@ -84,6 +87,12 @@ pub enum Action {
         /// What to do with the keystore
         #[command(subcommand)]
         command: KeystoreCommand,
+    },
+    /// Apple Business Manager: server tokens, device sync, enrollment profiles, assignment
+    Abm {
+        /// What to do with Apple Business Manager
+        #[command(subcommand)]
+        command: AbmCommand,
     },
 }
 

@@ -29,6 +29,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit for one request, from sending it to the last byte of the answer. Generous because a
 /// long device list or a command result with a Mac's application inventory can be large.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Limit for a request the appliance answers only after talking to Apple: a sync fetches
+/// every device page by page and then assigns profiles in batches of 1000, which for a large
+/// organisation takes minutes, with Apple's own back-off included.
+pub const APPLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest answer accepted; protects the CLI from a misdirected `--server`.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// How much of a non-API error body is quoted back to the admin.
@@ -212,13 +216,28 @@ impl ApiClient {
         path: &str,
         body: RequestBody,
     ) -> Result<Bytes, CliError> {
+        self.call_within(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`ApiClient::call`] with its own limit for the whole exchange, for requests that are
+    /// known to take long (see [`APPLE_TIMEOUT`]).
+    pub async fn call_within(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        limit: Duration,
+    ) -> Result<Bytes, CliError> {
         let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
-        match self.exchange(method.clone(), path, body.clone()).await {
+        match self
+            .exchange(method.clone(), path, body.clone(), limit)
+            .await
+        {
             // The appliance may close an idle keep-alive connection just as the next request
             // goes out; a GET is safe to repeat once on a fresh connection.
             Err(CliError::Http { .. }) if reused && method == Method::GET => {
                 self.sender = None;
-                self.exchange(method, path, body).await
+                self.exchange(method, path, body, limit).await
             }
             other => other,
         }
@@ -229,6 +248,7 @@ impl ApiClient {
         method: Method,
         path: &str,
         body: RequestBody,
+        limit: Duration,
     ) -> Result<Bytes, CliError> {
         let url = format!("{}{}", self.endpoint.origin, path);
         let mut sender = match self.sender.take() {
@@ -245,11 +265,11 @@ impl ApiClient {
                 .await;
             Ok::<_, hyper::Error>((status, collected))
         };
-        let (status, collected) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, collected) = tokio::time::timeout(limit, exchange)
             .await
             .map_err(|_| CliError::Timeout {
                 url: url.clone(),
-                seconds: REQUEST_TIMEOUT.as_secs(),
+                seconds: limit.as_secs(),
                 stage: "waiting for the answer",
             })?
             .map_err(|source| CliError::Http {
@@ -284,7 +304,18 @@ impl ApiClient {
         path: &str,
         body: RequestBody,
     ) -> Result<serde_json::Value, CliError> {
-        let bytes = self.call(method, path, body).await?;
+        self.json_within(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`ApiClient::call_within`], with the answer parsed as JSON.
+    pub async fn json_within(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        limit: Duration,
+    ) -> Result<serde_json::Value, CliError> {
+        let bytes = self.call_within(method, path, body, limit).await?;
         serde_json::from_slice(&bytes).map_err(|e| CliError::BadResponse {
             url: format!("{}{}", self.endpoint.origin, path),
             reason: format!("the answer is not JSON: {e}"),

@@ -1,5 +1,7 @@
 //! Running each subcommand: local checks, the API calls, and what is printed.
 
+mod abm;
+
 use std::path::Path;
 
 use base64::Engine as _;
@@ -20,12 +22,15 @@ const DESTRUCTIVE_COMMANDS: &[&str] = &["EraseDevice"];
 
 /// What a command prints: `stdout` is the result (one value alone where a script wants to
 /// capture it), `notes` go to stderr.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Output {
     /// Text for stdout, newline-terminated.
     pub stdout: String,
     /// Lines for stderr: context and warnings.
     pub notes: Vec<String>,
+    /// A failure that still has a result worth printing (an assignment where Apple refused
+    /// some of the devices): printed after the notes, and it sets the exit code.
+    pub error: Option<CliError>,
 }
 
 impl Output {
@@ -33,6 +38,7 @@ impl Output {
         Output {
             stdout,
             notes: Vec::new(),
+            error: None,
         }
     }
 
@@ -48,6 +54,16 @@ impl Output {
 
     fn note(mut self, note: impl Into<String>) -> Self {
         self.notes.push(note.into());
+        self
+    }
+
+    fn notes(mut self, notes: impl IntoIterator<Item = String>) -> Self {
+        self.notes.extend(notes);
+        self
+    }
+
+    fn failing(mut self, error: Option<CliError>) -> Self {
+        self.error = error;
         self
     }
 }
@@ -101,6 +117,7 @@ pub async fn execute(
                 Output::text(render::keystore(&v))
             })
         }
+        Action::Abm { command } => abm::execute(client, command, json).await,
         Action::Push { device } => {
             let path = format!("/devices/{}/push", segment(device, "enrollment ID")?);
             let v = send(client, Method::POST, &path, RequestBody::Empty).await?;
@@ -338,7 +355,8 @@ async fn devices(
 ) -> Result<Output, CliError> {
     match command {
         DevicesCommand::List { limit, after, all } => {
-            let (items, next) = list_devices(client, *limit, after.as_deref(), *all).await?;
+            let (items, next) =
+                list_pages(client, "/devices", *limit, after.as_deref(), *all).await?;
             if json {
                 return Ok(Output::json(&json!({ "items": items, "next": next })));
             }
@@ -379,9 +397,11 @@ async fn devices(
     }
 }
 
-/// One page, or every page with `all`. Returns the items and the cursor for the next page.
-async fn list_devices(
+/// One page of a paged collection (`/devices`, `/abm/NAME/devices`), or every page with
+/// `all`. Returns the items and the cursor for the next page.
+async fn list_pages(
     client: &mut ApiClient,
+    collection: &str,
     limit: Option<u64>,
     after: Option<&str>,
     all: bool,
@@ -389,7 +409,7 @@ async fn list_devices(
     let mut items = Vec::new();
     let mut after = after.map(str::to_owned);
     loop {
-        let path = format!("/devices{}", page_query(limit, after.as_deref()));
+        let path = format!("{collection}{}", page_query(limit, after.as_deref()));
         let page = get(client, &path).await?;
         let page_items =
             page.get("items")

@@ -132,6 +132,59 @@ pub enum CliError {
         /// The targets, listed for the admin to check.
         targets: String,
     },
+    /// An action that cannot be undone was asked for without its confirmation flag.
+    #[error("{action}; add {flag} to confirm")]
+    Unconfirmed {
+        /// What would happen, for the admin to check.
+        action: String,
+        /// The flag that confirms it.
+        flag: &'static str,
+    },
+    /// A serial number given on the command line or in a `--file` is not one.
+    #[error(
+        "{origin}: {value:?} is not a serial number (1 to 64 letters and digits, as ABM lists it)"
+    )]
+    Serial {
+        /// Where it came from: `argument 2`, `serials.txt line 7`.
+        origin: String,
+        /// The text as given.
+        value: String,
+    },
+    /// No serial number was given to a command that acts on devices.
+    #[error("no serial numbers given: list them as arguments or in --file (one per line)")]
+    NoSerials,
+    /// A file given as an ABM enrollment profile is not a JSON object.
+    #[error("{} is not an ABM enrollment profile: {reason}", path.display())]
+    ProfileJson {
+        /// The file (`-` for standard input).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file given as certificate authorities for the ABM URL holds no usable certificate.
+    #[error(
+        "{} is not usable as the CA for the ABM URL ({reason}); it must hold the PEM \
+         certificate(s) of the CA that issued that server's TLS certificate",
+        path.display()
+    )]
+    AbmCa {
+        /// The file named by `--abm-ca`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file given as a server token cannot be one.
+    #[error(
+        "{} is not an ABM server token ({reason}); download it again from the MDM server's \
+         page in Apple Business Manager",
+        path.display()
+    )]
+    ServerToken {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An argument value is wrong in a way clap cannot check.
     #[error("{0}")]
     Usage(String),
@@ -212,6 +265,12 @@ impl CliError {
             | CliError::OutputFile { .. }
             | CliError::CommandPlist { .. }
             | CliError::NotConfirmed { .. }
+            | CliError::Unconfirmed { .. }
+            | CliError::Serial { .. }
+            | CliError::NoSerials
+            | CliError::ProfileJson { .. }
+            | CliError::AbmCa { .. }
+            | CliError::ServerToken { .. }
             | CliError::Usage(_) => EXIT_USAGE,
             CliError::NoCa { .. }
             | CliError::TlsConfig(_)

@@ -4,13 +4,19 @@
 //! database itself: redb allows one process per database file, and that process is the
 //! daemon. The connection trusts only the appliance CA given with `--ca`, and authenticates
 //! with a bearer token read from `--token-file`. Human output is aligned text; `--json`
-//! prints the API's own answer. Exit codes: 0 success, 1 the API refused, 2 usage (including
-//! unreadable local files), 3 the appliance could not be reached or TLS failed. The full
-//! reference is `docs/reference/cli.md`.
+//! prints the API's own answer. Exit codes: 0 success, 1 the API refused (or Apple refused
+//! some of the devices of a per-device ABM request), 2 usage (including unreadable local
+//! files and unconfirmed destructive commands), 3 the appliance could not be reached or TLS
+//! failed. The full reference is `docs/reference/cli.md`.
+//!
+//! `mdmctl abm ...` covers Apple Business Manager: connections and their server tokens,
+//! device sync, enrollment profiles, assignment rules and per-device outcomes. Requests the
+//! appliance answers only after talking to Apple (a sync, an assignment) get ten minutes
+//! instead of two.
 //!
 //! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
 //! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
-//! use an HTTP proxy, and has no commands for ABM (server tokens, device assignment) or for
+//! use an HTTP proxy, shows no progress during a long ABM sync, and has no commands for
 //! building typed commands with arguments (`InstallProfile`, `Settings`): those go through
 //! `command send --plist`.
 
@@ -83,5 +89,11 @@ fn print(output: &Output) -> ExitCode {
     for note in &output.notes {
         let _ = writeln!(stderr, "{note}");
     }
-    ExitCode::SUCCESS
+    match &output.error {
+        Some(e) => {
+            let _ = writeln!(stderr, "{}", e.stderr_line());
+            ExitCode::from(e.exit_code())
+        }
+        None => ExitCode::SUCCESS,
+    }
 }

@@ -4,6 +4,8 @@
 //! version ahead or behind still gives readable output; `--json` is the exact answer for
 //! scripts.
 
+pub mod abm;
+
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

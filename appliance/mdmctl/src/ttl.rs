@@ -1,4 +1,5 @@
-//! Lifetimes written the way admins type them: `7d`, `12h`, `30m`, `3600s` or `3600`.
+//! Lifetimes and intervals written the way admins type them: `7d`, `12h`, `30m`, `3600s` or
+//! `3600`.
 
 /// Parses a lifetime into seconds: a positive whole number with an optional unit suffix,
 /// `d` (days), `h` (hours), `m` (minutes) or `s` (seconds, also the default).
@@ -30,6 +31,21 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
     count
         .checked_mul(unit_seconds)
         .ok_or_else(|| format!("{text:?} is too large to be a lifetime"))
+}
+
+/// Parses an interval between automatic runs into seconds: `0` (in any unit) turns them off,
+/// anything else reads as [`parse_ttl`] reads a lifetime.
+///
+/// Used as a clap value parser, so the error is the sentence clap shows after the flag.
+pub fn parse_interval(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .strip_suffix(['d', 'h', 'm', 's'])
+        .unwrap_or(trimmed);
+    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        return Ok(0);
+    }
+    parse_ttl(text).map_err(|e| e.replace("a lifetime", "an interval"))
 }
 
 #[cfg(test)]
@@ -67,5 +83,19 @@ mod tests {
         assert!(parse_ttl("99999999999999999999")
             .expect_err("overflow")
             .contains("too large"));
+    }
+
+    #[test]
+    fn intervals_accept_zero_as_off() {
+        assert_eq!(parse_interval("0"), Ok(0));
+        assert_eq!(parse_interval("0m"), Ok(0));
+        assert_eq!(parse_interval("00s"), Ok(0));
+        assert_eq!(parse_interval("15m"), Ok(900));
+        assert_eq!(parse_interval("900"), Ok(900));
+        let err = parse_interval("soon").expect_err("not a number");
+        assert!(err.contains("not an interval"), "{err}");
+        assert!(parse_interval("m").is_err());
+        assert!(parse_interval("").is_err());
+        assert!(parse_interval("-0").is_err());
     }
 }

@@ -28,6 +28,7 @@ struct Seen {
     method: String,
     path_and_query: String,
     authorization: Option<String>,
+    content_type: Option<String>,
     body: Vec<u8>,
 }
 
@@ -164,6 +165,82 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
     )
 }
 
+fn text_response(content_type: &'static str, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+const PUBLIC_KEY_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n";
+const DEVICES_CSV: &str = "serial_number,model,description\r\nC02X1,MacBook Air,\"13\"\", M2\"\r\n";
+
+/// An ABM connection as the admin API shows it.
+fn abm_connection(name: &str) -> Value {
+    json!({"name": name, "created_at": "2024-04-01T08:00:00Z",
+           "base_url": "https://mdmenrollment.apple.com", "custom_ca": false, "state": "active",
+           "reason": "the server token is valid", "action": null, "key_staged": false,
+           "token": {"consumer_key": "CK_1", "expires_at": "2099-01-01T00:00:00Z",
+                     "uploaded_at": "2024-05-01T10:00:00Z", "generation": 1},
+           "account": {"org_name": "Example School", "org_id": "1", "org_email": "it@example.org",
+                       "server_name": "North appliance", "server_uuid": "U1", "admin_id": "a@example.org"},
+           "problem": null, "last_ok_at": "2024-05-01T10:00:00Z", "interval_seconds": 900,
+           "sync_phase": "incremental", "sync_running": false, "last_full_sync_at": null,
+           "last_sync": null, "default_profile": null, "devices": 1, "devices_due": null})
+}
+
+/// The fake appliance's ABM endpoints.
+fn abm_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
+    Some(match (seen.method.as_str(), seen.path_and_query.as_str()) {
+        ("PUT", "/api/v1/abm/north/token?force=true") => {
+            json_response(StatusCode::OK, &abm_connection("north"))
+        }
+        ("GET", "/api/v1/abm/north/public-key") => {
+            text_response("application/x-pem-file", PUBLIC_KEY_PEM)
+        }
+        ("GET", "/api/v1/abm/north/devices?format=csv") => {
+            text_response("text/csv; charset=utf-8", DEVICES_CSV)
+        }
+        ("POST", "/api/v1/abm/north/sync") => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ABM_UNREACHABLE",
+            "ABM connection \"north\": Apple did not answer",
+        ),
+        ("POST", "/api/v1/abm/north/sync?full=true") => json_response(
+            StatusCode::OK,
+            &json!({"started_at": "2024-05-01T10:00:00Z", "finished_at": "2024-05-01T10:00:09Z",
+                    "full": true, "pages": 2, "added": 150, "modified": 0, "deleted": 0,
+                    "result": "ok", "error": null}),
+        ),
+        ("POST", "/api/v1/abm/north/profiles/staff/assign") => {
+            let body: Value = serde_json::from_slice(&seen.body).expect("request JSON");
+            let items: Vec<Value> = body["serials"]
+                .as_array()
+                .expect("serials")
+                .iter()
+                .map(|s| {
+                    if s == "NOPE1" {
+                        json!({"serial": s, "outcome": "NOT_FOUND", "reason": "not listed"})
+                    } else {
+                        json!({"serial": s, "outcome": "SUCCESS", "reason": null})
+                    }
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "items": items }))
+        }
+        ("POST", "/api/v1/abm/north/disown") => json_response(
+            StatusCode::OK,
+            &json!({"items": [{"serial": "C02X1", "outcome": "SUCCESS", "reason": null}]}),
+        ),
+        ("DELETE", "/api/v1/abm/north?confirm=north") => {
+            json_response(StatusCode::OK, &json!({"deleted": "north"}))
+        }
+        _ => return None,
+    })
+}
+
 /// The fake appliance: the shapes of the real admin API for a few endpoints.
 fn answer(seen: &Seen) -> Response<Full<Bytes>> {
     if seen.authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
@@ -204,7 +281,9 @@ fn answer(seen: &Seen) -> Response<Full<Bytes>> {
             &json!({"topic": "com.apple.mgmt.External.test", "subject": "CN=APSP:test",
                     "not_after": "2030-01-01T00:00:00Z", "expired": false, "days_left": 2000}),
         ),
-        _ => api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint"),
+        _ => abm_answer(seen).unwrap_or_else(|| {
+            api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
+        }),
     }
 }
 
@@ -268,6 +347,11 @@ impl FakeAppliance {
                                     authorization: parts
                                         .headers
                                         .get(header::AUTHORIZATION)
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned),
+                                    content_type: parts
+                                        .headers
+                                        .get(header::CONTENT_TYPE)
                                         .and_then(|v| v.to_str().ok())
                                         .map(str::to_owned),
                                     body,
@@ -606,4 +690,224 @@ fn settings_come_from_the_environment_too() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(v["enrollments"], 2);
+}
+
+#[test]
+fn abm_token_upload_sends_the_file_as_pkcs7() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let token = pki.path("North_Token_smime.p7m");
+    let bytes =
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\r\nMIAGCSqGSIb3\r\n";
+    std::fs::write(&token, bytes).expect("write token");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "abm",
+            "token",
+            "upload",
+            "north",
+            token.to_str().expect("path"),
+            "--force",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Connection       north\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out)
+            .contains("server token uploaded to north: Example School, MDM server North appliance"),
+        "{}",
+        stderr(&out)
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/pkcs7-mime")
+    );
+    assert_eq!(seen[0].body, bytes);
+}
+
+#[test]
+fn abm_sync_prints_the_run_or_fails_with_the_api_code() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "sync", "north", "--full"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Sync      full fetch, 2 pages\nAdded     150\n"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "sync", "north"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error ABM_UNREACHABLE: ABM connection \"north\": Apple did not answer\n"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn abm_profile_assign_prints_every_outcome_and_exits_1_on_a_failure() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let list = pki.path("serials.txt");
+    std::fs::write(&list, "# carts\nc02x1\nNOPE1\n").expect("write");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "abm",
+            "profile",
+            "assign",
+            "north",
+            "staff",
+            "DMPX2",
+            "--file",
+            list.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "SERIAL  OUTCOME    REASON\n\
+         DMPX2   success    -\n\
+         C02X1   success    -\n\
+         NOPE1   not found  not listed\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "error ABM_DEVICES_FAILED: 1 of 3 devices not assigned: NOPE1 NOT_FOUND\n"
+    );
+    let seen = app.seen();
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(body, json!({"serials": ["DMPX2", "C02X1", "NOPE1"]}));
+}
+
+#[test]
+fn abm_destructive_commands_need_their_flag() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "disown", "north", "c02x1"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("add --yes-disown to confirm"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "delete", "north"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("add --yes to confirm"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        app.seen().is_empty(),
+        "a request went out without confirmation"
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "disown", "north", "c02x1", "C02X1", "--yes-disown"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "delete", "north", "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let seen = app.seen();
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"serials": ["C02X1"], "confirm": "disown 1 devices"})
+    );
+    assert_eq!(seen[1].path_and_query, "/api/v1/abm/north?confirm=north");
+}
+
+#[test]
+fn abm_csv_and_public_key_come_out_as_served() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "devices", "north", "--csv"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), DEVICES_CSV);
+
+    let pem = pki.path("north.pem");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "abm",
+            "public-key",
+            "north",
+            "--out",
+            pem.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&pem).expect("read"), PUBLIC_KEY_PEM);
+    assert!(
+        stderr(&out).contains("mdmctl abm token upload north FILE.p7m"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["abm", "public-key", "north"],
+    );
+    assert_eq!(stdout(&out), PUBLIC_KEY_PEM);
 }

@@ -34,6 +34,80 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub apns: Apns,
+    #[serde(default)]
+    pub abm: Abm,
+}
+
+/// `[abm]`: Apple Business Manager connections (created with `mdmctl abm add`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Abm {
+    /// The ABM API new connections use unless given one (Apple's production service).
+    #[serde(default = "default_abm_url")]
+    pub url: String,
+    /// PEM file of the roots for `url` (default: the system CA bundle).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP CONNECT proxy, `http://host:port`, for calls to ABM.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_username: Option<String>,
+    /// File holding the proxy password.
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// Sync interval of new connections, seconds (0: only on request).
+    #[serde(default = "default_abm_interval")]
+    pub sync_interval_seconds: u64,
+    /// A full re-fetch runs when the last one is older than this many days.
+    #[serde(default = "default_abm_refetch")]
+    pub full_refetch_days: u64,
+    /// Tokens this close to expiry are reported as expiring soon.
+    #[serde(default = "default_abm_warning")]
+    pub token_warning_days: u64,
+    /// Cool-down before FAILED/THROTTLED assignments are retried when Apple gives no
+    /// `retry_after_seconds`, seconds.
+    #[serde(default = "default_abm_cooldown")]
+    pub assignment_cooldown_seconds: u64,
+    /// Timeout of one call to ABM, seconds.
+    #[serde(default = "default_abm_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for Abm {
+    fn default() -> Self {
+        Abm {
+            url: default_abm_url(),
+            ca_file: None,
+            proxy: None,
+            proxy_username: None,
+            proxy_password_file: None,
+            sync_interval_seconds: default_abm_interval(),
+            full_refetch_days: default_abm_refetch(),
+            token_warning_days: default_abm_warning(),
+            assignment_cooldown_seconds: default_abm_cooldown(),
+            request_timeout_seconds: default_abm_timeout(),
+        }
+    }
+}
+
+fn default_abm_url() -> String {
+    "https://mdmenrollment.apple.com".into()
+}
+fn default_abm_interval() -> u64 {
+    900
+}
+fn default_abm_refetch() -> u64 {
+    6
+}
+fn default_abm_warning() -> u64 {
+    30
+}
+fn default_abm_cooldown() -> u64 {
+    24 * 3600
+}
+fn default_abm_timeout() -> u64 {
+    30
 }
 
 /// `[apns]`
@@ -373,6 +447,7 @@ impl Config {
             retention: Retention::default(),
             limits: Limits::default(),
             apns: Apns::default(),
+            abm: Abm::default(),
         }
     }
 
@@ -429,6 +504,28 @@ impl Config {
         }
         if self.apns.repush_interval_seconds < 60 || self.apns.connections == 0 {
             bail!("apns: repush_interval_seconds must be at least 60 and connections at least 1");
+        }
+        if !self.abm.url.starts_with("https://") {
+            bail!("abm.url: must start with https://");
+        }
+        if self
+            .abm
+            .proxy
+            .as_deref()
+            .is_some_and(|p| !p.starts_with("http://"))
+        {
+            bail!(
+                "abm.proxy: give it as http://host:port (the tunnel carries TLS to Apple itself)"
+            );
+        }
+        if self.abm.proxy_password_file.is_some() && self.abm.proxy_username.is_none() {
+            bail!("abm.proxy_password_file: set abm.proxy_username too");
+        }
+        if self.abm.full_refetch_days == 0 || self.abm.full_refetch_days > 7 {
+            bail!("abm.full_refetch_days: between 1 and 7 (Apple's cursors expire after 7 days)");
+        }
+        if self.abm.request_timeout_seconds == 0 || self.abm.assignment_cooldown_seconds < 60 {
+            bail!("abm: request_timeout_seconds must be positive and assignment_cooldown_seconds at least 60");
         }
         if self.limits.max_connections == 0 {
             bail!("limits.max_connections: must be positive");

@@ -130,45 +130,81 @@ fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
     Ok(sc)
 }
 
-fn apns_config(cfg: &Config) -> anyhow::Result<mdm_apns::ApnsConfig> {
-    let a = &cfg.apns;
-    let proxy = match &a.proxy {
-        None => None,
-        Some(url) => {
-            let basic_auth = match (&a.proxy_username, &a.proxy_password_file) {
-                (Some(user), file) => {
-                    let password = match file {
-                        Some(f) => std::fs::read_to_string(f)
-                            .with_context(|| {
-                                format!("apns.proxy_password_file: cannot read {}", f.display())
-                            })?
-                            .trim_end_matches(['\r', '\n'])
-                            .to_string(),
-                        None => String::new(),
-                    };
-                    Some(mdm_apns::ProxyCredentials {
-                        username: user.clone(),
-                        password: zeroize::Zeroizing::new(password),
-                    })
-                }
-                (None, _) => None,
+/// An HTTP CONNECT proxy from a configuration section's `proxy`, `proxy_username` and
+/// `proxy_password_file` (`section` names them in errors).
+fn proxy_config(
+    section: &str,
+    url: &Option<String>,
+    username: &Option<String>,
+    password_file: &Option<PathBuf>,
+) -> anyhow::Result<Option<mdm_net::ProxyConfig>> {
+    let Some(url) = url else { return Ok(None) };
+    let basic_auth = match (username, password_file) {
+        (Some(user), file) => {
+            let password = match file {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| {
+                        format!("{section}.proxy_password_file: cannot read {}", f.display())
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => String::new(),
             };
-            Some(mdm_apns::ProxyConfig {
-                url: url.clone(),
-                basic_auth,
+            Some(mdm_net::ProxyCredentials {
+                username: user.clone(),
+                password: zeroize::Zeroizing::new(password),
             })
         }
+        (None, _) => None,
     };
+    Ok(Some(mdm_net::ProxyConfig {
+        url: url.clone(),
+        basic_auth,
+    }))
+}
+
+fn apns_config(cfg: &Config) -> anyhow::Result<mdm_apns::ApnsConfig> {
+    let a = &cfg.apns;
     Ok(mdm_apns::ApnsConfig {
         base_url: a.url.trim_end_matches('/').to_string(),
         roots: match &a.ca_file {
             Some(f) => mdm_apns::ApnsRoots::PemFile(f.clone()),
             None => mdm_apns::ApnsRoots::System,
         },
-        proxy,
+        proxy: proxy_config("apns", &a.proxy, &a.proxy_username, &a.proxy_password_file)?,
         connections: a.connections,
         ..mdm_apns::ApnsConfig::default()
     })
+}
+
+fn abm_settings(
+    cfg: &Config,
+) -> anyhow::Result<(mdm_abm::AbmClientConfig, mdm_service::abm::AbmConfig)> {
+    let a = &cfg.abm;
+    let client = mdm_abm::AbmClientConfig {
+        timeout: Duration::from_secs(a.request_timeout_seconds),
+        proxy: proxy_config("abm", &a.proxy, &a.proxy_username, &a.proxy_password_file)?,
+        ..mdm_abm::AbmClientConfig::default()
+    };
+    let ca_pem = match &a.ca_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("abm.ca_file: cannot read {}", f.display()))?,
+        ),
+        None => None,
+    };
+    let service = mdm_service::abm::AbmConfig {
+        expiry_warning: mdm_service::authority::days(a.token_warning_days),
+        default_interval_seconds: a.sync_interval_seconds,
+        full_refetch_interval: mdm_service::authority::days(a.full_refetch_days),
+        failure_cooldown: Duration::from_secs(a.assignment_cooldown_seconds),
+        default_endpoint: mdm_service::ports::AbmEndpoint {
+            base_url: a.url.trim_end_matches('/').to_string(),
+            ca_pem,
+        },
+        ..mdm_service::abm::AbmConfig::default()
+    };
+    Ok((client, service))
 }
 
 fn tls_names(cfg: &Config) -> TlsNames {
@@ -280,8 +316,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let addr_text: String = local_addrs.iter().map(|a| format!("{a}\n")).collect();
     write_private_file(&data_dir.join(LISTEN_ADDR_FILE), addr_text.as_bytes())?;
 
+    let (abm_client, abm_config) = abm_settings(&cfg)?;
+    let abm = mdm_service::abm::AbmService::new(
+        service.clone(),
+        mdm_abm::AbmHttpConnector::new(abm_client),
+        abm_config,
+    );
     let app = Arc::new(mdm_web::App::new(
         service.clone(),
+        abm.clone(),
         mdm_web::Limits {
             device_body: cfg.limits.device_body_bytes,
             enrollment_body: cfg.limits.enrollment_body_bytes,
@@ -313,6 +356,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             push_settings,
             rx.clone(),
         ));
+        let abm_scheduler = tokio::spawn(mdm_service::abm::scheduler::run_abm_scheduler(
+            abm.clone(),
+            rx.clone(),
+        ));
         let mut rx_serve = rx.clone();
         let shutdown = async move {
             let _ = rx_serve.wait_for(|stop| *stop).await;
@@ -321,6 +368,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let served = mdm_web::server::serve(listeners, Arc::new(tls), app, opts, shutdown).await;
         pruner.abort();
         pushing.abort();
+        abm_scheduler.abort();
+        drop(abm);
         drop(service);
         store
             .close()

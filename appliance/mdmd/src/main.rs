@@ -63,6 +63,12 @@ struct ServeArgs {
     /// PEM roots for the push service's TLS certificate (overrides apns.ca_file).
     #[arg(long)]
     apns_ca: Option<PathBuf>,
+    /// ABM API URL new connections use (overrides abm.url; tests point it at a simulator).
+    #[arg(long)]
+    abm_url: Option<String>,
+    /// PEM roots for the ABM API's TLS certificate (overrides abm.ca_file).
+    #[arg(long)]
+    abm_ca: Option<PathBuf>,
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -107,6 +113,12 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(ca) = &args.apns_ca {
         cfg.apns.ca_file = Some(ca.clone());
+    }
+    if let Some(url) = &args.abm_url {
+        cfg.abm.url = url.clone();
+    }
+    if let Some(ca) = &args.abm_ca {
+        cfg.abm.ca_file = Some(ca.clone());
     }
     if let Some(f) = args.log_format {
         cfg.log.format = f;

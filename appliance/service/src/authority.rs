@@ -334,6 +334,11 @@ impl Authority {
         })
     }
 
+    /// The CA certificate (devices trust it; ABM profiles carry it as an anchor).
+    pub fn ca_cert(&self) -> &Certificate {
+        &self.ca.cert
+    }
+
     /// The CA certificate as PEM.
     pub fn ca_pem(&self) -> String {
         self.ca.cert.to_pem()

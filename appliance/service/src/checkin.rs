@@ -466,14 +466,14 @@ impl<S: Store> MdmService<S> {
         }
     }
 
-    fn seal(&self, purpose: &str, data: &[u8]) -> ServiceResult<Vec<u8>> {
+    pub(crate) fn seal(&self, purpose: &str, data: &[u8]) -> ServiceResult<Vec<u8>> {
         self.sealer()
             .seal(purpose, data)
             .map(|b| b.to_bytes())
             .map_err(|e| ServiceError::internal("KEY_SEAL_FAILED", e.to_string()))
     }
 
-    fn unseal(
+    pub(crate) fn unseal(
         &self,
         purpose: &str,
         sealed: &[u8],

@@ -8,7 +8,10 @@
 //! Where the port documentation leaves room, the cases pin the meaning down:
 //! - FIFO and "newest first" follow enqueue order, not timestamps or uuids;
 //! - a delivery's age (for pruning) counts from when it became final;
-//! - a challenge is expired once `now` is past `expires_at`; a used one stays `AlreadyUsed`.
+//! - a challenge is expired once `now` is past `expires_at`; a used one stays `AlreadyUsed`;
+//! - an ABM device is due when `next_assign_at` is at or before `now`;
+//! - an [`AbmBatch`](crate::ports::AbmBatch) applies `delete_connection` before its other
+//!   writes, so one batch can replace a connection wholesale.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,11 +23,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use mdm_proto::abm::{Account, Device, Profile};
+
 use crate::ports::{
-    ApiTokenRecord, AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult,
-    DeliveryRecord, DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState,
-    IssuedCertRecord, LinkRecord, NewCommand, PushRecord, PushTarget, ResultOutcome,
-    RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
+    AbmAssignOutcome, AbmAssignment, AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint,
+    AbmKeyRecord, AbmProblem, AbmProfileRecord, AbmRuleMatch, AbmRuleRecord, AbmSyncRun,
+    AbmSyncState, AbmTokenRecord, ApiTokenRecord, AuthenticateRecord, ChallengeOutcome,
+    ChallengeRecord, Channel, CommandResult, DeliveryRecord, DeliveryStatus, DeviceFacts,
+    EnrollmentSource, EnrollmentState, IssuedCertRecord, LinkRecord, NewCommand, PushRecord,
+    PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -61,6 +68,14 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(prune_is_bounded_by_batch_limit);
     case!(prune_removes_expired_challenges);
     case!(delivery_history_newest_first);
+    case!(enrollments_by_serial_follow_authenticate);
+    case!(abm_batch_is_written_whole);
+    case!(abm_replacing_a_device_moves_its_due_entry);
+    case!(abm_device_count_counts_distinct_devices);
+    case!(abm_devices_by_serial_across_connections);
+    case!(abm_delete_connection_removes_everything);
+    case!(abm_rules_by_priority_then_name_and_deletions);
+    case!(abm_devices_page_by_serial);
 }
 
 const BASE: i64 = 1_700_000_000_000;
@@ -1292,4 +1307,668 @@ pub async fn delivery_history_newest_first<S: Store>(store: &S) {
         ["c5"]
     );
     assert_eq!(uuids(&store.enrollment_deliveries("D", 1).unwrap()), ["c5"]);
+}
+
+fn with_serial(id: &str, serial: Option<&str>, at: Timestamp) -> AuthenticateRecord {
+    let mut rec = auth(id, at);
+    rec.facts.serial_number = serial.map(str::to_owned);
+    rec
+}
+
+fn serial_ids<S: Store>(store: &S, serial: &str) -> Vec<String> {
+    store
+        .enrollments_by_serial(serial)
+        .expect("enrollments_by_serial")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Device channels by reported serial number: several ids may share one (a wiped device
+/// enrolled again), user channels are not listed, and a re-authentication with another
+/// serial (or none) moves the enrollment.
+pub async fn enrollments_by_serial_follow_authenticate<S: Store>(store: &S) {
+    assert!(store.enrollments_by_serial("SN-1").unwrap().is_empty());
+    store
+        .authenticate(with_serial("D2", Some("SN-1"), t(0)))
+        .await
+        .unwrap();
+    store
+        .authenticate(with_serial("D1", Some("SN-1"), t(1)))
+        .await
+        .unwrap();
+    store
+        .authenticate(with_serial("D3", Some("SN-2"), t(2)))
+        .await
+        .unwrap();
+    store
+        .authenticate(with_serial("D4", None, t(3)))
+        .await
+        .unwrap();
+    store
+        .token_update(token("D1", t(4)))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .token_update(token("D1:user", t(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .enrollment("D1:user")
+            .unwrap()
+            .unwrap()
+            .facts
+            .serial_number
+            .as_deref(),
+        Some("SN-1"),
+        "the user channel carries its device's facts"
+    );
+
+    assert_eq!(
+        serial_ids(store, "SN-1"),
+        ["D1", "D2"],
+        "device channels, by id"
+    );
+    assert_eq!(serial_ids(store, "SN-2"), ["D3"]);
+    assert!(serial_ids(store, "SN-").is_empty(), "no prefix matches");
+    assert!(serial_ids(store, "SN-10").is_empty());
+    let d1 = store.enrollments_by_serial("SN-1").unwrap().remove(0);
+    assert_eq!(
+        Some(d1),
+        store.enrollment("D1").unwrap(),
+        "the full, current record"
+    );
+
+    store
+        .authenticate(with_serial("D2", Some("SN-2"), t(10)))
+        .await
+        .unwrap();
+    assert_eq!(serial_ids(store, "SN-1"), ["D1"], "moved away");
+    assert_eq!(serial_ids(store, "SN-2"), ["D2", "D3"], "moved here");
+
+    store
+        .authenticate(with_serial("D1", Some("SN-1"), t(11)))
+        .await
+        .unwrap();
+    assert!(store.check_out("D1", t(12)).await.unwrap());
+    let listed = store.enrollments_by_serial("SN-1").unwrap();
+    assert_eq!(listed.len(), 1, "the same serial again is listed once");
+    assert_eq!(listed[0].state, EnrollmentState::CheckedOut);
+
+    store
+        .authenticate(with_serial("D3", None, t(13)))
+        .await
+        .unwrap();
+    assert_eq!(serial_ids(store, "SN-2"), ["D2"], "no serial, no entry");
+    store
+        .authenticate(with_serial("D4", Some("SN-4"), t(14)))
+        .await
+        .unwrap();
+    assert_eq!(serial_ids(store, "SN-4"), ["D4"]);
+}
+
+fn abm_connection(name: &str) -> AbmConnectionRecord {
+    let key = |n: u8| AbmKeyRecord {
+        cert_der: vec![0x30, 0x82, n, 0x00, 0xff],
+        key_sealed: format!("sealed-key-{n}").into_bytes(),
+        created_at: t(i64::from(n)),
+    };
+    AbmConnectionRecord {
+        name: name.to_owned(),
+        created_at: t(0),
+        endpoint: AbmEndpoint {
+            base_url: format!("https://abm.example.test/{name}"),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+        },
+        staged_key: Some(key(2)),
+        current_key: Some(key(1)),
+        token: Some(AbmTokenRecord {
+            consumer_key: format!("CK_{name}"),
+            credentials_sealed: vec![1, 2, 3, 250],
+            expires_at: t(365 * 86_400_000),
+            uploaded_at: t(3),
+            generation: 1,
+        }),
+        account: Some(Account {
+            server_name: format!("MDM server {name}"),
+            server_uuid: "5ba2a4c4-0000-4000-8000-000000000001".into(),
+            org_name: "Example School".into(),
+            ..Account::default()
+        }),
+        problem: Some(AbmProblem {
+            code: "ABM_THROTTLED".into(),
+            message: "Apple is throttling requests".into(),
+            since: t(4),
+            last_at: t(5),
+        }),
+        last_ok_at: Some(t(6)),
+        sync: AbmSyncState {
+            interval_seconds: 3600,
+            cursor: Some(format!("cursor-{name}-1")),
+            fetching: true,
+            generation: 1,
+            last_full_at: None,
+            last_run: Some(AbmSyncRun {
+                started_at: t(7),
+                finished_at: Some(t(8)),
+                full: true,
+                pages: 2,
+                added: 3,
+                modified: 0,
+                deleted: 0,
+                error: None,
+            }),
+        },
+        default_profile: Some("default".into()),
+    }
+}
+
+fn abm_device(connection: &str, serial: &str, due: Option<Timestamp>) -> AbmDeviceRecord {
+    AbmDeviceRecord {
+        connection: connection.to_owned(),
+        serial: serial.to_owned(),
+        device: Device {
+            serial_number: serial.to_owned(),
+            model: "iPad Air (5th generation)".into(),
+            description: "IPAD AIR WI-FI 64GB".into(),
+            color: "BLUE".into(),
+            os: "iOS".into(),
+            device_family: "iPad".into(),
+            profile_status: "empty".into(),
+            device_assigned_date: "2024-05-01T10:00:00Z".into(),
+            device_assigned_by: "admin@example.test".into(),
+            op_type: "added".into(),
+            op_date: "2024-05-01T10:00:00Z".into(),
+            ..Device::default()
+        },
+        first_seen_at: t(0),
+        updated_at: t(0),
+        removed_at: None,
+        seen_generation: 1,
+        assignment: None,
+        next_assign_at: due,
+    }
+}
+
+fn abm_profile(connection: &str, name: &str) -> AbmProfileRecord {
+    AbmProfileRecord {
+        name: name.to_owned(),
+        connection: connection.to_owned(),
+        profile: Profile {
+            profile_name: format!("Profile {name}"),
+            url: Some("https://mdm.example.test/enroll/ade".into()),
+            is_supervised: Some(true),
+            await_device_configured: Some(true),
+            anchor_certs: vec!["MIIB".into()],
+            skip_setup_items: vec!["Siri".into(), "Privacy".into()],
+            ..Profile::default()
+        },
+        apple_uuid: None,
+        defined_at: None,
+        updated_at: t(0),
+    }
+}
+
+fn abm_rule(connection: &str, name: &str, priority: i32) -> AbmRuleRecord {
+    AbmRuleRecord {
+        connection: connection.to_owned(),
+        name: name.to_owned(),
+        priority,
+        matcher: AbmRuleMatch {
+            serials: vec!["S-RULE".into()],
+            device_family: Some("iPad".into()),
+            model: Some("air".into()),
+            os: None,
+        },
+        profile: "default".into(),
+        created_at: t(0),
+    }
+}
+
+fn abm_serials(devices: &[AbmDeviceRecord]) -> Vec<&str> {
+    devices.iter().map(|d| d.serial.as_str()).collect()
+}
+
+async fn abm_put_devices<S: Store>(store: &S, devices: Vec<AbmDeviceRecord>) {
+    store
+        .abm_write(AbmBatch {
+            devices,
+            ..AbmBatch::default()
+        })
+        .await
+        .expect("abm_write of devices");
+}
+
+fn abm_due<S: Store>(store: &S, connection: &str, now: Timestamp, limit: usize) -> Vec<String> {
+    store
+        .abm_devices_due(connection, now, limit)
+        .expect("abm_devices_due")
+        .into_iter()
+        .map(|d| d.serial)
+        .collect()
+}
+
+/// Everything of a batch is visible once its write completes, exactly as written; a later
+/// batch replaces records by key.
+pub async fn abm_batch_is_written_whole<S: Store>(store: &S) {
+    assert!(store.abm_connections().unwrap().is_empty());
+    assert!(store.abm_connection("school").unwrap().is_none());
+    assert_eq!(store.abm_device_count("school").unwrap(), 0);
+    assert_eq!(store.abm_next_due("school").unwrap(), None);
+    assert!(store.abm_devices("school", None, 10).unwrap().is_empty());
+
+    let connection = abm_connection("school");
+    let mut assigned = abm_device("school", "S-2", Some(t(50)));
+    assigned.assignment = Some(AbmAssignment {
+        profile_id: "default".into(),
+        profile_uuid: "A1B2C3".into(),
+        outcome: AbmAssignOutcome::Throttled,
+        at: t(40),
+        reason: Some("Apple is throttling assignments".into()),
+        failures: 2,
+    });
+    assigned.removed_at = Some(t(45));
+    let devices = vec![
+        abm_device("school", "S-1", None),
+        assigned,
+        abm_device("school", "S-3", Some(t(60))),
+    ];
+    let profiles = vec![
+        abm_profile("school", "staff"),
+        abm_profile("school", "default"),
+    ];
+    let rules = vec![
+        abm_rule("school", "ipads", 10),
+        abm_rule("school", "macs", 20),
+    ];
+    store
+        .abm_write(AbmBatch {
+            connection: Some(connection.clone()),
+            devices: devices.clone(),
+            profiles: profiles.clone(),
+            rules: rules.clone(),
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.abm_connection("school").unwrap(),
+        Some(connection.clone())
+    );
+    assert_eq!(
+        store.abm_connections().unwrap(),
+        std::slice::from_ref(&connection)
+    );
+    for d in &devices {
+        assert_eq!(
+            store.abm_device("school", &d.serial).unwrap().as_ref(),
+            Some(d),
+            "device {}",
+            d.serial
+        );
+    }
+    assert_eq!(store.abm_devices("school", None, 10).unwrap(), devices);
+    assert_eq!(store.abm_device_count("school").unwrap(), 3);
+    assert_eq!(store.abm_next_due("school").unwrap(), Some(t(50)));
+    assert_eq!(abm_due(store, "school", t(100), 10), ["S-2", "S-3"]);
+    assert_eq!(
+        store.abm_profiles("school").unwrap(),
+        [profiles[1].clone(), profiles[0].clone()],
+        "profiles by name"
+    );
+    assert_eq!(
+        store.abm_profile("school", "staff").unwrap(),
+        Some(profiles[0].clone())
+    );
+    assert_eq!(store.abm_rules("school").unwrap(), rules);
+    assert!(store.abm_device("school", "S-9").unwrap().is_none());
+    assert!(store.abm_profile("school", "nope").unwrap().is_none());
+    assert!(store.abm_device("other", "S-1").unwrap().is_none());
+
+    // A sync page: the new cursor and the devices it brought, together.
+    let mut next = connection.clone();
+    next.sync.cursor = Some("cursor-school-2".into());
+    next.sync.fetching = false;
+    next.problem = None;
+    let mut modified = abm_device("school", "S-1", Some(t(70)));
+    modified.device.op_type = "modified".into();
+    modified.updated_at = t(65);
+    store
+        .abm_write(AbmBatch {
+            connection: Some(next.clone()),
+            devices: vec![modified.clone(), abm_device("school", "S-4", None)],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.abm_connection("school").unwrap(), Some(next));
+    assert_eq!(store.abm_device("school", "S-1").unwrap(), Some(modified));
+    assert_eq!(store.abm_device_count("school").unwrap(), 4);
+    assert_eq!(
+        abm_serials(&store.abm_devices("school", None, 10).unwrap()),
+        ["S-1", "S-2", "S-3", "S-4"]
+    );
+    assert_eq!(abm_due(store, "school", t(100), 10), ["S-2", "S-3", "S-1"]);
+    assert_eq!(store.abm_profiles("school").unwrap().len(), 2, "untouched");
+}
+
+/// The due list follows `next_assign_at` through every replacement: earliest first, due at
+/// `now` inclusive, each device once, none without `next_assign_at`, per connection.
+pub async fn abm_replacing_a_device_moves_its_due_entry<S: Store>(store: &S) {
+    abm_put_devices(
+        store,
+        vec![
+            abm_device("c", "A", Some(t(300))),
+            abm_device("c", "B", Some(t(100))),
+            abm_device("c", "C", None),
+            abm_device("c", "D", Some(t(200))),
+            // A connection whose name extends "c": its devices are not "c"'s.
+            abm_device("c2", "E", Some(t(50))),
+        ],
+    )
+    .await;
+    assert_eq!(store.abm_next_due("c").unwrap(), Some(t(100)));
+    assert_eq!(abm_due(store, "c", t(99), 10), Vec::<String>::new());
+    assert_eq!(
+        abm_due(store, "c", t(200), 10),
+        ["B", "D"],
+        "at `now` is due"
+    );
+    assert_eq!(abm_due(store, "c", t(1_000), 2), ["B", "D"], "limit");
+    assert_eq!(abm_due(store, "c", t(1_000), 10), ["B", "D", "A"]);
+    assert!(abm_due(store, "c", t(1_000), 0).is_empty());
+
+    abm_put_devices(store, vec![abm_device("c", "A", Some(t(50)))]).await;
+    assert_eq!(store.abm_next_due("c").unwrap(), Some(t(50)));
+    assert_eq!(abm_due(store, "c", t(60), 10), ["A"]);
+    assert_eq!(
+        abm_due(store, "c", t(1_000), 10),
+        ["A", "B", "D"],
+        "the old entry of A is gone"
+    );
+
+    abm_put_devices(store, vec![abm_device("c", "B", None)]).await;
+    assert_eq!(abm_due(store, "c", t(1_000), 10), ["A", "D"]);
+    abm_put_devices(store, vec![abm_device("c", "C", Some(t(150)))]).await;
+    assert_eq!(abm_due(store, "c", t(1_000), 10), ["A", "C", "D"]);
+
+    // Same time, new content: listed once, with the new content.
+    let mut again = abm_device("c", "A", Some(t(50)));
+    again.seen_generation = 7;
+    abm_put_devices(store, vec![again.clone()]).await;
+    let due = store.abm_devices_due("c", t(1_000), 10).unwrap();
+    assert_eq!(abm_serials(&due), ["A", "C", "D"]);
+    assert_eq!(due[0], again);
+    assert_eq!(
+        abm_due(store, "c", Timestamp(i64::MAX), 10),
+        ["A", "C", "D"],
+        "the end of time"
+    );
+
+    abm_put_devices(
+        store,
+        vec![
+            abm_device("c", "A", None),
+            abm_device("c", "C", None),
+            abm_device("c", "D", None),
+        ],
+    )
+    .await;
+    assert_eq!(store.abm_next_due("c").unwrap(), None);
+    assert!(abm_due(store, "c", Timestamp(i64::MAX), 10).is_empty());
+    assert_eq!(store.abm_device_count("c").unwrap(), 4);
+    assert_eq!(store.abm_next_due("c2").unwrap(), Some(t(50)));
+    assert_eq!(abm_due(store, "c2", t(50), 10), ["E"]);
+}
+
+/// The count is of distinct serials per connection: replacing a device or listing it twice in
+/// one batch (Apple's pages can) does not count it twice; the later record wins.
+pub async fn abm_device_count_counts_distinct_devices<S: Store>(store: &S) {
+    let mut later = abm_device("c", "S1", Some(t(5)));
+    later.device.op_type = "modified".into();
+    abm_put_devices(
+        store,
+        vec![
+            abm_device("c", "S1", Some(t(1))),
+            abm_device("c", "S2", None),
+            later.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(store.abm_device_count("c").unwrap(), 2);
+    assert_eq!(store.abm_device("c", "S1").unwrap(), Some(later));
+    assert_eq!(abm_due(store, "c", t(10), 10), ["S1"]);
+    assert_eq!(store.abm_next_due("c").unwrap(), Some(t(5)));
+
+    abm_put_devices(
+        store,
+        vec![
+            abm_device("c", "S2", Some(t(2))),
+            abm_device("c", "S3", None),
+            abm_device("d", "S1", None),
+        ],
+    )
+    .await;
+    assert_eq!(store.abm_device_count("c").unwrap(), 3);
+    assert_eq!(store.abm_device_count("d").unwrap(), 1);
+    assert_eq!(store.abm_device_count("nobody").unwrap(), 0);
+    let mut removed = abm_device("c", "S3", None);
+    removed.removed_at = Some(t(20));
+    abm_put_devices(store, vec![removed]).await;
+    assert_eq!(
+        store.abm_device_count("c").unwrap(),
+        3,
+        "a device ABM deleted keeps its record"
+    );
+}
+
+/// One serial number in several connections (a device moved between MDM servers).
+pub async fn abm_devices_by_serial_across_connections<S: Store>(store: &S) {
+    abm_put_devices(
+        store,
+        vec![
+            abm_device("west", "X", Some(t(1))),
+            abm_device("east", "X", None),
+            abm_device("east", "Y", None),
+            abm_device("west", "X1", None),
+        ],
+    )
+    .await;
+    let mut found = store.abm_devices_by_serial("X").unwrap();
+    found.sort_by(|a, b| a.connection.cmp(&b.connection));
+    assert_eq!(
+        found,
+        [
+            abm_device("east", "X", None),
+            abm_device("west", "X", Some(t(1)))
+        ]
+    );
+    assert_eq!(
+        store.abm_devices_by_serial("Y").unwrap(),
+        [abm_device("east", "Y", None)]
+    );
+    assert!(store.abm_devices_by_serial("Z").unwrap().is_empty());
+    assert!(store.abm_devices_by_serial("").unwrap().is_empty());
+
+    // Replacing keeps one entry per connection.
+    abm_put_devices(store, vec![abm_device("east", "X", Some(t(9)))]).await;
+    assert_eq!(store.abm_devices_by_serial("X").unwrap().len(), 2);
+}
+
+/// Deleting a connection removes it with its devices, their index entries and count, its
+/// profiles and rules, and nothing of any other connection.
+pub async fn abm_delete_connection_removes_everything<S: Store>(store: &S) {
+    for name in ["a", "a2"] {
+        store
+            .abm_write(AbmBatch {
+                connection: Some(abm_connection(name)),
+                devices: vec![
+                    abm_device(name, "SHARED", Some(t(10))),
+                    abm_device(name, &format!("OWN-{name}"), Some(t(20))),
+                    abm_device(name, &format!("IDLE-{name}"), None),
+                ],
+                profiles: vec![abm_profile(name, "default")],
+                rules: vec![abm_rule(name, "ipads", 1)],
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .abm_write(AbmBatch {
+            delete_connection: Some("a".into()),
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+
+    assert!(store.abm_connection("a").unwrap().is_none());
+    assert_eq!(store.abm_connections().unwrap(), [abm_connection("a2")]);
+    assert!(store.abm_devices("a", None, 10).unwrap().is_empty());
+    assert!(store.abm_device("a", "SHARED").unwrap().is_none());
+    assert_eq!(store.abm_device_count("a").unwrap(), 0);
+    assert_eq!(store.abm_next_due("a").unwrap(), None);
+    assert!(abm_due(store, "a", Timestamp(i64::MAX), 10).is_empty());
+    assert!(store.abm_devices_by_serial("OWN-a").unwrap().is_empty());
+    assert_eq!(
+        store.abm_devices_by_serial("SHARED").unwrap(),
+        [abm_device("a2", "SHARED", Some(t(10)))]
+    );
+    assert!(store.abm_profiles("a").unwrap().is_empty());
+    assert!(store.abm_profile("a", "default").unwrap().is_none());
+    assert!(store.abm_rules("a").unwrap().is_empty());
+
+    assert_eq!(store.abm_device_count("a2").unwrap(), 3);
+    assert_eq!(abm_due(store, "a2", t(100), 10), ["SHARED", "OWN-a2"]);
+    assert_eq!(
+        store.abm_profiles("a2").unwrap(),
+        [abm_profile("a2", "default")]
+    );
+    assert_eq!(store.abm_rules("a2").unwrap(), [abm_rule("a2", "ipads", 1)]);
+
+    // Created again under the same name: it starts empty.
+    store
+        .abm_write(AbmBatch {
+            connection: Some(abm_connection("a")),
+            devices: vec![abm_device("a", "NEW", None)],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.abm_device_count("a").unwrap(), 1);
+    assert!(store.abm_profiles("a").unwrap().is_empty());
+
+    // Deletion comes first in a batch: this replaces "a2" with a fresh connection.
+    let mut fresh = abm_connection("a2");
+    fresh.sync = AbmSyncState::default();
+    store
+        .abm_write(AbmBatch {
+            delete_connection: Some("a2".into()),
+            connection: Some(fresh.clone()),
+            devices: vec![abm_device("a2", "FRESH", None)],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.abm_connection("a2").unwrap(), Some(fresh));
+    assert_eq!(
+        abm_serials(&store.abm_devices("a2", None, 10).unwrap()),
+        ["FRESH"]
+    );
+    assert_eq!(store.abm_device_count("a2").unwrap(), 1);
+    assert!(store.abm_devices_by_serial("SHARED").unwrap().is_empty());
+    assert!(store.abm_rules("a2").unwrap().is_empty());
+
+    store
+        .abm_write(AbmBatch {
+            delete_connection: Some("never-existed".into()),
+            ..AbmBatch::default()
+        })
+        .await
+        .expect("deleting an unknown connection is not an error");
+    assert_eq!(store.abm_connections().unwrap().len(), 2);
+}
+
+/// Rules come by priority (lowest first, negative allowed), then name; profiles by name.
+/// Deletions remove one record of one connection.
+pub async fn abm_rules_by_priority_then_name_and_deletions<S: Store>(store: &S) {
+    let rule_names = |store: &S| -> Vec<String> {
+        store
+            .abm_rules("c")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    store
+        .abm_write(AbmBatch {
+            rules: vec![
+                abm_rule("c", "zeta", 1),
+                abm_rule("c", "alpha", 5),
+                abm_rule("c", "beta", 1),
+                abm_rule("c", "gamma", -3),
+                abm_rule("c2", "aaa", -10),
+            ],
+            profiles: vec![
+                abm_profile("c", "p2"),
+                abm_profile("c", "p1"),
+                abm_profile("c2", "p1"),
+            ],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rule_names(store), ["gamma", "beta", "zeta", "alpha"]);
+
+    store
+        .abm_write(AbmBatch {
+            rules: vec![abm_rule("c", "alpha", 0)],
+            delete_rules: vec![("c".into(), "beta".into()), ("c".into(), "nope".into())],
+            delete_profiles: vec![("c".into(), "p1".into())],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rule_names(store), ["gamma", "alpha", "zeta"]);
+    assert_eq!(store.abm_rules("c2").unwrap(), [abm_rule("c2", "aaa", -10)]);
+    assert!(store.abm_profile("c", "p1").unwrap().is_none());
+    assert_eq!(store.abm_profiles("c").unwrap(), [abm_profile("c", "p2")]);
+    assert_eq!(store.abm_profiles("c2").unwrap(), [abm_profile("c2", "p1")]);
+}
+
+/// Devices page by serial number: `after` is exclusive and need not exist, `limit` holds, and
+/// no other connection's devices appear.
+pub async fn abm_devices_page_by_serial<S: Store>(store: &S) {
+    let mut devices: Vec<AbmDeviceRecord> = ["S3", "S1", "S5", "S2", "S4"]
+        .iter()
+        .map(|s| abm_device("c", s, None))
+        .collect();
+    devices.push(abm_device("c2", "S0", None));
+    devices.push(abm_device("b", "S9", None));
+    abm_put_devices(store, devices).await;
+    let page = |after: Option<&str>, limit: usize| -> Vec<String> {
+        store
+            .abm_devices("c", after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.serial)
+            .collect()
+    };
+    assert_eq!(page(None, 2), ["S1", "S2"]);
+    assert_eq!(page(Some("S2"), 2), ["S3", "S4"]);
+    assert_eq!(page(Some("S4"), 2), ["S5"]);
+    assert!(page(Some("S5"), 2).is_empty());
+    assert_eq!(page(Some("S2a"), 10), ["S3", "S4", "S5"]);
+    assert_eq!(page(Some(""), 10), ["S1", "S2", "S3", "S4", "S5"]);
+    assert!(page(None, 0).is_empty());
+    assert_eq!(page(None, 100).len(), 5);
+    assert!(store.abm_devices("nobody", None, 10).unwrap().is_empty());
+    assert_eq!(
+        abm_serials(&store.abm_devices("c2", None, 10).unwrap()),
+        ["S0"]
+    );
 }

@@ -11,6 +11,7 @@
 //! declarations (DeclarativeManagement answers valid empty documents), user-channel
 //! authentication (UserAuthenticate is declined).
 
+pub mod abm;
 pub mod authority;
 pub mod checkin;
 pub mod commands;

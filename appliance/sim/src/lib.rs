@@ -28,6 +28,7 @@
 //! user-channel command sessions, encrypted profiles, the two-step UserAuthenticate
 //! digest computation, BER (indefinite-length) CMS input.
 
+pub mod abm;
 pub mod apns;
 pub mod apple;
 pub mod checkin;

@@ -2,6 +2,10 @@
 //! by one `next_command`, as a device connection does per command. Compares 64 concurrent
 //! tasks (which group commit batches) with one task doing the same work in sequence.
 //!
+//! Then the store's share of an ABM sync and assignment of 100,000 devices: pages of 1000
+//! device records written with their connection record (one `abm_write` each), then the
+//! assignment job's loop (`abm_devices_due` 1000 at a time, write them back assigned).
+//!
 //! Run with `cargo bench -p mdm-store`; the database lives in a temporary directory (set
 //! `TMPDIR` to measure a particular disk). Figures are printed, not asserted.
 
@@ -10,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mdm_service::ports::{
-    AuthenticateRecord, CommandQueue, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentStore,
-    NewCommand, PushTarget, Timestamp, TokenUpdateRecord,
+    AbmAssignOutcome, AbmAssignment, AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint,
+    AbmStore, AbmSyncState, AuthenticateRecord, CommandQueue, CommandResult, DeliveryStatus,
+    DeviceFacts, EnrollmentStore, NewCommand, PushTarget, Timestamp, TokenUpdateRecord,
 };
 use mdm_store::{RedbStore, StoreOptions, StoreStats};
 
@@ -152,6 +157,151 @@ fn report(label: &str, n: usize, elapsed: Duration, before: StoreStats, after: S
     );
 }
 
+const ABM_DEVICES: usize = 100_000;
+const ABM_PAGE: usize = 1_000;
+
+fn abm_connection(cursor: usize) -> AbmConnectionRecord {
+    AbmConnectionRecord {
+        name: "bench".into(),
+        created_at: Timestamp(0),
+        endpoint: AbmEndpoint {
+            base_url: "https://mdmenrollment.apple.com".into(),
+            ca_pem: None,
+        },
+        staged_key: None,
+        current_key: None,
+        token: None,
+        account: None,
+        problem: None,
+        last_ok_at: None,
+        sync: AbmSyncState {
+            interval_seconds: 3600,
+            cursor: Some(format!("MTU2NjI0MjYxNjAwMDs{cursor:032}")),
+            fetching: true,
+            generation: 1,
+            ..AbmSyncState::default()
+        },
+        default_profile: Some("default".into()),
+    }
+}
+
+/// A device as a fetch page brings it, due for assignment at once. Apple lists devices in no
+/// particular serial order, so consecutive devices get scattered serial numbers (`i` times an
+/// odd constant is a bijection on `u64`: no two collide).
+fn abm_device(i: usize, now: Timestamp) -> AbmDeviceRecord {
+    let scattered = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let serial = format!("{:012X}", scattered >> 16);
+    let mut rec = AbmDeviceRecord {
+        connection: "bench".into(),
+        serial: serial.clone(),
+        device: Default::default(),
+        first_seen_at: now,
+        updated_at: now,
+        removed_at: None,
+        seen_generation: 1,
+        assignment: None,
+        next_assign_at: Some(now),
+    };
+    let d = &mut rec.device;
+    d.serial_number = serial;
+    d.model = "iPad Air (5th generation)".into();
+    d.description = "IPAD AIR WI-FI 64GB BLUE-ZML".into();
+    d.color = "BLUE".into();
+    d.os = "iOS".into();
+    d.device_family = "iPad".into();
+    d.profile_status = "empty".into();
+    d.device_assigned_date = "2024-05-01T10:00:00Z".into();
+    d.device_assigned_by = "purchasing@example.com".into();
+    rec
+}
+
+fn summary(label: &str, times: &mut [Duration]) {
+    times.sort();
+    let total: Duration = times.iter().sum();
+    let n = times.len().max(1);
+    println!(
+        "{label:<28} {:>6} writes in {:>8.3} s; per write: median {:>6.2} ms, max {:>6.2} ms",
+        times.len(),
+        total.as_secs_f64(),
+        times[n / 2].as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+/// Writes `ABM_DEVICES` devices page by page, then assigns them all through the due index.
+async fn abm(store: &RedbStore) -> Result<()> {
+    let now = Timestamp::now();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    for (page, first) in (0..ABM_DEVICES).step_by(ABM_PAGE).enumerate() {
+        // Each page is processed at its own time, as the sync job does.
+        let page_at = Timestamp(now.0 - (ABM_DEVICES / ABM_PAGE - page) as i64);
+        let devices = (first..(first + ABM_PAGE).min(ABM_DEVICES))
+            .map(|i| abm_device(i, page_at))
+            .collect();
+        let batch = AbmBatch {
+            connection: Some(abm_connection(page)),
+            devices,
+            ..AbmBatch::default()
+        };
+        let t = Instant::now();
+        store.abm_write(batch).await?;
+        times.push(t.elapsed());
+    }
+    let sync = start.elapsed();
+    summary("abm sync pages (1000)", &mut times);
+    if store.abm_device_count("bench")? != ABM_DEVICES as u64 {
+        bail!("the device count is off");
+    }
+
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        let due = store.abm_devices_due("bench", now, ABM_PAGE)?;
+        reads.push(t.elapsed());
+        if due.is_empty() {
+            break;
+        }
+        let devices = due
+            .into_iter()
+            .map(|mut d| {
+                d.assignment = Some(AbmAssignment {
+                    profile_id: "default".into(),
+                    profile_uuid: "9A7C1B2D3E4F5A6B7C8D9E0F1A2B3C4D".into(),
+                    outcome: AbmAssignOutcome::Success,
+                    at: now,
+                    reason: None,
+                    failures: 0,
+                });
+                d.next_assign_at = None;
+                d
+            })
+            .collect();
+        let t = Instant::now();
+        store
+            .abm_write(AbmBatch {
+                devices,
+                ..AbmBatch::default()
+            })
+            .await?;
+        writes.push(t.elapsed());
+    }
+    let assign = start.elapsed();
+    summary("abm due reads (1000)", &mut reads);
+    summary("abm assigned writes (1000)", &mut writes);
+    if store.abm_next_due("bench")?.is_some() {
+        bail!("devices are still due after the assignment pass");
+    }
+    println!(
+        "abm total: {ABM_DEVICES} devices synced in {:.2} s, assigned in {:.2} s",
+        sync.as_secs_f64(),
+        assign.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -178,6 +328,10 @@ fn main() -> Result<()> {
         let (n, elapsed) = run(&store, TASKS, CONCURRENT_ROUND_TRIPS, first).await?;
         let label = format!("concurrent ({TASKS} tasks)");
         report(&label, n, elapsed, before, store.stats());
+        store.close()?;
+
+        let store = RedbStore::open(&dir.path().join("abm.redb"), StoreOptions::default())?;
+        abm(&store).await?;
         store.close()?;
         Ok(())
     })

@@ -72,3 +72,13 @@ pub(crate) fn successor(s: &str) -> String {
     out.push('\0');
     out
 }
+
+/// Displays a two-part key (`(connection, serial)`, `(serial, enrollment id)`, ...) in error
+/// messages.
+pub(crate) struct PairKey<'a>(pub &'a str, pub &'a str);
+
+impl Display for PairKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} / {}", self.0, self.1)
+    }
+}

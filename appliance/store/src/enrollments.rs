@@ -1,4 +1,8 @@
 //! Enrollment records: check-in writes and enrollment reads.
+//!
+//! Device channels are also indexed by the serial number they reported at `Authenticate`
+//! (`enrollment_serials`); that is the only write that sets a device channel's facts, so it is
+//! the only one that maintains the index.
 
 use std::ops::Bound;
 
@@ -7,11 +11,41 @@ use mdm_service::ports::{
     StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::Deserialize;
 
-use crate::codec::{colon_prefix_range, decode, BackendExt};
+use crate::codec::{colon_prefix_range, dangling, decode, encode, successor, BackendExt, PairKey};
 use crate::commands::QueueTables;
 use crate::records::{get_json, put_json};
-use crate::schema::{open, open_read, ENROLLMENTS};
+use crate::schema::{open, open_read, ENROLLMENTS, ENROLLMENT_SERIALS};
+
+/// The part of a stored enrollment the serial index depends on: decoding only this skips the
+/// rest of the record (push addressing, sealed tokens) instead of building it.
+#[derive(Deserialize)]
+struct SerialView {
+    channel: Channel,
+    facts: FactsSerialView,
+}
+
+#[derive(Deserialize)]
+struct FactsSerialView {
+    serial_number: Option<String>,
+}
+
+impl SerialView {
+    /// The serial number this enrollment is indexed under, if any: device channels that
+    /// reported a non-empty one.
+    fn indexed_serial(self) -> Option<String> {
+        match self.channel {
+            Channel::Device => self.facts.serial_number.filter(|s| !s.is_empty()),
+            Channel::User => None,
+        }
+    }
+}
+
+/// The serial number a device channel with these facts is indexed under.
+fn indexed_serial(serial_number: Option<&str>) -> Option<&str> {
+    serial_number.filter(|s| !s.is_empty())
+}
 
 /// `Authenticate`: a fresh enrollment replaces whatever was stored under the id, and nothing
 /// queued for the old one (or its user channels) may reach the new one.
@@ -39,11 +73,58 @@ pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> 
         last_push_at: None,
         push_invalid: None,
     };
-    {
+    let bytes = encode("enrollments", &rec.id, &record)?;
+    let old_serial = {
         let mut table = open(txn, ENROLLMENTS)?;
-        put_json(&mut table, &rec.id, &record)?;
+        let what = format!("cannot write `enrollments` record `{}`", rec.id);
+        let old = table
+            .insert(rec.id.as_str(), bytes.as_slice())
+            .backend(&what)?;
+        match old.map(|g| decode::<SerialView>("enrollments", &rec.id, g.value())) {
+            None => None,
+            Some(Ok(view)) => view.indexed_serial(),
+            // The record is replaced whole, so it need not be readable. Its index entry (if it
+            // had one) stays behind; reads check each entry against the record it names.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "authenticate replaced an unreadable enrollment");
+                None
+            }
+        }
+    };
+    let new_serial = indexed_serial(rec.facts.serial_number.as_deref());
+    if old_serial.as_deref() != new_serial {
+        let mut serials = open(txn, ENROLLMENT_SERIALS)?;
+        let what = "cannot index an enrollment by serial number";
+        if let Some(new) = new_serial {
+            serials.insert((new, rec.id.as_str()), ()).backend(what)?;
+        }
     }
     QueueTables::open(txn)?.cancel_queued(&rec.id, true, rec.at)?;
+    Ok(())
+}
+
+/// Fills `enrollment_serials` from the stored enrollments (schema version 2). An enrollment
+/// that cannot be decoded is left out with a warning rather than failing the migration, which
+/// would keep the appliance from starting; reading it reports the damage.
+pub(crate) fn backfill_serial_index(txn: &WriteTransaction) -> StoreResult<()> {
+    let enrollments = open(txn, ENROLLMENTS)?;
+    let mut serials = open(txn, ENROLLMENT_SERIALS)?;
+    let what = "cannot index enrollments by serial number";
+    let mut indexed = 0u64;
+    for entry in enrollments.iter().backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let id = k.value();
+        match decode::<SerialView>("enrollments", &id, v.value()) {
+            Ok(view) => {
+                if let Some(serial) = view.indexed_serial() {
+                    serials.insert((serial.as_str(), id), ()).backend(what)?;
+                    indexed += 1;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "enrollment left out of the serial index"),
+        }
+    }
+    tracing::info!(indexed, "indexed enrollments by serial number");
     Ok(())
 }
 
@@ -284,4 +365,32 @@ pub(crate) fn count_enrollments(rtx: &ReadTransaction) -> StoreResult<u64> {
     open_read(rtx, ENROLLMENTS)?
         .len()
         .backend("cannot count enrollments")
+}
+
+/// Device channels indexed under `serial`, by id. An entry whose record no longer reports that
+/// serial (possible only after a damaged record was replaced) is skipped.
+pub(crate) fn enrollments_by_serial(
+    rtx: &ReadTransaction,
+    serial: &str,
+) -> StoreResult<Vec<EnrollmentRecord>> {
+    let index = open_read(rtx, ENROLLMENT_SERIALS)?;
+    let table = open_read(rtx, ENROLLMENTS)?;
+    let end = successor(serial);
+    let what = "cannot read enrollments by serial number";
+    let mut out = Vec::new();
+    for entry in index
+        .range((serial, "")..(end.as_str(), ""))
+        .backend(what)?
+    {
+        let (k, _) = entry.backend(what)?;
+        let (_, id) = k.value();
+        let record = get_json::<EnrollmentRecord>(&table, id)?
+            .ok_or_else(|| dangling("enrollment_serials", &PairKey(serial, id), "enrollment"))?;
+        if record.channel == Channel::Device
+            && record.facts.serial_number.as_deref() == Some(serial)
+        {
+            out.push(record);
+        }
+    }
+    Ok(out)
 }

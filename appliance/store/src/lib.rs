@@ -11,10 +11,18 @@
 //! - **Bad data** never panics: an undecodable record is [`StoreError::Corrupt`] naming its
 //!   table and key; redb failures are [`StoreError::Backend`] carrying redb's message.
 //!
+//! What it stores: enrollments (indexed by id and, for device channels, by serial number), the
+//! per-enrollment command queue and history, SCEP challenges, issued certificates, enrollment
+//! links, admin API tokens, settings, and Apple Business Manager connections with their
+//! devices (indexed by serial number and by when they are due for assignment), profiles and
+//! rules. An ABM sync page and its cursor commit together in one [`AbmStore::abm_write`].
+//!
 //! What it cannot do yet: online backup or compaction, deleting enrollments, or sharing the
 //! file with another process (redb locks it; `mdmctl` talks to the daemon instead). Pruning by
-//! per-enrollment count reads one small counter per enrollment on each call.
+//! per-enrollment count reads one small counter per enrollment on each call. ABM devices are
+//! removed only with their connection (a device ABM deleted stays, marked `removed_at`).
 
+mod abm;
 mod codec;
 mod commands;
 mod enrollments;
@@ -29,6 +37,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mdm_service::ports::{
+    AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
     ApiTokenRecord, ApiTokenStore, AuthenticateRecord, ChallengeOutcome, ChallengeRecord,
     ChallengeStore, CommandQueue, CommandRecord, CommandResult, DeliveryRecord, EnqueueOutcome,
     EnrollmentRecord, EnrollmentStore, IssuedCertRecord, IssuedCertStore, LinkRecord, LinkStore,
@@ -227,6 +236,10 @@ impl EnrollmentStore for RedbStore {
     fn count_enrollments(&self) -> StoreResult<u64> {
         enrollments::count_enrollments(&self.read()?)
     }
+
+    fn enrollments_by_serial(&self, serial: &str) -> StoreResult<Vec<EnrollmentRecord>> {
+        enrollments::enrollments_by_serial(&self.read()?, serial)
+    }
 }
 
 impl CommandQueue for RedbStore {
@@ -392,5 +405,67 @@ impl SettingsStore for RedbStore {
         values: Vec<(String, Vec<u8>)>,
     ) -> impl Future<Output = StoreResult<()>> + Send {
         self.write(move |txn| misc::put_settings(txn, &values))
+    }
+}
+
+impl AbmStore for RedbStore {
+    /// Encodes the batch on the caller's task, then commits it as one write.
+    async fn abm_write(&self, batch: AbmBatch) -> StoreResult<()> {
+        let encoded = abm::EncodedBatch::encode(batch)?;
+        self.write(move |txn| abm::write(txn, &encoded)).await
+    }
+
+    fn abm_connection(&self, name: &str) -> StoreResult<Option<AbmConnectionRecord>> {
+        abm::connection(&self.read()?, name)
+    }
+
+    fn abm_connections(&self) -> StoreResult<Vec<AbmConnectionRecord>> {
+        abm::connections(&self.read()?)
+    }
+
+    fn abm_device(&self, connection: &str, serial: &str) -> StoreResult<Option<AbmDeviceRecord>> {
+        abm::device(&self.read()?, connection, serial)
+    }
+
+    fn abm_devices(
+        &self,
+        connection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AbmDeviceRecord>> {
+        abm::devices(&self.read()?, connection, after, limit)
+    }
+
+    fn abm_device_count(&self, connection: &str) -> StoreResult<u64> {
+        abm::device_count(&self.read()?, connection)
+    }
+
+    fn abm_devices_by_serial(&self, serial: &str) -> StoreResult<Vec<AbmDeviceRecord>> {
+        abm::devices_by_serial(&self.read()?, serial)
+    }
+
+    fn abm_devices_due(
+        &self,
+        connection: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<AbmDeviceRecord>> {
+        abm::devices_due(&self.read()?, connection, now, limit)
+    }
+
+    fn abm_next_due(&self, connection: &str) -> StoreResult<Option<Timestamp>> {
+        abm::next_due(&self.read()?, connection)
+    }
+
+    fn abm_profile(&self, connection: &str, name: &str) -> StoreResult<Option<AbmProfileRecord>> {
+        abm::profile(&self.read()?, connection, name)
+    }
+
+    fn abm_profiles(&self, connection: &str) -> StoreResult<Vec<AbmProfileRecord>> {
+        abm::profiles(&self.read()?, connection)
+    }
+
+    fn abm_rules(&self, connection: &str) -> StoreResult<Vec<AbmRuleRecord>> {
+        abm::rules(&self.read()?, connection)
     }
 }

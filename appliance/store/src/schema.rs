@@ -68,13 +68,49 @@ pub(crate) const API_TOKEN_HASHES: TableDefinition<&str, &str> =
 /// Setting key → value bytes.
 pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
+// Schema version 2: enrollments by serial number, and Apple Business Manager data.
+
+/// (serial number, enrollment id) → (): device-channel enrollments by the serial number they
+/// reported at `Authenticate`.
+pub(crate) const ENROLLMENT_SERIALS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("enrollment_serials");
+/// ABM connection name → `AbmConnectionRecord` (JSON).
+pub(crate) const ABM_CONNECTIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("abm_connections");
+/// (connection, serial number) → the device's slot in [`ABM_DEVICE_RECORDS`]: a connection's
+/// devices by serial.
+pub(crate) const ABM_DEVICES: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("abm_devices");
+/// (connection, slot) → `AbmDeviceRecord` (JSON). A device keeps the slot it got when first
+/// seen, and slots are handed out in arrival order, so a sync page of new devices and the
+/// assignment job (which works through devices in the order they became due) write a few
+/// neighbouring pages instead of one page per device scattered by serial number.
+pub(crate) const ABM_DEVICE_RECORDS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("abm_device_records");
+/// (serial number, connection) → (): the connections that list a serial number.
+pub(crate) const ABM_DEVICE_SERIALS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("abm_device_serials");
+/// (connection, `next_assign_at` ms, slot) → (): devices the assignment job must look at,
+/// earliest first. Devices without `next_assign_at` have no entry.
+pub(crate) const ABM_DEVICES_DUE: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("abm_devices_due");
+/// Connection → how many devices it has, so counting never scans.
+pub(crate) const ABM_DEVICE_COUNT: TableDefinition<&str, u64> =
+    TableDefinition::new("abm_device_count");
+/// (connection, profile name) → `AbmProfileRecord` (JSON).
+pub(crate) const ABM_PROFILES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("abm_profiles");
+/// (connection, rule name) → `AbmRuleRecord` (JSON).
+pub(crate) const ABM_RULES: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("abm_rules");
+
 /// One schema step: brings a file from version `i` to `i + 1` (where `i` is its index in the
 /// list). Runs inside the single transaction that also records the new version.
 pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
-pub(crate) const MIGRATIONS: &[Migration] = &[create_v1];
+pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2];
 
 /// The schema version this binary writes.
 pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -109,6 +145,29 @@ fn create_v1(txn: &WriteTransaction) -> StoreResult<()> {
     Ok(())
 }
 
+/// Version 2: the enrollment serial index (filled from the enrollments already stored) and the
+/// ABM tables.
+fn create_v2(txn: &WriteTransaction) -> StoreResult<()> {
+    create_table(txn, ABM_CONNECTIONS)?;
+    create_table(txn, ABM_DEVICES)?;
+    create_table(txn, ABM_DEVICE_RECORDS)?;
+    create_table(txn, ABM_DEVICE_SERIALS)?;
+    create_table(txn, ABM_DEVICES_DUE)?;
+    create_table(txn, ABM_DEVICE_COUNT)?;
+    create_table(txn, ABM_PROFILES)?;
+    create_table(txn, ABM_RULES)?;
+    create_table(txn, ENROLLMENT_SERIALS)?;
+    crate::enrollments::backfill_serial_index(txn)
+}
+
+/// Creates a table (if missing) without keeping it open.
+fn create_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> StoreResult<()> {
+    open(txn, def).map(drop)
+}
+
 /// Opens (creating if needed) a table in a write transaction.
 pub(crate) fn open<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &'t WriteTransaction,
@@ -118,8 +177,8 @@ pub(crate) fn open<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
         .backend(&format!("cannot open table `{}`", def.name()))
 }
 
-/// Opens a table in a read transaction. Every table exists from schema version 1 on, so a
-/// missing one is a backend failure, not an empty result.
+/// Opens a table in a read transaction. Opening a file migrates it to the current schema, so
+/// every table exists and a missing one is a backend failure, not an empty result.
 pub(crate) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
     rtx: &ReadTransaction,
     def: TableDefinition<K, V>,
@@ -197,7 +256,11 @@ pub(crate) fn version(db: &Database) -> StoreResult<u64> {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
-    use mdm_service::ports::StoreError;
+    use crate::{RedbStore, StoreOptions};
+    use mdm_service::ports::{
+        Channel, DeviceFacts, EnrollmentRecord, EnrollmentState, EnrollmentStore, StoreError,
+        Timestamp,
+    };
     use redb::{ReadableDatabase, ReadableTableMetadata};
     use serde::{Deserialize, Serialize};
 
@@ -226,9 +289,12 @@ mod tests {
         ))
     }
 
+    /// What a binary that only knew schema version 1 did to a new file.
+    const V1_ONLY: &[Migration] = &[create_v1];
+
     fn v1_file_with_a_setting(path: &std::path::Path) {
         let db = Database::create(path).unwrap();
-        assert_eq!(prepare(&db, MIGRATIONS).unwrap(), 1);
+        assert_eq!(prepare(&db, V1_ONLY).unwrap(), 1);
         let txn = db.begin_write().unwrap();
         txn.open_table(SETTINGS)
             .unwrap()
@@ -248,6 +314,118 @@ mod tests {
         assert!(rtx.open_table(ENROLLMENTS).is_ok());
         assert!(rtx.open_table(SETTINGS).is_ok());
         assert!(rtx.open_table(FINISHED_BY_AGE).is_ok());
+        assert!(rtx.open_table(ENROLLMENT_SERIALS).is_ok());
+        assert!(rtx.open_table(ABM_DEVICES_DUE).is_ok());
+        assert!(rtx.open_table(ABM_RULES).is_ok());
+    }
+
+    fn enrollment(id: &str, channel: Channel, serial: Option<&str>) -> EnrollmentRecord {
+        EnrollmentRecord {
+            id: id.into(),
+            device_id: id.split(':').next().unwrap().into(),
+            user_id: None,
+            user_short_name: None,
+            channel,
+            state: EnrollmentState::Enrolled,
+            identity_sha256: format!("identity-{id}"),
+            topic: None,
+            facts: DeviceFacts {
+                serial_number: serial.map(str::to_owned),
+                ..DeviceFacts::default()
+            },
+            source: None,
+            push: None,
+            unlock_token_sealed: Some(vec![1, 2, 3]),
+            bootstrap_token_sealed: None,
+            awaiting_configuration: false,
+            authenticated_at: Timestamp(1),
+            enrolled_at: Some(Timestamp(2)),
+            token_updated_at: Some(Timestamp(2)),
+            checked_out_at: None,
+            last_seen_at: Timestamp(3),
+            last_push_at: None,
+            push_invalid: None,
+        }
+    }
+
+    /// A file from the version-1 appliance, with enrollments, opened by this one: the serial
+    /// index is filled from what was stored, and the file is at version 2.
+    #[test]
+    fn v1_file_gets_the_serial_index_backfilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let records = [
+            enrollment("UDID-A", Channel::Device, Some("SER-1")),
+            enrollment("UDID-A:user", Channel::User, Some("SER-1")),
+            enrollment("UDID-B", Channel::Device, Some("SER-1")),
+            enrollment("UDID-C", Channel::Device, Some("SER-2")),
+            enrollment("UDID-D", Channel::Device, None),
+            enrollment("UDID-E", Channel::Device, Some("")),
+        ];
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(prepare(&db, V1_ONLY).unwrap(), 1);
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(ENROLLMENTS).unwrap();
+                for r in &records {
+                    let bytes = encode("enrollments", &r.id, r).unwrap();
+                    table.insert(r.id.as_str(), bytes.as_slice()).unwrap();
+                }
+                // Damage the migration must step over rather than refuse to start on.
+                table.insert("UDID-BAD", b"{\"id\": 1".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+            assert!(
+                txn_has_no_table(&db, ENROLLMENT_SERIALS),
+                "a real version-1 file has no serial index"
+            );
+        }
+
+        let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+        let ids = |serial: &str| -> Vec<String> {
+            store
+                .enrollments_by_serial(serial)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(ids("SER-1"), ["UDID-A", "UDID-B"]);
+        assert_eq!(ids("SER-2"), ["UDID-C"]);
+        assert!(ids("").is_empty());
+        assert_eq!(
+            store.enrollments_by_serial("SER-1").unwrap()[0],
+            records[0],
+            "records come back whole"
+        );
+        assert_eq!(
+            store.count_enrollments().unwrap(),
+            7,
+            "nothing else changed"
+        );
+        store.close().unwrap();
+
+        let db = Database::create(&path).unwrap();
+        assert_eq!(version(&db).unwrap(), 2);
+        let rtx = db.begin_read().unwrap();
+        let index = rtx.open_table(ENROLLMENT_SERIALS).unwrap();
+        assert_eq!(
+            index.len().unwrap(),
+            3,
+            "device channels with a serial only"
+        );
+    }
+
+    fn txn_has_no_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        db: &Database,
+        def: TableDefinition<K, V>,
+    ) -> bool {
+        let rtx = db.begin_read().unwrap();
+        matches!(
+            rtx.open_table(def),
+            Err(redb::TableError::TableDoesNotExist(_))
+        )
     }
 
     #[test]
@@ -270,7 +448,7 @@ mod tests {
         assert_eq!(rtx.open_table(SETTINGS).unwrap().len().unwrap(), 2);
         drop(rtx);
         // And the binary that only knows v1 now refuses the file.
-        let err = prepare(&db, MIGRATIONS).unwrap_err();
+        let err = prepare(&db, V1_ONLY).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
         let msg = err.to_string();
         assert!(

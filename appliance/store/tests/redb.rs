@@ -1,5 +1,6 @@
 //! What only the redb store has to prove: durability across close, reopen and a crash, group
-//! commit, schema version checks, and reporting bad data instead of panicking.
+//! commit, schema version checks, index upkeep across reopens, and reporting bad data instead
+//! of panicking.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,15 +16,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mdm_service::ports::{
-    AuthenticateRecord, ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue,
-    DeviceFacts, EnrollmentSource, EnrollmentState, EnrollmentStore, LinkRecord, LinkStore,
-    NewCommand, PushTarget, SettingsStore, StoreError, Timestamp, TokenUpdateRecord,
+    AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint, AbmProfileRecord, AbmRuleMatch,
+    AbmRuleRecord, AbmStore, AbmSyncState, AuthenticateRecord, ChallengeOutcome, ChallengeRecord,
+    ChallengeStore, CommandQueue, DeviceFacts, EnrollmentSource, EnrollmentState, EnrollmentStore,
+    LinkRecord, LinkStore, NewCommand, PushTarget, SettingsStore, StoreError, Timestamp,
+    TokenUpdateRecord,
 };
 use mdm_store::{RedbStore, StoreOptions, SCHEMA_VERSION};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ENROLLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollments");
+const ENROLLMENT_SERIALS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("enrollment_serials");
+const ABM_DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("abm_devices");
+const ABM_DEVICE_RECORDS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("abm_device_records");
+const ABM_DEVICES_DUE: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("abm_devices_due");
+const ABM_DEVICE_COUNT: TableDefinition<&str, u64> = TableDefinition::new("abm_device_count");
+
+const ABM_CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("abm_connections");
+const ABM_DEVICE_SERIALS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("abm_device_serials");
+const ABM_PROFILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("abm_profiles");
+const ABM_RULES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("abm_rules");
 
 fn open(path: &Path) -> RedbStore {
     RedbStore::open(path, StoreOptions::default()).unwrap()
@@ -413,6 +430,354 @@ async fn links_refuse_a_token_hash_owned_by_another_link() {
     assert!(store.link_by_token("h1").unwrap().is_none());
     assert_eq!(store.link_by_token("h2").unwrap().unwrap().id, "L1");
     store.put_link(link("L2", "h1")).await.unwrap();
+}
+
+fn abm_connection(name: &str, cursor: &str) -> AbmConnectionRecord {
+    AbmConnectionRecord {
+        name: name.to_owned(),
+        created_at: Timestamp(1),
+        endpoint: AbmEndpoint {
+            base_url: "https://abm.example.test".into(),
+            ca_pem: None,
+        },
+        staged_key: None,
+        current_key: None,
+        token: None,
+        account: None,
+        problem: None,
+        last_ok_at: None,
+        sync: AbmSyncState {
+            cursor: Some(cursor.to_owned()),
+            ..AbmSyncState::default()
+        },
+        default_profile: Some("default".into()),
+    }
+}
+
+fn abm_device(connection: &str, serial: &str, due: Option<i64>) -> AbmDeviceRecord {
+    let mut device = AbmDeviceRecord {
+        connection: connection.to_owned(),
+        serial: serial.to_owned(),
+        device: Default::default(),
+        first_seen_at: Timestamp(1),
+        updated_at: Timestamp(1),
+        removed_at: None,
+        seen_generation: 1,
+        assignment: None,
+        next_assign_at: due.map(Timestamp),
+    };
+    device.device.serial_number = serial.to_owned();
+    device.device.device_family = "iPhone".into();
+    device
+}
+
+fn abm_profile(connection: &str, name: &str) -> AbmProfileRecord {
+    let mut profile = AbmProfileRecord {
+        name: name.to_owned(),
+        connection: connection.to_owned(),
+        profile: Default::default(),
+        apple_uuid: Some(format!("uuid-{name}")),
+        defined_at: Some(Timestamp(2)),
+        updated_at: Timestamp(2),
+    };
+    profile.profile.profile_name = format!("Profile {name}");
+    profile
+}
+
+fn abm_rule(connection: &str, name: &str, priority: i32) -> AbmRuleRecord {
+    AbmRuleRecord {
+        connection: connection.to_owned(),
+        name: name.to_owned(),
+        priority,
+        matcher: AbmRuleMatch {
+            device_family: Some("iPhone".into()),
+            ..AbmRuleMatch::default()
+        },
+        profile: "default".into(),
+        created_at: Timestamp(3),
+    }
+}
+
+fn due_serials(store: &RedbStore, connection: &str) -> Vec<String> {
+    store
+        .abm_devices_due(connection, Timestamp(i64::MAX), 100)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.serial)
+        .collect()
+}
+
+fn serial_index(path: &Path) -> Vec<(String, String)> {
+    let db = Database::create(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let table = rtx.open_table(ENROLLMENT_SERIALS).unwrap();
+    let entries = table
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, _) = e.unwrap();
+            let (serial, id) = k.value();
+            (serial.to_owned(), id.to_owned())
+        })
+        .collect();
+    entries
+}
+
+/// The ABM tables holding an entry of `connection`, read straight from the file.
+fn abm_tables_holding(path: &Path, connection: &str) -> Vec<&'static str> {
+    fn any<K: redb::Key + 'static, V: redb::Value + 'static>(
+        rtx: &redb::ReadTransaction,
+        def: TableDefinition<K, V>,
+        holds: impl Fn(K::SelfType<'_>) -> bool,
+    ) -> bool {
+        let table = rtx.open_table(def).unwrap();
+        let found = table.iter().unwrap().any(|e| holds(e.unwrap().0.value()));
+        found
+    }
+    let db = Database::create(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let c = connection;
+    let checks = [
+        ("abm_connections", any(&rtx, ABM_CONNECTIONS, |k| k == c)),
+        ("abm_devices", any(&rtx, ABM_DEVICES, |k| k.0 == c)),
+        (
+            "abm_device_records",
+            any(&rtx, ABM_DEVICE_RECORDS, |k| k.0 == c),
+        ),
+        (
+            "abm_device_serials",
+            any(&rtx, ABM_DEVICE_SERIALS, |k| k.1 == c),
+        ),
+        ("abm_devices_due", any(&rtx, ABM_DEVICES_DUE, |k| k.0 == c)),
+        ("abm_device_count", any(&rtx, ABM_DEVICE_COUNT, |k| k == c)),
+        ("abm_profiles", any(&rtx, ABM_PROFILES, |k| k.0 == c)),
+        ("abm_rules", any(&rtx, ABM_RULES, |k| k.0 == c)),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(name, held)| held.then_some(name))
+        .collect()
+}
+
+/// ABM records, their indexes and counters, and the enrollment serial index are all on disk:
+/// a reopened store (closed cleanly, or only dropped) answers exactly as before.
+#[tokio::test]
+async fn abm_data_and_serial_indexes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let page: Vec<AbmDeviceRecord> = (0..250)
+        .map(|i| abm_device("school", &format!("SER{i:04}"), (i % 3 == 0).then_some(i)))
+        .collect();
+    {
+        let store = open(&path);
+        store
+            .abm_write(AbmBatch {
+                connection: Some(abm_connection("school", "c-1")),
+                devices: page.clone(),
+                profiles: vec![abm_profile("school", "default")],
+                rules: vec![abm_rule("school", "b", 2), abm_rule("school", "a", 2)],
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+        store
+            .abm_write(AbmBatch {
+                connection: Some(abm_connection("office", "o-1")),
+                devices: vec![abm_device("office", "SER0001", Some(5))],
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+        store.authenticate(auth("UDID-1")).await.unwrap();
+        store.authenticate(auth("UDID-2")).await.unwrap();
+        store.close().unwrap();
+    }
+    {
+        let store = open(&path);
+        assert_eq!(
+            store.abm_connection("school").unwrap(),
+            Some(abm_connection("school", "c-1"))
+        );
+        assert_eq!(store.abm_connections().unwrap().len(), 2);
+        assert_eq!(store.abm_device_count("school").unwrap(), 250);
+        assert_eq!(store.abm_devices("school", None, 1000).unwrap(), page);
+        assert_eq!(store.abm_next_due("school").unwrap(), Some(Timestamp(0)));
+        assert_eq!(due_serials(&store, "school").len(), 84);
+        assert_eq!(store.abm_devices_by_serial("SER0001").unwrap().len(), 2);
+        assert_eq!(store.abm_profiles("school").unwrap().len(), 1);
+        let rules: Vec<String> = store
+            .abm_rules("school")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(rules, ["a", "b"]);
+        assert_eq!(
+            store.enrollments_by_serial("SERIAL-UDID-1").unwrap()[0].id,
+            "UDID-1"
+        );
+
+        // Writes after a reopen keep the indexes exact; this store is dropped, not closed.
+        store
+            .abm_write(AbmBatch {
+                connection: Some(abm_connection("school", "c-2")),
+                devices: vec![
+                    abm_device("school", "SER0000", None),
+                    abm_device("school", "SER0001", Some(-7)),
+                    abm_device("school", "SER9999", Some(1)),
+                ],
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+        store
+            .abm_write(AbmBatch {
+                delete_connection: Some("office".into()),
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+        let mut moved = auth("UDID-2");
+        moved.facts.serial_number = Some("SERIAL-NEW".into());
+        store.authenticate(moved).await.unwrap();
+    }
+    let store = open(&path);
+    assert_eq!(
+        store
+            .abm_connection("school")
+            .unwrap()
+            .unwrap()
+            .sync
+            .cursor
+            .as_deref(),
+        Some("c-2")
+    );
+    assert!(store.abm_connection("office").unwrap().is_none());
+    assert_eq!(store.abm_device_count("school").unwrap(), 251);
+    assert_eq!(store.abm_device_count("office").unwrap(), 0);
+    assert_eq!(store.abm_next_due("school").unwrap(), Some(Timestamp(-7)));
+    let due = due_serials(&store, "school");
+    assert_eq!(due.len(), 85, "SER0000 left, SER0001 and SER9999 joined");
+    assert_eq!(&due[..3], ["SER0001", "SER9999", "SER0003"]);
+    assert_eq!(store.abm_devices_by_serial("SER0001").unwrap().len(), 1);
+    assert!(store
+        .enrollments_by_serial("SERIAL-UDID-2")
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.enrollments_by_serial("SERIAL-NEW").unwrap()[0].id,
+        "UDID-2"
+    );
+    store.close().unwrap();
+    assert_eq!(
+        serial_index(&path),
+        [
+            ("SERIAL-NEW".to_owned(), "UDID-2".to_owned()),
+            ("SERIAL-UDID-1".to_owned(), "UDID-1".to_owned()),
+        ],
+        "no entry is left behind by the move"
+    );
+    assert!(
+        abm_tables_holding(&path, "office").is_empty(),
+        "the deleted connection left entries in {:?}",
+        abm_tables_holding(&path, "office")
+    );
+    assert_eq!(
+        abm_tables_holding(&path, "school").len(),
+        8,
+        "the check sees entries"
+    );
+    assert_eq!(schema_version(&path), Some(SCHEMA_VERSION));
+}
+
+/// A damaged device or enrollment record is reported when read, and a write that replaces it
+/// whole succeeds and leaves the indexes exact.
+#[tokio::test]
+async fn damaged_records_are_reported_and_can_be_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let store = open(&path);
+        store
+            .abm_write(AbmBatch {
+                devices: vec![
+                    abm_device("school", "GOOD", Some(20)),
+                    abm_device("school", "BAD", Some(10)),
+                ],
+                ..AbmBatch::default()
+            })
+            .await
+            .unwrap();
+        store.authenticate(auth("UDID-BAD")).await.unwrap();
+        store.close().unwrap();
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let slot = txn
+            .open_table(ABM_DEVICES)
+            .unwrap()
+            .get(("school", "BAD"))
+            .unwrap()
+            .unwrap()
+            .value();
+        txn.open_table(ABM_DEVICE_RECORDS)
+            .unwrap()
+            .insert(("school", slot), b"{\"connection\": 4".as_slice())
+            .unwrap();
+        txn.open_table(ENROLLMENTS)
+            .unwrap()
+            .insert("UDID-BAD", b"[]".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = open(&path);
+    let err = store.abm_device("school", "BAD").unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("table `abm_device_records`, key `school / BAD`"),
+        "{err}"
+    );
+    assert!(matches!(
+        store.abm_devices_due("school", Timestamp(15), 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.enrollments_by_serial("SERIAL-UDID-BAD"),
+        Err(StoreError::Corrupt(_))
+    ));
+
+    store
+        .abm_write(AbmBatch {
+            devices: vec![abm_device("school", "BAD", None)],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        due_serials(&store, "school"),
+        ["GOOD"],
+        "the old due entry went"
+    );
+    assert_eq!(store.abm_next_due("school").unwrap(), Some(Timestamp(20)));
+    assert_eq!(store.abm_device_count("school").unwrap(), 2);
+    assert_eq!(
+        store.abm_device("school", "BAD").unwrap(),
+        Some(abm_device("school", "BAD", None))
+    );
+
+    let mut fresh = auth("UDID-BAD");
+    fresh.facts.serial_number = Some("SERIAL-FRESH".into());
+    store.authenticate(fresh).await.unwrap();
+    assert_eq!(
+        store.enrollments_by_serial("SERIAL-FRESH").unwrap()[0].id,
+        "UDID-BAD"
+    );
+    // The damaged record's serial could not be read, so its entry stayed; the record it
+    // names reports another serial now, and the read skips it.
+    assert!(store
+        .enrollments_by_serial("SERIAL-UDID-BAD")
+        .unwrap()
+        .is_empty());
 }
 
 const CRASH_DB: &str = "MDM_STORE_CRASH_TEST_DB";

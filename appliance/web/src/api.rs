@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use mdm_service::commands::{CommandSpec, CommandView};
 use mdm_service::enroll::LinkRequest;
 use mdm_service::ports::{
-    ApiTokenRecord, DeliveryRecord, EnrollmentRecord, LinkRecord, Role, Store, Timestamp,
+    AbmConnector, ApiTokenRecord, DeliveryRecord, EnrollmentRecord, LinkRecord, Role, Store,
+    Timestamp,
 };
 use mdm_service::ServiceError;
 use serde::{Deserialize, Serialize};
@@ -166,7 +167,7 @@ fn token_view(t: &ApiTokenRecord) -> serde_json::Value {
     })
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
     serde_json::from_slice(body).map_err(|e| {
         respond::simple(
             StatusCode::BAD_REQUEST,
@@ -176,7 +177,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
     })
 }
 
-fn need(role: Role, have: Role) -> Result<(), Resp> {
+pub(crate) fn need(role: Role, have: Role) -> Result<(), Resp> {
     let ok = match role {
         Role::Auditor => true,
         Role::Operator => matches!(have, Role::Operator | Role::Admin),
@@ -200,7 +201,7 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
     Some(rest.trim().to_string())
 }
 
-impl<S: Store> App<S> {
+impl<S: Store, C: AbmConnector> App<S, C> {
     /// Prometheus text exposition of the figures an operator alerts on. Needs any API token
     /// (auditor is enough): scrape with `bearer_token_file`.
     pub(crate) async fn metrics(&self, req: Request<Incoming>) -> Resp {
@@ -278,6 +279,11 @@ impl<S: Store> App<S> {
                 u8::from(open).to_string(),
             );
         }
+        if let Ok(conns) = self.abm.connections() {
+            if !conns.is_empty() {
+                out.push_str(&abm_metrics(&self.abm, &conns));
+            }
+        }
         respond::with_body(StatusCode::OK, "text/plain; version=0.0.4", out)
     }
 
@@ -337,6 +343,9 @@ impl<S: Store> App<S> {
         if method != Method::GET {
             need(Role::Operator, caller.role)?;
         }
+        if let ["abm", rest @ ..] = segs.as_slice() {
+            return self.abm_api(method, rest, req, &caller, &pairs).await;
+        }
         match (method, segs.as_slice()) {
             (Method::GET, ["status"]) => {
                 let count = svc
@@ -352,6 +361,10 @@ impl<S: Store> App<S> {
                     "push": svc.push_queue().provider_status(),
                     "ca_sha256": hex::encode(svc.authority().ca.cert.sha256()),
                     "keystore": self.keystore.label(),
+                    "abm": self.abm.connections().unwrap_or_default().iter().map(|c| {
+                        let st = self.abm.status_of(c);
+                        json!({"name": c.name, "state": st.state, "reason": st.reason, "action": st.action})
+                    }).collect::<Vec<_>>(),
                     "caller": {"name": caller.name, "role": caller.role},
                 })))
             }
@@ -524,4 +537,53 @@ impl<S: Store> App<S> {
             )),
         }
     }
+}
+
+/// Prometheus series of ABM connections, one label set per connection.
+fn abm_metrics<S: Store, C: AbmConnector>(
+    abm: &mdm_service::abm::AbmService<S, C>,
+    conns: &[mdm_service::ports::AbmConnectionRecord],
+) -> String {
+    use std::fmt::Write as _;
+    // Label values are connection names ([A-Za-z0-9._-]): nothing to escape.
+    let now = Timestamp::now();
+    let mut attention = String::new();
+    let mut expiry = String::new();
+    let mut devices = String::new();
+    let mut sync_ok = String::new();
+    for c in conns {
+        let status = abm.status_of(c);
+        let _ = writeln!(
+            attention,
+            "mdm_abm_needs_attention{{connection=\"{}\",state=\"{}\"}} {}",
+            c.name,
+            status.state.as_str(),
+            u8::from(status.state.needs_attention())
+        );
+        if let Some(t) = &c.token {
+            let _ = writeln!(
+                expiry,
+                "mdm_abm_token_expiry_seconds{{connection=\"{}\"}} {}",
+                c.name,
+                (t.expires_at.0 - now.0) / 1000
+            );
+        }
+        if let Ok(n) = abm.store().abm_device_count(&c.name) {
+            let _ = writeln!(devices, "mdm_abm_devices{{connection=\"{}\"}} {n}", c.name);
+        }
+        if let Some(run) = &c.sync.last_run {
+            let _ = writeln!(
+                sync_ok,
+                "mdm_abm_last_sync_ok{{connection=\"{}\"}} {}",
+                c.name,
+                u8::from(run.error.is_none())
+            );
+        }
+    }
+    format!(
+        "# HELP mdm_abm_needs_attention 1 when an ABM connection's token state needs an admin (label state).\n# TYPE mdm_abm_needs_attention gauge\n{attention}\
+         # HELP mdm_abm_token_expiry_seconds Seconds until the ABM server token expires.\n# TYPE mdm_abm_token_expiry_seconds gauge\n{expiry}\
+         # HELP mdm_abm_devices Devices ABM lists for the connection.\n# TYPE mdm_abm_devices gauge\n{devices}\
+         # HELP mdm_abm_last_sync_ok 1 when the last sync succeeded.\n# TYPE mdm_abm_last_sync_ok gauge\n{sync_ok}"
+    )
 }

@@ -4,6 +4,7 @@
 //!
 //! Not yet here: the web console pages (they will sit on the admin API).
 
+pub mod abm_api;
 pub mod api;
 pub mod listen;
 pub mod respond;

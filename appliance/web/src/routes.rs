@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use mdm_keystore::KeystoreInfo;
-use mdm_service::ports::Store;
+use mdm_service::abm::AbmService;
+use mdm_service::ports::{AbmConnector, Store};
 use mdm_service::{ConnectionScratch, DeviceReply, DeviceRequest, MdmService};
 
 use crate::respond::{self, device_error, with_body, Resp};
@@ -39,20 +40,27 @@ impl Default for Limits {
 }
 
 /// The appliance's HTTP application: device endpoints, enrollment, and the admin API.
-pub struct App<S> {
+pub struct App<S, C: AbmConnector> {
     pub(crate) service: MdmService<S>,
+    pub(crate) abm: AbmService<S, C>,
     pub(crate) limits: Limits,
     /// Shown by `/api/v1/keystore` (and as a label by `/api/v1/status`).
     pub(crate) keystore: KeystoreInfo,
 }
 
-impl<S: Store> App<S> {
+impl<S: Store, C: AbmConnector> App<S, C> {
     /// `keystore` describes the sealer `service` was built with ([`Sealer::describe`]).
     ///
     /// [`Sealer::describe`]: mdm_keystore::Sealer::describe
-    pub fn new(service: MdmService<S>, limits: Limits, keystore: KeystoreInfo) -> Self {
+    pub fn new(
+        service: MdmService<S>,
+        abm: AbmService<S, C>,
+        limits: Limits,
+        keystore: KeystoreInfo,
+    ) -> Self {
         App {
             service,
+            abm,
             limits,
             keystore,
         }
@@ -123,7 +131,7 @@ fn method_not_allowed() -> Resp {
     )
 }
 
-impl<S: Store> App<S> {
+impl<S: Store, C: AbmConnector> App<S, C> {
     async fn device(
         &self,
         req: Request<Incoming>,
@@ -265,7 +273,7 @@ fn profile_reply(r: mdm_service::ServiceResult<Vec<u8>>) -> Resp {
     }
 }
 
-impl<S: Store> Handler for App<S> {
+impl<S: Store, C: AbmConnector> Handler for App<S, C> {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Resp {
         let path = req.uri().path().to_string();
         match path.as_str() {

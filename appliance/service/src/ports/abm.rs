@@ -141,8 +141,11 @@ pub trait AbmClient: Send + Sync + 'static {
 pub trait AbmConnector: Send + Sync + 'static {
     type Client: AbmClient;
     /// A client for one connection. Does no I/O: the session is fetched on first use.
-    fn connect(&self, endpoint: &AbmEndpoint, token: &ServerToken)
-        -> Result<Self::Client, AbmError>;
+    fn connect(
+        &self,
+        endpoint: &AbmEndpoint,
+        token: &ServerToken,
+    ) -> Result<Self::Client, AbmError>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,322 @@
+//! Automated Device Enrollment through Apple Business Manager: connections and their server
+//! tokens, device sync, enrollment profiles and their assignment.
+//!
+//! - **Connections** ([`connections`]): each has its own RSA key pair (sealed), server token
+//!   (sealed) and state. A key pair is *staged* when its certificate is handed out and becomes
+//!   *current* only once a token decrypts with it.
+//! - **Sync** ([`sync`]): a full fetch, then incremental syncs; every page's device rows and the
+//!   cursor that follows them are committed in one transaction, so a crash resumes from the last
+//!   page on disk and never skips an event.
+//! - **Profiles and rules** ([`profiles`]): profiles are validated locally, defined with Apple
+//!   per connection, and routed to devices by rules (explicit serials first, then attributes in
+//!   priority order, then the connection's default).
+//! - **Assignment** ([`assign`]): a job that assigns due devices in batches of at most 1000 and
+//!   records Apple's per-serial outcome, retrying FAILED and THROTTLED serials after Apple's
+//!   `retry_after_seconds` or a cool-down.
+//! - **Scheduler** ([`scheduler`]): runs syncs at each connection's interval and assignment
+//!   retries when they fall due; "sync now" goes through the same per-connection lock, so two
+//!   syncs of one connection never overlap.
+
+pub mod assign;
+pub mod connections;
+pub mod profiles;
+pub mod scheduler;
+pub mod sync;
+pub mod token;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mdm_proto::abm::ServerToken;
+use tokio::sync::Notify;
+
+use crate::error::{ServiceError, ServiceResult};
+use crate::ports::{AbmConnectionRecord, AbmConnector, AbmEndpoint, AbmError, Store, Timestamp};
+use crate::MdmService;
+
+/// Apple's production ABM API.
+pub const APPLE_ABM_URL: &str = "https://mdmenrollment.apple.com";
+
+/// Sealing purposes of ABM secrets.
+pub(crate) const KEY_PURPOSE: &str = "abm-key";
+pub(crate) const TOKEN_PURPOSE: &str = "abm-token";
+
+/// How the ABM integration behaves (from the daemon's `[abm]` configuration).
+#[derive(Debug, Clone)]
+pub struct AbmConfig {
+    /// A token this close to expiry is shown as "expiring soon".
+    pub expiry_warning: Duration,
+    /// Sync interval given to new connections (seconds; 0 disables automatic sync).
+    pub default_interval_seconds: u64,
+    /// A full re-fetch runs when the last one is older than this (a safety net against missed
+    /// events; Apple's cursors expire after 7 days).
+    pub full_refetch_interval: Duration,
+    /// Devices per fetch/sync page (Apple allows at most 1000).
+    pub page_limit: u32,
+    /// Cool-down after FAILED/THROTTLED without `retry_after_seconds` (Apple suggests a day).
+    pub failure_cooldown: Duration,
+    /// Retry delay after an assignment call failed at the transport level.
+    pub transport_retry: Duration,
+    /// Base URL new connections use unless given one.
+    pub default_endpoint: AbmEndpoint,
+}
+
+impl Default for AbmConfig {
+    fn default() -> Self {
+        AbmConfig {
+            expiry_warning: crate::authority::days(30),
+            default_interval_seconds: 900,
+            full_refetch_interval: crate::authority::days(6),
+            page_limit: 1000,
+            failure_cooldown: crate::authority::days(1),
+            transport_retry: Duration::from_secs(600),
+            default_endpoint: AbmEndpoint {
+                base_url: APPLE_ABM_URL.to_string(),
+                ca_pem: None,
+            },
+        }
+    }
+}
+
+/// Per-connection run-time state: the lock that serialises its syncs and assignment jobs, and
+/// the API client for its current token.
+struct ConnRuntime<Cl> {
+    busy: Arc<tokio::sync::Mutex<()>>,
+    /// A sync is running or waiting for `busy` (a second "sync now" is refused, not queued).
+    syncing: Arc<std::sync::atomic::AtomicBool>,
+    /// (token generation, endpoint) the client was built for, and the client.
+    client: Mutex<Option<(u32, AbmEndpoint, Arc<Cl>)>>,
+}
+
+impl<Cl> Default for ConnRuntime<Cl> {
+    fn default() -> Self {
+        ConnRuntime {
+            busy: Arc::new(tokio::sync::Mutex::new(())),
+            syncing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            client: Mutex::new(None),
+        }
+    }
+}
+
+struct Inner<S, C: AbmConnector> {
+    mdm: MdmService<S>,
+    connector: C,
+    config: AbmConfig,
+    runtimes: Mutex<HashMap<String, Arc<ConnRuntime<C::Client>>>>,
+    /// Wakes the scheduler after a change (token upload, settings, a new connection).
+    wake: Notify,
+}
+
+/// The ABM integration. Cheap to clone.
+pub struct AbmService<S, C: AbmConnector> {
+    inner: Arc<Inner<S, C>>,
+}
+
+impl<S, C: AbmConnector> Clone for AbmService<S, C> {
+    fn clone(&self) -> Self {
+        AbmService {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Store, C: AbmConnector> AbmService<S, C> {
+    pub fn new(mdm: MdmService<S>, connector: C, config: AbmConfig) -> Self {
+        AbmService {
+            inner: Arc::new(Inner {
+                mdm,
+                connector,
+                config,
+                runtimes: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &AbmConfig {
+        &self.inner.config
+    }
+
+    fn mdm(&self) -> &MdmService<S> {
+        &self.inner.mdm
+    }
+
+    pub fn store(&self) -> &S {
+        self.inner.mdm.store()
+    }
+
+    fn runtime(&self, name: &str) -> Arc<ConnRuntime<C::Client>> {
+        let mut map = match self.inner.runtimes.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(map.entry(name.to_string()).or_default())
+    }
+
+    /// Waits for and takes the connection's lock (syncs, assignment jobs, changes).
+    async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.runtime(name).busy).lock_owned().await
+    }
+
+    /// Marks a sync of the connection as started; `None` if one is already running or
+    /// waiting. The mark is cleared when the returned guard is dropped.
+    fn start_sync(&self, name: &str) -> Option<SyncMark> {
+        let flag = Arc::clone(&self.runtime(name).syncing);
+        if flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            None
+        } else {
+            Some(SyncMark(flag))
+        }
+    }
+
+    /// The stored connection, or `ABM_CONNECTION_NOT_FOUND`.
+    pub fn connection_record(&self, name: &str) -> ServiceResult<AbmConnectionRecord> {
+        self.store().abm_connection(name)?.ok_or_else(|| {
+            ServiceError::not_found(
+                "ABM_CONNECTION_NOT_FOUND",
+                format!("there is no ABM connection named {name:?}; `mdmctl abm list` shows them"),
+            )
+        })
+    }
+
+    /// The API client for a connection's current token, built once per token.
+    fn client(&self, rec: &AbmConnectionRecord) -> ServiceResult<Arc<C::Client>> {
+        let Some(token) = &rec.token else {
+            return Err(ServiceError::conflict(
+                "ABM_NO_TOKEN",
+                format!(
+                    "ABM connection {:?} has no server token yet: upload one with `mdmctl abm token upload {} FILE.p7m`",
+                    rec.name, rec.name
+                ),
+            ));
+        };
+        let rt = self.runtime(&rec.name);
+        let mut slot = match rt.client.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((generation, endpoint, client)) = slot.as_ref() {
+            if *generation == token.generation && *endpoint == rec.endpoint {
+                return Ok(Arc::clone(client));
+            }
+        }
+        let credentials = self.unseal_token(rec)?;
+        let client = Arc::new(
+            self.inner
+                .connector
+                .connect(&rec.endpoint, &credentials)
+                .map_err(|e| abm_failure(&rec.name, &e))?,
+        );
+        *slot = Some((token.generation, rec.endpoint.clone(), Arc::clone(&client)));
+        Ok(client)
+    }
+
+    fn forget_client(&self, name: &str) {
+        let rt = self.runtime(name);
+        let mut slot = match rt.client.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = None;
+    }
+
+    fn unseal_token(&self, rec: &AbmConnectionRecord) -> ServiceResult<ServerToken> {
+        let Some(token) = &rec.token else {
+            return Err(ServiceError::internal(
+                "ABM_NO_TOKEN",
+                "the connection has no token",
+            ));
+        };
+        let json = self
+            .mdm()
+            .unseal(TOKEN_PURPOSE, &token.credentials_sealed)?;
+        serde_json::from_slice(&json).map_err(|_| {
+            ServiceError::internal(
+                "ABM_TOKEN_UNREADABLE",
+                format!(
+                    "the stored server token of {:?} cannot be read; upload the token again",
+                    rec.name
+                ),
+            )
+        })
+    }
+
+    /// Wakes the scheduler so it re-reads connections and due times.
+    pub fn wake_scheduler(&self) {
+        self.inner.wake.notify_one();
+    }
+}
+
+/// Clears a connection's "sync running" mark when dropped.
+struct SyncMark(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SyncMark {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Checks an admin-chosen name (connections, profiles, rules).
+pub(crate) fn validate_name(field: &'static str, name: &str) -> ServiceResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::bad_request(
+            "ABM_NAME_INVALID",
+            format!("{field} must be 1 to 64 letters, digits, '.', '_' or '-' (got {name:?})"),
+        ))
+    }
+}
+
+/// An ABM call failure as a service error: the operator sees Apple's meaning and what to do.
+pub(crate) fn abm_failure(connection: &str, e: &AbmError) -> ServiceError {
+    use crate::error::ErrorKind;
+    let kind = match e {
+        AbmError::Rejected { .. } | AbmError::Config { .. } => ErrorKind::BadRequest,
+        AbmError::TermsNotSigned | AbmError::AccessDenied { .. } => ErrorKind::Conflict,
+        _ => ErrorKind::Unavailable,
+    };
+    ServiceError::new(
+        kind,
+        e.code(),
+        format!("ABM connection {connection:?}: {e}"),
+    )
+}
+
+/// Parses an RFC 3339 time from Apple (or a token) into a [`Timestamp`].
+pub(crate) fn parse_time(s: &str) -> Option<Timestamp> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .ok()
+        .map(Timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("name", "district-1.north_2").is_ok());
+        assert!(validate_name("name", "").is_err());
+        assert!(validate_name("name", "a b").is_err());
+        assert!(validate_name("name", &"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn apple_times() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(Timestamp(1000)));
+        assert_eq!(
+            parse_time("2027-01-01T00:00:00+01:00").map(|t| t.0),
+            Some(1_798_758_000_000)
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}
