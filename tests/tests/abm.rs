@@ -753,3 +753,82 @@ async fn kill_9_during_a_full_fetch_loses_no_device_and_skips_no_event() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_scheduler_syncs_at_the_interval_and_syncs_never_overlap() {
+    let sim = AbmSimulator::start(AbmSimConfig::default()).await.unwrap();
+    sim.add_devices(SERVER, 20).unwrap();
+    let app = Appliance::start().await;
+    connect(&app, &sim, "north", SERVER).await;
+    // Automatic sync every second: no "sync now" from anyone.
+    let (st, v) = app
+        .api(
+            "PATCH",
+            "/api/v1/abm/north",
+            Some(json!({"interval_seconds": 1})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = app.api("GET", "/api/v1/abm/north", None).await;
+        if v["devices"] == 20 && v["last_sync"]["result"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic sync: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A change at Apple arrives by itself.
+    let added = sim.add_devices(SERVER, 1).unwrap().remove(0);
+    loop {
+        let (st, _) = app
+            .api("GET", &format!("/api/v1/abm/north/devices/{added}"), None)
+            .await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new device never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two syncs of one connection never overlap: asking while one runs is refused.
+    sim.set_delay(Duration::from_millis(300));
+    app.api(
+        "PATCH",
+        "/api/v1/abm/north",
+        Some(json!({"interval_seconds": 0})),
+    )
+    .await;
+    let first = {
+        let (base, token) = (app.base_url.clone(), app.token.clone());
+        let admin = mdm_sim::http::HttpClient::from_ca_pem(&app.ca_pem).unwrap();
+        tokio::spawn(async move {
+            let h =
+                mdm_sim::http::headers(&[("authorization", &format!("Bearer {token}"))]).unwrap();
+            admin
+                .request(
+                    http::Method::POST,
+                    &format!("{base}/api/v1/abm/north/sync"),
+                    h,
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
+                .status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("ABM_SYNC_RUNNING")),
+        "{v}"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    sim.shutdown().await;
+}

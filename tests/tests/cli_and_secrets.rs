@@ -58,24 +58,29 @@ fn wait_for_file(p: &Path) {
     panic!("{} never appeared", p.display());
 }
 
-/// The whole daemon as a process with its log captured: enroll a device through the CLI's
-/// link, exercise commands through the CLI, then search the database and the log for secrets.
-#[tokio::test]
-async fn cli_drives_the_daemon_and_no_secret_leaks() {
+/// The daemon as a process with its JSON debug log captured, and a CLI pinned to its CA.
+fn start_daemon() -> (
+    tempfile::TempDir,
+    PathBuf,
+    std::net::SocketAddr,
+    PathBuf,
+    std::process::Child,
+    Cli,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let apple = mdm_sim::apple::AppleStandIn::generate().unwrap();
-    apple.save(&dir.path().join("apple")).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log_path = dir.path().join("mdmd.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(appliance_tests::mdmd_binary())
+    let child = Command::new(appliance_tests::mdmd_binary())
         .args([
             "serve",
             "--dev",
             "--log-format",
             "json",
             "--apns-url",
+            appliance_tests::NO_APNS,
+            "--abm-url",
             appliance_tests::NO_APNS,
         ])
         .arg("--data-dir")
@@ -104,8 +109,17 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let cli = Cli {
         server: format!("https://{addr}"),
         token_file: data.join(mdmd::ADMIN_TOKEN_FILE),
-        ca: ca_path.clone(),
+        ca: ca_path,
     };
+    (dir, data, addr, log_path, child, cli)
+}
+
+/// The whole daemon as a process with its log captured: enroll a device through the CLI's
+/// link, exercise commands through the CLI, then search the database and the log for secrets.
+#[tokio::test]
+async fn cli_drives_the_daemon_and_no_secret_leaks() {
+    let (dir, data, addr, log_path, mut child, cli) = start_daemon();
+    let ca_path = cli.ca.clone();
     assert!(cli.ok(&["ca", "show"]).contains("BEGIN CERTIFICATE"));
     let status: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "status"])).unwrap();
     assert_eq!(status["enrollments"], 0);
@@ -236,4 +250,118 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// ABM through `mdmctl` against the daemon process and the ABM simulator; then the token's
+/// secrets must be nowhere in the database file or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abm_through_the_cli_and_no_abm_secret_leaks() {
+    use mdm_sim::abm::{AbmSimConfig, AbmSimulator, ContentCipher, ServerId, TokenOptions};
+    let sim = AbmSimulator::start(AbmSimConfig::default()).await.unwrap();
+    let serials = sim.add_devices(ServerId(0), 150).unwrap();
+    let (dir, data, _addr, log_path, mut child, cli) = start_daemon();
+    let sim_ca = dir.path().join("abm-ca.pem");
+    std::fs::write(&sim_ca, sim.ca_pem()).unwrap();
+
+    cli.ok(&[
+        "abm",
+        "add",
+        "north",
+        "--url",
+        &sim.base_url(),
+        "--abm-ca",
+        sim_ca.to_str().unwrap(),
+        "--interval",
+        "0",
+    ]);
+    let listed = cli.ok(&["abm", "list"]);
+    assert!(
+        listed.contains("north") && listed.contains("no token"),
+        "{listed}"
+    );
+    let pem_path = dir.path().join("north.pem");
+    cli.ok(&[
+        "abm",
+        "public-key",
+        "north",
+        "--out",
+        pem_path.to_str().unwrap(),
+    ]);
+    let pem = std::fs::read_to_string(&pem_path).unwrap();
+    let cert = mdm_pki::Certificate::from_pem(&pem).unwrap();
+    let p7m = sim
+        .server_token(
+            ServerId(0),
+            cert.der(),
+            &TokenOptions {
+                cipher: ContentCipher::Aes128Cbc,
+                ber: false,
+                new_org: false,
+            },
+        )
+        .unwrap();
+    let token_path = dir.path().join("north_Token.p7m");
+    std::fs::write(&token_path, &p7m).unwrap();
+    cli.ok(&[
+        "abm",
+        "token",
+        "upload",
+        "north",
+        token_path.to_str().unwrap(),
+    ]);
+    let shown = cli.ok(&["abm", "show", "north"]);
+    assert!(
+        shown.contains("Example Organization") && shown.contains("active"),
+        "{shown}"
+    );
+
+    let profile = dir.path().join("staff.json");
+    std::fs::write(&profile, r#"{"profile_name": "Staff", "department": "IT"}"#).unwrap();
+    cli.ok(&[
+        "abm",
+        "profile",
+        "define",
+        "north",
+        "staff",
+        profile.to_str().unwrap(),
+    ]);
+    cli.ok(&["abm", "set", "north", "--default-profile", "staff"]);
+    let synced = cli.ok(&["abm", "sync", "north"]);
+    assert!(synced.contains("150"), "{synced}");
+    let csv = cli.ok(&["abm", "devices", "north", "--csv"]);
+    assert_eq!(csv.lines().count(), 151, "{csv}");
+    let one: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--json", "abm", "device", "north", &serials[0]])).unwrap();
+    assert_eq!(one["last_assignment"]["outcome"], "SUCCESS", "{one}");
+
+    // A wrong token file: exit 1 with the code.
+    std::fs::write(&token_path, b"garbage").unwrap();
+    let out = cli.run(&[
+        "abm",
+        "token",
+        "upload",
+        "north",
+        token_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ABM_TOKEN_INVALID"));
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let creds = sim.credentials(ServerId(0)).unwrap();
+    let db = std::fs::read(data.join(mdmd::DB_FILE)).unwrap();
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(
+        contains(&log, b"ABM sync finished"),
+        "the log captured the sync"
+    );
+    for (what, secret) in [
+        ("consumer secret", creds.consumer_secret.as_bytes()),
+        ("access token", creds.access_token.as_bytes()),
+        ("access secret", creds.access_secret.as_bytes()),
+    ] {
+        assert!(!contains(&db, secret), "ABM {what} is in the database file");
+        assert!(!contains(&log, secret), "ABM {what} is in the log");
+    }
+    sim.shutdown().await;
 }
