@@ -95,6 +95,11 @@ pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> 
     if old_serial.as_deref() != new_serial {
         let mut serials = open(txn, ENROLLMENT_SERIALS)?;
         let what = "cannot index an enrollment by serial number";
+        if let Some(old) = &old_serial {
+            serials
+                .remove((old.as_str(), rec.id.as_str()))
+                .backend(what)?;
+        }
         if let Some(new) = new_serial {
             serials.insert((new, rec.id.as_str()), ()).backend(what)?;
         }
