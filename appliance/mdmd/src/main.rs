@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read and validate a configuration file, then exit.
     CheckConfig {
         #[arg(long, short)]
@@ -177,7 +177,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(serve(args))),
+            .and_then(|rt| rt.block_on(serve(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
