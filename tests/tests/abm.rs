@@ -81,6 +81,20 @@ async fn sync(app: &Appliance, conn: &str, full: bool) -> Value {
     v
 }
 
+/// Starts `POST .../sync` on its own connection, so the test can act while it runs.
+fn spawn_sync(app: &Appliance, conn: &str) -> tokio::task::JoinHandle<mdm_sim::http::HttpResponse> {
+    let url = format!("{}/api/v1/abm/{conn}/sync", app.base_url);
+    let auth = format!("Bearer {}", app.token);
+    let admin = mdm_sim::http::HttpClient::from_ca_pem(&app.ca_pem).unwrap();
+    tokio::spawn(async move {
+        let h = mdm_sim::http::headers(&[("authorization", &auth)]).unwrap();
+        admin
+            .request(http::Method::POST, &url, h, Vec::new())
+            .await
+            .unwrap()
+    })
+}
+
 /// Every device of a connection through the paged API.
 async fn all_devices(app: &Appliance, conn: &str) -> Vec<Value> {
     let mut out = Vec::new();
@@ -595,23 +609,7 @@ async fn cursors_expire_and_sync_resumes_after_failures() {
     // The third fetch page keeps failing: the run fails after storing two pages with their
     // cursor, and the next run continues from there instead of starting over.
     sim.set_delay(Duration::from_millis(300));
-    let first = {
-        let (base, token) = (app.base_url.clone(), app.token.clone());
-        let admin = mdm_sim::http::HttpClient::from_ca_pem(&app.ca_pem).unwrap();
-        tokio::spawn(async move {
-            let h =
-                mdm_sim::http::headers(&[("authorization", &format!("Bearer {token}"))]).unwrap();
-            admin
-                .request(
-                    http::Method::POST,
-                    &format!("{base}/api/v1/abm/north/sync"),
-                    h,
-                    Vec::new(),
-                )
-                .await
-                .unwrap()
-        })
-    };
+    let first = spawn_sync(&app, "north");
     while sim.counters().count(Endpoint::FetchDevices) < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -689,22 +687,7 @@ async fn kill_9_during_a_full_fetch_loses_no_device_and_skips_no_event() {
         appliance_tests::DaemonProcess::start(&app.data_dir(), app.addr, &app.apple_root());
     app.reconnect_admin();
     sim.set_delay(Duration::from_millis(150));
-    let syncing = {
-        let (base, token) = (app.base_url.clone(), app.token.clone());
-        let admin = mdm_sim::http::HttpClient::from_ca_pem(&app.ca_pem).unwrap();
-        tokio::spawn(async move {
-            let h =
-                mdm_sim::http::headers(&[("authorization", &format!("Bearer {token}"))]).unwrap();
-            let _ = admin
-                .request(
-                    http::Method::POST,
-                    &format!("{base}/api/v1/abm/north/sync"),
-                    h,
-                    Vec::new(),
-                )
-                .await;
-        })
-    };
+    let syncing = spawn_sync(&app, "north");
     while sim.counters().count(Endpoint::FetchDevices) < 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -804,24 +787,7 @@ async fn the_scheduler_syncs_at_the_interval_and_syncs_never_overlap() {
         Some(json!({"interval_seconds": 0})),
     )
     .await;
-    let first = {
-        let (base, token) = (app.base_url.clone(), app.token.clone());
-        let admin = mdm_sim::http::HttpClient::from_ca_pem(&app.ca_pem).unwrap();
-        tokio::spawn(async move {
-            let h =
-                mdm_sim::http::headers(&[("authorization", &format!("Bearer {token}"))]).unwrap();
-            admin
-                .request(
-                    http::Method::POST,
-                    &format!("{base}/api/v1/abm/north/sync"),
-                    h,
-                    Vec::new(),
-                )
-                .await
-                .unwrap()
-                .status
-        })
-    };
+    let first = spawn_sync(&app, "north");
     tokio::time::sleep(Duration::from_millis(150)).await;
     let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
     assert_eq!(
@@ -829,6 +795,6 @@ async fn the_scheduler_syncs_at_the_interval_and_syncs_never_overlap() {
         (409, Some("ABM_SYNC_RUNNING")),
         "{v}"
     );
-    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(first.await.unwrap().status, 200);
     sim.shutdown().await;
 }

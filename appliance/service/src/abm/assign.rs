@@ -469,43 +469,29 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 }
             };
             let now = Timestamp::now();
-            let mut out = Vec::new();
-            for s in chunk {
-                let word = reply
-                    .devices
-                    .get(s)
-                    .cloned()
-                    .unwrap_or_else(|| "FAILED".into());
-                if word == outcome::SUCCESS {
-                    if let Some(mut rec) = self.store().abm_device(connection, s)? {
-                        rec.device.profile_status = profile_status::REMOVED.to_string();
-                        rec.device.profile_uuid.clear();
-                        rec.next_assign_at = None;
-                        rec.updated_at = now;
-                        let previous = rec.assignment.take();
-                        rec.assignment = Some(AbmAssignment {
-                            profile_id: previous.as_ref().map(|a| a.profile_id.clone()).unwrap_or_default(),
-                            profile_uuid: previous.map(|a| a.profile_uuid).unwrap_or_default(),
-                            outcome: AbmAssignOutcome::Removed,
-                            at: now,
-                            reason: Some("an admin removed the profile; assign one to enroll this device again".into()),
-                            failures: 0,
-                        });
-                        out.push(rec);
-                    }
-                }
-                results.push(SerialResult {
-                    serial: s.clone(),
-                    outcome: word,
-                    reason: None,
-                });
-            }
-            self.store()
-                .abm_write(AbmBatch {
-                    devices: out,
-                    ..AbmBatch::default()
+            results.extend(
+                self.apply_serial_outcomes(connection, chunk, &reply, |rec| {
+                    rec.device.profile_status = profile_status::REMOVED.to_string();
+                    rec.device.profile_uuid.clear();
+                    rec.next_assign_at = None;
+                    let previous = rec.assignment.take();
+                    rec.assignment = Some(AbmAssignment {
+                        profile_id: previous
+                            .as_ref()
+                            .map(|a| a.profile_id.clone())
+                            .unwrap_or_default(),
+                        profile_uuid: previous.map(|a| a.profile_uuid).unwrap_or_default(),
+                        outcome: AbmAssignOutcome::Removed,
+                        at: now,
+                        reason: Some(
+                            "an admin removed the profile; assign one to enroll this device again"
+                                .into(),
+                        ),
+                        failures: 0,
+                    });
                 })
-                .await?;
+                .await?,
+            );
         }
         Ok(results)
     }
@@ -535,35 +521,58 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 .await
                 .map_err(|e| abm_failure(connection, &e))?;
             let now = Timestamp::now();
-            let mut out = Vec::new();
-            for s in chunk {
-                let word = reply
-                    .devices
-                    .get(s)
-                    .cloned()
-                    .unwrap_or_else(|| "FAILED".into());
-                if word == outcome::SUCCESS {
-                    if let Some(mut rec) = self.store().abm_device(connection, s)? {
-                        rec.removed_at = Some(now);
-                        rec.next_assign_at = None;
-                        rec.updated_at = now;
-                        out.push(rec);
-                    }
-                }
-                results.push(SerialResult {
-                    serial: s.clone(),
-                    outcome: word,
-                    reason: None,
-                });
-            }
-            self.store()
-                .abm_write(AbmBatch {
-                    devices: out,
-                    ..AbmBatch::default()
+            results.extend(
+                self.apply_serial_outcomes(connection, chunk, &reply, |rec| {
+                    rec.removed_at = Some(now);
+                    rec.next_assign_at = None;
                 })
-                .await?;
+                .await?,
+            );
             info!(connection, devices = chunk.len(), "devices disowned in ABM");
         }
+        Ok(results)
+    }
+}
+
+impl<S: Store, C: AbmConnector> AbmService<S, C> {
+    /// Records Apple's per-serial answer to a removal or disown call: `change` is applied to
+    /// the stored devices Apple reports `SUCCESS` for, all in one write. A serial missing from
+    /// the answer counts as FAILED.
+    async fn apply_serial_outcomes(
+        &self,
+        connection: &str,
+        serials: &[String],
+        reply: &mdm_proto::abm::SerialOutcomes,
+        change: impl Fn(&mut AbmDeviceRecord),
+    ) -> ServiceResult<Vec<SerialResult>> {
+        let now = Timestamp::now();
+        let mut out = Vec::new();
+        let mut results = Vec::with_capacity(serials.len());
+        for s in serials {
+            let word = reply
+                .devices
+                .get(s)
+                .cloned()
+                .unwrap_or_else(|| outcome::FAILED.into());
+            if word == outcome::SUCCESS {
+                if let Some(mut rec) = self.store().abm_device(connection, s)? {
+                    change(&mut rec);
+                    rec.updated_at = now;
+                    out.push(rec);
+                }
+            }
+            results.push(SerialResult {
+                serial: s.clone(),
+                outcome: word,
+                reason: None,
+            });
+        }
+        self.store()
+            .abm_write(AbmBatch {
+                devices: out,
+                ..AbmBatch::default()
+            })
+            .await?;
         Ok(results)
     }
 }
