@@ -798,3 +798,89 @@ async fn the_scheduler_syncs_at_the_interval_and_syncs_never_overlap() {
     assert_eq!(first.await.unwrap().status, 200);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn changing_a_profile_reassigns_and_transport_failures_count_as_failed() {
+    let sim = AbmSimulator::start(AbmSimConfig::default()).await.unwrap();
+    let serials = sim.add_devices(SERVER, 30).unwrap();
+    let app = Appliance::start().await;
+    connect(&app, &sim, "north", SERVER).await;
+    let put = |body: Value| {
+        let app = &app;
+        async move {
+            let (st, v) = app
+                .api("PUT", "/api/v1/abm/north/profiles/staff", Some(body))
+                .await;
+            assert_eq!(st, 200, "{v}");
+            v["profile_uuid"].as_str().unwrap().to_string()
+        }
+    };
+    let first = put(json!({"profile_name": "Staff"})).await;
+    app.api(
+        "PATCH",
+        "/api/v1/abm/north",
+        Some(json!({"default_profile": "staff"})),
+    )
+    .await;
+    sync(&app, "north", false).await;
+    assert_eq!(
+        device(&app, "north", &serials[0]).await["profile_uuid"],
+        first.as_str()
+    );
+
+    // Apple cannot be reached for assignment: every serial of the call is FAILED, with why.
+    sim.inject_fault(
+        Fault::ServiceUnavailable,
+        1000,
+        Some(Endpoint::AssignProfile),
+    );
+    let second = put(json!({"profile_name": "Staff", "department": "Sales"})).await;
+    assert_ne!(
+        first, second,
+        "Apple answers a new uuid for every definition"
+    );
+    // The scheduler runs the job as soon as the devices fall due (or this call does).
+    app.api("POST", "/api/v1/abm/north/assign", None).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let v = device(&app, "north", &serials[0]).await;
+        if v["last_assignment"]["outcome"] == "FAILED" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for s in &serials {
+        let v = device(&app, "north", s).await;
+        assert_eq!(v["last_assignment"]["outcome"], "FAILED", "{v}");
+    }
+    assert!(
+        v["last_assignment"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ABM_UNAVAILABLE"),
+        "{v}"
+    );
+    assert_eq!(
+        v["profile_uuid"],
+        first.as_str(),
+        "Apple still has the old one: {v}"
+    );
+
+    // Once Apple answers again, an explicit retry re-assigns them all to the new definition.
+    sim.clear_faults();
+    let (st, v) = app
+        .api(
+            "POST",
+            "/api/v1/abm/north/profiles/staff/assign",
+            Some(json!({"serials": serials})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for s in &serials {
+        let v = device(&app, "north", s).await;
+        assert_eq!(v["profile_uuid"], second.as_str(), "{v}");
+        assert_eq!(v["last_assignment"]["outcome"], "SUCCESS", "{v}");
+    }
+    sim.shutdown().await;
+}
