@@ -1,5 +1,6 @@
-//! The admin API calls the benchmark needs (see `appliance/web/src/api.rs`): import a push
-//! certificate, create an enrollment link, queue commands in batches, read their outcome.
+//! The admin API calls the benchmark needs (see `docs/reference/api.md`): import a push
+//! certificate, create an enrollment link, queue commands in batches, read their outcome, and
+//! set up and sync an Apple Business Manager connection.
 
 use std::time::Duration;
 
@@ -41,13 +42,14 @@ impl Admin {
         })
     }
 
-    async fn call(
+    /// Sends one request and returns the answer's body; any status but 2xx is an error.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         content_type: &str,
         body: Vec<u8>,
-    ) -> Result<Value, BenchError> {
+    ) -> Result<Vec<u8>, BenchError> {
         let h = headers(&[
             ("authorization", &self.authorization),
             ("content-type", content_type),
@@ -56,6 +58,8 @@ impl Admin {
             Method::GET => "GET",
             Method::POST => "POST",
             Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
             _ => "request",
         };
         let resp = self
@@ -70,7 +74,25 @@ impl Admin {
                 body: truncate(&resp.body),
             });
         }
-        serde_json::from_slice(&resp.body).map_err(|e| BenchError::ApiAnswer {
+        Ok(resp.body.to_vec())
+    }
+
+    /// The same session with another per-request timeout (a full ABM sync of 100,000 devices
+    /// answers only when it is done).
+    pub fn with_timeout(mut self, timeout: Duration) -> Admin {
+        self.client = self.client.with_timeout(timeout);
+        self
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, BenchError> {
+        let body = self.send(method, path, content_type, body).await?;
+        serde_json::from_slice(&body).map_err(|e| BenchError::ApiAnswer {
             path: path.to_owned(),
             reason: format!("not JSON: {e}"),
         })
@@ -191,5 +213,111 @@ impl Admin {
             .filter(|d| d["status"] == "Acknowledged")
             .count();
         Ok((acked as u64, deliveries.len() as u64))
+    }
+
+    /// `POST /api/v1/abm`: creates ABM connection `name` against `base_url` (trusting
+    /// `ca_pem`) with automatic sync off, so that only the benchmark's calls sync it.
+    pub async fn abm_create(
+        &self,
+        name: &str,
+        base_url: &str,
+        ca_pem: &str,
+    ) -> Result<Value, BenchError> {
+        let body = json!({
+            "name": name,
+            "base_url": base_url,
+            "ca_pem": ca_pem,
+            "interval_seconds": 0,
+        });
+        self.call(
+            Method::POST,
+            "/api/v1/abm",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/abm/{name}/public-key`: the PEM certificate to upload to ABM.
+    pub async fn abm_public_key(&self, name: &str) -> Result<String, BenchError> {
+        let path = format!("/api/v1/abm/{name}/public-key");
+        let pem = self
+            .send(Method::GET, &path, "application/json", Vec::new())
+            .await?;
+        String::from_utf8(pem).map_err(|_| BenchError::ApiAnswer {
+            path,
+            reason: "the public key certificate is not PEM text".into(),
+        })
+    }
+
+    /// `PUT /api/v1/abm/{name}/token` with the `.p7m` as ABM serves it.
+    pub async fn abm_upload_token(&self, name: &str, p7m: Vec<u8>) -> Result<Value, BenchError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/abm/{name}/token"),
+            "application/pkcs7-mime",
+            p7m,
+        )
+        .await
+    }
+
+    /// `PUT /api/v1/abm/{name}/profiles/{profile}`: defines the profile (with Apple too).
+    pub async fn abm_put_profile(
+        &self,
+        name: &str,
+        profile: &str,
+        body: &Value,
+    ) -> Result<Value, BenchError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/v1/abm/{name}/profiles/{profile}"),
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// `PATCH /api/v1/abm/{name}`.
+    pub async fn abm_patch(&self, name: &str, body: &Value) -> Result<Value, BenchError> {
+        self.call(
+            Method::PATCH,
+            &format!("/api/v1/abm/{name}"),
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/abm/{name}`: the connection object.
+    pub async fn abm_connection(&self, name: &str) -> Result<Value, BenchError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/abm/{name}"),
+            "application/json",
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/abm/{name}/sync`: syncs and assigns, answering the sync run when done.
+    pub async fn abm_sync(&self, name: &str) -> Result<Value, BenchError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/abm/{name}/sync"),
+            "application/json",
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/abm/{name}/devices/{serial}`: one device as the appliance stores it.
+    pub async fn abm_device(&self, name: &str, serial: &str) -> Result<Value, BenchError> {
+        self.call(
+            Method::GET,
+            &format!("/api/v1/abm/{name}/devices/{serial}"),
+            "application/json",
+            Vec::new(),
+        )
+        .await
     }
 }

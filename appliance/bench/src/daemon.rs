@@ -137,6 +137,8 @@ impl Daemon {
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            // As systemd/mdmd.service runs it.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

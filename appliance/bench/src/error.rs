@@ -112,6 +112,9 @@ pub enum BenchError {
     /// The APNs simulator could not start or issue a certificate.
     #[error("the APNs simulator failed: {0}")]
     Apns(#[source] mdm_sim::apns::ApnsError),
+    /// The ABM simulator could not start, add devices or issue a server token.
+    #[error("the ABM simulator failed: {0}")]
+    AbmSim(#[source] mdm_sim::abm::AbmSimError),
     /// A request meant to measure responsiveness failed before any load was applied, so the
     /// daemon is not answering the way the measurement needs.
     #[error("a responsiveness probe failed on the idle daemon: {0}")]

@@ -2,7 +2,7 @@
 //! release build on this machine's loopback interface. It prints figures; it never asserts on
 //! time. `docs/benchmarks.md` explains how to run it and what each figure means.
 //!
-//! A run has up to four phases. The first three run against one `mdmd serve --dev` child
+//! A run has up to five phases. The first three run against one `mdmd serve --dev` child
 //! process in a temporary data directory (so its CPU time and memory, read from `/proc`, are
 //! its own), which pushes to a closed loopback port:
 //!
@@ -22,16 +22,22 @@
 //!    in this process, gets N seeded devices with push tokens; each round queues one command
 //!    for all of them and measures pushes/s, the time until every device was pushed, the
 //!    latency of probe requests meanwhile, and the daemon's memory after the round.
+//! 5. **ABM** (optional, [`abm`]): another daemon gets an Apple Business Manager connection to
+//!    an ABM simulator in this process holding N devices; a full sync with the assignment of
+//!    every device, and an incremental sync of changed devices, are timed, with the daemon's
+//!    CPU time and peak memory during each.
 //!
 //! What it cannot do yet: drive devices with `Mdm-Signature` instead of TLS client
 //! certificates, mix command types or answer with realistic result payloads (reports are
-//! minimal `Acknowledged` plists), exercise ABM, have pushed devices connect (the fan-out's
+//! minimal `Acknowledged` plists), exercise ABM with more than one connection, profile or
+//! rule, or with Apple's failures (throttling, cool-downs), have pushed devices connect (the fan-out's
 //! devices are seeded rows that never connect), vary the daemon's number of APNs connections
 //! (`cargo bench -p mdm-apns` compares one and four against the push client alone), or run
 //! against a remote appliance (CPU and memory are read from the local `/proc`). Server CPU
 //! figures include the daemon's logging to a file; the client shares the machine's cores with
 //! the server.
 
+pub mod abm;
 pub mod admin;
 pub mod daemon;
 pub mod enroll;
@@ -102,6 +108,13 @@ pub struct Options {
     /// Fan-out rounds (each queues one more command for every device and pushes them all).
     #[arg(long, default_value_t = 3)]
     pub fanout_rounds: usize,
+    /// Afterwards, sync this many devices from an ABM simulator in this process and assign
+    /// them a profile, then sync changes, and measure time, CPU and memory (e.g. 100000).
+    #[arg(long)]
+    pub abm_devices: Option<usize>,
+    /// Devices changed in the ABM simulator before the timed incremental sync.
+    #[arg(long, default_value_t = 1000)]
+    pub abm_changes: usize,
     /// A smaller, faster run (1,000 devices, 2 commands per round).
     #[arg(long)]
     pub quick: bool,
@@ -144,6 +157,14 @@ impl Options {
         }
         if self.fanout == Some(0) || self.fanout_rounds == 0 {
             return bad("--fanout and --fanout-rounds must be at least 1");
+        }
+        if let Some(n) = self.abm_devices {
+            if n == 0 || self.abm_changes == 0 || self.abm_changes > n {
+                return bad(
+                    "--abm-devices and --abm-changes must be at least 1, and --abm-changes at \
+                     most --abm-devices",
+                );
+            }
         }
         Ok(())
     }
@@ -416,6 +437,10 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         )?),
         None => None,
     };
+    let abm = match opts.abm_devices {
+        Some(n) => Some(abm::run(&run.rt, n, opts.abm_changes, &binary, dir.path())?),
+        None => None,
+    };
     if opts.keep {
         let kept = dir.keep();
         progress(&format!("kept {}", kept.display()));
@@ -441,11 +466,14 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             rss_devices: opts.rss_devices,
             fanout: opts.fanout,
             fanout_rounds: opts.fanout_rounds,
+            abm_devices: opts.abm_devices,
+            abm_changes: opts.abm_changes,
         },
         enrollment,
         rounds,
         large,
         fanout,
+        abm,
     })
 }
 

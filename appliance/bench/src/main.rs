@@ -12,7 +12,7 @@ use mdm_bench::Options;
 #[command(
     name = "mdm-bench",
     version,
-    about = "Benchmark mdmd: enroll simulated devices, drive check-in and command round trips, optionally fan pushes out",
+    about = "Benchmark mdmd: enroll simulated devices, drive check-in and command round trips, optionally fan pushes out and sync ABM devices",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -89,7 +89,9 @@ fn main() -> ExitCode {
                             || r.mismatched_sessions > 0
                             || r.verified_acknowledged != r.queued_deliveries
                     });
-                let failed = failed || report.fanout.as_ref().is_some_and(|f| f.failed());
+                let failed = failed
+                    || report.fanout.as_ref().is_some_and(|f| f.failed())
+                    || report.abm.as_ref().is_some_and(|a| a.failed());
                 if failed {
                     eprintln!("mdm-bench: some requests failed; see the figures above");
                     ExitCode::FAILURE

@@ -2,7 +2,7 @@
 //!
 //! CPU comes from `/proc/PID/stat` (`utime` + `stime`, every thread of the process, in clock
 //! ticks; `cutime` + `cstime` add children that were waited for). Memory comes from
-//! `/proc/PID/status` (`VmRSS`, `VmHWM`). Reading `/proc` avoids `getrusage(2)`, which Rust
+//! `/proc/PID/status` (`VmRSS`, `VmHWM`); `/proc/PID/clear_refs` resets the peak. Reading `/proc` avoids `getrusage(2)`, which Rust
 //! can only reach through `unsafe` FFI, and works the same for our own process and the daemon.
 
 use std::collections::BTreeMap;
@@ -111,6 +111,17 @@ pub fn memory(pid: Option<u32>) -> Result<Memory, BenchError> {
     let path = proc_path(pid, "status");
     let text = read_proc(path.clone())?;
     parse_status(&text).ok_or(BenchError::ProcFormat { path })
+}
+
+/// Resets the peak resident set size (`VmHWM`) of process `pid` to its current RSS, by writing
+/// `5` to `/proc/PID/clear_refs` (Linux 4.0 and later; allowed for one's own processes), so
+/// that a later `VmHWM` is the peak of what ran in between rather than since start.
+pub fn reset_peak_rss(pid: Option<u32>) -> Result<(), BenchError> {
+    let path = proc_path(pid, "clear_refs");
+    std::fs::write(&path, b"5").map_err(|source| BenchError::Io {
+        what: format!("write {}", path.display()),
+        source,
+    })
 }
 
 /// CPU ticks (user + system) of every live thread of process `pid`, summed per thread name.
@@ -230,5 +241,22 @@ mod tests {
         assert!(mem.rss > 0 && mem.peak_rss >= mem.rss);
         assert!(clock_ticks_per_second() > 0);
         assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn the_peak_rss_can_be_reset() {
+        // Touch 64 MiB and free it, so the peak is well above what stays resident.
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        drop(big);
+        let before = memory(None).unwrap();
+        assert!(before.peak_rss >= 64 << 20, "{before:?}");
+        reset_peak_rss(None).unwrap();
+        let after = memory(None).unwrap();
+        // Other tests run in parallel threads of this process, so allow them some growth.
+        assert!(
+            after.peak_rss + (32 << 20) < before.peak_rss,
+            "{before:?} then {after:?}"
+        );
     }
 }

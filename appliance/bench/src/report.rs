@@ -47,6 +47,10 @@ pub struct Settings {
     pub fanout: Option<usize>,
     /// Fan-out rounds.
     pub fanout_rounds: usize,
+    /// Devices of the ABM phase, if it ran.
+    pub abm_devices: Option<usize>,
+    /// Devices changed before the ABM phase's incremental sync.
+    pub abm_changes: usize,
 }
 
 /// Latency percentiles in milliseconds.
@@ -308,6 +312,118 @@ impl FanoutFigures {
     }
 }
 
+/// A stretch of one ABM sync call, cut at the simulator's answers (see
+/// [`crate::abm::timeline`]), with the CPU and memory readings taken during it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbmPhase {
+    /// What the daemon was doing.
+    pub name: String,
+    /// Start, seconds from the call.
+    pub from_seconds: f64,
+    /// Length.
+    pub seconds: f64,
+    /// Daemon CPU time divided by wall time (from the 50 ms samples nearest its ends).
+    pub server_cores: f64,
+    /// Daemon CPU by thread name, busiest first.
+    pub server_threads: Vec<ThreadCpu>,
+    /// This process's CPU (mostly the ABM simulator) divided by wall time.
+    pub bench_cores: f64,
+    /// Largest daemon `VmRSS` sampled during it, MiB.
+    pub sampled_peak_rss_mib: f64,
+}
+
+/// One `POST /api/v1/abm/{name}/sync` call, timed end to end.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbmSyncFigures {
+    /// The daemon chose a full fetch.
+    pub full: bool,
+    /// Wall time of the call.
+    pub wall_seconds: f64,
+    /// Pages the daemon fetched (fetch and sync pages together).
+    pub pages: u32,
+    /// Devices the run counted as added.
+    pub added: u64,
+    /// Devices the run counted as modified.
+    pub modified: u64,
+    /// Devices the run counted as deleted.
+    pub deleted: u64,
+    /// (added + modified + deleted) divided by wall time.
+    pub events_per_second: f64,
+    /// Calls the simulator answered during the call, per endpoint (non-zero only).
+    pub apple_requests: std::collections::BTreeMap<String, u64>,
+    /// Assignment calls (`PUT /profile/devices`) among them.
+    pub assign_calls: u64,
+    /// Daemon CPU time used during the call, seconds.
+    pub server_cpu_seconds: f64,
+    /// Daemon CPU divided by wall time.
+    pub server_cores: f64,
+    /// Daemon CPU by thread name over the call, busiest first.
+    pub server_threads: Vec<ThreadCpu>,
+    /// This process's CPU (the ABM simulator, the admin client, the sampler) divided by wall
+    /// time.
+    pub bench_cores: f64,
+    /// Daemon `VmRSS` before the call, MiB.
+    pub rss_before_mib: f64,
+    /// Daemon `VmRSS` after the call, MiB.
+    pub rss_after_mib: f64,
+    /// Daemon `VmHWM` after the call, MiB: the peak during the call when
+    /// [`AbmSyncFigures::peak_reset`], else the peak since the daemon started.
+    pub peak_rss_mib: f64,
+    /// The peak was reset to the current RSS just before the call (`/proc/PID/clear_refs`).
+    pub peak_reset: bool,
+    /// Largest `VmRSS` polled every 50 ms during the call, MiB (a cross-check of the peak).
+    pub sampled_peak_rss_mib: f64,
+    /// Size of the daemon's database file after the call, MiB.
+    pub database_mib: f64,
+    /// The call cut into stretches at the simulator's answers.
+    pub phases: Vec<AbmPhase>,
+}
+
+impl AbmSyncFigures {
+    /// Devices or events the run counted.
+    pub fn events(&self) -> u64 {
+        self.added + self.modified + self.deleted
+    }
+}
+
+/// Phase 5: Apple Business Manager sync and assignment against the ABM simulator.
+#[derive(Debug, Clone, Serialize)]
+pub struct AbmFigures {
+    /// Devices in the simulator's MDM server.
+    pub devices: usize,
+    /// Devices changed in the simulator before the incremental sync.
+    pub changes: usize,
+    /// Time to create the devices in the simulator (not part of any figure below).
+    pub sim_setup_seconds: f64,
+    /// Time to set up the connection through the admin API (create, public key, token
+    /// upload, profile, default profile).
+    pub setup_seconds: f64,
+    /// Daemon `VmRSS` right after it started, MiB.
+    pub rss_at_start_mib: f64,
+    /// The first sync: full fetch, then assignment of every device.
+    pub full: AbmSyncFigures,
+    /// The next sync, which reads back the events the assignment itself caused in ABM
+    /// (every assigned device is reported `modified`).
+    pub catch_up: AbmSyncFigures,
+    /// The sync after `changes` devices were changed in the simulator.
+    pub incremental: AbmSyncFigures,
+    /// `devices` of the connection after the full sync (admin API).
+    pub devices_listed: u64,
+    /// Devices the simulator shows with the benchmark's profile assigned after the full sync.
+    pub devices_assigned: usize,
+    /// The largest number of serials in one assignment call the simulator received.
+    pub largest_assign_batch: usize,
+    /// Checks that failed (empty when every check passed).
+    pub problems: Vec<String>,
+}
+
+impl AbmFigures {
+    /// Whether a check failed: the figures are then not to be trusted.
+    pub fn failed(&self) -> bool {
+        !self.problems.is_empty()
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -325,6 +441,8 @@ pub struct Report {
     pub large: Option<LargeFigures>,
     /// Phase 4, if requested.
     pub fanout: Option<FanoutFigures>,
+    /// Phase 5, if requested.
+    pub abm: Option<AbmFigures>,
 }
 
 fn line(out: &mut String, label: &str, value: String) {
@@ -583,6 +701,173 @@ fn fanout_targets(out: &mut String, f: &FanoutFigures) {
     );
 }
 
+fn threads_text(threads: &[ThreadCpu]) -> String {
+    threads
+        .iter()
+        .map(|t| format!("{} {:.2}", t.name, t.cores))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn abm_sync_block(out: &mut String, s: &AbmSyncFigures) {
+    line(out, "wall time", format!("{:.2} s", s.wall_seconds));
+    line(
+        out,
+        "pages",
+        format!(
+            "{} ({} added, {} modified, {} deleted)",
+            s.pages, s.added, s.modified, s.deleted
+        ),
+    );
+    line(
+        out,
+        "rate",
+        format!("{:.0} devices or events/s", s.events_per_second),
+    );
+    let calls: Vec<String> = s
+        .apple_requests
+        .iter()
+        .map(|(endpoint, n)| format!("{endpoint} {n}"))
+        .collect();
+    line(out, "calls answered by ABM", calls.join(", "));
+    line(
+        out,
+        "server CPU",
+        format!(
+            "{:.2} s ({:.2} cores busy)",
+            s.server_cpu_seconds, s.server_cores
+        ),
+    );
+    if !s.server_threads.is_empty() {
+        line(
+            out,
+            "server cores by thread",
+            threads_text(&s.server_threads),
+        );
+    }
+    line(
+        out,
+        "bench CPU (ABM simulator)",
+        format!("{:.2} cores busy", s.bench_cores),
+    );
+    line(
+        out,
+        "server RSS before / after",
+        format!("{:.1} / {:.1} MiB", s.rss_before_mib, s.rss_after_mib),
+    );
+    line(
+        out,
+        "server peak RSS",
+        format!(
+            "{:.1} MiB ({}; {:.1} MiB polled every 50 ms)",
+            s.peak_rss_mib,
+            if s.peak_reset {
+                "VmHWM, reset just before the call"
+            } else {
+                "VmHWM since the daemon started: the reset failed"
+            },
+            s.sampled_peak_rss_mib
+        ),
+    );
+    line(out, "database file", format!("{:.0} MiB", s.database_mib));
+    for p in &s.phases {
+        let mut text = format!(
+            "{:.2} s from {:.2} s: server {:.2} cores",
+            p.seconds, p.from_seconds, p.server_cores
+        );
+        if !p.server_threads.is_empty() {
+            let _ = write!(text, " ({})", threads_text(&p.server_threads));
+        }
+        let _ = write!(
+            text,
+            ", bench {:.2} cores, RSS up to {:.1} MiB",
+            p.bench_cores, p.sampled_peak_rss_mib
+        );
+        line(out, &format!("  {}", p.name), text);
+    }
+}
+
+pub(crate) fn abm_section(out: &mut String, a: &AbmFigures) {
+    let _ = writeln!(
+        out,
+        "\nABM: {} devices in the ABM simulator (in this process, HTTPS on 127.0.0.1), one \
+         connection, one default profile, automatic sync off; each sync is one admin API call",
+        a.devices
+    );
+    line(
+        out,
+        "simulator setup (untimed)",
+        format!("{:.1} s", a.sim_setup_seconds),
+    );
+    line(
+        out,
+        "connection setup (admin API)",
+        format!("{:.2} s", a.setup_seconds),
+    );
+    line(
+        out,
+        "server RSS at start",
+        format!("{:.1} MiB", a.rss_at_start_mib),
+    );
+    let _ = writeln!(
+        out,
+        "\nABM full sync and assignment of {} devices",
+        a.devices
+    );
+    abm_sync_block(out, &a.full);
+    line(
+        out,
+        "checks",
+        format!(
+            "{} of {} devices listed by the connection, {} assigned in ABM, largest \
+             assignment call {} serials",
+            a.devices_listed, a.devices, a.devices_assigned, a.largest_assign_batch
+        ),
+    );
+    let _ = writeln!(
+        out,
+        "\nABM catch-up sync (the assignment's own {} modified events)",
+        a.full.added
+    );
+    abm_sync_block(out, &a.catch_up);
+    let _ = writeln!(
+        out,
+        "\nABM incremental sync after {} devices were changed in ABM",
+        a.changes
+    );
+    abm_sync_block(out, &a.incremental);
+    for p in &a.problems {
+        let _ = writeln!(out, "    ! {p}");
+    }
+}
+
+pub(crate) fn abm_targets(out: &mut String, a: &AbmFigures) {
+    line(
+        out,
+        &format!("ABM full sync + assign, {}", a.devices),
+        format!(
+            "{:<23} target < 15 s at 100k",
+            format!("{:.2} s", a.full.wall_seconds)
+        ),
+    );
+    line(
+        out,
+        "ABM peak RSS during it",
+        format!(
+            "{:<23} target < 200 MB at 100k",
+            format!("{:.1} MiB", a.full.peak_rss_mib)
+        ),
+    );
+    line(
+        out,
+        &format!("ABM incremental, {} changes", a.changes),
+        format!(
+            "{:<23} target < 1 s for 1,000",
+            format!("{:.3} s", a.incremental.wall_seconds)
+        ),
+    );
+}
+
 impl Report {
     /// The readable form.
     pub fn to_text(&self) -> String {
@@ -650,6 +935,9 @@ impl Report {
 
         if let Some(f) = &self.fanout {
             fanout_section(&mut out, f, s.fanout_rounds);
+        }
+        if let Some(a) = &self.abm {
+            abm_section(&mut out, a);
         }
 
         out.push_str("\ntargets (from the issue; the figures are compared, not asserted)\n");
@@ -720,6 +1008,17 @@ impl Report {
                 format!(
                     "{:<23} target < 5 s, >= 20000 pushes/s",
                     "not run (--fanout)"
+                ),
+            ),
+        }
+        match &self.abm {
+            Some(a) => abm_targets(&mut out, a),
+            None => line(
+                &mut out,
+                "ABM sync of 100k devices",
+                format!(
+                    "{:<23} target < 15 s, < 200 MB; 1,000 changes < 1 s",
+                    "not run (--abm-devices)"
                 ),
             ),
         }
@@ -797,6 +1096,8 @@ mod tests {
                 rss_devices: None,
                 fanout: None,
                 fanout_rounds: 3,
+                abm_devices: None,
+                abm_changes: 1000,
             },
             enrollment: EnrollmentFigures {
                 devices: 100,
@@ -812,6 +1113,7 @@ mod tests {
             rounds: vec![round()],
             large: None,
             fanout: None,
+            abm: None,
         };
         let text = report.to_text();
         for needle in [
@@ -824,6 +1126,7 @@ mod tests {
             "! device X: boom",
             "server cores by thread            mdm-store-write 0.50",
             "not run (--fanout)",
+            "not run (--abm-devices)",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -80,7 +80,9 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         let mut report = AssignReport::default();
         loop {
             let now = Timestamp::now();
-            let due = self.store().abm_devices_due(name, now, 10 * ASSIGN_BATCH)?;
+            // A few calls' worth at a time: enough to fill whole batches per profile, small
+            // enough that 100,000 due devices never sit in memory at once.
+            let due = self.store().abm_devices_due(name, now, 2 * ASSIGN_BATCH)?;
             if due.is_empty() {
                 break;
             }
