@@ -4,44 +4,12 @@
 //! [`ConnectError`] says why a connection to the push service could not be opened; it only
 //! reaches callers as text inside a `PushOutcome::Failed`.
 
-use std::path::PathBuf;
-
 /// A configuration or identity the pusher cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum ApnsError {
-    /// The base URL is not `https://host[:port]`.
-    #[error("the push service URL {url:?} is not usable: {reason}")]
-    BaseUrl {
-        /// The configured URL.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The proxy URL is not `http://host:port`.
-    #[error("the proxy URL {url:?} is not usable: {reason}")]
-    ProxyUrl {
-        /// The configured URL.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The proxy user name or password cannot be sent in a header.
-    #[error("the proxy credentials contain characters that cannot be sent (user name must not contain ':')")]
-    ProxyCredentials,
-    /// The trusted roots file could not be read.
-    #[error("cannot read the trusted roots file {path}: {reason}")]
-    RootsFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// No usable root certificate was found.
-    #[error("no usable trusted root certificate in {source_name}: the push service's TLS certificate could not be verified")]
-    NoRoots {
-        /// Where the roots were looked for.
-        source_name: String,
-    },
+    /// The base URL, proxy or trusted roots are unusable (shared with every outbound client).
+    #[error("push service configuration: {0}")]
+    Config(#[from] mdm_net::ConfigError),
     /// The TLS library refused the configuration.
     #[error("TLS configuration refused: {0}")]
     Tls(#[source] rustls::Error),
@@ -54,23 +22,6 @@ pub enum ApnsError {
     /// The push identity's key is not the certificate's.
     #[error("the push certificate's private key does not belong to the certificate")]
     KeyMismatch,
-}
-
-impl From<mdm_net::ConfigError> for ApnsError {
-    fn from(e: mdm_net::ConfigError) -> Self {
-        use mdm_net::ConfigError as C;
-        match e {
-            C::BaseUrl { url, reason } => ApnsError::BaseUrl { url, reason },
-            C::ProxyUrl { url, reason } => ApnsError::ProxyUrl { url, reason },
-            C::ProxyCredentials => ApnsError::ProxyCredentials,
-            C::RootsFile { path, reason } => ApnsError::RootsFile { path, reason },
-            C::RootsPem { reason } => ApnsError::RootsFile {
-                path: PathBuf::from("(configured PEM text)"),
-                reason,
-            },
-            C::NoRoots { source_name } => ApnsError::NoRoots { source_name },
-        }
-    }
 }
 
 /// Why a connection to the push service could not be opened.

@@ -731,7 +731,13 @@ fn roots_must_exist_and_hold_certificates() {
         ..ApnsConfig::default()
     })
     .unwrap_err();
-    assert!(matches!(err, ApnsError::RootsFile { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ApnsError::Config(mdm_net::ConfigError::RootsFile { .. })
+        ),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "no certificates here\n").unwrap();
@@ -740,14 +746,20 @@ fn roots_must_exist_and_hold_certificates() {
         ..ApnsConfig::default()
     })
     .unwrap_err();
-    assert!(matches!(err, ApnsError::NoRoots { .. }), "{err}");
+    assert!(
+        matches!(err, ApnsError::Config(mdm_net::ConfigError::NoRoots { .. })),
+        "{err}"
+    );
 
     let err = ApnsPusher::new(ApnsConfig {
         base_url: "http://api.push.apple.com".into(),
         ..ApnsConfig::default()
     })
     .unwrap_err();
-    assert!(matches!(err, ApnsError::BaseUrl { .. }), "{err}");
+    assert!(
+        matches!(err, ApnsError::Config(mdm_net::ConfigError::BaseUrl { .. })),
+        "{err}"
+    );
 
     // The production default reads Debian's bundle, where the image has it.
     if std::path::Path::new(mdm_apns::SYSTEM_CA_BUNDLE).exists() {
