@@ -16,7 +16,6 @@ use tracing::{info, warn};
 
 use super::connections::note_problem_if_token;
 use super::profiles::{needs_assignment, RuleSpec};
-use super::sync::Planner;
 use super::{abm_failure, AbmService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
@@ -76,7 +75,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             return Ok(AssignReport::default());
         }
         let client = self.client(&conn)?;
-        let planner = Planner::new(self.router(name)?, &self.store().abm_profiles(name)?);
+        let planner = self.planner(name)?;
         let mut report = AssignReport::default();
         loop {
             let now = Timestamp::now();
@@ -99,14 +98,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                     }
                 }
             }
-            if !settled.is_empty() {
-                self.store()
-                    .abm_write(AbmBatch {
-                        devices: settled,
-                        ..AbmBatch::default()
-                    })
-                    .await?;
-            }
+            self.write_devices(settled).await?;
             for (uuid, recs) in groups {
                 let profile_name = planner
                     .target(&recs[0].device)
@@ -149,12 +141,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                             &mut report,
                         ));
                     }
-                    self.store()
-                        .abm_write(AbmBatch {
-                            devices: out,
-                            ..AbmBatch::default()
-                        })
-                        .await?;
+                    self.write_devices(out).await?;
                 }
             }
         }
@@ -375,14 +362,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                     }
                 }
             }
-            if !out.is_empty() {
-                self.store()
-                    .abm_write(AbmBatch {
-                        devices: out,
-                        ..AbmBatch::default()
-                    })
-                    .await?;
-            }
+            self.write_devices(out).await?;
         }
         self.put_rule(
             connection,
@@ -408,14 +388,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                     }
                 }
             }
-            if !out.is_empty() {
-                self.store()
-                    .abm_write(AbmBatch {
-                        devices: out,
-                        ..AbmBatch::default()
-                    })
-                    .await?;
-            }
+            self.write_devices(out).await?;
         }
         self.assign_due(connection).await?;
         serials
@@ -461,12 +434,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 Ok(r) => r,
                 Err(e) => {
                     note_problem_if_token(&mut conn, &e, Timestamp::now());
-                    self.store()
-                        .abm_write(AbmBatch {
-                            connection: Some(conn),
-                            ..AbmBatch::default()
-                        })
-                        .await?;
+                    self.write_connection(conn).await?;
                     return Err(abm_failure(connection, &e));
                 }
             };
@@ -569,12 +537,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 reason: None,
             });
         }
-        self.store()
-            .abm_write(AbmBatch {
-                devices: out,
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_devices(out).await?;
         Ok(results)
     }
 }

@@ -210,12 +210,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             },
             default_profile: None,
         };
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(rec.clone()),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_connection(rec.clone()).await?;
         info!(connection = %rec.name, base_url = %rec.endpoint.base_url, "ABM connection created");
         Ok(rec)
     }
@@ -247,12 +242,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             _ => {
                 let key = self.new_key(name, Timestamp::now())?;
                 rec.staged_key = Some(key.clone());
-                self.store()
-                    .abm_write(AbmBatch {
-                        connection: Some(rec),
-                        ..AbmBatch::default()
-                    })
-                    .await?;
+                self.write_connection(rec).await?;
                 info!(connection = %name, "ABM key pair staged");
                 key
             }
@@ -382,12 +372,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             rec.sync.cursor = None;
             rec.sync.fetching = false;
         }
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(rec.clone()),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_connection(rec.clone()).await?;
         self.forget_client(name);
         info!(
             connection = %name,
@@ -435,12 +420,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             }
             reassign = true;
         }
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(rec.clone()),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_connection(rec.clone()).await?;
         if reassign {
             drop(_busy);
             self.mark_all_due(name).await?;

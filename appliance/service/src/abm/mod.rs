@@ -33,7 +33,10 @@ use mdm_proto::abm::ServerToken;
 use tokio::sync::Notify;
 
 use crate::error::{ServiceError, ServiceResult};
-use crate::ports::{AbmConnectionRecord, AbmConnector, AbmEndpoint, AbmError, Store, Timestamp};
+use crate::ports::{
+    AbmBatch, AbmConnectionRecord, AbmConnector, AbmDeviceRecord, AbmEndpoint, AbmError, Store,
+    Timestamp,
+};
 use crate::MdmService;
 
 /// Apple's production ABM API.
@@ -240,6 +243,66 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                     rec.name
                 ),
             )
+        })
+    }
+
+    /// Stores device records in one transaction; nothing to do for none.
+    pub(crate) async fn write_devices(&self, devices: Vec<AbmDeviceRecord>) -> ServiceResult<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.store()
+            .abm_write(AbmBatch {
+                devices,
+                ..AbmBatch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a connection record.
+    pub(crate) async fn write_connection(&self, rec: AbmConnectionRecord) -> ServiceResult<()> {
+        self.store()
+            .abm_write(AbmBatch {
+                connection: Some(rec),
+                ..AbmBatch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Which profile each device of the connection should have, from its rules, default and
+    /// defined profiles as stored now.
+    pub(crate) fn planner(&self, connection: &str) -> ServiceResult<sync::Planner> {
+        Ok(sync::Planner::new(
+            self.router(connection)?,
+            &self.store().abm_profiles(connection)?,
+        ))
+    }
+
+    /// Every device of a connection, `size` records at a time, by serial number.
+    pub(crate) fn device_pages<'a>(
+        &'a self,
+        connection: &'a str,
+        size: usize,
+    ) -> impl Iterator<Item = ServiceResult<Vec<AbmDeviceRecord>>> + 'a {
+        let mut after: Option<String> = None;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match self.store().abm_devices(connection, after.as_deref(), size) {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    after = page.last().map(|r| r.serial.clone());
+                    Some(Ok(page))
+                }
+                Err(e) => {
+                    done = true;
+                    Some(Err(e.into()))
+                }
+            }
         })
     }
 

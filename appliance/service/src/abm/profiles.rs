@@ -335,12 +335,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             Ok(d) => d,
             Err(e) => {
                 super::connections::note_problem_if_token(&mut conn, &e, now);
-                self.store()
-                    .abm_write(AbmBatch {
-                        connection: Some(conn),
-                        ..AbmBatch::default()
-                    })
-                    .await?;
+                self.write_connection(conn).await?;
                 return Err(abm_failure(connection, &e));
             }
         };
@@ -537,46 +532,18 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
     /// a change of profiles, rules or the default). Devices in a cool-down keep their time.
     pub(crate) async fn mark_all_due(&self, connection: &str) -> ServiceResult<()> {
         let _busy = self.lock(connection).await;
-        let router = self.router(connection)?;
-        let profiles = self.store().abm_profiles(connection)?;
-        let uuid_of = |name: &str| {
-            profiles
-                .iter()
-                .find(|p| p.name == name)
-                .and_then(|p| p.apple_uuid.clone())
-        };
+        let planner = self.planner(connection)?;
         let now = Timestamp::now();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .abm_devices(connection, after.as_deref(), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
+        for page in self.device_pages(connection, 1000) {
             let mut changed = Vec::new();
-            for mut rec in page {
-                let want = router
-                    .profile_for(&rec.device)
-                    .and_then(uuid_of)
-                    .filter(|uuid| needs_assignment(&rec, uuid));
-                let next = match (want, rec.next_assign_at) {
-                    (None, _) => None,
-                    (Some(_), Some(t)) if t > now => Some(t),
-                    (Some(_), _) => Some(now),
-                };
+            for mut rec in page? {
+                let next = planner.next_assign_at(&rec, now);
                 if next != rec.next_assign_at {
                     rec.next_assign_at = next;
                     changed.push(rec);
                 }
             }
-            if !changed.is_empty() {
-                self.store()
-                    .abm_write(AbmBatch {
-                        devices: changed,
-                        ..AbmBatch::default()
-                    })
-                    .await?;
-            }
+            self.write_devices(changed).await?;
         }
         Ok(())
     }

@@ -174,7 +174,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             start_full(&mut conn);
         }
         run.full = conn.sync.fetching;
-        let planner = Planner::new(self.router(name)?, &self.store().abm_profiles(name)?);
+        let planner = self.planner(name)?;
         let limit = self.config().page_limit.clamp(1, 1000);
         let mut restarted = false;
         loop {
@@ -228,12 +228,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         conn.problem = None;
         conn.last_ok_at = Some(now);
         conn.sync.last_run = Some(run.clone());
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(conn),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_connection(conn).await?;
         info!(
             connection = %name,
             full = run.full,
@@ -265,12 +260,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         conn.sync.last_run = Some(run);
         let name = conn.name.clone();
         warn!(connection = %name, code = e.code(), error = %e, "ABM sync failed");
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(conn),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.write_connection(conn).await?;
         Err(abm_failure(&name, &e))
     }
 
@@ -367,24 +357,14 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         if conn.sync.fetching {
             conn.sync.fetching = false;
             conn.sync.last_full_at = Some(Timestamp::now());
-            self.store()
-                .abm_write(AbmBatch {
-                    connection: Some(conn.clone()),
-                    ..AbmBatch::default()
-                })
-                .await?;
+            self.write_connection(conn.clone()).await?;
         }
         let generation = conn.sync.generation;
         let mut missing = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .abm_devices(&conn.name, after.as_deref(), 5000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
+        for page in self.device_pages(&conn.name, 5000) {
             missing.extend(
-                page.into_iter()
+                page?
+                    .into_iter()
                     .filter(|r| r.removed_at.is_none() && r.seen_generation < generation),
             );
         }
@@ -424,12 +404,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 rec.updated_at = now;
                 out.push(rec);
             }
-            self.store()
-                .abm_write(AbmBatch {
-                    devices: out,
-                    ..AbmBatch::default()
-                })
-                .await?;
+            self.write_devices(out).await?;
         }
         Ok(())
     }

@@ -323,13 +323,6 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         })
     }
 
-    fn planner(&self, connection: &str) -> ServiceResult<Planner> {
-        Ok(Planner::new(
-            self.router(connection)?,
-            &self.store().abm_profiles(connection)?,
-        ))
-    }
-
     /// A page of a connection's devices by serial number, after `after`.
     pub fn device_views(
         &self,
@@ -369,14 +362,8 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         let mut out = String::new();
         let header: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
         csv_line(&mut out, &header);
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .abm_devices(connection, after.as_deref(), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
-            for rec in page {
+        for page in self.device_pages(connection, 1000) {
+            for rec in page? {
                 let view = self.device_view(&planner, rec)?;
                 csv_line(&mut out, &view.csv_row());
             }
