@@ -5,8 +5,7 @@ use std::sync::Arc;
 use mdm_service::ports::PushIdentity;
 use rustls::client::ClientConfig;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{InconsistentKeys, RootCertStore};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::RootCertStore;
 
 use crate::config::ApnsRoots;
 use crate::error::ApnsError;
@@ -33,29 +32,12 @@ pub(crate) fn client_config(
 }
 
 fn certified_key(identity: &PushIdentity) -> Result<CertifiedKey, ApnsError> {
-    if identity.cert_chain_der.is_empty() {
-        return Err(ApnsError::EmptyChain);
-    }
-    // Borrowing the key keeps the only copy of its bytes in the caller's zeroizing buffer;
-    // rustls' owned-key path would take and drop an unwiped copy.
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8_der.as_slice()));
-    let signing_key =
-        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(ApnsError::Key)?;
-    let chain = identity
-        .cert_chain_der
-        .iter()
-        .map(|der| CertificateDer::from(der.clone()))
-        .collect();
-    let certified = CertifiedKey::new(chain, signing_key);
-    match certified.keys_match() {
-        Ok(()) => Ok(certified),
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            Err(ApnsError::KeyMismatch)
-        }
-        // A key that cannot show its public half still proves possession in the handshake.
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
-        Err(other) => Err(ApnsError::Key(other)),
-    }
+    use mdm_net::IdentityError as E;
+    mdm_net::certified_key(&identity.cert_chain_der, &identity.key_pkcs8_der).map_err(|e| match e {
+        E::EmptyChain => ApnsError::EmptyChain,
+        E::KeyMismatch => ApnsError::KeyMismatch,
+        E::Key(e) | E::Certificate(e) => ApnsError::Key(e),
+    })
 }
 
 /// When a TLS error is the server refusing our certificate, says so in words an admin can

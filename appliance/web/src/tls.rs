@@ -17,8 +17,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{InconsistentKeys, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 /// How many TLS sessions the server remembers for stateful (TLS 1.2 session id) resumption.
@@ -117,32 +117,13 @@ pub fn server_config(
 }
 
 fn certified_key(identity: &TlsIdentity) -> Result<CertifiedKey, TlsError> {
-    if identity.cert_chain_der.is_empty() {
-        return Err(TlsError::EmptyChain);
-    }
-    // Loading through a borrowed `PrivateKeyDer` keeps the only copy of the key bytes in the
-    // caller's zeroizing buffer; rustls' owned-key path (`with_single_cert`) would take and
-    // drop an unwiped copy. This is the same loader the aws-lc-rs provider uses.
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_pkcs8_der.as_slice()));
-    let signing_key =
-        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(TlsError::Key)?;
-    let chain = identity
-        .cert_chain_der
-        .iter()
-        .map(|der| CertificateDer::from(der.clone()))
-        .collect();
-    let certified = CertifiedKey::new(chain, signing_key);
-    match certified.keys_match() {
-        Ok(()) => {}
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            return Err(TlsError::KeyMismatch)
-        }
-        // aws-lc-rs keys always expose their public half; should a key type ever not, the
-        // handshake itself still proves possession, so this is not a reason to refuse.
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
-        Err(other) => return Err(TlsError::Certificate(other)),
-    }
-    Ok(certified)
+    use mdm_net::IdentityError as E;
+    mdm_net::certified_key(&identity.cert_chain_der, &identity.key_pkcs8_der).map_err(|e| match e {
+        E::EmptyChain => TlsError::EmptyChain,
+        E::KeyMismatch => TlsError::KeyMismatch,
+        E::Key(e) => TlsError::Key(e),
+        E::Certificate(e) => TlsError::Certificate(e),
+    })
 }
 
 fn client_verifier(
