@@ -15,16 +15,19 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::connections::note_problem_if_token;
-use super::profiles::{needs_assignment, RuleSpec};
+use super::profiles::needs_assignment;
 use super::{abm_failure, AbmService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
     AbmAssignOutcome, AbmAssignment, AbmBatch, AbmClient, AbmConnector, AbmDeviceRecord, AbmError,
-    Store, Timestamp,
+    AbmRuleMatch, AbmRuleRecord, Store, Timestamp,
 };
 
 /// Most serials Apple takes in one assignment call.
 pub const ASSIGN_BATCH: usize = 1000;
+
+/// Priority of the `assign-PROFILE` rules explicit assignment writes: before attribute rules.
+const EXPLICIT_PRIORITY: i32 = -1000;
 
 /// What an assignment job did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -304,92 +307,72 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         let serials = clean_serials(serials)?;
         self.profile(connection, profile)?;
         let rule_name = format!("assign-{profile}");
-        let rules = self.rules(connection)?;
-        for rule in &rules {
-            if rule.name != rule_name && rule.matcher.serials.iter().any(|s| serials.contains(s)) {
-                let kept: Vec<String> = rule
-                    .matcher
-                    .serials
-                    .iter()
-                    .filter(|s| !serials.contains(s))
-                    .cloned()
-                    .collect();
-                let has_attributes = rule.matcher.device_family.is_some()
-                    || rule.matcher.model.is_some()
-                    || rule.matcher.os.is_some();
-                if kept.is_empty() && !has_attributes {
-                    self.delete_rule(connection, &rule.name).await?;
-                } else {
-                    self.put_rule(
-                        connection,
-                        RuleSpec {
-                            name: rule.name.clone(),
-                            priority: rule.priority,
-                            profile: rule.profile.clone(),
-                            serials: kept,
-                            device_family: rule.matcher.device_family.clone(),
-                            model: rule.matcher.model.clone(),
-                            os: rule.matcher.os.clone(),
-                        },
-                    )
-                    .await?;
-                }
-            }
-        }
-        let mut mine: Vec<String> = rules
-            .iter()
-            .find(|r| r.name == rule_name)
-            .map(|r| r.matcher.serials.clone())
-            .unwrap_or_default();
-        for s in &serials {
-            if !mine.contains(s) {
-                mine.push(s.clone());
-            }
-        }
-        // Clear "removed by an admin" so the job assigns them again.
         {
+            // The rule changes and the devices' fresh start are one write, under the lock.
             let _busy = self.lock(connection).await;
-            let mut out = Vec::new();
-            for s in &serials {
-                if let Some(mut rec) = self.store().abm_device(connection, s)? {
-                    if rec
-                        .assignment
-                        .as_ref()
-                        .is_some_and(|a| a.outcome == AbmAssignOutcome::Removed)
-                    {
-                        rec.assignment = None;
-                        out.push(rec);
-                    }
-                }
-            }
-            self.write_devices(out).await?;
-        }
-        self.put_rule(
-            connection,
-            RuleSpec {
-                name: rule_name,
-                priority: -1000,
-                profile: profile.to_string(),
-                serials: mine,
-                ..RuleSpec::default()
-            },
-        )
-        .await?;
-        // Explicitly asked: retry now even if a device is in a cool-down of ours.
-        {
-            let _busy = self.lock(connection).await;
+            self.connection_record(connection)?;
             let now = Timestamp::now();
-            let mut out = Vec::new();
-            for s in &serials {
-                if let Some(mut rec) = self.store().abm_device(connection, s)? {
-                    if rec.next_assign_at.is_some_and(|t| t > now) {
-                        rec.next_assign_at = Some(now);
-                        out.push(rec);
-                    }
+            let mut batch = AbmBatch::default();
+            let mut mine = None;
+            for mut rule in self.store().abm_rules(connection)? {
+                if rule.name == rule_name {
+                    mine = Some(rule);
+                    continue;
+                }
+                if !rule.matcher.serials.iter().any(|s| serials.contains(s)) {
+                    continue;
+                }
+                rule.matcher.serials.retain(|s| !serials.contains(s));
+                let m = &rule.matcher;
+                if m.serials.is_empty()
+                    && m.device_family.is_none()
+                    && m.model.is_none()
+                    && m.os.is_none()
+                {
+                    batch.delete_rules.push((connection.to_string(), rule.name));
+                } else {
+                    batch.rules.push(rule);
                 }
             }
-            self.write_devices(out).await?;
+            let mut mine = mine.unwrap_or_else(|| AbmRuleRecord {
+                connection: connection.to_string(),
+                name: rule_name,
+                priority: EXPLICIT_PRIORITY,
+                matcher: AbmRuleMatch::default(),
+                profile: profile.to_string(),
+                created_at: now,
+            });
+            mine.priority = EXPLICIT_PRIORITY;
+            for s in &serials {
+                if !mine.matcher.serials.contains(s) {
+                    mine.matcher.serials.push(s.clone());
+                }
+            }
+            batch.rules.push(mine);
+            for s in &serials {
+                let Some(mut rec) = self.store().abm_device(connection, s)? else {
+                    continue;
+                };
+                // Clear "removed by an admin", and retry now even during a cool-down of ours:
+                // an admin asked for it explicitly.
+                let removed = rec
+                    .assignment
+                    .as_ref()
+                    .is_some_and(|a| a.outcome == AbmAssignOutcome::Removed);
+                let waiting = rec.next_assign_at.is_some_and(|t| t > now);
+                if removed {
+                    rec.assignment = None;
+                }
+                if waiting {
+                    rec.next_assign_at = Some(now);
+                }
+                if removed || waiting {
+                    batch.devices.push(rec);
+                }
+            }
+            self.store().abm_write(batch).await?;
         }
+        self.mark_all_due(connection).await?;
         self.assign_due(connection).await?;
         serials
             .iter()
