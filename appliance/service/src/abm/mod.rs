@@ -151,10 +151,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
     }
 
     fn runtime(&self, name: &str) -> Arc<ConnRuntime<C::Client>> {
-        let mut map = match self.inner.runtimes.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = locked(&self.inner.runtimes);
         Arc::clone(map.entry(name.to_string()).or_default())
     }
 
@@ -196,10 +193,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             ));
         };
         let rt = self.runtime(&rec.name);
-        let mut slot = match rt.client.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = locked(&rt.client);
         if let Some((generation, endpoint, client)) = slot.as_ref() {
             if *generation == token.generation && *endpoint == rec.endpoint {
                 return Ok(Arc::clone(client));
@@ -218,10 +212,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
 
     fn forget_client(&self, name: &str) {
         let rt = self.runtime(name);
-        let mut slot = match rt.client.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = locked(&rt.client);
         *slot = None;
     }
 
@@ -319,6 +310,12 @@ impl Drop for SyncMark {
     fn drop(&mut self) {
         self.0.store(false, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// Takes a lock even if a thread panicked while holding it: the maps it guards hold only
+/// caches that stay consistent (each update is a single assignment).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Checks an admin-chosen name (connections, profiles, rules).
