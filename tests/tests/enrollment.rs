@@ -25,7 +25,7 @@ async fn manual_enrollment_end_to_end() {
     let sha = mdm_pki::Certificate::from_der(&der).unwrap().sha256();
     assert_eq!(v["identity_sha256"], hex::encode(sha));
 
-    let (_, list) = app.api("GET", "/api/v1/devices", None).await;
+    let (_, list) = app.api("GET", "/api/v1/enrollments", None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // Secrets never leave the appliance through the API.
     let text = list.to_string();

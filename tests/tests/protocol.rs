@@ -111,7 +111,11 @@ async fn command_lifecycle_with_results() {
     // Nothing more to do: an empty answer.
     assert!(d.run_until_idle().await.unwrap().is_empty());
     let (_, hist) = app
-        .api("GET", &format!("/api/v1/devices/{}/commands", d.udid), None)
+        .api(
+            "GET",
+            &format!("/api/v1/enrollments/{}/commands", d.udid),
+            None,
+        )
         .await;
     assert_eq!(hist["items"].as_array().unwrap().len(), 2);
 }
@@ -364,7 +368,7 @@ async fn admin_api_roles_and_push_topic_guard() {
     assert_eq!(s, 201, "{v}");
     let auditor = v["token"].as_str().unwrap().to_string();
     let (s, _) = app
-        .api_as(&auditor, "GET", "/api/v1/devices", Vec::new())
+        .api_as(&auditor, "GET", "/api/v1/enrollments", Vec::new())
         .await;
     assert_eq!(s, 200);
     let body = serde_json::to_vec(&json!({"label": "x"})).unwrap();
@@ -472,7 +476,7 @@ async fn api_tokens_can_be_revoked_but_not_the_last_admin() {
     let (s, v) = app.enrollment(&d.udid.replace('-', "%2D")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["id"], d.udid.as_str());
-    let (s, v) = app.api("GET", "/api/v1/devices/%FF", None).await;
+    let (s, v) = app.api("GET", "/api/v1/enrollments/%FF", None).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (400, Some("INVALID_PATH"))

@@ -133,7 +133,11 @@ async fn permanently_invalid_tokens_are_marked_and_not_pushed_again() {
 
     let (status, v) = s
         .app
-        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .api(
+            "POST",
+            &format!("/api/v1/enrollments/{}/push", d.udid),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"], "invalid_token", "{v}");
@@ -145,7 +149,11 @@ async fn permanently_invalid_tokens_are_marked_and_not_pushed_again() {
     let seen = s.apns.exchanges().len();
     let (_, v) = s
         .app
-        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .api(
+            "POST",
+            &format!("/api/v1/enrollments/{}/push", d.udid),
+            None,
+        )
         .await;
     assert_eq!(v["result"], "failed");
     assert_eq!(s.apns.exchanges().len(), seen, "nothing was sent to APNs");
@@ -157,7 +165,11 @@ async fn permanently_invalid_tokens_are_marked_and_not_pushed_again() {
     assert!(s.app.enrollment(&d.udid).await.1["push_invalid"].is_null());
     let (_, v) = s
         .app
-        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .api(
+            "POST",
+            &format!("/api/v1/enrollments/{}/push", d.udid),
+            None,
+        )
         .await;
     assert_eq!(v["result"], "sent", "{v}");
 }
@@ -288,7 +300,11 @@ async fn status_shows_the_pusher() {
     let d = s.app.enroll_manual().await;
     let (_, v) = s
         .app
-        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .api(
+            "POST",
+            &format!("/api/v1/enrollments/{}/push", d.udid),
+            None,
+        )
         .await;
     assert_eq!(v["result"], "sent", "{v}");
     let (_, st) = s.app.api("GET", "/api/v1/status", None).await;
@@ -311,7 +327,11 @@ async fn repeated_failures_open_the_circuit_visibly() {
     loop {
         let (_, v) = s
             .app
-            .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+            .api(
+                "POST",
+                &format!("/api/v1/enrollments/{}/push", d.udid),
+                None,
+            )
             .await;
         assert_eq!(v["result"], "failed", "{v}");
         if v["reason"].as_str().unwrap_or_default().contains("circuit") {
@@ -323,7 +343,11 @@ async fn repeated_failures_open_the_circuit_visibly() {
     let seen = s.apns.exchanges().len();
     let (_, v) = s
         .app
-        .api("POST", &format!("/api/v1/devices/{}/push", d.udid), None)
+        .api(
+            "POST",
+            &format!("/api/v1/enrollments/{}/push", d.udid),
+            None,
+        )
         .await;
     assert!(
         v["reason"].as_str().unwrap_or_default().contains("circuit"),

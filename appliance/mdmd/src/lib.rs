@@ -356,6 +356,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             push_settings,
             rx.clone(),
         ));
+        let activity = tokio::spawn(mdm_service::lifecycle::activity::run_activity_writer(
+            service.clone(),
+            rx.clone(),
+        ));
         let abm_scheduler = tokio::spawn(mdm_service::abm::scheduler::run_abm_scheduler(
             abm.clone(),
             rx.clone(),
@@ -369,6 +373,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         pruner.abort();
         pushing.abort();
         abm_scheduler.abort();
+        // The writer saw the stop signal: let it write the last buffered entries.
+        if tokio::time::timeout(Duration::from_secs(10), activity)
+            .await
+            .is_err()
+        {
+            warn!("the activity writer did not finish in time; the last entries may be lost");
+        }
         drop(abm);
         drop(service);
         store
@@ -405,6 +416,11 @@ async fn retention_loop<S: mdm_service::ports::Store>(
                     break;
                 }
             }
+        }
+        match service.prune_activity().await {
+            Ok(0) => {}
+            Ok(n) => info!(entries = n, "activity entries past retention deleted"),
+            Err(e) => warn!(error = %e, "activity retention pass failed"),
         }
     }
 }

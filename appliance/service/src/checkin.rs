@@ -10,6 +10,8 @@ use mdm_proto::{CheckinMessage, CommandReport, CommandStatus, DeviceMessage};
 use tracing::{debug, info, warn};
 
 use crate::error::{ErrorKind, ServiceError, ServiceResult};
+use crate::lifecycle::activity::entry;
+use crate::ports::ActivityOutcome;
 use crate::ports::{
     AuthenticateRecord, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentRecord,
     EnrollmentState, PushTarget, ResultOutcome, Store, Timestamp, TokenUpdateRecord,
@@ -244,6 +246,11 @@ impl<S: Store> MdmService<S> {
                     ));
                 }
                 let issued = self.check_issued_here(&identity)?;
+                let how = match &issued.source {
+                    Some(crate::ports::EnrollmentSource::Ade { .. }) => "ADE",
+                    _ => "manual",
+                };
+                self.check_enrollment_allowed(a.serial_number.as_deref(), how)?;
                 if let Some(crate::ports::EnrollmentSource::Ade { udid, .. }) = &issued.source {
                     if a.enrollment.udid().is_some_and(|u| u != udid) {
                         warn!(enrollment = %id, expected = %udid, "identity issued for another device");
@@ -281,6 +288,15 @@ impl<S: Store> MdmService<S> {
                     }
                 }
                 info!(enrollment = %id, serial = ?a.serial_number, "Authenticate");
+                let targets = self.refresh_device(&id)?;
+                self.log_activity(entry(
+                    "device",
+                    "enrollment.authenticated",
+                    targets,
+                    ActivityOutcome::Ok,
+                    format!("{how} enrollment started: identity issued and Authenticate received"),
+                    None,
+                ));
                 Ok(DeviceReply::Empty)
             }
             CheckinMessage::TokenUpdate(t) => {
@@ -315,10 +331,26 @@ impl<S: Store> MdmService<S> {
                             format!("no enrollment {}", eref.device_id),
                         )
                     })?;
+                let targets = self.refresh_device(&id)?;
                 if outcome.activated {
                     info!(enrollment = %id, awaiting_configuration = t.awaiting_configuration, "enrolled (first TokenUpdate)");
+                    self.log_activity(entry(
+                        "device",
+                        "enrollment.enrolled",
+                        targets,
+                        ActivityOutcome::Ok,
+                        if t.awaiting_configuration {
+                            "enrolled (first TokenUpdate); held in Setup Assistant until released"
+                        } else {
+                            "enrolled (first TokenUpdate)"
+                        },
+                        None,
+                    ));
                 } else {
                     debug!(enrollment = %id, "TokenUpdate");
+                }
+                if eref.user_id.is_none() && t.awaiting_configuration {
+                    self.maybe_auto_release(&id).await?;
                 }
                 Ok(DeviceReply::Empty)
             }
@@ -326,6 +358,15 @@ impl<S: Store> MdmService<S> {
                 self.bound_enrollment(&id, &identity).await?;
                 self.store().check_out(&id, now).await?;
                 info!(enrollment = %id, "CheckOut: device left management");
+                let targets = self.refresh_device(&id)?;
+                self.log_activity(entry(
+                    "device",
+                    "enrollment.checked_out",
+                    targets,
+                    ActivityOutcome::Ok,
+                    "CheckOut: the MDM profile was removed from the device",
+                    None,
+                ));
                 Ok(DeviceReply::Empty)
             }
             CheckinMessage::UserAuthenticate(_) => {
@@ -350,6 +391,7 @@ impl<S: Store> MdmService<S> {
             CheckinMessage::GetBootstrapToken(_) => {
                 let rec = self.bound_enrollment(&id, &identity).await?;
                 self.store().touch(&id, now).await?;
+                self.devices().touch(&eref.device_id, now);
                 let token = match rec.bootstrap_token_sealed {
                     Some(sealed) => Some(self.unseal("bootstrap-token", &sealed)?),
                     None => None,
@@ -365,6 +407,7 @@ impl<S: Store> MdmService<S> {
             CheckinMessage::DeclarativeManagement(d) => {
                 self.bound_enrollment(&id, &identity).await?;
                 self.store().touch(&id, now).await?;
+                self.devices().touch(&eref.device_id, now);
                 declarative_reply(&d.endpoint)
             }
             CheckinMessage::GetToken(g) => {
@@ -405,7 +448,10 @@ impl<S: Store> MdmService<S> {
             // An Idle needs no write when the device was heard from within the last minute:
             // last-seen times are for humans, a write is an fsync shared with others.
             (None, _) if now.0.saturating_sub(rec.last_seen_at.0) < LAST_SEEN_GRANULARITY_MS => {}
-            (None, _) => self.store().touch(&id, now).await?,
+            (None, _) => {
+                self.store().touch(&id, now).await?;
+                self.devices().touch(&rec.device_id, now);
+            }
             (Some(_), None) => {
                 return Err(ServiceError::bad_request(
                     "REPORT_INVALID",
@@ -449,9 +495,11 @@ impl<S: Store> MdmService<S> {
                     }
                     ResultOutcome::Recorded => {
                         debug!(enrollment = %id, command = uuid, ?status, "command report");
+                        self.devices().touch(&rec.device_id, now);
                         if status == DeliveryStatus::NotNow {
                             scratch.add_not_now(&id, uuid);
                         }
+                        self.after_result(&rec, uuid, status).await?;
                     }
                 }
             }
@@ -464,6 +512,66 @@ impl<S: Store> MdmService<S> {
             }
             None => Ok(DeviceReply::Empty),
         }
+    }
+
+    /// Hands the directory an enrollment's record after a write; returns the activity
+    /// targets for it (serial number and enrollment id).
+    fn refresh_device(&self, id: &str) -> ServiceResult<Vec<String>> {
+        if let Some(rec) = self.store().enrollment(id)? {
+            self.devices().put_enrollment(&rec);
+        }
+        Ok(self.activity_targets(id))
+    }
+
+    /// The serial number (when known) and the id of an enrollment, for activity entries.
+    pub(crate) fn activity_targets(&self, id: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.devices().key_of(id).into_iter().collect();
+        if !out.iter().any(|k| k == id) {
+            out.push(id.to_string());
+        }
+        out
+    }
+
+    /// Lifecycle steps after a command result: failures go to the activity log; a device
+    /// held in Setup Assistant may be released (or has been).
+    async fn after_result(
+        &self,
+        rec: &crate::ports::EnrollmentRecord,
+        uuid: &str,
+        status: DeliveryStatus,
+    ) -> ServiceResult<()> {
+        let failed = matches!(
+            status,
+            DeliveryStatus::Error | DeliveryStatus::CommandFormatError
+        );
+        if !failed && !rec.awaiting_configuration {
+            return Ok(());
+        }
+        let request_type = self
+            .store()
+            .command(uuid)?
+            .map(|c| c.request_type)
+            .unwrap_or_default();
+        if failed {
+            self.log_activity(entry(
+                "device",
+                "command.failed",
+                self.activity_targets(&rec.id),
+                ActivityOutcome::Failed,
+                format!("{request_type} ({uuid}) answered {status:?}"),
+                Some(serde_json::json!({"command_uuid": uuid, "request_type": request_type})),
+            ));
+        }
+        if rec.channel != crate::ports::Channel::Device || !rec.awaiting_configuration {
+            return Ok(());
+        }
+        if request_type == "DeviceConfigured" && status == DeliveryStatus::Acknowledged {
+            return self.device_configured(&rec.id).await;
+        }
+        if status.is_final() {
+            self.maybe_auto_release(&rec.id).await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn seal(&self, purpose: &str, data: &[u8]) -> ServiceResult<Vec<u8>> {

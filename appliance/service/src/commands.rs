@@ -88,7 +88,33 @@ impl<S: Store> MdmService<S> {
                     .map_err(|e| ServiceError::bad_request("COMMAND_INVALID", e.to_string()))?
             }
         };
-        let outcome = self
+        // DeviceConfigured releases a device from Setup Assistant; sent to a device that is
+        // not waiting there it means nothing good, so such targets are refused here.
+        let mut held_back = Vec::new();
+        if payload.request_type == "DeviceConfigured" {
+            let mut keep = Vec::with_capacity(targets.len());
+            for t in targets {
+                let waiting = self.store().enrollment(&t)?.is_some_and(|r| {
+                    r.state == crate::ports::EnrollmentState::Enrolled && r.awaiting_configuration
+                });
+                if waiting {
+                    keep.push(t);
+                } else {
+                    held_back.push(t);
+                }
+            }
+            targets = keep;
+            if targets.is_empty() {
+                return Err(ServiceError::conflict(
+                    "NOT_AWAITING_CONFIGURATION",
+                    format!(
+                        "DeviceConfigured is only sent to devices waiting in Setup Assistant; none of these is: {}",
+                        held_back.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut outcome = self
             .store()
             .enqueue(
                 NewCommand {
@@ -101,6 +127,7 @@ impl<S: Store> MdmService<S> {
                 targets,
             )
             .await?;
+        outcome.refused.extend(held_back);
         // Wake them: the pusher coalesces, so a burst of commands is one push per device.
         self.push_queue().mark(outcome.queued.iter().cloned());
         if outcome.queued.is_empty() {
@@ -120,6 +147,31 @@ impl<S: Store> MdmService<S> {
             by = created_by,
             "command queued"
         );
+        let mut activity_targets = Vec::with_capacity(outcome.queued.len() * 2);
+        for id in &outcome.queued {
+            activity_targets.extend(self.activity_targets(id));
+        }
+        let actor = if created_by == "system" {
+            "system".to_string()
+        } else {
+            format!("token:{created_by}")
+        };
+        self.log_activity(crate::lifecycle::activity::entry(
+            &actor,
+            "command.queued",
+            activity_targets,
+            crate::ports::ActivityOutcome::Ok,
+            format!(
+                "{} queued for {} enrollment(s)",
+                payload.request_type,
+                outcome.queued.len()
+            ),
+            Some(serde_json::json!({
+                "command_uuid": payload.uuid,
+                "request_type": payload.request_type,
+                "refused": outcome.refused,
+            })),
+        ));
         Ok(Enqueued {
             command_uuid: payload.uuid,
             request_type: payload.request_type,

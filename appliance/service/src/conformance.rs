@@ -25,13 +25,15 @@ use std::time::Duration;
 
 use mdm_proto::abm::{Account, Device, Profile};
 
+use crate::lifecycle::csv::{Ownership, Platform};
 use crate::ports::{
     AbmAssignOutcome, AbmAssignment, AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint,
     AbmKeyRecord, AbmProblem, AbmProfileRecord, AbmRuleMatch, AbmRuleRecord, AbmSyncRun,
-    AbmSyncState, AbmTokenRecord, ApiTokenRecord, AuthenticateRecord, ChallengeOutcome,
-    ChallengeRecord, Channel, CommandResult, DeliveryRecord, DeliveryStatus, DeviceFacts,
-    EnrollmentSource, EnrollmentState, IssuedCertRecord, LinkRecord, NewCommand, PushRecord,
-    PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
+    AbmSyncState, AbmTokenRecord, ActivityOutcome, ActivityQuery, ApiTokenRecord,
+    AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult, DeliveryRecord,
+    DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState, IssuedCertRecord, LinkRecord,
+    NewActivity, NewCommand, PreenrollRecord, PreenrollSource, PushRecord, PushTarget,
+    ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -76,6 +78,9 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(abm_delete_connection_removes_everything);
     case!(abm_rules_by_priority_then_name_and_deletions);
     case!(abm_devices_page_by_serial);
+    case!(preenroll_records_with_activity);
+    case!(activity_log_queries_and_retention);
+    case!(set_configured_clears_awaiting);
 }
 
 const BASE: i64 = 1_700_000_000_000;
@@ -1971,4 +1976,263 @@ pub async fn abm_devices_page_by_serial<S: Store>(store: &S) {
         abm_serials(&store.abm_devices("c2", None, 10).unwrap()),
         ["S0"]
     );
+}
+
+fn preenroll(serial: &str, name: &str, at: Timestamp) -> PreenrollRecord {
+    PreenrollRecord {
+        serial: serial.into(),
+        name: Some(name.into()),
+        email: Some(format!("{name}@example.org")),
+        ownership: Some(Ownership::Corporate),
+        platform: Some(Platform::IpadOs),
+        mobile: None,
+        device_name: None,
+        source: PreenrollSource::Csv,
+        created_at: at,
+        updated_at: at,
+        updated_by: "admin".into(),
+    }
+}
+
+fn activity_entry(at: i64, actor: &str, kind: &str, targets: &[&str]) -> NewActivity {
+    NewActivity {
+        at: Timestamp(at),
+        actor: actor.into(),
+        kind: kind.into(),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        outcome: ActivityOutcome::Ok,
+        summary: format!("{kind} by {actor}"),
+        detail: Some(serde_json::json!({"n": at})),
+    }
+}
+
+/// Records and their activity commit together; deletes and replacements apply; pages go by
+/// serial number.
+pub async fn preenroll_records_with_activity<S: Store>(store: &S) {
+    let t = Timestamp(1_000);
+    let recs = vec![
+        preenroll("C3", "carol", t),
+        preenroll("A1", "alice", t),
+        preenroll("B2", "bob", t),
+    ];
+    store
+        .write_preenrolled(
+            recs,
+            Vec::new(),
+            vec![activity_entry(
+                1_000,
+                "token:admin",
+                "preenroll.import",
+                &["A1", "B2", "C3"],
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.count_preenrolled().unwrap(), 3);
+    assert_eq!(
+        store.preenrolled("B2").unwrap().unwrap().name.as_deref(),
+        Some("bob")
+    );
+    let page = store.list_preenrolled(None, 2).unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(),
+        ["A1", "B2"]
+    );
+    let rest = store.list_preenrolled(Some("B2"), 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].serial, "C3");
+    let q = ActivityQuery {
+        target: Some("B2".into()),
+        limit: 10,
+        ..ActivityQuery::default()
+    };
+    let (hits, next) = store.activity(&q, 1000).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].entry.kind, "preenroll.import");
+    assert_eq!(next, None);
+
+    store
+        .write_preenrolled(
+            vec![preenroll("A1", "alicia", Timestamp(2_000))],
+            vec!["C3".into(), "ZZ-missing".into()],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.count_preenrolled().unwrap(), 2);
+    assert!(store.preenrolled("C3").unwrap().is_none());
+    assert_eq!(
+        store.preenrolled("A1").unwrap().unwrap().name.as_deref(),
+        Some("alicia")
+    );
+
+    // An ABM batch carries pre-enrollment records in the same transaction.
+    store
+        .abm_write(AbmBatch {
+            preenrolled: vec![PreenrollRecord {
+                source: PreenrollSource::Abm {
+                    connection: "north".into(),
+                },
+                ..preenroll("D4", "dave", t)
+            }],
+            ..AbmBatch::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.preenrolled("D4").unwrap().unwrap().source,
+        PreenrollSource::Abm { .. }
+    ));
+}
+
+/// Newest first; filters by target, actor, kind prefix and time; cursors continue where a
+/// page or a bounded scan stopped; pruning removes old entries and their index entries.
+pub async fn activity_log_queries_and_retention<S: Store>(store: &S) {
+    let mut batch = Vec::new();
+    for i in 0..30i64 {
+        let kind = if i % 3 == 0 {
+            "enrollment.enrolled"
+        } else {
+            "command.queued"
+        };
+        let actor = if i % 2 == 0 { "device" } else { "token:ops" };
+        let target = format!("S{}", i % 5);
+        batch.push(activity_entry(
+            10_000 + i * 1000,
+            actor,
+            kind,
+            &[&target, "shared"],
+        ));
+    }
+    // Two appends: numbering continues across them.
+    let second = batch.split_off(20);
+    store.append_activity(batch).await.unwrap();
+    store.append_activity(second).await.unwrap();
+
+    let all = |q: ActivityQuery| store.activity(&q, 10_000).unwrap();
+    let (page, next) = all(ActivityQuery {
+        limit: 10,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(page.len(), 10);
+    assert!(page.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert_eq!(page[0].entry.at, Timestamp(10_000 + 29 * 1000));
+    let (page2, _) = all(ActivityQuery {
+        limit: 10,
+        before_seq: next,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(page2.len(), 10);
+    assert!(page2[0].seq < page[9].seq);
+
+    let (by_target, _) = all(ActivityQuery {
+        target: Some("S1".into()),
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(by_target.len(), 6);
+    assert!(by_target
+        .iter()
+        .all(|r| r.entry.targets.contains(&"S1".to_string())));
+
+    let (by_kind, _) = all(ActivityQuery {
+        kind: Some("enrollment".into()),
+        actor: Some("device".into()),
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    // i % 3 == 0 and i even: 0, 6, 12, 18, 24.
+    assert_eq!(by_kind.len(), 5);
+    let (none, _) = all(ActivityQuery {
+        kind: Some("enroll".into()),
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    assert!(
+        none.is_empty(),
+        "a kind filter matches whole dotted parts only"
+    );
+
+    let (window, _) = all(ActivityQuery {
+        since: Some(Timestamp(20_000)),
+        until: Some(Timestamp(25_000)),
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(window.len(), 5);
+
+    // A bounded scan hands out where to go on.
+    let (few, resume) = store
+        .activity(
+            &ActivityQuery {
+                actor: Some("nobody".into()),
+                limit: 10,
+                ..ActivityQuery::default()
+            },
+            7,
+        )
+        .unwrap();
+    assert!(few.is_empty());
+    assert!(resume.is_some(), "the scan stopped early and says where");
+
+    let gone = store.prune_activity(Timestamp(20_000), 1000).await.unwrap();
+    assert_eq!(gone, 10);
+    let (left, _) = all(ActivityQuery {
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(left.len(), 20);
+    let (shared, _) = all(ActivityQuery {
+        target: Some("shared".into()),
+        limit: 100,
+        ..ActivityQuery::default()
+    });
+    assert_eq!(
+        shared.len(),
+        20,
+        "pruned entries leave the target index too"
+    );
+    assert_eq!(
+        store.prune_activity(Timestamp(100_000), 5).await.unwrap(),
+        5
+    );
+}
+
+/// DeviceConfigured acknowledged: the enrollment leaves Setup Assistant.
+pub async fn set_configured_clears_awaiting<S: Store>(store: &S) {
+    let t = Timestamp(5_000);
+    enrolled(store, "UDID-W", t).await;
+    store
+        .token_update(TokenUpdateRecord {
+            id: "UDID-W".into(),
+            device_id: "UDID-W".into(),
+            user_id: None,
+            user_short_name: None,
+            identity_sha256: "aa".repeat(32),
+            push: PushTarget {
+                token_hex: "00".into(),
+                push_magic: "m".into(),
+                topic: "com.apple.mgmt.x".into(),
+            },
+            unlock_token_sealed: None,
+            awaiting_configuration: true,
+            at: t,
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .enrollment("UDID-W")
+            .unwrap()
+            .unwrap()
+            .awaiting_configuration
+    );
+    assert!(store
+        .set_configured("UDID-W", Timestamp(6_000))
+        .await
+        .unwrap());
+    let rec = store.enrollment("UDID-W").unwrap().unwrap();
+    assert!(!rec.awaiting_configuration);
+    assert_eq!(rec.last_seen_at, Timestamp(6_000));
+    assert!(!store.set_configured("UDID-NONE", t).await.unwrap());
 }

@@ -131,6 +131,7 @@ impl<S: Store> MdmService<S> {
     pub async fn ade_profile(&self, signed_machine_info: &[u8]) -> ServiceResult<Vec<u8>> {
         let info = self.verify_machine_info(signed_machine_info)?;
         self.check_min_os(&info)?;
+        self.check_enrollment_allowed(Some(&info.serial), "ADE")?;
         let profile = self
             .enrollment_profile(EnrollmentSource::Ade {
                 udid: info.udid.clone(),
@@ -138,6 +139,17 @@ impl<S: Store> MdmService<S> {
             })
             .await?;
         info!(udid = %info.udid, serial = %info.serial, "ADE enrollment profile served");
+        self.log_activity(crate::lifecycle::activity::entry(
+            "device",
+            "enrollment.profile_served",
+            vec![
+                crate::lifecycle::normalize_serial(&info.serial),
+                info.udid.clone(),
+            ],
+            crate::ports::ActivityOutcome::Ok,
+            "ADE enrollment profile served (MachineInfo verified)",
+            Some(serde_json::json!({"model": info.product, "os_version": info.os_version})),
+        ));
         Ok(profile)
     }
 

@@ -7,7 +7,7 @@
 //! Pushes go through a [`ports::PushProvider`] (APNs, in `mdm-apns`) driven by
 //! [`push::run_pusher`].
 //!
-//! Not yet here: ABM,
+//! Not yet here:
 //! declarations (DeclarativeManagement answers valid empty documents), user-channel
 //! authentication (UserAuthenticate is declined).
 
@@ -19,6 +19,7 @@ pub mod commands;
 pub mod conformance;
 pub mod enroll;
 pub mod error;
+pub mod lifecycle;
 pub mod ports;
 pub mod push;
 pub mod scep;
@@ -113,6 +114,12 @@ struct Inner<S> {
     topic: RwLock<Option<String>>,
     /// Enrollments owed a push.
     pushes: push::PushQueue,
+    /// Every device known, joined by serial number.
+    devices: lifecycle::directory::DeviceDirectory,
+    /// Lifecycle policy (cached from settings).
+    lifecycle: RwLock<lifecycle::LifecycleSettings>,
+    /// Lifecycle activity waiting to be written.
+    activity: lifecycle::activity::ActivityBuffer,
 }
 
 /// The MDM service. Cheap to clone.
@@ -138,6 +145,8 @@ impl<S: Store> MdmService<S> {
         token_providers: HashMap<String, Arc<dyn TokenProvider>>,
     ) -> ServiceResult<Self> {
         let topic = settings::load_topic(&store)?;
+        let lifecycle = lifecycle::load_settings(&store)?;
+        let devices = lifecycle::directory::DeviceDirectory::load(&store)?;
         Ok(MdmService {
             inner: Arc::new(Inner {
                 store,
@@ -147,6 +156,9 @@ impl<S: Store> MdmService<S> {
                 token_providers,
                 topic: RwLock::new(topic),
                 pushes: push::PushQueue::default(),
+                devices,
+                lifecycle: RwLock::new(lifecycle),
+                activity: lifecycle::activity::ActivityBuffer::default(),
             }),
         })
     }
@@ -159,6 +171,11 @@ impl<S: Store> MdmService<S> {
     /// The appliance's certificates.
     pub fn authority(&self) -> &Authority {
         &self.inner.authority
+    }
+
+    /// Every device known (pre-enrolled, listed by ABM, enrolled), joined by serial number.
+    pub fn devices(&self) -> &lifecycle::directory::DeviceDirectory {
+        &self.inner.devices
     }
 
     /// The configuration in force.

@@ -304,7 +304,15 @@ impl<S: Store> MdmService<S> {
             *slot = Some(outcome);
         }
         if !records.is_empty() {
-            self.store().record_pushes(records).await?;
+            self.store().record_pushes(records.clone()).await?;
+            for (id, record) in &records {
+                match record {
+                    PushRecord::Sent { at } => self.devices().pushed(id, *at),
+                    PushRecord::Invalid { reason, at } => {
+                        self.devices().push_invalid(id, reason, *at)
+                    }
+                }
+            }
         }
         Ok(out
             .into_iter()

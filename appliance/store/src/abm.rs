@@ -18,7 +18,8 @@
 //!
 //! A batch applies `delete_connection` first (so one batch can replace a connection
 //! wholesale), then the rest in field order: connection, devices, profiles, profile deletions,
-//! rules, rule deletions. Records are not checked against their connection's existence.
+//! rules, rule deletions, pre-enrollment records. Records are not checked against their
+//! connection's existence.
 
 use std::ops::Bound;
 
@@ -67,6 +68,7 @@ pub(crate) struct EncodedBatch {
     delete_profiles: Vec<(String, String)>,
     rules: Vec<Encoded>,
     delete_rules: Vec<(String, String)>,
+    preenrolled: crate::lifecycle::EncodedPreenroll,
 }
 
 impl EncodedBatch {
@@ -118,6 +120,7 @@ impl EncodedBatch {
             delete_profiles: batch.delete_profiles,
             rules,
             delete_rules: batch.delete_rules,
+            preenrolled: crate::lifecycle::EncodedPreenroll::encode(batch.preenrolled, Vec::new())?,
         })
     }
 }
@@ -138,6 +141,9 @@ pub(crate) fn write(txn: &WriteTransaction, batch: &EncodedBatch) -> StoreResult
     }
     put_and_delete(txn, ABM_PROFILES, &batch.profiles, &batch.delete_profiles)?;
     put_and_delete(txn, ABM_RULES, &batch.rules, &batch.delete_rules)?;
+    if !batch.preenrolled.is_empty() {
+        crate::lifecycle::write_preenrolled(txn, &batch.preenrolled)?;
+    }
     Ok(())
 }
 

@@ -265,6 +265,18 @@ pub(crate) fn set_bootstrap_token(
     Ok(true)
 }
 
+/// The device acknowledged DeviceConfigured: it has left Setup Assistant.
+pub(crate) fn set_configured(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<bool> {
+    let mut table = open(txn, ENROLLMENTS)?;
+    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+        return Ok(false);
+    };
+    enrollment.awaiting_configuration = false;
+    enrollment.last_seen_at = enrollment.last_seen_at.max(at);
+    put_json(&mut table, id, &enrollment)?;
+    Ok(true)
+}
+
 /// Push results, one transaction for the whole batch.
 pub(crate) fn record_pushes(
     txn: &WriteTransaction,

@@ -26,6 +26,7 @@ mod abm;
 mod codec;
 mod commands;
 mod enrollments;
+mod lifecycle;
 mod misc;
 mod records;
 mod schema;
@@ -38,10 +39,11 @@ use std::sync::Arc;
 
 use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
-    ApiTokenRecord, ApiTokenStore, AuthenticateRecord, ChallengeOutcome, ChallengeRecord,
-    ChallengeStore, CommandQueue, CommandRecord, CommandResult, DeliveryRecord, EnqueueOutcome,
-    EnrollmentRecord, EnrollmentStore, IssuedCertRecord, IssuedCertStore, LinkRecord, LinkStore,
-    NewCommand, PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy,
+    ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord,
+    ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
+    DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, IssuedCertRecord,
+    IssuedCertStore, LifecycleStore, LinkRecord, LinkStore, NewActivity, NewCommand,
+    PreenrollRecord, PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy,
     SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
@@ -196,6 +198,15 @@ impl EnrollmentStore for RedbStore {
     ) -> impl Future<Output = StoreResult<bool>> + Send {
         let id = id.to_owned();
         self.write(move |txn| enrollments::set_bootstrap_token(txn, &id, sealed.clone(), at))
+    }
+
+    fn set_configured(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let id = id.to_owned();
+        self.write(move |txn| enrollments::set_configured(txn, &id, at))
     }
 
     fn rebind_identity(
@@ -405,6 +416,62 @@ impl SettingsStore for RedbStore {
         values: Vec<(String, Vec<u8>)>,
     ) -> impl Future<Output = StoreResult<()>> + Send {
         self.write(move |txn| misc::put_settings(txn, &values))
+    }
+}
+
+impl LifecycleStore for RedbStore {
+    fn preenrolled(&self, serial: &str) -> StoreResult<Option<PreenrollRecord>> {
+        lifecycle::preenrolled(&self.read()?, serial)
+    }
+
+    fn list_preenrolled(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<PreenrollRecord>> {
+        lifecycle::list_preenrolled(&self.read()?, after, limit)
+    }
+
+    fn count_preenrolled(&self) -> StoreResult<u64> {
+        lifecycle::count_preenrolled(&self.read()?)
+    }
+
+    /// Encodes on the caller's task, then commits records and activity as one write.
+    async fn write_preenrolled(
+        &self,
+        put: Vec<PreenrollRecord>,
+        delete: Vec<String>,
+        activity: Vec<NewActivity>,
+    ) -> StoreResult<()> {
+        let records = lifecycle::EncodedPreenroll::encode(put, delete)?;
+        let activity = lifecycle::EncodedActivity::new(activity);
+        self.write(move |txn| {
+            lifecycle::write_preenrolled(txn, &records)?;
+            lifecycle::append_activity(txn, &activity)
+        })
+        .await
+    }
+
+    async fn append_activity(&self, entries: Vec<NewActivity>) -> StoreResult<()> {
+        let activity = lifecycle::EncodedActivity::new(entries);
+        if activity.is_empty() {
+            return Ok(());
+        }
+        self.write(move |txn| lifecycle::append_activity(txn, &activity))
+            .await
+    }
+
+    fn activity(
+        &self,
+        query: &ActivityQuery,
+        scan_limit: usize,
+    ) -> StoreResult<(Vec<ActivityRecord>, Option<u64>)> {
+        lifecycle::activity(&self.read()?, query, scan_limit)
+    }
+
+    async fn prune_activity(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.write(move |txn| lifecycle::prune_activity(txn, before, limit))
+            .await
     }
 }
 

@@ -103,6 +103,16 @@ pub(crate) const ABM_PROFILES: TableDefinition<(&str, &str), &[u8]> =
 /// (connection, rule name) → `AbmRuleRecord` (JSON).
 pub(crate) const ABM_RULES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("abm_rules");
+/// Serial number → pre-enrollment record (JSON): the devices the site expects.
+pub(crate) const PREENROLLED: TableDefinition<&str, &[u8]> = TableDefinition::new("preenrolled");
+/// Sequence number → activity entry (JSON). Append-only.
+pub(crate) const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
+/// (target, sequence number): each entry under every target it names.
+pub(crate) const ACTIVITY_BY_TARGET: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("activity_by_target");
+/// (time in ms, sequence number): for retention by age.
+pub(crate) const ACTIVITY_BY_TIME: TableDefinition<(i64, u64), ()> =
+    TableDefinition::new("activity_by_time");
 
 /// One schema step: brings a file from version `i` to `i + 1` (where `i` is its index in the
 /// list). Runs inside the single transaction that also records the new version.
@@ -110,7 +120,7 @@ pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
-pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2];
+pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2, create_v3];
 
 /// The schema version this binary writes.
 pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -158,6 +168,15 @@ fn create_v2(txn: &WriteTransaction) -> StoreResult<()> {
     create_table(txn, ABM_RULES)?;
     create_table(txn, ENROLLMENT_SERIALS)?;
     crate::enrollments::backfill_serial_index(txn)
+}
+
+/// Version 3: pre-enrollment records and the activity log.
+fn create_v3(txn: &WriteTransaction) -> StoreResult<()> {
+    create_table(txn, PREENROLLED)?;
+    create_table(txn, ACTIVITY)?;
+    create_table(txn, ACTIVITY_BY_TARGET)?;
+    create_table(txn, ACTIVITY_BY_TIME)?;
+    Ok(())
 }
 
 /// Creates a table (if missing) without keeping it open.

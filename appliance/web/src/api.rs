@@ -74,7 +74,7 @@ fn link_view(l: &LinkRecord) -> LinkView<'_> {
 }
 
 /// A delivery with its result plist as text (devices send XML plists).
-fn delivery_json(d: &DeliveryRecord) -> serde_json::Value {
+pub(crate) fn delivery_json(d: &DeliveryRecord) -> serde_json::Value {
     let (text, b64) = match &d.result {
         Some(bytes) => match std::str::from_utf8(bytes) {
             Ok(s) => (Some(s.to_string()), None),
@@ -114,7 +114,7 @@ fn command_json(v: &CommandView) -> serde_json::Value {
 }
 
 /// An enrollment as the API shows it: no sealed blobs, no push secrets, RFC 3339 times.
-fn enrollment_json(e: &EnrollmentRecord, queued: Option<u64>) -> serde_json::Value {
+pub(crate) fn enrollment_json(e: &EnrollmentRecord, queued: Option<u64>) -> serde_json::Value {
     let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());
     let mut v = json!({
         "id": e.id,
@@ -288,9 +288,64 @@ impl<S: Store, C: AbmConnector> App<S, C> {
     }
 
     pub(crate) async fn api(&self, req: Request<Incoming>) -> Resp {
-        match self.api_inner(req).await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let caller = bearer(&req).and_then(|t| self.service.authenticate_api_token(&t).ok());
+        let resp = match self.api_inner(req).await {
             Ok(r) => r,
             Err(r) => r,
+        };
+        self.audit(&method, &path, caller.as_ref(), resp.status())
+            .await;
+        resp
+    }
+
+    /// Every change made through the API, and every refused credential, goes to the activity
+    /// log: who, what, and how it ended. A change is recorded before its answer leaves.
+    async fn audit(
+        &self,
+        method: &Method,
+        path: &str,
+        caller: Option<&ApiTokenRecord>,
+        status: StatusCode,
+    ) {
+        use mdm_service::lifecycle::activity::entry;
+        use mdm_service::ports::ActivityOutcome;
+        let Some(caller) = caller else {
+            if status == StatusCode::UNAUTHORIZED {
+                self.service.log_activity(entry(
+                    "anonymous",
+                    "auth.refused",
+                    Vec::new(),
+                    ActivityOutcome::Refused,
+                    format!("{method} {path}: missing or unknown API token"),
+                    None,
+                ));
+            }
+            return;
+        };
+        if *method == Method::GET && status != StatusCode::FORBIDDEN {
+            return;
+        }
+        let outcome = if status.is_success() {
+            ActivityOutcome::Ok
+        } else if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            ActivityOutcome::Refused
+        } else {
+            ActivityOutcome::Failed
+        };
+        let e = entry(
+            &format!("token:{}", caller.name),
+            "api.request",
+            Vec::new(),
+            outcome,
+            format!("{method} {path} -> {}", status.as_u16()),
+            Some(
+                json!({"method": method.as_str(), "path": path, "status": status.as_u16(), "role": caller.role}),
+            ),
+        );
+        if let Err(err) = self.service.log_activity_now(e).await {
+            tracing::warn!(error = %err, "cannot record an API request in the activity log");
         }
     }
 
@@ -345,6 +400,11 @@ impl<S: Store, C: AbmConnector> App<S, C> {
         }
         if let ["abm", rest @ ..] = segs.as_slice() {
             return self.abm_api(method, rest, req, &caller, &pairs).await;
+        }
+        if Self::is_lifecycle_route(&segs) {
+            return self
+                .lifecycle_api(method, &segs, req, &caller, &pairs)
+                .await;
         }
         match (method, segs.as_slice()) {
             (Method::GET, ["status"]) => {
@@ -409,7 +469,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                     .await
                     .map(|pem| respond::with_body(StatusCode::OK, "application/pkcs10", pem)))
             }
-            (Method::POST, ["devices", id, "push"]) => {
+            (Method::POST, ["enrollments", id, "push"]) => {
                 let rx = svc.request_push(vec![id.to_string()]);
                 let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), rx).await;
                 match outcome {
@@ -440,7 +500,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                 let body = body_or_error(req.into_body(), self.limits.api_body).await?;
                 ok(svc.import_push_cert(&body, force).await.map(|i| json(&i)))
             }
-            (Method::GET, ["devices"]) => {
+            (Method::GET, ["enrollments"]) => {
                 let limit = query_get(&pairs, "limit")
                     .and_then(|l| l.parse().ok())
                     .unwrap_or(100);
@@ -456,10 +516,10 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                 let items: Vec<_> = items.iter().map(|e| enrollment_json(e, None)).collect();
                 Ok(json(&json!({"items": items, "next": next})))
             }
-            (Method::GET, ["devices", id]) => ok(svc
+            (Method::GET, ["enrollments", id]) => ok(svc
                 .enrollment_view(id)
                 .map(|v| json(&enrollment_json(&v.enrollment, Some(v.queued_commands))))),
-            (Method::GET, ["devices", id, "commands"]) => {
+            (Method::GET, ["enrollments", id, "commands"]) => {
                 let limit = query_get(&pairs, "limit")
                     .and_then(|l| l.parse().ok())
                     .unwrap_or(50);

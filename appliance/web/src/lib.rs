@@ -6,6 +6,7 @@
 
 pub mod abm_api;
 pub mod api;
+pub mod lifecycle_api;
 pub mod listen;
 pub mod respond;
 pub mod routes;

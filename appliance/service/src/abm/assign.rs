@@ -127,13 +127,12 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                         {
                             // Nothing can be assigned until an admin acts: keep them due.
                             note_problem_if_token(&mut conn, e, Timestamp::now());
-                            self.store()
-                                .abm_write(AbmBatch {
-                                    connection: Some(conn),
-                                    devices: out,
-                                    ..AbmBatch::default()
-                                })
-                                .await?;
+                            self.commit(AbmBatch {
+                                connection: Some(conn),
+                                devices: out,
+                                ..AbmBatch::default()
+                            })
+                            .await?;
                             return Err(abm_failure(name, e));
                         }
                         out.extend(self.record_outcomes(
@@ -144,7 +143,31 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                             &mut report,
                         ));
                     }
+                    let serials: Vec<String> = out.iter().map(|d| d.serial.clone()).collect();
+                    let not_ok = out
+                        .iter()
+                        .filter(|d| {
+                            d.assignment
+                                .as_ref()
+                                .is_some_and(|a| a.outcome != AbmAssignOutcome::Success)
+                        })
+                        .count();
                     self.write_devices(out).await?;
+                    self.mdm().log_activity(crate::lifecycle::activity::entry(
+                        &format!("abm:{name}"),
+                        "abm.assign",
+                        serials.clone(),
+                        if not_ok == 0 {
+                            crate::ports::ActivityOutcome::Ok
+                        } else {
+                            crate::ports::ActivityOutcome::Failed
+                        },
+                        format!(
+                            "profile {profile_name} assigned to {} device(s); {not_ok} not successful",
+                            serials.len()
+                        ),
+                        Some(serde_json::json!({"profile": profile_name, "profile_uuid": uuid})),
+                    ));
                 }
             }
         }
@@ -370,7 +393,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                     batch.devices.push(rec);
                 }
             }
-            self.store().abm_write(batch).await?;
+            self.commit(batch).await?;
         }
         self.mark_all_due(connection).await?;
         self.assign_due(connection).await?;

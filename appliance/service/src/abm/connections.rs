@@ -380,6 +380,18 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             expires_at = %expires_at.to_rfc3339(),
             "ABM server token uploaded"
         );
+        self.mdm().log_activity(crate::lifecycle::activity::entry(
+            "admin",
+            if previous.is_some() {
+                "abm.token_renewed"
+            } else {
+                "abm.token_uploaded"
+            },
+            vec![name.to_string()],
+            crate::ports::ActivityOutcome::Ok,
+            format!("server token uploaded; expires {}", expires_at.to_rfc3339()),
+            None,
+        ));
         self.wake_scheduler();
         Ok(rec)
     }
@@ -434,12 +446,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
     pub async fn delete_connection(&self, name: &str) -> ServiceResult<()> {
         let _busy = self.lock(name).await;
         self.connection_record(name)?;
-        self.store()
-            .abm_write(AbmBatch {
-                delete_connection: Some(name.to_string()),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            delete_connection: Some(name.to_string()),
+            ..AbmBatch::default()
+        })
+        .await?;
         self.forget_client(name);
         info!(connection = %name, "ABM connection deleted");
         Ok(())

@@ -237,28 +237,48 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         })
     }
 
+    /// Commits a batch and hands its device records to the device directory; with "add ABM
+    /// devices as pre-enrolled" on, the pre-enrollment records for new serials commit with it.
+    /// Every ABM write goes through here.
+    pub(crate) async fn commit(&self, mut batch: AbmBatch) -> ServiceResult<()> {
+        batch
+            .preenrolled
+            .extend(self.mdm().abm_preenroll_records(&batch.devices));
+        let update = crate::lifecycle::directory::AbmUpdate::of(&batch.devices);
+        let preenrolled = batch.preenrolled.clone();
+        let deleted = batch.delete_connection.clone();
+        self.store().abm_write(batch).await?;
+        let dir = self.mdm().devices();
+        if let Some(name) = deleted {
+            dir.remove_abm_connection(&name);
+        }
+        dir.apply_abm(update);
+        if !preenrolled.is_empty() {
+            dir.put_preenrolled(preenrolled);
+        }
+        Ok(())
+    }
+
     /// Stores device records in one transaction; nothing to do for none.
     pub(crate) async fn write_devices(&self, devices: Vec<AbmDeviceRecord>) -> ServiceResult<()> {
         if devices.is_empty() {
             return Ok(());
         }
-        self.store()
-            .abm_write(AbmBatch {
-                devices,
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            devices,
+            ..AbmBatch::default()
+        })
+        .await?;
         Ok(())
     }
 
     /// Stores a connection record.
     pub(crate) async fn write_connection(&self, rec: AbmConnectionRecord) -> ServiceResult<()> {
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(rec),
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            connection: Some(rec),
+            ..AbmBatch::default()
+        })
+        .await?;
         Ok(())
     }
 

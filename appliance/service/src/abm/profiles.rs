@@ -356,13 +356,12 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         };
         conn.problem = None;
         conn.last_ok_at = Some(now);
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(conn),
-                profiles: vec![rec.clone()],
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            connection: Some(conn),
+            profiles: vec![rec.clone()],
+            ..AbmBatch::default()
+        })
+        .await?;
         info!(connection, profile = name, profile_uuid = %defined.profile_uuid, "ABM profile defined");
         drop(busy);
         self.mark_all_due(connection).await?;
@@ -397,12 +396,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 ),
             ));
         }
-        self.store()
-            .abm_write(AbmBatch {
-                delete_profiles: vec![(connection.to_string(), name.to_string())],
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            delete_profiles: vec![(connection.to_string(), name.to_string())],
+            ..AbmBatch::default()
+        })
+        .await?;
         Ok(())
     }
 
@@ -476,12 +474,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 profile: spec.profile,
                 created_at,
             };
-            self.store()
-                .abm_write(AbmBatch {
-                    rules: vec![rule.clone()],
-                    ..AbmBatch::default()
-                })
-                .await?;
+            self.commit(AbmBatch {
+                rules: vec![rule.clone()],
+                ..AbmBatch::default()
+            })
+            .await?;
             drop(_busy);
             self.mark_all_due(connection).await?;
             self.wake_scheduler();
@@ -502,12 +499,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 format!("connection {connection:?} has no rule {name:?}"),
             ));
         }
-        self.store()
-            .abm_write(AbmBatch {
-                delete_rules: vec![(connection.to_string(), name.to_string())],
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            delete_rules: vec![(connection.to_string(), name.to_string())],
+            ..AbmBatch::default()
+        })
+        .await?;
         drop(busy);
         self.mark_all_due(connection).await?;
         self.wake_scheduler();

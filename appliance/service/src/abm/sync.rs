@@ -239,6 +239,20 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             ms = now.0 - started_at.0,
             "ABM sync finished"
         );
+        self.mdm().log_activity(crate::lifecycle::activity::entry(
+            &format!("abm:{name}"),
+            "abm.sync",
+            vec![name.to_string()],
+            crate::ports::ActivityOutcome::Ok,
+            format!(
+                "{} sync: {} added, {} modified, {} deleted",
+                if run.full { "full" } else { "incremental" },
+                run.added,
+                run.modified,
+                run.deleted
+            ),
+            None,
+        ));
         Ok(run)
     }
 
@@ -260,6 +274,14 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         conn.sync.last_run = Some(run);
         let name = conn.name.clone();
         warn!(connection = %name, code = e.code(), error = %e, "ABM sync failed");
+        self.mdm().log_activity(crate::lifecycle::activity::entry(
+            &format!("abm:{name}"),
+            "abm.sync",
+            vec![name.clone()],
+            crate::ports::ActivityOutcome::Failed,
+            format!("sync failed: {e}"),
+            Some(serde_json::json!({"code": e.code()})),
+        ));
         self.write_connection(conn).await?;
         Err(abm_failure(&name, &e))
     }
@@ -335,13 +357,12 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             .into_iter()
             .filter_map(|s| touched.remove(&s))
             .collect();
-        self.store()
-            .abm_write(AbmBatch {
-                connection: Some(conn.clone()),
-                devices,
-                ..AbmBatch::default()
-            })
-            .await?;
+        self.commit(AbmBatch {
+            connection: Some(conn.clone()),
+            devices,
+            ..AbmBatch::default()
+        })
+        .await?;
         Ok(counts)
     }
 

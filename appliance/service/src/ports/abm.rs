@@ -354,6 +354,9 @@ pub struct AbmBatch {
     pub rules: Vec<AbmRuleRecord>,
     /// (connection, rule name).
     pub delete_rules: Vec<(String, String)>,
+    /// Pre-enrollment records created for synced serials ("add ABM devices as pre-enrolled"),
+    /// committed with the devices that caused them. Insert or replace.
+    pub preenrolled: Vec<super::PreenrollRecord>,
 }
 
 /// ABM connections, their devices, profiles and rules.

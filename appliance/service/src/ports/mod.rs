@@ -11,7 +11,9 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 mod abm;
+mod lifecycle;
 pub use abm::*;
+pub use lifecycle::*;
 
 /// Milliseconds since the Unix epoch (UTC). Stored as a plain integer: cheap to compare and
 /// sort, and independent of any date library's serialisation format.
@@ -38,6 +40,15 @@ impl Timestamp {
     pub fn minus(self, d: std::time::Duration) -> Self {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Timestamp(self.0.saturating_sub(ms))
+    }
+
+    /// Parses an RFC 3339 time (any offset).
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        let t =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .map(Timestamp)
     }
 
     /// RFC 3339 in UTC with millisecond precision, for APIs and logs.
@@ -438,6 +449,13 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Record that the enrollment was heard from.
     fn touch(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Clears `awaiting_configuration` (the device acknowledged DeviceConfigured). `false`
+    /// if there is no such enrollment.
+    fn set_configured(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>>;
     /// Enrollments in id order after `after`, at most `limit`.
     fn list_enrollments(
@@ -579,6 +597,7 @@ pub trait Store:
     + ApiTokenStore
     + SettingsStore
     + AbmStore
+    + LifecycleStore
 {
 }
 
@@ -591,6 +610,7 @@ impl<T> Store for T where
         + ApiTokenStore
         + SettingsStore
         + AbmStore
+        + LifecycleStore
 {
 }
 

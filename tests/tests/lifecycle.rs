@@ -1,0 +1,511 @@
+//! Device lifecycle end to end through the admin API, with the ABM simulator and simulated
+//! devices: pre-enrollment by CSV, sync and assignment, ADE enrollment held in Setup
+//! Assistant and released automatically, the "pre-enrolled devices only" restriction, and the
+//! stuck states, each produced on purpose and explained.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use appliance_tests::Appliance;
+use base64::Engine as _;
+use mdm_sim::abm::{
+    AbmSimConfig, AbmSimulator, AssignOutcome, ContentCipher, ServerId, TokenOptions,
+};
+use mdm_sim::device::{DeviceKind, SimDevice};
+use serde_json::{json, Value};
+
+const SERVER: ServerId = ServerId(0);
+
+async fn connect(app: &Appliance, sim: &AbmSimulator) {
+    let (st, v) = app
+        .api(
+            "POST",
+            "/api/v1/abm",
+            Some(
+                json!({"name": "north", "base_url": sim.base_url(), "ca_pem": sim.ca_pem(),
+                        "interval_seconds": 0}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (_, pem) = app.api("GET", "/api/v1/abm/north/public-key", None).await;
+    let cert = mdm_pki::Certificate::from_pem(pem.as_str().unwrap()).unwrap();
+    let opts = TokenOptions {
+        cipher: ContentCipher::Aes256Cbc,
+        ber: false,
+        new_org: false,
+    };
+    let p7m = sim.server_token(SERVER, cert.der(), &opts).unwrap();
+    let (st, v) = app.api_raw("PUT", "/api/v1/abm/north/token", p7m).await;
+    assert_eq!(st, 200, "{v}");
+}
+
+async fn sync(app: &Appliance) {
+    let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
+    assert_eq!(st, 200, "{v}");
+}
+
+async fn device(app: &Appliance, key: &str) -> Value {
+    let (st, v) = app
+        .api("GET", &format!("/api/v1/devices/{key}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// Waits until the device's status is `status` (activity and lifecycle steps are
+/// asynchronous by a fraction of a second).
+async fn wait_status(app: &Appliance, key: &str, status: &str) -> Value {
+    for _ in 0..100 {
+        let v = device(app, key).await;
+        if v["status"] == status {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{key} never reached {status}: {}", device(app, key).await);
+}
+
+/// Waits until the device's timeline holds an entry of `kind`.
+async fn wait_timeline(app: &Appliance, key: &str, kind: &str) -> Value {
+    for _ in 0..100 {
+        let v = device(app, key).await;
+        if v["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == kind)
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{key}'s timeline never got {kind}: {}",
+        device(app, key).await
+    );
+}
+
+/// ADE enrollment of `serial` as Setup Assistant does it, with the profile ABM hands out.
+async fn ade_device(sim: &AbmSimulator, serial: &str) -> SimDevice {
+    let activation = sim.activation(serial).unwrap();
+    let anchor = activation["anchor_certs"][0].as_str().unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(anchor)
+        .unwrap();
+    let anchor_pem = mdm_pki::Certificate::from_der(&der).unwrap().to_pem();
+    SimDevice::builder(DeviceKind::IPad)
+        .unwrap()
+        .serial(serial)
+        .awaiting_configuration(activation["await_device_configured"] == true)
+        .trust_ca_pem(anchor_pem.as_bytes())
+        .unwrap()
+        .build()
+}
+
+fn csv_for(rows: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = String::from("Serial Number;Name;Email;Ownership;Platform\r\n");
+    for (serial, name) in rows {
+        out.push_str(&format!(
+            "{serial};{name};{}@example.org;corporate;iPadOS\r\n",
+            name.to_lowercase()
+        ));
+    }
+    out.into_bytes()
+}
+
+#[tokio::test]
+async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
+    let sim = AbmSimulator::start(AbmSimConfig::default()).await.unwrap();
+    let serials = sim.add_devices(SERVER, 6).unwrap();
+    let app = Appliance::start().await;
+
+    // Pre-enroll three ABM devices and one the appliance will never see elsewhere. A dry run
+    // first: a full report, nothing written.
+    let csv = csv_for(&[
+        (&serials[0], "Alice"),
+        (&serials[1], "Bob"),
+        (&serials[2], "Carol"),
+        ("F00DFACE01", "Dave"),
+    ]);
+    let (st, r) = app
+        .api_raw("POST", "/api/v1/preenroll/import?dry_run=true", csv.clone())
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["new"].as_u64(), r["written"].as_bool()),
+        (Some(4), Some(false)),
+        "{r}"
+    );
+    let (st, v) = app.api("GET", "/api/v1/devices/F00DFACE01", None).await;
+    assert_eq!(st, 404, "{v}");
+    assert_eq!(v["error"]["code"], "DEVICE_NOT_FOUND");
+
+    // A file with a bad row writes nothing, and says which row and field.
+    let mut bad = csv.clone();
+    bad.extend_from_slice(b"ZZ;Eve;not-an-email;corporate;iPadOS\r\n");
+    let (st, r) = app.api_raw("POST", "/api/v1/preenroll/import", bad).await;
+    assert_eq!(st, 422, "{r}");
+    assert_eq!(r["error"]["code"], "PREENROLL_ROWS_INVALID");
+    let fields: Vec<(u64, &str)> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert!(fields.contains(&(6, "serial_number")), "{r}");
+    assert!(fields.contains(&(6, "email")), "{r}");
+    let (_, list) = app.api("GET", "/api/v1/preenroll", None).await;
+    assert_eq!(list["total"], 0, "{list}");
+
+    let (st, r) = app
+        .api_raw("POST", "/api/v1/preenroll/import", csv.clone())
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["written"], true);
+    // Importing again needs a decision about the duplicates.
+    let (st, r) = app
+        .api_raw("POST", "/api/v1/preenroll/import", csv.clone())
+        .await;
+    assert_eq!(st, 409, "{r}");
+    assert_eq!(r["error"]["code"], "PREENROLL_DUPLICATES");
+    assert_eq!(r["duplicates"].as_array().unwrap().len(), 4);
+    let (st, r) = app
+        .api_raw("POST", "/api/v1/preenroll/import?on_duplicate=skip", csv)
+        .await;
+    assert_eq!((st, r["skipped"].as_u64()), (200, Some(4)), "{r}");
+
+    let v = device(&app, "F00DFACE01").await;
+    assert_eq!(v["status"], "expected", "{v}");
+    assert_eq!(v["name"], "Dave");
+    assert!(v["fix"]
+        .as_str()
+        .unwrap()
+        .contains("Apple Business Manager"));
+
+    // Only expected devices may enroll from now on.
+    let (st, s) = app
+        .api(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"preenrolled_only": true})),
+        )
+        .await;
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["preenrolled_only"], true);
+    let (st, e) = app
+        .api(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"offline_after_hours": 0})),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("offline_after_hours"));
+
+    // ABM: synced without a profile, the devices are listed but not assigned.
+    connect(&app, &sim).await;
+    sync(&app).await;
+    let v = device(&app, &serials[3]).await;
+    assert_eq!(v["status"], "not_assigned", "{v}");
+    assert!(v["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no enrollment profile covers it"));
+    assert_eq!(v["abm_connection"], "north");
+
+    // A profile as the default: assignment, with Apple's outcomes scripted for two devices.
+    sim.script_assign_outcome(
+        &serials[4],
+        AssignOutcome::Failed,
+        5,
+        Duration::from_secs(1),
+    );
+    sim.script_assign_outcome(
+        &serials[5],
+        AssignOutcome::NotAccessible,
+        5,
+        Duration::from_secs(1),
+    );
+    let (st, p) = app
+        .api(
+            "PUT",
+            "/api/v1/abm/north/profiles/staff",
+            Some(json!({"profile_name": "Staff"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{p}");
+    let (st, v) = app
+        .api(
+            "PATCH",
+            "/api/v1/abm/north",
+            Some(json!({"default_profile": "staff"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = app.api("POST", "/api/v1/abm/north/assign", None).await;
+    assert_eq!(st, 200, "{v}");
+    let v = device(&app, &serials[0]).await;
+    assert_eq!(v["status"], "assigned", "{v}");
+    let v = device(&app, &serials[4]).await;
+    assert_eq!(v["status"], "assignment_failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("FAILED"), "{v}");
+    let v = device(&app, &serials[5]).await;
+    assert_eq!(v["status"], "elsewhere", "{v}");
+
+    // The list: filtered by status, sorted, paged with a cursor; and counts.
+    let (st, page) = app
+        .api(
+            "GET",
+            "/api/v1/devices?status=assigned,expected&sort=name&limit=2",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["total"], 5, "{page}");
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap_or(""))
+        .collect();
+    // Devices without a name sort first (ABM devices not pre-enrolled): serials[3].
+    assert_eq!(names.len(), 2);
+    let next = page["next"].as_str().unwrap();
+    let (_, page2) = app
+        .api(
+            "GET",
+            &format!("/api/v1/devices?status=assigned,expected&sort=name&limit=10&after={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(page2["items"].as_array().unwrap().len(), 3, "{page2}");
+    assert!(page2["next"].is_null());
+    let (st, e) = app.api("GET", "/api/v1/devices?status=pending", None).await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("expected"));
+    let (_, counts) = app.api("GET", "/api/v1/devices/counts", None).await;
+    assert_eq!(counts["assigned"], 4, "{counts}");
+    assert_eq!(counts["expected"], 1, "{counts}");
+
+    // A device ABM lists but nobody pre-enrolled is refused at ADE, with a message for the
+    // person holding it and an entry for the admin.
+    let mut stranger = ade_device(&sim, &serials[3]).await;
+    let refused = stranger
+        .ade_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap_err();
+    let text = format!("{refused:?}");
+    assert!(text.contains("403") || text.contains("Forbidden"), "{text}");
+    wait_timeline(&app, &serials[3], "enrollment.refused").await;
+
+    // The expected device enrolls, is held in Setup Assistant, and is released by itself
+    // once its (empty) baseline is done.
+    let mut d = ade_device(&sim, &serials[0]).await;
+    let profile = d
+        .ade_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap();
+    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
+    d.install_profile(&profile, Some(&ca)).unwrap();
+    d.complete_enrollment().await.unwrap();
+    let v = device(&app, &serials[0]).await;
+    assert_eq!(v["status"], "awaiting_configuration", "{v}");
+    assert_eq!(v["queued_commands"], json!(["DeviceConfigured"]), "{v}");
+    assert_eq!(v["waiting_for"][0], "DeviceConfigured to be acknowledged");
+    let done = d.run_until_idle().await.unwrap();
+    assert_eq!(done.len(), 1);
+    let v = wait_status(&app, &serials[0], "enrolled").await;
+    assert_eq!(v["enrollment"]["awaiting_configuration"], false, "{v}");
+    // A manual release of a device that is not waiting is refused.
+    let (st, e) = app
+        .api(
+            "POST",
+            &format!("/api/v1/devices/{}/release", serials[0]),
+            None,
+        )
+        .await;
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["error"]["code"], "NOT_AWAITING_CONFIGURATION");
+    let v = wait_timeline(&app, &serials[0], "setup.released").await;
+    let kinds: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "preenroll.import",
+        "abm.assign",
+        "enrollment.profile_served",
+        "enrollment.authenticated",
+        "enrollment.enrolled",
+        "setup.release_queued",
+        "command.queued",
+        "setup.released",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+
+    // Checked out: unenrolled, with the reason.
+    d.check_out().await.unwrap();
+    let v = wait_status(&app, &serials[0], "unenrolled").await;
+    assert!(v["reason"].as_str().unwrap().contains("checked out"), "{v}");
+
+    // Released from ABM.
+    sim.delete_device(&serials[2]).unwrap();
+    sync(&app).await;
+    let v = device(&app, &serials[2]).await;
+    assert_eq!(v["status"], "released", "{v}");
+
+    // The activity log: filters, export, and who may read it.
+    let (st, a) = app
+        .api("GET", "/api/v1/activity?type=settings&limit=5", None)
+        .await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(a["items"][0]["kind"], "settings.changed");
+    assert!(a["items"][0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
+    let (st, a) = app
+        .api("GET", "/api/v1/activity?type=api.request&limit=100", None)
+        .await;
+    assert_eq!(st, 200);
+    assert!(a["items"].as_array().unwrap().iter().any(|e| e["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("PATCH /api/v1/settings -> 400")));
+    let (st, op) = app
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "ops", "role": "Operator"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{op}");
+    let (st, e) = app
+        .api_as(
+            op["token"].as_str().unwrap(),
+            "GET",
+            "/api/v1/activity",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(st, 403, "{e}");
+    let resp = app
+        .admin
+        .get(
+            &format!(
+                "{}/api/v1/activity?device={}&format=csv",
+                app.base_url, serials[0]
+            ),
+            mdm_sim::http::headers(&[("authorization", &format!("Bearer {}", app.token))]).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let csv = String::from_utf8(resp.body.to_vec()).unwrap();
+    assert!(
+        csv.starts_with("seq,at,actor,type,targets,outcome,summary\r\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("setup.released"), "{csv}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn enrolling_and_manual_release_when_automatic_release_is_off() {
+    let app = Appliance::start().await;
+    let (st, _) = app
+        .api(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"auto_release": false})),
+        )
+        .await;
+    assert_eq!(st, 200);
+
+    // Enrolling: identity and Authenticate, no TokenUpdate yet.
+    let mut d = SimDevice::builder(DeviceKind::IPhone)
+        .unwrap()
+        .awaiting_configuration(true)
+        .build();
+    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
+    let profile = d
+        .ade_enroll(
+            &app.admin,
+            &format!("{}/mdm/enroll", app.base_url),
+            &app.apple,
+        )
+        .await
+        .unwrap();
+    d.install_profile(&profile, Some(&ca)).unwrap();
+    d.scep_enroll().await.unwrap();
+    d.authenticate().await.unwrap();
+    let v = device(&app, &d.serial).await;
+    assert_eq!(v["status"], "enrolling", "{v}");
+    assert_eq!(v["enrollment_id"], d.udid.as_str());
+
+    // Held in Setup Assistant, and kept there: automatic release is off.
+    d.token_update().await.unwrap();
+    let v = device(&app, &d.serial).await;
+    assert_eq!(v["status"], "awaiting_configuration", "{v}");
+    assert!(
+        v["waiting_for"][0]
+            .as_str()
+            .unwrap()
+            .contains("automatic release is off"),
+        "{v}"
+    );
+    assert!(d.run_until_idle().await.unwrap().is_empty());
+
+    // DeviceConfigured through the generic command API is refused for a device that is not
+    // waiting, and the admin's release works for one that is.
+    let mut other = app.enroll_manual().await;
+    let (st, e) = app
+        .api(
+            "POST",
+            "/api/v1/commands",
+            Some(json!({"targets": [other.udid], "request_type": "DeviceConfigured"})),
+        )
+        .await;
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["error"]["code"], "NOT_AWAITING_CONFIGURATION");
+    assert!(other.run_until_idle().await.unwrap().is_empty());
+
+    let (st, r) = app
+        .api(
+            "POST",
+            &format!("/api/v1/devices/{}/release", d.serial),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["enrollment_id"], d.udid.as_str());
+    let done = d.run_until_idle().await.unwrap();
+    assert_eq!(done.len(), 1);
+    let v = wait_status(&app, &d.serial, "enrolled").await;
+    assert!(v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "setup.release_requested"));
+
+    // After a restart the directory is rebuilt from the store: same statuses.
+    let mut app = app;
+    app.restart().await;
+    assert_eq!(device(&app, &d.serial).await["status"], "enrolled");
+    assert_eq!(device(&app, &other.udid).await["status"], "enrolled");
+}
