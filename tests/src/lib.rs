@@ -256,7 +256,7 @@ impl Appliance {
 
     /// An enrollment as the API shows it.
     pub async fn enrollment(&self, id: &str) -> (u16, Value) {
-        self.api("GET", &format!("/api/v1/devices/{id}"), None)
+        self.api("GET", &format!("/api/v1/enrollments/{id}"), None)
             .await
     }
 }

@@ -158,10 +158,15 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
     let bootstrap = b"BOOTSTRAP-SECRET-5f1c9a7e3d2b".to_vec();
     d.set_bootstrap_token(&bootstrap).await.unwrap();
 
-    let listed = cli.ok(&["devices", "list"]);
+    let listed = cli.ok(&["enrollments", "list"]);
     assert!(
         listed.contains(&d.udid) && listed.to_lowercase().contains("enrolled"),
         "{listed}"
+    );
+    let devices = cli.ok(&["devices", "list"]);
+    assert!(
+        devices.contains(&d.serial) && devices.contains("enrolled"),
+        "{devices}"
     );
     let uuid = cli
         .ok(&["command", "send", "--device", &d.udid, "DeviceInformation"])

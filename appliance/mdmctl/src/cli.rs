@@ -1,6 +1,7 @@
 //! The command line: global flags and every subcommand, as clap derive types.
 
 pub mod abm;
+pub mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::ttl::parse_ttl;
 use abm::AbmCommand;
+use lifecycle::{ActivityArgs, DevicesCommand, PreenrollCommand, SettingsCommand};
 
 /// Help heading of the flags every command takes, so they do not hide a command's own.
 const GLOBAL: &str = "Global options";
@@ -59,11 +61,36 @@ pub enum Action {
         #[command(subcommand)]
         command: PushCertCommand,
     },
-    /// Enrolled devices and user channels
+    /// Devices, one per serial number: where each stands on its way to being managed, and why
     Devices {
         /// What to do with devices
         #[command(subcommand)]
         command: DevicesCommand,
+    },
+    /// Release a device held in Setup Assistant now (sends DeviceConfigured)
+    Release {
+        /// Serial number or enrollment ID
+        key: String,
+    },
+    /// Devices the site expects: import them from CSV, list and forget them
+    Preenroll {
+        /// What to do with pre-enrolled devices
+        #[command(subcommand)]
+        command: PreenrollCommand,
+    },
+    /// The activity log: who did what, when, to which device, and how it ended
+    Activity(ActivityArgs),
+    /// Lifecycle settings: enrollment restriction, release, status thresholds, retention
+    Settings {
+        /// What to do with the settings
+        #[command(subcommand)]
+        command: SettingsCommand,
+    },
+    /// Enrollment records (devices and user channels) by enrollment ID
+    Enrollments {
+        /// What to do with enrollments
+        #[command(subcommand)]
+        command: EnrollmentsCommand,
     },
     /// MDM commands: queue them and read their results
     Command {
@@ -77,7 +104,7 @@ pub enum Action {
         #[command(subcommand)]
         command: TokensCommand,
     },
-    /// Wake a device now (an MDM push through APNs) and show APNs's answer
+    /// Wake an enrollment now (an MDM push through APNs) and show APNs's answer
     Push {
         /// Enrollment ID (UDID, or UDID:UserID for a user channel)
         device: String,
@@ -161,9 +188,9 @@ pub enum PushCertCommand {
     },
 }
 
-/// `mdmctl devices ...`
+/// `mdmctl enrollments ...`
 #[derive(Debug, Subcommand)]
-pub enum DevicesCommand {
+pub enum EnrollmentsCommand {
     /// List enrollments in ID order, one page at a time (or all of them with --all)
     List {
         /// Page size (1 to 1000); the appliance default (100) if absent
@@ -284,7 +311,7 @@ mod tests {
     #[test]
     fn global_flags_may_follow_the_subcommand() {
         let cli = parse(&[
-            "devices",
+            "enrollments",
             "list",
             "--server",
             "https://mdm.lan:8443",
@@ -301,8 +328,8 @@ mod tests {
         assert!(cli.json);
         assert!(matches!(
             cli.command,
-            Action::Devices {
-                command: DevicesCommand::List {
+            Action::Enrollments {
+                command: EnrollmentsCommand::List {
                     limit: None,
                     after: None,
                     all: false
@@ -340,8 +367,8 @@ mod tests {
         for args in [
             &["enroll-link", "create", "--ttl", "5x"][..],
             &["enroll-link", "create", "--max-uses", "0"],
-            &["devices", "list", "--limit", "0"],
-            &["devices", "list", "--limit", "1001"],
+            &["enrollments", "list", "--limit", "0"],
+            &["enrollments", "list", "--limit", "1001"],
             &["tokens", "create", "ci", "--role", "root"],
             &["tokens", "create", "ci"],
             &["frobnicate"],
@@ -446,13 +473,15 @@ mod tests {
         assert!(
             matches!(cli.command, Action::EnrollLink { command: LinkCommand::Revoke { id } } if id == "L1")
         );
-        let cli = parse(&["devices", "commands", "UDID-1", "--limit", "5"]).expect("parse");
+        let cli = parse(&["enrollments", "commands", "UDID-1", "--limit", "5"]).expect("parse");
         assert!(matches!(
             cli.command,
-            Action::Devices {
-                command: DevicesCommand::Commands { limit: Some(5), .. }
+            Action::Enrollments {
+                command: EnrollmentsCommand::Commands { limit: Some(5), .. }
             }
         ));
+        // The old spelling now means the joined device records, which have no history list.
+        assert!(parse(&["devices", "commands", "UDID-1"]).is_err());
     }
 
     #[test]

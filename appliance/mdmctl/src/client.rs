@@ -228,6 +228,30 @@ impl ApiClient {
         body: RequestBody,
         limit: Duration,
     ) -> Result<Bytes, CliError> {
+        let (status, bytes) = self.answer_within(method, path, body, limit).await?;
+        interpret(status, bytes)
+    }
+
+    /// Sends a request and returns the status with the body, whatever the status: for the
+    /// few endpoints whose refusals carry a report worth printing (a pre-enrollment import
+    /// answers 422 with every row error). Transport failures are still errors.
+    pub async fn answer(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+    ) -> Result<(StatusCode, Bytes), CliError> {
+        self.answer_within(method, path, body, REQUEST_TIMEOUT)
+            .await
+    }
+
+    async fn answer_within(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), CliError> {
         let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
         match self
             .exchange(method.clone(), path, body.clone(), limit)
@@ -249,7 +273,7 @@ impl ApiClient {
         path: &str,
         body: RequestBody,
         limit: Duration,
-    ) -> Result<Bytes, CliError> {
+    ) -> Result<(StatusCode, Bytes), CliError> {
         let url = format!("{}{}", self.endpoint.origin, path);
         let mut sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
@@ -294,7 +318,7 @@ impl ApiClient {
         if !sender.is_closed() {
             self.sender = Some(sender);
         }
-        interpret(status, bytes)
+        Ok((status, bytes))
     }
 
     /// [`ApiClient::call`], with the answer parsed as JSON.

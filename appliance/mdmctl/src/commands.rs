@@ -1,7 +1,9 @@
 //! Running each subcommand: local checks, the API calls, and what is printed.
 
 mod abm;
+mod lifecycle;
 
+use std::io::Read as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -10,7 +12,7 @@ use http::Method;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    Action, CaCommand, CommandSend, DevicesCommand, KeystoreCommand, LinkCommand, LinkCreate,
+    Action, CaCommand, CommandSend, EnrollmentsCommand, KeystoreCommand, LinkCommand, LinkCreate,
     MdmCommand, PushCertCommand, TokensCommand,
 };
 use crate::client::{encode_query, encode_segment, ApiClient, RequestBody, API_PREFIX};
@@ -29,7 +31,8 @@ pub struct Output {
     /// Lines for stderr: context and warnings.
     pub notes: Vec<String>,
     /// A failure that still has a result worth printing (an assignment where Apple refused
-    /// some of the devices): printed after the notes, and it sets the exit code.
+    /// some of the devices, an import report with row errors): printed after the notes, and
+    /// it sets the exit code.
     pub error: Option<CliError>,
 }
 
@@ -88,7 +91,12 @@ pub async fn execute(
         } => ca_show(client, json).await,
         Action::EnrollLink { command } => enroll_link(client, command, json).await,
         Action::PushCert { command } => push_cert(client, command, json).await,
-        Action::Devices { command } => devices(client, command, json).await,
+        Action::Enrollments { command } => enrollments(client, command, json).await,
+        Action::Devices { command } => lifecycle::devices(client, command, json).await,
+        Action::Release { key } => lifecycle::release(client, key, json).await,
+        Action::Preenroll { command } => lifecycle::preenroll(client, command, json).await,
+        Action::Activity(args) => lifecycle::activity(client, args, json).await,
+        Action::Settings { command } => lifecycle::settings(client, command, json).await,
         Action::Command {
             command: MdmCommand::Send(send),
         } => command_send(client, send, json).await,
@@ -119,7 +127,7 @@ pub async fn execute(
         }
         Action::Abm { command } => abm::execute(client, command, json).await,
         Action::Push { device } => {
-            let path = format!("/devices/{}/push", segment(device, "enrollment ID")?);
+            let path = format!("/enrollments/{}/push", segment(device, "enrollment ID")?);
             let v = send(client, Method::POST, &path, RequestBody::Empty).await?;
             if json {
                 return Ok(Output::json(&v));
@@ -269,6 +277,22 @@ fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
+/// A file named on the command line, or standard input for `-`.
+fn read_named(path: &Path) -> Result<Vec<u8>, CliError> {
+    if path != Path::new("-") {
+        return read_input(path);
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|source| CliError::InputFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
 async fn push_cert(
     client: &mut ApiClient,
     command: &PushCertCommand,
@@ -333,35 +357,73 @@ async fn push_cert(
     Ok(out)
 }
 
-fn page_query(limit: Option<u64>, after: Option<&str>) -> String {
-    let mut q = Vec::new();
-    if let Some(l) = limit {
-        q.push(format!("limit={l}"));
+/// A query string made of the options given, each value percent-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Query(Vec<String>);
+
+impl Query {
+    /// Adds `key=value`.
+    fn push(&mut self, key: &str, value: &str) -> &mut Self {
+        self.0.push(format!("{key}={}", encode_query(value)));
+        self
     }
-    if let Some(a) = after {
-        q.push(format!("after={}", encode_query(a)));
+
+    /// Adds `key=value` when there is a value.
+    fn opt(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Self {
+        if let Some(v) = value {
+            self.push(key, &v.to_string());
+        }
+        self
     }
-    if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
+
+    /// Adds `key=v1,v2,...` (each value encoded, the commas kept) when the list has any.
+    fn list(&mut self, key: &str, values: &[&str]) -> &mut Self {
+        if !values.is_empty() {
+            let joined: Vec<String> = values.iter().map(|v| encode_query(v)).collect();
+            self.0.push(format!("{key}={}", joined.join(",")));
+        }
+        self
+    }
+
+    /// `?a=1&b=2`, or nothing.
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", self.0.join("&"))
+        }
     }
 }
 
-async fn devices(
+fn page_query(limit: Option<u64>, after: Option<&str>) -> Query {
+    let mut q = Query::default();
+    q.opt("limit", limit).opt("after", after);
+    q
+}
+
+async fn enrollments(
     client: &mut ApiClient,
-    command: &DevicesCommand,
+    command: &EnrollmentsCommand,
     json: bool,
 ) -> Result<Output, CliError> {
     match command {
-        DevicesCommand::List { limit, after, all } => {
-            let (items, next) =
-                list_pages(client, "/devices", *limit, after.as_deref(), *all).await?;
+        EnrollmentsCommand::List { limit, after, all } => {
+            let page = list_pages(
+                client,
+                "/enrollments",
+                &Query::default(),
+                *limit,
+                after.as_deref(),
+                *all,
+            )
+            .await?;
             if json {
-                return Ok(Output::json(&json!({ "items": items, "next": next })));
+                return Ok(Output::json(
+                    &json!({ "items": page.items, "next": page.next }),
+                ));
             }
-            let mut out = Output::text(render::devices(&items));
-            if let Some(next) = next {
+            let mut out = Output::text(render::enrollments(&page.items));
+            if let Some(next) = page.next {
                 out = out.note(format!(
                     "more enrollments follow: add --after {} (or --all)",
                     crate::table::clean(&next)
@@ -369,23 +431,23 @@ async fn devices(
             }
             Ok(out)
         }
-        DevicesCommand::Show { id } => {
+        EnrollmentsCommand::Show { id } => {
             let v = get(
                 client,
-                &format!("/devices/{}", segment(id, "enrollment ID")?),
+                &format!("/enrollments/{}", segment(id, "enrollment ID")?),
             )
             .await?;
             Ok(if json {
                 Output::json(&v)
             } else {
-                Output::text(render::device(&v))
+                Output::text(render::enrollment(&v))
             })
         }
-        DevicesCommand::Commands { id, limit } => {
+        EnrollmentsCommand::Commands { id, limit } => {
             let path = format!(
-                "/devices/{}/commands{}",
+                "/enrollments/{}/commands{}",
                 segment(id, "enrollment ID")?,
-                page_query(*limit, None)
+                page_query(*limit, None).text()
             );
             let v = get(client, &path).await?;
             Ok(if json {
@@ -397,19 +459,33 @@ async fn devices(
     }
 }
 
-/// One page of a paged collection (`/devices`, `/abm/NAME/devices`), or every page with
-/// `all`. Returns the items and the cursor for the next page.
+/// Pages of a collection, gathered.
+#[derive(Debug, Default)]
+struct Pages {
+    /// The items of every page fetched, in order.
+    items: Vec<Value>,
+    /// The cursor for the page after the last one fetched.
+    next: Option<String>,
+    /// How many items match in all, for collections that say (`total`).
+    total: Option<u64>,
+}
+
+/// One page of a paged collection (`/enrollments`, `/devices`, `/abm/NAME/devices`), or every
+/// page with `all`. `base` holds the collection's filters; the paging options follow them.
 async fn list_pages(
     client: &mut ApiClient,
     collection: &str,
+    base: &Query,
     limit: Option<u64>,
     after: Option<&str>,
     all: bool,
-) -> Result<(Vec<Value>, Option<String>), CliError> {
-    let mut items = Vec::new();
+) -> Result<Pages, CliError> {
+    let mut pages = Pages::default();
     let mut after = after.map(str::to_owned);
     loop {
-        let path = format!("{collection}{}", page_query(limit, after.as_deref()));
+        let mut query = base.clone();
+        query.opt("limit", limit).opt("after", after.as_deref());
+        let path = format!("{collection}{}", query.text());
         let page = get(client, &path).await?;
         let page_items =
             page.get("items")
@@ -418,10 +494,13 @@ async fn list_pages(
                     url: format!("{}{API_PREFIX}{path}", client.origin()),
                     reason: "the answer has no \"items\" list".into(),
                 })?;
-        items.extend(page_items.iter().cloned());
+        pages.items.extend(page_items.iter().cloned());
+        // The count can move while paging; the last page's is the freshest.
+        pages.total = page.get("total").and_then(Value::as_u64).or(pages.total);
         let next = page.get("next").and_then(Value::as_str).map(str::to_owned);
         if !all || next.is_none() {
-            return Ok((items, next));
+            pages.next = next;
+            return Ok(pages);
         }
         // A cursor that does not move would page forever.
         if next == after || page_items.is_empty() {
@@ -672,8 +751,21 @@ mod tests {
 
     #[test]
     fn queries_and_segments() {
-        assert_eq!(page_query(None, None), "");
-        assert_eq!(page_query(Some(10), Some("U:1")), "?limit=10&after=U%3A1");
+        assert_eq!(page_query(None, None).text(), "");
+        assert_eq!(
+            page_query(Some(10), Some("U:1")).text(),
+            "?limit=10&after=U%3A1"
+        );
+        let mut q = Query::default();
+        q.list("status", &["offline", "a b"])
+            .list("empty", &[])
+            .opt("search", Some("x&y=z"))
+            .opt("missing", None::<u64>)
+            .push("order", "desc");
+        assert_eq!(
+            q.text(),
+            "?status=offline,a%20b&search=x%26y%3Dz&order=desc"
+        );
         assert_eq!(segment(" L1 ", "link ID").expect("id"), "L1");
         assert!(matches!(segment("  ", "link ID"), Err(CliError::Usage(_))));
     }

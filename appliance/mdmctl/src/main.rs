@@ -5,7 +5,8 @@
 //! daemon. The connection trusts only the appliance CA given with `--ca`, and authenticates
 //! with a bearer token read from `--token-file`. Human output is aligned text; `--json`
 //! prints the API's own answer. Exit codes: 0 success, 1 the API refused (or Apple refused
-//! some of the devices of a per-device ABM request), 2 usage (including unreadable local
+//! some of the devices of a per-device ABM request, or a pre-enrollment import wrote nothing
+//! because of row errors or duplicates), 2 usage (including unreadable local
 //! files and unconfirmed destructive commands), 3 the appliance could not be reached or TLS
 //! failed. The full reference is `docs/reference/cli.md`.
 //!
@@ -14,9 +15,17 @@
 //! appliance answers only after talking to Apple (a sync, an assignment) get ten minutes
 //! instead of two.
 //!
+//! The device lifecycle: `devices` lists the joined record of each serial number with its
+//! status and the reason for it, `release` sends DeviceConfigured to a device held in Setup
+//! Assistant, `preenroll` imports the devices a site expects from CSV, `activity` reads the
+//! audit log (relative `--since 2h` is turned into an RFC 3339 time here), and `settings`
+//! changes the lifecycle policy. `enrollments` shows the enrollment records themselves, by
+//! enrollment ID. Whole-list exports (`--csv`, `--jsonl`) also get ten minutes.
+//!
 //! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
 //! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
-//! use an HTTP proxy, shows no progress during a long ABM sync, and has no commands for
+//! use an HTTP proxy, shows no progress during a long ABM sync or a large pre-enrollment
+//! import, has no command to pre-enroll one device without a file, and has no commands for
 //! building typed commands with arguments (`InstallProfile`, `Settings`): those go through
 //! `command send --plist`.
 
@@ -28,6 +37,7 @@ mod render;
 mod table;
 mod token;
 mod ttl;
+mod when;
 
 use std::io::Write as _;
 use std::process::ExitCode;

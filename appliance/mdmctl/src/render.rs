@@ -5,6 +5,7 @@
 //! scripts.
 
 pub mod abm;
+pub mod lifecycle;
 
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -215,8 +216,8 @@ fn model(facts: &Value) -> String {
         .to_owned()
 }
 
-/// `mdmctl devices list`.
-pub fn devices(list: &[Value]) -> String {
+/// `mdmctl enrollments list`.
+pub fn enrollments(list: &[Value]) -> String {
     let mut t = Table::new(&["ID", "STATE", "SERIAL", "MODEL", "OS", "LAST SEEN"]);
     for e in list {
         let facts = at(e, &["facts"]).unwrap_or(&Value::Null);
@@ -250,8 +251,8 @@ fn source_text(source: Option<&Value>) -> String {
     }
 }
 
-/// `mdmctl devices show`.
-pub fn device(v: &Value) -> String {
+/// `mdmctl enrollments show`.
+pub fn enrollment(v: &Value) -> String {
     let e = at(v, &["enrollment"]).unwrap_or(v);
     let facts = at(e, &["facts"]).unwrap_or(&Value::Null);
     let os = match opt_str(facts, &["build_version"]) {
@@ -298,7 +299,11 @@ pub fn device(v: &Value) -> String {
         ("Push topic", text(e, &["topic"])),
         (
             "Push token",
-            if at(e, &["push"]).is_some_and(|p| !p.is_null()) {
+            // `push_token_present` is how the API says it; `push` is kept for daemons that
+            // sent the (secret-free) push object instead.
+            if at(e, &["push_token_present"]).and_then(Value::as_bool) == Some(true)
+                || at(e, &["push"]).is_some_and(|p| !p.is_null())
+            {
                 "registered"
             } else {
                 "none"
@@ -324,7 +329,7 @@ pub fn device(v: &Value) -> String {
     key_values(&rows)
 }
 
-/// `mdmctl devices commands`: an enrollment's deliveries.
+/// `mdmctl enrollments commands`: an enrollment's deliveries.
 pub fn deliveries(v: &Value) -> String {
     let mut t = Table::new(&["COMMAND", "TYPE", "STATUS", "QUEUED", "UPDATED"]);
     for d in items(v) {
@@ -649,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn devices_table_takes_the_enrollment_record_shape() {
+    fn enrollments_table_takes_the_enrollment_record_shape() {
         let list = vec![
             json!({"id": "00008030-0001", "state": "Enrolled", "last_seen_at": 1_714_557_600_000_i64,
                    "facts": {"serial_number": "F2LXYZ", "product_name": "iPhone14,2",
@@ -658,7 +663,7 @@ mod tests {
                    "facts": {}}),
         ];
         assert_eq!(
-            devices(&list),
+            enrollments(&list),
             "ID                  STATE        SERIAL  MODEL       OS    LAST SEEN\n\
              00008030-0001       enrolled     F2LXYZ  iPhone14,2  17.4  2024-05-01T10:00:00Z\n\
              00008030-0001:USER  checked out  -       -           -     1970-01-01T00:00:00Z\n"
@@ -666,7 +671,7 @@ mod tests {
     }
 
     #[test]
-    fn device_detail_explains_setup_assistant_holds() {
+    fn enrollment_detail_explains_setup_assistant_holds() {
         let v = json!({"queued_commands": 2, "enrollment": {
             "id": "U1", "device_id": "U1", "channel": "Device", "state": "Enrolled",
             "identity_sha256": "ff00", "topic": "com.apple.mgmt.External.1",
@@ -676,7 +681,7 @@ mod tests {
             "push": {"token_hex": "00", "push_magic": "m", "topic": "t"},
             "awaiting_configuration": true, "authenticated_at": 1_714_557_600_000_i64,
             "enrolled_at": null, "last_seen_at": 1_714_557_600_000_i64}});
-        let out = device(&v);
+        let out = enrollment(&v);
         assert!(
             out.contains("Model                   iPad, iPad13,1\n"),
             "{out}"
@@ -702,8 +707,15 @@ mod tests {
         assert!(out.contains("Enrolled                -\n"), "{out}");
         assert!(!out.contains("User "), "{out}");
         let link = json!({"enrollment": {"source": {"Link": {"link_id": "L9"}}, "user_id": "UID",
-                                          "user_short_name": "bob"}});
-        let out = device(&link);
+                                          "user_short_name": "bob", "push_token_present": false}});
+        let out = enrollment(&link);
+        assert!(out.contains("Push token              none\n"), "{out}");
+        let api_shape = json!({"id": "U2", "push_token_present": true, "queued_commands": 0});
+        assert!(
+            enrollment(&api_shape).contains("Push token              registered\n"),
+            "{}",
+            enrollment(&api_shape)
+        );
         assert!(
             out.contains("Enrolled via            enrollment link L9\n"),
             "{out}"

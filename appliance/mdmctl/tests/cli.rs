@@ -241,6 +241,124 @@ fn abm_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
     })
 }
 
+const SAMPLE_CSV: &str = "name,email,ownership,serial_number,platform,mobile,device_name\r\n\
+                          Ada Lovelace,ada@example.com,corporate,C02XK1ABJGH5,macOS,,\r\n";
+const ACTIVITY_CSV: &str = "seq,at,actor,type,targets,outcome,summary\r\n\
+                            7,2024-05-01T10:00:00.000Z,device,enrollment.enrolled,C02XK1ABJGH5 UDID-1,ok,enrolled\r\n";
+/// The pre-enrollment file the import tests upload.
+const PREENROLL_CSV: &str = "name,email,ownership,serial_number,platform,notes\r\n\
+                             Ada Lovelace,ada@example.com,corporate,C02XK1ABJGH5,macOS,desk 4\r\n\
+                             Grace Hopper,grace@,personal,F2LXR7QBHG7F,iOS,\r\n";
+
+/// A device of the joined device list, as the admin API shows it.
+fn device_summary(serial: &str, status: &str, stuck: bool) -> Value {
+    json!({"serial": serial, "enrollment_id": "UDID-1", "status": status,
+           "reason": "The device enrolled during Setup Assistant and is held there until it is released with DeviceConfigured.",
+           "fix": "It is released automatically once its baseline is acknowledged; release it by hand with `mdmctl release SERIAL`.",
+           "since": "2024-05-01T10:00:00.000Z", "stuck": stuck, "name": "Ada Lovelace",
+           "email": "ada@example.com", "ownership": "corporate", "platform": "macOS",
+           "model": "MacBook Air", "os_version": "14.4", "device_name": "Ada's Mac",
+           "abm_connection": "north", "profile_status": "pushed", "preenrolled": true,
+           "last_seen_at": "2024-05-01T10:05:00.000Z", "enrolled_at": "2024-05-01T10:00:00.000Z"})
+}
+
+/// An import report as the appliance answers it.
+fn import_report(dry_run: bool, refused: bool) -> Value {
+    let mut v = json!({"dry_run": dry_run, "written": false, "refused": null, "total_rows": 2,
+                       "valid_rows": 2, "new": 2, "replaced": 0, "skipped": 0, "errors": [],
+                       "duplicates": [], "ignored_columns": ["notes"]});
+    if refused {
+        let message =
+            "1 row(s) have errors; nothing was written. Fix them, or import only the valid rows.";
+        v["valid_rows"] = json!(1);
+        v["new"] = json!(1);
+        v["errors"] = json!([{"row": 3, "field": "email", "code": "INVALID",
+                              "message": "\"grace@\" is not an email address"}]);
+        v["refused"] = json!({"code": "PREENROLL_ROWS_INVALID", "message": message});
+        v["error"] = json!({"code": "PREENROLL_ROWS_INVALID", "message": message});
+    }
+    v
+}
+
+const SETTINGS: &str = r#"{"preenrolled_only": false, "abm_as_preenrolled": false, "auto_release": true,
+    "offline_after_hours": 72, "enrolling_grace_minutes": 30, "awaiting_stuck_after_minutes": 30,
+    "activity_retention_days": 365}"#;
+
+/// The fake appliance's device lifecycle endpoints.
+fn lifecycle_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
+    let path = seen.path_and_query.as_str();
+    // Relative times make this query depend on the clock: matched by what it starts with.
+    if seen.method == "GET" && path.starts_with("/api/v1/activity?type=enrollment&since=") {
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({"items": [{"seq": 7, "at": "2024-05-01T10:00:00.000Z", "actor": "device",
+                               "kind": "enrollment.enrolled", "targets": ["C02XK1ABJGH5", "UDID-1", "X"],
+                               "outcome": "ok", "summary": "enrolled", "detail": null}],
+                    "next": 6}),
+        ));
+    }
+    Some(match (seen.method.as_str(), path) {
+        (
+            "GET",
+            "/api/v1/devices?status=awaiting_configuration,offline&search=Ada%20L&connection=north\
+             &sort=last_seen&order=desc&limit=2",
+        ) => json_response(
+            StatusCode::OK,
+            &json!({"items": [device_summary("C02XK1ABJGH5", "awaiting_configuration", true),
+                              device_summary("F2LXR7QBHG7F", "offline", false)],
+                    "next": "WyJ4IiwiRjJMWCJd", "total": 7}),
+        ),
+        ("GET", "/api/v1/devices?status=offline&format=csv") => {
+            text_response("text/csv; charset=utf-8", DEVICES_CSV)
+        }
+        ("GET", "/api/v1/devices/c02xk1abjgh5") => {
+            let mut v = device_summary("C02XK1ABJGH5", "awaiting_configuration", true);
+            v["preenroll"] = json!({"serial_number": "C02XK1ABJGH5"});
+            v["abm"] = json!([]);
+            v["enrollment"] = json!({"id": "UDID-1", "state": "Enrolled",
+                                     "enrolled_at": "2024-05-01T10:00:00.000Z",
+                                     "last_seen_at": "2024-05-01T10:05:00.000Z",
+                                     "awaiting_configuration": true});
+            v["queued_commands"] = json!(["DeviceConfigured"]);
+            v["recent_commands"] = json!([]);
+            v["waiting_for"] = json!(["DeviceConfigured to be fetched"]);
+            v["timeline"] = json!([{"seq": 7, "at": "2024-05-01T10:00:00.000Z", "actor": "device",
+                                    "kind": "enrollment.enrolled", "targets": ["C02XK1ABJGH5"],
+                                    "outcome": "ok", "summary": "enrolled through ADE", "detail": null}]);
+            json_response(StatusCode::OK, &v)
+        }
+        ("POST", "/api/v1/devices/C02XK1ABJGH5/release") => json_response(
+            StatusCode::ACCEPTED,
+            &json!({"serial": "C02XK1ABJGH5", "enrollment_id": "UDID-1", "command_uuid": "CMD-1"}),
+        ),
+        ("POST", "/api/v1/devices/F2LXR7QBHG7F/release") => api_error(
+            StatusCode::CONFLICT,
+            "NOT_AWAITING_CONFIGURATION",
+            "device F2LXR7QBHG7F is not waiting in Setup Assistant",
+        ),
+        ("POST", "/api/v1/preenroll/import?dry_run=true") => {
+            json_response(StatusCode::OK, &import_report(true, false))
+        }
+        ("POST", "/api/v1/preenroll/import") => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &import_report(false, true),
+        ),
+        ("GET", "/api/v1/preenroll/sample") => text_response("text/csv; charset=utf-8", SAMPLE_CSV),
+        ("GET", "/api/v1/activity?device=C02XK1ABJGH5&format=csv") => {
+            text_response("text/csv; charset=utf-8", ACTIVITY_CSV)
+        }
+        ("PATCH", "/api/v1/settings") => {
+            let mut settings: Value = serde_json::from_str(SETTINGS).expect("settings");
+            let patch: Value = serde_json::from_slice(&seen.body).expect("request JSON");
+            for (key, value) in patch.as_object().expect("object") {
+                settings[key] = value.clone();
+            }
+            json_response(StatusCode::OK, &settings)
+        }
+        _ => return None,
+    })
+}
+
 /// The fake appliance: the shapes of the real admin API for a few endpoints.
 fn answer(seen: &Seen) -> Response<Full<Bytes>> {
     if seen.authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
@@ -268,22 +386,28 @@ fn answer(seen: &Seen) -> Response<Full<Bytes>> {
                     "max_uses": null, "created_by": "admin",
                     "url": "https://mdm.example.lan:8443/enroll/secret-token"}),
         ),
-        ("GET", "/api/v1/devices?limit=1") => json_response(
+        ("GET", "/api/v1/enrollments?limit=1") => json_response(
             StatusCode::OK,
             &json!({"items": [device("UDID-A", "SERIAL-A")], "next": "UDID-A"}),
         ),
-        ("GET", "/api/v1/devices?limit=1&after=UDID-A") => json_response(
+        ("GET", "/api/v1/enrollments?limit=1&after=UDID-A") => json_response(
             StatusCode::OK,
             &json!({"items": [device("UDID-B", "SERIAL-B")], "next": null}),
+        ),
+        ("POST", "/api/v1/enrollments/UDID-A/push") => json_response(
+            StatusCode::OK,
+            &json!({"enrollment_id": "UDID-A", "result": "sent", "apns_id": "APNS-1"}),
         ),
         ("PUT", "/api/v1/push-cert?force=true") => json_response(
             StatusCode::OK,
             &json!({"topic": "com.apple.mgmt.External.test", "subject": "CN=APSP:test",
                     "not_after": "2030-01-01T00:00:00Z", "expired": false, "days_left": 2000}),
         ),
-        _ => abm_answer(seen).unwrap_or_else(|| {
-            api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
-        }),
+        _ => abm_answer(seen)
+            .or_else(|| lifecycle_answer(seen))
+            .unwrap_or_else(|| {
+                api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
+            }),
     }
 }
 
@@ -481,7 +605,7 @@ fn enroll_link_create_prints_the_url_alone() {
 }
 
 #[test]
-fn devices_list_all_follows_the_cursor() {
+fn enrollments_list_all_follows_the_cursor_on_the_new_path() {
     let Some(pki) = Pki::create() else { return };
     let app = FakeAppliance::start(&pki);
     let out = run(
@@ -489,7 +613,7 @@ fn devices_list_all_follows_the_cursor() {
         &pki,
         "admin.token",
         "ca.pem",
-        &["devices", "list", "--limit", "1", "--all"],
+        &["enrollments", "list", "--limit", "1", "--all"],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(
@@ -502,8 +626,8 @@ fn devices_list_all_follows_the_cursor() {
     assert_eq!(
         paths,
         [
-            "/api/v1/devices?limit=1",
-            "/api/v1/devices?limit=1&after=UDID-A"
+            "/api/v1/enrollments?limit=1",
+            "/api/v1/enrollments?limit=1&after=UDID-A"
         ]
     );
 
@@ -513,11 +637,26 @@ fn devices_list_all_follows_the_cursor() {
         &pki,
         "admin.token",
         "ca.pem",
-        &["devices", "list", "--limit", "1"],
+        &["enrollments", "list", "--limit", "1"],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
     assert!(stderr(&out).contains("--after UDID-A"), "{}", stderr(&out));
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["push", "UDID-A"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "UDID-A: sent APNS-1\n");
+    let last = app.seen().pop().expect("push request");
+    assert_eq!(
+        (last.method.as_str(), last.path_and_query.as_str()),
+        ("POST", "/api/v1/enrollments/UDID-A/push")
+    );
 }
 
 #[test]
@@ -910,4 +1049,386 @@ fn abm_csv_and_public_key_come_out_as_served() {
         &["abm", "public-key", "north"],
     );
     assert_eq!(stdout(&out), PUBLIC_KEY_PEM);
+}
+
+#[test]
+fn devices_list_sends_the_filters_and_prints_the_table() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "devices",
+            "list",
+            "--status",
+            "awaiting_configuration,offline",
+            "--search",
+            "Ada L",
+            "--connection",
+            "north",
+            "--sort",
+            "last_seen",
+            "--desc",
+            "--limit",
+            "2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "SERIAL        STATUS                          NAME          MODEL        LAST SEEN             REASON\n\
+         C02XK1ABJGH5  awaiting_configuration (stuck)  Ada Lovelace  MacBook Air  2024-05-01T10:05:00Z  The device enrolled during Setup Assistant and is held th...\n\
+         F2LXR7QBHG7F  offline                         Ada Lovelace  MacBook Air  2024-05-01T10:05:00Z  The device enrolled during Setup Assistant and is held th...\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "2 of 7 devices\nmore devices follow: add --after WyJ4IiwiRjJMWCJd (or --all)\n"
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET");
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["devices", "list", "--csv", "--status", "offline"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), DEVICES_CSV);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+
+    // Contradictory output choices are refused before anything is sent.
+    let before = app.seen().len();
+    for args in [
+        &["devices", "list", "--csv", "--json"][..],
+        &["devices", "list", "--csv", "--all"],
+        &["devices", "list", "--status", "enroled"],
+    ] {
+        let out = run(&app.url(), &pki, "admin.token", "ca.pem", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(app.seen().len(), before, "a refused command sent a request");
+}
+
+#[test]
+fn devices_show_renders_the_joined_record() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["devices", "show", "c02xk1abjgh5"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "Serial       C02XK1ABJGH5\n",
+        "Status       awaiting_configuration (stuck)\n",
+        "Since        2024-05-01T10:00:00Z\n",
+        "Fix          It is released automatically once its baseline is acknowledged; release it by hand with `mdmctl release SERIAL`.\n",
+        "Stuck        yes\n",
+        "Waiting for  DeviceConfigured to be fetched\n",
+        "Name         Ada Lovelace\n",
+        "\nABM\n  none: no ABM connection lists this serial number\n",
+        "\nEnrollment\n  ID                      UDID-1\n  State                   enrolled\n",
+        "Queued commands  DeviceConfigured\n",
+        "\nTIMELINE\nAT                    ACTOR   TYPE                 OUTCOME  SUMMARY\n\
+         2024-05-01T10:00:00Z  device  enrollment.enrolled  ok       enrolled through ADE\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert_eq!(app.seen()[0].path_and_query, "/api/v1/devices/c02xk1abjgh5");
+}
+
+#[test]
+fn release_prints_the_command_or_the_refusal() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["release", "C02XK1ABJGH5"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "release of C02XK1ABJGH5 queued (command CMD-1)\n"
+    );
+    let seen = app.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("POST", "/api/v1/devices/C02XK1ABJGH5/release")
+    );
+    assert!(seen[0].body.is_empty());
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["release", "F2LXR7QBHG7F"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error NOT_AWAITING_CONFIGURATION: device F2LXR7QBHG7F is not waiting in Setup Assistant\n"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn preenroll_import_sends_the_file_and_exits_by_the_report() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let file = pki.path("people.csv");
+    std::fs::write(&file, PREENROLL_CSV).expect("write csv");
+    let path = file.to_str().expect("path");
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["preenroll", "import", path, "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("Rows      2\nValid     2\nNew       2\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nignored columns: notes\n"), "{text}");
+    assert!(
+        text.ends_with(
+            "nothing written: dry run; without --dry-run 2 new and 0 replaced would be written\n"
+        ),
+        "{text}"
+    );
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["preenroll", "import", path],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("\nrow 3, email: \"grace@\" is not an email address\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("nothing written: 1 row(s) have errors; nothing was written. Fix them, or import only the valid rows.\n"),
+        "{text}"
+    );
+    assert_eq!(
+        stderr(&out),
+        "error PREENROLL_ROWS_INVALID: 1 row(s) have errors; nothing was written. Fix them, or \
+         import only the valid rows.\n"
+    );
+
+    // The same refusal with --json: the report as the API gave it, and the same exit code.
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["preenroll", "import", path, "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["errors"][0]["row"], 3);
+
+    let seen = app.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[0].path_and_query,
+        "/api/v1/preenroll/import?dry_run=true"
+    );
+    assert_eq!(seen[1].path_and_query, "/api/v1/preenroll/import");
+    for s in &seen {
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.content_type.as_deref(), Some("text/csv"));
+        assert_eq!(s.body, PREENROLL_CSV.as_bytes());
+    }
+}
+
+#[test]
+fn preenroll_import_reads_standard_input() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let mut child = mdmctl()
+        .arg("--server")
+        .arg(app.url())
+        .arg("--token-file")
+        .arg(pki.path("admin.token"))
+        .arg("--ca")
+        .arg(pki.path("ca.pem"))
+        .args(["preenroll", "import", "-", "--dry-run"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(PREENROLL_CSV.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(app.seen()[0].body, PREENROLL_CSV.as_bytes());
+}
+
+#[test]
+fn preenroll_sample_prints_the_csv() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["preenroll", "sample"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), SAMPLE_CSV);
+}
+
+/// The value of `key` in a query string, percent-decoded (enough for RFC 3339 times).
+fn query_value(path_and_query: &str, key: &str) -> Option<String> {
+    let query = path_and_query.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.replace("%3A", ":"))
+    })
+}
+
+#[test]
+fn activity_turns_a_relative_since_into_an_rfc3339_time() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let before = time::OffsetDateTime::now_utc();
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["activity", "--type", "enrollment", "--since", "2h"],
+    );
+    let after = time::OffsetDateTime::now_utc();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "AT                    ACTOR   TYPE                 OUTCOME  TARGETS                  SUMMARY\n\
+         2024-05-01T10:00:00Z  device  enrollment.enrolled  ok       C02XK1ABJGH5, UDID-1 +1  enrolled\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "older entries follow: add --before 6 (or --all)\n"
+    );
+    let seen = app.seen();
+    let since = query_value(&seen[0].path_and_query, "since").expect("since in the query");
+    let t = time::OffsetDateTime::parse(&since, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{since:?} is not RFC 3339: {e}"));
+    assert!(since.ends_with('Z'), "{since}");
+    let two_hours = time::Duration::hours(2);
+    assert!(
+        t >= (before - two_hours).replace_nanosecond(0).expect("ns") && t <= after - two_hours,
+        "{since} is not two hours before the run"
+    );
+    assert_eq!(query_value(&seen[0].path_and_query, "limit"), None);
+}
+
+#[test]
+fn activity_csv_comes_out_as_served() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["activity", "--device", "C02XK1ABJGH5", "--csv"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), ACTIVITY_CSV);
+    assert_eq!(
+        app.seen()[0].path_and_query,
+        "/api/v1/activity?device=C02XK1ABJGH5&format=csv"
+    );
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["activity", "--csv", "--jsonl"],
+    );
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert_eq!(app.seen().len(), 1);
+}
+
+#[test]
+fn settings_set_patches_only_the_given_fields() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "settings",
+            "set",
+            "--preenrolled-only",
+            "true",
+            "--offline-after-hours",
+            "48",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "preenrolled_only: true\n\
+         abm_as_preenrolled: false\n\
+         auto_release: true\n\
+         offline_after_hours: 48\n\
+         enrolling_grace_minutes: 30\n\
+         awaiting_stuck_after_minutes: 30\n\
+         activity_retention_days: 365\n"
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("PATCH", "/api/v1/settings")
+    );
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/json"));
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"preenrolled_only": true, "offline_after_hours": 48})
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["settings", "set"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(app.seen().len(), 1);
 }

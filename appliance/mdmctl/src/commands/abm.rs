@@ -1,7 +1,6 @@
 //! Running `mdmctl abm ...`: local checks, the calls to `/api/v1/abm`, and what is printed.
 
 use std::collections::HashSet;
-use std::io::Read as _;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use super::{get, list_pages, read_input, segment, Output};
+use super::{get, list_pages, read_input, read_named, segment, Output, Query};
 use crate::cli::abm::{
     AbmAdd, AbmCommand, AbmDevices, AbmDisown, AbmProfileCommand, AbmRuleSet, AbmRulesCommand,
     AbmSet, AbmTokenCommand, SerialArgs,
@@ -359,19 +358,22 @@ async fn devices(
         })?;
         return Ok(Output::text(csv));
     }
-    let (items, next) = list_pages(
+    let page = list_pages(
         client,
         &collection,
+        &Query::default(),
         args.limit,
         args.after.as_deref(),
         args.all,
     )
     .await?;
     if json {
-        return Ok(Output::json(&json!({ "items": items, "next": next })));
+        return Ok(Output::json(
+            &json!({ "items": page.items, "next": page.next }),
+        ));
     }
-    let mut out = Output::text(render::devices(&items));
-    if let Some(next) = next {
+    let mut out = Output::text(render::devices(&page.items));
+    if let Some(next) = page.next {
         out = out.note(format!(
             "more devices follow: add --after {} (or --all)",
             clean(&next)
@@ -627,7 +629,7 @@ fn rule_request(set: &AbmRuleSet) -> Result<Value, CliError> {
 }
 
 /// The serial numbers of a command that acts on devices: at least one.
-fn serials_of(args: &SerialArgs) -> Result<Vec<String>, CliError> {
+pub(super) fn serials_of(args: &SerialArgs) -> Result<Vec<String>, CliError> {
     let serials = collect_serials(&args.serials, args.file.as_deref())?;
     if serials.is_empty() {
         return Err(CliError::NoSerials);
@@ -680,22 +682,6 @@ fn collect_serials(args: &[String], file: Option<&Path>) -> Result<Vec<String>, 
         }
     }
     Ok(out)
-}
-
-/// A file named on the command line, or standard input for `-`.
-fn read_named(path: &Path) -> Result<Vec<u8>, CliError> {
-    if path != Path::new("-") {
-        return read_input(path);
-    }
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut bytes)
-        .map_err(|source| CliError::InputFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -10,27 +10,27 @@ use crate::table::{clean, key_values, Table};
 
 /// Apple's and the API's snake-case words as text: `expiring_soon`, `NOT_ACCESSIBLE` ->
 /// `expiring soon`, `not accessible`.
-fn snake_words(name: &str) -> String {
+pub(super) fn snake_words(name: &str) -> String {
     name.replace('_', " ").to_lowercase()
 }
 
-fn snake_text(v: &Value, path: &[&str]) -> String {
+pub(super) fn snake_text(v: &Value, path: &[&str]) -> String {
     match opt_str(v, path) {
         Some(s) => snake_words(s),
         None => text(v, path),
     }
 }
 
-fn count(v: &Value, path: &[&str]) -> u64 {
+pub(super) fn count(v: &Value, path: &[&str]) -> u64 {
     at(v, path).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// An object field, if present and not null.
-fn object<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+pub(super) fn object<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     at(v, path).filter(|o| o.is_object())
 }
 

@@ -400,7 +400,15 @@ impl<S: Store> MdmService<S> {
             };
             for r in self.store().activity(&q, 200)?.0 {
                 if seen.insert(r.seq) {
-                    timeline.push(ActivityView::from(r));
+                    let mut v = ActivityView::from(r);
+                    // An assignment or import entry names up to thousands of devices; the
+                    // timeline is about this one.
+                    if v.targets.len() > TIMELINE_TARGETS {
+                        let more = v.targets.len() - TIMELINE_TARGETS;
+                        v.targets.truncate(TIMELINE_TARGETS);
+                        v.targets.push(format!("(+{more} more)"));
+                    }
+                    timeline.push(v);
                 }
             }
         }
@@ -812,6 +820,9 @@ impl<S: Store> MdmService<S> {
         Ok(())
     }
 }
+
+/// How many targets of an activity entry a device's timeline shows.
+const TIMELINE_TARGETS: usize = 10;
 
 /// Prefix of the single `waiting_for` line that says nothing blocks the release.
 const READY: &str = "nothing";
