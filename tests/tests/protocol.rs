@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use appliance_tests::Appliance;
+use base64::Engine as _;
 use mdm_sim::commands::CommandStatus;
 use mdm_sim::device::{IdentityFault, IdentityTransport, SimUser};
 use plist::{Dictionary, Value};
@@ -124,8 +125,35 @@ async fn command_lifecycle_with_results() {
 async fn errors_are_stored_with_their_error_chain() {
     let app = Appliance::start().await;
     let mut d = app.enroll_manual().await;
-    // DeviceConfigured to a device that is not awaiting configuration fails on the device.
-    let uuid = app.send(&d.udid, "DeviceConfigured").await;
+    // DeviceConfigured to a device that is not awaiting configuration is refused before it
+    // reaches the device.
+    let (st, v) = app
+        .api(
+            "POST",
+            "/api/v1/commands",
+            Some(serde_json::json!({"targets": [d.udid], "request_type": "DeviceConfigured"})),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    // A request type the device does not know fails on the device, with an error chain.
+    let mut command = plist::Dictionary::new();
+    command.insert("RequestType".into(), "NoSuchRequestType".into());
+    let mut envelope = plist::Dictionary::new();
+    envelope.insert("Command".into(), plist::Value::Dictionary(command));
+    let mut xml = Vec::new();
+    plist::to_writer_xml(&mut xml, &envelope).unwrap();
+    let (st, v) = app
+        .api(
+            "POST",
+            "/api/v1/commands",
+            Some(serde_json::json!({
+                "targets": [d.udid],
+                "plist_base64": base64::engine::general_purpose::STANDARD.encode(&xml),
+            })),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let uuid = v["command_uuid"].as_str().unwrap().to_string();
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done[0].status, CommandStatus::Error);
     let c = app.command(&uuid).await;

@@ -426,7 +426,7 @@ mod tests {
         store.close().unwrap();
 
         let db = Database::create(&path).unwrap();
-        assert_eq!(version(&db).unwrap(), 2);
+        assert_eq!(version(&db).unwrap(), CURRENT_VERSION);
         let rtx = db.begin_read().unwrap();
         let index = rtx.open_table(ENROLLMENT_SERIALS).unwrap();
         assert_eq!(
