@@ -390,8 +390,7 @@ impl<S: Store> MdmService<S> {
             }
             CheckinMessage::GetBootstrapToken(_) => {
                 let rec = self.bound_enrollment(&id, &identity).await?;
-                self.store().touch(&id, now).await?;
-                self.devices().touch(&eref.device_id, now);
+                self.touch(&id, &eref.device_id, now).await?;
                 let token = match rec.bootstrap_token_sealed {
                     Some(sealed) => Some(self.unseal("bootstrap-token", &sealed)?),
                     None => None,
@@ -406,8 +405,7 @@ impl<S: Store> MdmService<S> {
             }
             CheckinMessage::DeclarativeManagement(d) => {
                 self.bound_enrollment(&id, &identity).await?;
-                self.store().touch(&id, now).await?;
-                self.devices().touch(&eref.device_id, now);
+                self.touch(&id, &eref.device_id, now).await?;
                 declarative_reply(&d.endpoint)
             }
             CheckinMessage::GetToken(g) => {
@@ -448,10 +446,7 @@ impl<S: Store> MdmService<S> {
             // An Idle needs no write when the device was heard from within the last minute:
             // last-seen times are for humans, a write is an fsync shared with others.
             (None, _) if now.0.saturating_sub(rec.last_seen_at.0) < LAST_SEEN_GRANULARITY_MS => {}
-            (None, _) => {
-                self.store().touch(&id, now).await?;
-                self.devices().touch(&rec.device_id, now);
-            }
+            (None, _) => self.touch(&id, &rec.device_id, now).await?,
             (Some(_), None) => {
                 return Err(ServiceError::bad_request(
                     "REPORT_INVALID",
@@ -512,6 +507,13 @@ impl<S: Store> MdmService<S> {
             }
             None => Ok(DeviceReply::Empty),
         }
+    }
+
+    /// The enrollment was heard from: its stored last-seen time, then the directory's.
+    async fn touch(&self, id: &str, device_id: &str, now: Timestamp) -> ServiceResult<()> {
+        self.store().touch(id, now).await?;
+        self.devices().touch(device_id, now);
+        Ok(())
     }
 
     /// Hands the directory an enrollment's record after a write; returns the activity

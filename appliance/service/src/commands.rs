@@ -154,7 +154,7 @@ impl<S: Store> MdmService<S> {
         let actor = if created_by == "system" {
             "system".to_string()
         } else {
-            format!("token:{created_by}")
+            crate::lifecycle::actor_of(created_by)
         };
         self.log_activity(crate::lifecycle::activity::entry(
             &actor,

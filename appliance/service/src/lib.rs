@@ -19,6 +19,7 @@ pub mod commands;
 pub mod conformance;
 pub mod enroll;
 pub mod error;
+pub mod export;
 pub mod lifecycle;
 pub mod ports;
 pub mod push;

@@ -304,15 +304,8 @@ impl<S: Store> MdmService<S> {
             *slot = Some(outcome);
         }
         if !records.is_empty() {
-            self.store().record_pushes(records.clone()).await?;
-            for (id, record) in &records {
-                match record {
-                    PushRecord::Sent { at } => self.devices().pushed(id, *at),
-                    PushRecord::Invalid { reason, at } => {
-                        self.devices().push_invalid(id, reason, *at)
-                    }
-                }
-            }
+            self.store().record_pushes(records).await?;
+            self.devices().pushes_recorded(&out, now);
         }
         Ok(out
             .into_iter()
@@ -330,15 +323,12 @@ impl<S: Store> MdmService<S> {
     /// Every enrollment that has queued commands (the pushes owed after a restart).
     fn owed_pushes(&self, stale_before: Option<Timestamp>) -> ServiceResult<Vec<String>> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .enrollments_with_queued(after.as_deref(), 1000)?;
-            let Some(last) = page.last().cloned() else {
-                break;
-            };
-            for id in page {
+        let queued = crate::ports::pages(
+            |after| self.store().enrollments_with_queued(after, 1000),
+            |id: &String| id.as_str(),
+        );
+        for page in queued {
+            for id in page? {
                 let due = match stale_before {
                     None => true,
                     Some(limit) => self
@@ -350,7 +340,6 @@ impl<S: Store> MdmService<S> {
                     out.push(id);
                 }
             }
-            after = Some(last);
         }
         Ok(out)
     }

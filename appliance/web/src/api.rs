@@ -335,7 +335,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             ActivityOutcome::Failed
         };
         let e = entry(
-            &format!("token:{}", caller.name),
+            &mdm_service::lifecycle::actor_of(&caller.name),
             "api.request",
             Vec::new(),
             outcome,

@@ -147,29 +147,10 @@ fn detail_json(d: &DeviceDetail) -> serde_json::Value {
     v
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180), and defuses spreadsheet formulas: a
-/// field starting with `=`, `+`, `-` or `@` gets a leading `'` so a spreadsheet shows it as
-/// text instead of evaluating it.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
+/// A CSV record as the appliance's other exports write it.
 fn csv_row(fields: &[String]) -> String {
-    let mut line = fields
-        .iter()
-        .map(|f| csv_field(f))
-        .collect::<Vec<_>>()
-        .join(",");
-    line.push_str("\r\n");
+    let mut line = String::new();
+    mdm_service::export::csv_line(&mut line, fields);
     line
 }
 
@@ -393,11 +374,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
         };
         let device = query_get(pairs, "device").map(|d| {
             // A serial number or an enrollment id; serials are stored upper-case.
-            self.service
-                .devices()
-                .get(&d)
-                .map(|f| f.serial)
-                .unwrap_or(d)
+            self.service.devices().resolve(&d).unwrap_or(d)
         });
         let mut q = ActivityQuery {
             target: device.or_else(|| query_get(pairs, "target")),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::token::{decrypt_server_token, new_token_key_pair, TokenError};
-use super::{abm_failure, parse_time, validate_name, AbmService, KEY_PURPOSE, TOKEN_PURPOSE};
+use super::{abm_failure, validate_name, AbmService, KEY_PURPOSE, TOKEN_PURPOSE};
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
     AbmBatch, AbmClient, AbmConnectionRecord, AbmConnector, AbmEndpoint, AbmError, AbmKeyRecord,
@@ -301,7 +301,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
                 return Err(ServiceError::bad_request("ABM_TOKEN_INVALID", e.to_string()))
             }
         };
-        let expires_at = parse_time(&token.access_token_expiry).ok_or_else(|| {
+        let expires_at = Timestamp::parse_rfc3339(&token.access_token_expiry).ok_or_else(|| {
             ServiceError::bad_request(
                 "ABM_TOKEN_INVALID",
                 "the token's access_token_expiry is not an RFC 3339 time",

@@ -35,7 +35,6 @@ use tokio::sync::Notify;
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
     AbmBatch, AbmConnectionRecord, AbmConnector, AbmDeviceRecord, AbmEndpoint, AbmError, Store,
-    Timestamp,
 };
 use crate::MdmService;
 
@@ -297,24 +296,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         connection: &'a str,
         size: usize,
     ) -> impl Iterator<Item = ServiceResult<Vec<AbmDeviceRecord>>> + 'a {
-        let mut after: Option<String> = None;
-        let mut done = false;
-        std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
-            match self.store().abm_devices(connection, after.as_deref(), size) {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    after = page.last().map(|r| r.serial.clone());
-                    Some(Ok(page))
-                }
-                Err(e) => {
-                    done = true;
-                    Some(Err(e.into()))
-                }
-            }
-        })
+        crate::ports::pages(
+            move |after| self.store().abm_devices(connection, after, size),
+            |r: &AbmDeviceRecord| r.serial.as_str(),
+        )
+        .map(|page| page.map_err(Into::into))
     }
 
     /// Wakes the scheduler so it re-reads connections and due times.
@@ -370,17 +356,10 @@ pub(crate) fn abm_failure(connection: &str, e: &AbmError) -> ServiceError {
     )
 }
 
-/// Parses an RFC 3339 time from Apple (or a token) into a [`Timestamp`].
-pub(crate) fn parse_time(s: &str) -> Option<Timestamp> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .ok()
-        .map(Timestamp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Timestamp;
 
     #[test]
     fn names() {
@@ -392,11 +371,13 @@ mod tests {
 
     #[test]
     fn apple_times() {
-        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(Timestamp(1000)));
+        let parse = Timestamp::parse_rfc3339;
+        assert_eq!(parse("1970-01-01T00:00:01Z"), Some(Timestamp(1000)));
         assert_eq!(
-            parse_time("2027-01-01T00:00:00+01:00").map(|t| t.0),
+            parse("2027-01-01T00:00:00+01:00").map(|t| t.0),
             Some(1_798_758_000_000)
         );
-        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse("yesterday"), None);
+        assert_eq!(parse(""), None);
     }
 }

@@ -196,35 +196,6 @@ impl DeviceView {
     }
 }
 
-/// One CSV field (RFC 4180): quoted when it holds a separator, quote or line break. A leading
-/// `=`, `+`, `-` or `@` is prefixed with `'` so spreadsheets do not run it as a formula.
-fn csv_field(out: &mut String, v: &str) {
-    let guarded;
-    let v = if v.starts_with(['=', '+', '-', '@']) {
-        guarded = format!("'{v}");
-        guarded.as_str()
-    } else {
-        v
-    };
-    if v.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&v.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(v);
-    }
-}
-
-fn csv_line(out: &mut String, fields: &[String]) {
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        csv_field(out, f);
-    }
-    out.push_str("\r\n");
-}
-
 impl<S: Store, C: AbmConnector> AbmService<S, C> {
     pub fn connection_view(&self, rec: &AbmConnectionRecord) -> ServiceResult<ConnectionView> {
         let TokenStatus {
@@ -361,11 +332,11 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         let planner = self.planner(connection)?;
         let mut out = String::new();
         let header: Vec<String> = CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
-        csv_line(&mut out, &header);
+        crate::export::csv_line(&mut out, &header);
         for page in self.device_pages(connection, 1000) {
             for rec in page? {
                 let view = self.device_view(&planner, rec)?;
-                csv_line(&mut out, &view.csv_row());
+                crate::export::csv_line(&mut out, &view.csv_row());
             }
         }
         Ok(out)
@@ -377,18 +348,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_quoting_and_formula_guard() {
-        let mut out = String::new();
-        csv_line(
-            &mut out,
-            &[
-                "plain".into(),
-                "a,b".into(),
-                "say \"hi\"".into(),
-                "=cmd()".into(),
-            ],
-        );
-        assert_eq!(out, "plain,\"a,b\",\"say \"\"hi\"\"\",'=cmd()\r\n");
+    fn csv_columns() {
         assert_eq!(CSV_COLUMNS.len(), 18);
     }
 }

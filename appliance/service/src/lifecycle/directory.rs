@@ -20,7 +20,8 @@ use super::status::{
 };
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
-    AbmDeviceRecord, Channel, EnrollmentRecord, EnrollmentSource, PreenrollRecord, Store, Timestamp,
+    pages, AbmDeviceRecord, Channel, EnrollmentRecord, EnrollmentSource, PreenrollRecord,
+    PushOutcome, Store, Timestamp,
 };
 
 /// How many records the start-up load reads per store call.
@@ -32,6 +33,29 @@ struct State {
     devices: BTreeMap<String, DeviceFacts>,
     /// Device-channel enrollment id → key in `devices`.
     by_enrollment: HashMap<String, String>,
+}
+
+impl State {
+    /// See [`DeviceDirectory::resolve`].
+    fn resolve(&self, key: &str) -> Option<String> {
+        if self.devices.contains_key(key) {
+            return Some(key.to_string());
+        }
+        let upper = key.to_ascii_uppercase();
+        if self.devices.contains_key(&upper) {
+            return Some(upper);
+        }
+        self.by_enrollment.get(key).cloned()
+    }
+
+    /// The facts of a device-channel enrollment, if it still speaks for its device.
+    fn enrollment_mut(&mut self, enrollment_id: &str) -> Option<&mut EnrollmentFacts> {
+        let key = self.by_enrollment.get(enrollment_id)?;
+        self.devices
+            .get_mut(key)
+            .and_then(|d| d.enrollment.as_mut())
+            .filter(|e| e.id == enrollment_id)
+    }
 }
 
 /// See the module documentation. Cheap to share behind an `Arc`.
@@ -250,28 +274,28 @@ impl DeviceDirectory {
     /// Builds the directory from everything stored.
     pub fn load<S: Store>(store: &S) -> ServiceResult<Self> {
         let dir = DeviceDirectory::default();
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.list_preenrolled(after.as_deref(), LOAD_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
-            dir.put_preenrolled(page);
+        let preenrolled = pages(
+            |after| store.list_preenrolled(after, LOAD_PAGE),
+            |r: &PreenrollRecord| r.serial.as_str(),
+        );
+        for page in preenrolled {
+            dir.put_preenrolled(page?);
         }
         for conn in store.abm_connections()? {
-            let mut after: Option<String> = None;
-            loop {
-                let page = store.abm_devices(&conn.name, after.as_deref(), LOAD_PAGE)?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.serial.clone());
-                dir.put_abm(&page);
+            let devices = pages(
+                |after| store.abm_devices(&conn.name, after, LOAD_PAGE),
+                |r: &AbmDeviceRecord| r.serial.as_str(),
+            );
+            for page in devices {
+                dir.put_abm(&page?);
             }
         }
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.list_enrollments(after.as_deref(), LOAD_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for rec in &page {
+        let enrollments = pages(
+            |after| store.list_enrollments(after, LOAD_PAGE),
+            |r: &EnrollmentRecord| r.id.as_str(),
+        );
+        for page in enrollments {
+            for rec in &page? {
                 dir.put_enrollment(rec);
             }
         }
@@ -371,37 +395,28 @@ impl DeviceDirectory {
 
     /// The device was heard from.
     pub fn touch(&self, enrollment_id: &str, at: Timestamp) {
-        self.with_enrollment(enrollment_id, |e| {
+        if let Some(e) = self.write().enrollment_mut(enrollment_id) {
             if at > e.last_seen_at {
                 e.last_seen_at = at;
             }
-        });
+        }
     }
 
-    /// A push to the device was accepted by Apple.
-    pub fn pushed(&self, enrollment_id: &str, at: Timestamp) {
-        self.with_enrollment(enrollment_id, |e| e.last_push_at = Some(at));
-    }
-
-    /// Apple called the device's push token invalid.
-    pub fn push_invalid(&self, enrollment_id: &str, reason: &str, at: Timestamp) {
-        self.with_enrollment(enrollment_id, |e| {
-            e.push_invalid = Some((reason.to_string(), at));
-        });
-    }
-
-    fn with_enrollment(&self, enrollment_id: &str, f: impl FnOnce(&mut EnrollmentFacts)) {
+    /// Push outcomes after their write committed (one lock for a whole fan-out): accepted
+    /// pushes set `last_push_at`, tokens Apple called invalid set `push_invalid`.
+    pub fn pushes_recorded(&self, outcomes: &[(String, Option<PushOutcome>)], at: Timestamp) {
         let mut st = self.write();
-        let Some(key) = st.by_enrollment.get(enrollment_id).cloned() else {
-            return;
-        };
-        if let Some(e) = st
-            .devices
-            .get_mut(&key)
-            .and_then(|d| d.enrollment.as_mut())
-            .filter(|e| e.id == enrollment_id)
-        {
-            f(e);
+        for (id, outcome) in outcomes {
+            let Some(e) = st.enrollment_mut(id) else {
+                continue;
+            };
+            match outcome {
+                Some(PushOutcome::Sent { .. }) => e.last_push_at = Some(at),
+                Some(PushOutcome::InvalidToken { reason, .. }) => {
+                    e.push_invalid = Some((reason.clone(), at));
+                }
+                _ => {}
+            }
         }
     }
 
@@ -411,20 +426,38 @@ impl DeviceDirectory {
         self.read().by_enrollment.get(device_id).cloned()
     }
 
+    /// Whether the serial number has a pre-enrollment record.
+    pub fn is_preenrolled(&self, serial: &str) -> bool {
+        self.read()
+            .devices
+            .get(serial)
+            .is_some_and(|f| f.preenroll.is_some())
+    }
+
+    /// (serial, connection) of every device an ABM connection still lists that has no
+    /// pre-enrollment record.
+    pub fn abm_without_preenroll(&self) -> Vec<(String, String)> {
+        self.read()
+            .devices
+            .values()
+            .filter(|f| f.preenroll.is_none())
+            .filter_map(|f| {
+                let a = f.current_abm().filter(|a| a.removed_at.is_none())?;
+                Some((f.serial.clone(), a.connection.clone()))
+            })
+            .collect()
+    }
+
     /// One device's facts, by serial number or enrollment id.
     pub fn get(&self, key: &str) -> Option<DeviceFacts> {
         let st = self.read();
-        if let Some(f) = st.devices.get(key) {
-            return Some(f.clone());
-        }
-        let upper = key.to_ascii_uppercase();
-        if let Some(f) = st.devices.get(&upper) {
-            return Some(f.clone());
-        }
-        st.by_enrollment
-            .get(key)
-            .and_then(|k| st.devices.get(k))
-            .cloned()
+        let key = st.resolve(key)?;
+        st.devices.get(&key).cloned()
+    }
+
+    /// The directory key (serial number) of a serial number in any case or an enrollment id.
+    pub fn resolve(&self, key: &str) -> Option<String> {
+        self.read().resolve(key)
     }
 
     /// How many devices are in each status now.
@@ -565,13 +598,6 @@ fn enrollment_facts(rec: &EnrollmentRecord) -> EnrollmentFacts {
     }
 }
 
-fn parse_apple_time(s: &str) -> Option<Timestamp> {
-    if s.is_empty() {
-        return None;
-    }
-    Timestamp::parse_rfc3339(s)
-}
-
 fn abm_facts(rec: &AbmDeviceRecord) -> AbmFacts {
     AbmFacts {
         connection: rec.connection.clone(),
@@ -580,7 +606,8 @@ fn abm_facts(rec: &AbmDeviceRecord) -> AbmFacts {
         os: rec.device.os.clone(),
         profile_status: rec.device.profile_status.clone(),
         profile_uuid: rec.device.profile_uuid.clone(),
-        pushed_at: parse_apple_time(&rec.device.profile_push_time),
+        // Empty (never pushed) and unparsable both mean "not known".
+        pushed_at: Timestamp::parse_rfc3339(&rec.device.profile_push_time),
         assignment: rec.assignment.as_ref().map(|a| AssignmentFacts {
             profile: a.profile_id.clone(),
             outcome: a.outcome,

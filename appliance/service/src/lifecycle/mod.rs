@@ -262,7 +262,8 @@ pub struct SettingsPatch {
     pub activity_retention_days: Option<u32>,
 }
 
-fn actor_of(token_name: &str) -> String {
+/// The activity actor for an admin API token.
+pub fn actor_of(token_name: &str) -> String {
     format!("token:{token_name}")
 }
 
@@ -478,7 +479,7 @@ impl<S: Store> MdmService<S> {
         let mut put = Vec::with_capacity(parsed.rows.len());
         for row in parsed.rows {
             let existing = self.store().preenrolled(&row.serial_number)?;
-            if let Some(old) = &existing {
+            if existing.is_some() {
                 report.duplicates.push(ExistingSerial {
                     row: row.row,
                     serial_number: row.serial_number.clone(),
@@ -490,7 +491,6 @@ impl<S: Store> MdmService<S> {
                     }
                     Some(OnDuplicate::Replace) | None => report.replaced += 1,
                 }
-                let _ = old;
             } else {
                 report.new += 1;
             }
@@ -703,10 +703,7 @@ impl<S: Store> MdmService<S> {
         if recent.iter().any(|d| d.request_type == "DeviceConfigured") {
             return Ok(());
         }
-        if !waiting_for(&recent, true)
-            .iter()
-            .all(|w| w.starts_with(READY))
-        {
+        if !release_blockers(&recent).is_empty() {
             return Ok(());
         }
         let out = self
@@ -764,40 +761,20 @@ impl<S: Store> MdmService<S> {
         let dir = self.devices();
         devices
             .iter()
-            .filter(|d| d.removed_at.is_none())
-            .filter(|d| dir.get(&d.serial).is_none_or(|f| f.preenroll.is_none()))
-            .map(|d| PreenrollRecord {
-                serial: d.serial.clone(),
-                name: None,
-                email: None,
-                ownership: None,
-                platform: None,
-                mobile: None,
-                device_name: None,
-                source: PreenrollSource::Abm {
-                    connection: d.connection.clone(),
-                },
-                created_at: now,
-                updated_at: now,
-                updated_by: "system".into(),
-            })
+            .filter(|d| d.removed_at.is_none() && !dir.is_preenrolled(&d.serial))
+            .map(|d| abm_preenroll_record(&d.serial, &d.connection, now))
             .collect()
     }
 
     /// Pre-enrolls every serial ABM already lists (when the option is switched on).
     async fn preenroll_abm_devices(&self) -> ServiceResult<()> {
-        let mut batch = Vec::new();
-        for conn in self.store().abm_connections()? {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .store()
-                    .abm_devices(&conn.name, after.as_deref(), 2000)?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.serial.clone());
-                batch.extend(self.abm_preenroll_records(&page));
-            }
-        }
+        let now = Timestamp::now();
+        let batch: Vec<PreenrollRecord> = self
+            .devices()
+            .abm_without_preenroll()
+            .iter()
+            .map(|(serial, connection)| abm_preenroll_record(serial, connection, now))
+            .collect();
         if batch.is_empty() {
             return Ok(());
         }
@@ -821,43 +798,64 @@ impl<S: Store> MdmService<S> {
     }
 }
 
+/// The pre-enrollment record of a serial an ABM connection lists.
+fn abm_preenroll_record(serial: &str, connection: &str, now: Timestamp) -> PreenrollRecord {
+    PreenrollRecord {
+        serial: serial.to_string(),
+        name: None,
+        email: None,
+        ownership: None,
+        platform: None,
+        mobile: None,
+        device_name: None,
+        source: PreenrollSource::Abm {
+            connection: connection.to_string(),
+        },
+        created_at: now,
+        updated_at: now,
+        updated_by: "system".into(),
+    }
+}
+
 /// How many targets of an activity entry a device's timeline shows.
 const TIMELINE_TARGETS: usize = 10;
 
-/// Prefix of the single `waiting_for` line that says nothing blocks the release.
-const READY: &str = "nothing";
-
-/// What a device held in Setup Assistant waits for, from its recent deliveries (newest first).
-fn waiting_for(recent: &[DeliveryRecord], auto_release: bool) -> Vec<String> {
-    let mut out = Vec::new();
+/// What stands between a device held in Setup Assistant and its release, from its recent
+/// deliveries (newest first): empty when nothing does.
+fn release_blockers(recent: &[DeliveryRecord]) -> Vec<String> {
     let configured_pending = recent
         .iter()
         .any(|d| d.request_type == "DeviceConfigured" && !d.status.is_final());
     if configured_pending {
         return vec!["DeviceConfigured to be acknowledged".into()];
     }
-    for d in recent {
-        if d.request_type == "DeviceConfigured" {
-            continue;
-        }
-        match d.status {
-            DeliveryStatus::Queued | DeliveryStatus::NotNow => out.push(format!(
+    recent
+        .iter()
+        .filter(|d| d.request_type != "DeviceConfigured")
+        .filter_map(|d| match d.status {
+            DeliveryStatus::Queued | DeliveryStatus::NotNow => Some(format!(
                 "{} ({}) to be acknowledged",
                 d.request_type, d.command_uuid
             )),
-            DeliveryStatus::Error | DeliveryStatus::CommandFormatError => out.push(format!(
+            DeliveryStatus::Error | DeliveryStatus::CommandFormatError => Some(format!(
                 "{} ({}) failed on the device: release by hand once it is dealt with",
                 d.request_type, d.command_uuid
             )),
-            DeliveryStatus::Acknowledged | DeliveryStatus::Canceled => {}
-        }
+            DeliveryStatus::Acknowledged | DeliveryStatus::Canceled => None,
+        })
+        .collect()
+}
+
+/// What a device held in Setup Assistant waits for, as the detail view shows it: the
+/// blockers, or one line saying what happens next.
+fn waiting_for(recent: &[DeliveryRecord], auto_release: bool) -> Vec<String> {
+    let blockers = release_blockers(recent);
+    if !blockers.is_empty() {
+        return blockers;
     }
-    if out.is_empty() {
-        out.push(if auto_release {
-            format!("{READY}: the baseline is done; DeviceConfigured is queued next")
-        } else {
-            format!("{READY} but an admin: automatic release is off (`mdmctl release SERIAL`)")
-        });
-    }
-    out
+    vec![if auto_release {
+        "nothing: the baseline is done; DeviceConfigured is queued next".into()
+    } else {
+        "nothing but an admin: automatic release is off (`mdmctl release SERIAL`)".into()
+    }]
 }

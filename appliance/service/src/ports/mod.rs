@@ -15,6 +15,33 @@ mod lifecycle;
 pub use abm::*;
 pub use lifecycle::*;
 
+/// Reads a keyset-paged listing to its end: `fetch(after)` returns the page after a key
+/// (`None`: from the start), `key` names a record's key. Ends at the first empty page, or
+/// after yielding the first error.
+pub fn pages<'a, T: 'a>(
+    mut fetch: impl FnMut(Option<&str>) -> StoreResult<Vec<T>> + 'a,
+    key: impl Fn(&T) -> &str + 'a,
+) -> impl Iterator<Item = StoreResult<Vec<T>>> + 'a {
+    let mut after: Option<String> = None;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match fetch(after.as_deref()) {
+            Ok(page) if page.is_empty() => None,
+            Ok(page) => {
+                after = page.last().map(|r| key(r).to_string());
+                Some(Ok(page))
+            }
+            Err(e) => {
+                done = true;
+                Some(Err(e))
+            }
+        }
+    })
+}
+
 /// Milliseconds since the Unix epoch (UTC). Stored as a plain integer: cheap to compare and
 /// sort, and independent of any date library's serialisation format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
