@@ -130,6 +130,10 @@ fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = build_config(&args)?;
     mdmd::logging::init(cfg.log.format, &cfg.log.level)?;
+    // Handlers go in before start-up and before READY=1: systemd may send SIGTERM the moment
+    // it sees READY, and a signal arriving before the handler exists would kill the daemon
+    // with the default action instead of a clean stop.
+    let signals = StopSignals::install();
     let running = match mdmd::start(cfg).await {
         Ok(r) => r,
         Err(e) => {
@@ -137,33 +141,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        signals.wait().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = stop.send(true);
+    });
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
     info!("ready");
-
-    let stop = running.shutdown_handle();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let _ = stop.send(true);
-    });
     running.wait().await
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGTERM and SIGINT, registered with the runtime as soon as the daemon starts.
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => {
+                error!("cannot install signal handlers; stop the daemon with SIGKILL");
+                Self(None)
+            }
+        }
+    }
+
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
     }
 }
 
