@@ -21,6 +21,7 @@ pub mod enroll;
 pub mod error;
 pub mod export;
 pub mod lifecycle;
+pub mod profiles;
 pub mod ports;
 pub mod push;
 pub mod scep;

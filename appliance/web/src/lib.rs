@@ -8,6 +8,7 @@ pub mod abm_api;
 pub mod api;
 pub mod lifecycle_api;
 pub mod listen;
+pub mod openapi;
 pub mod respond;
 pub mod routes;
 pub mod server;
