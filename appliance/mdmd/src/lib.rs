@@ -360,6 +360,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             service.clone(),
             rx.clone(),
         ));
+        let sweeper = tokio::spawn(mdm_service::profiles::reconcile::run_sweeper(
+            service.clone(),
+            rx.clone(),
+        ));
         let abm_scheduler = tokio::spawn(mdm_service::abm::scheduler::run_abm_scheduler(
             abm.clone(),
             rx.clone(),
@@ -373,6 +377,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         pruner.abort();
         pushing.abort();
         abm_scheduler.abort();
+        sweeper.abort();
         // The writer saw the stop signal: let it write the last buffered entries.
         if tokio::time::timeout(Duration::from_secs(10), activity)
             .await

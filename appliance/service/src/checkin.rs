@@ -289,6 +289,7 @@ impl<S: Store> MdmService<S> {
                 }
                 info!(enrollment = %id, serial = ?a.serial_number, "Authenticate");
                 let targets = self.refresh_device(&id)?;
+                self.forget_installs(&id).await?;
                 self.log_activity(entry(
                     "device",
                     "enrollment.authenticated",
@@ -349,8 +350,16 @@ impl<S: Store> MdmService<S> {
                 } else {
                     debug!(enrollment = %id, "TokenUpdate");
                 }
-                if eref.user_id.is_none() && t.awaiting_configuration {
-                    self.maybe_auto_release(&id).await?;
+                if eref.user_id.is_none() {
+                    // The device's profiles are part of its baseline: queue them before
+                    // deciding whether it can be released. Cheap when nothing is missing, and
+                    // every TokenUpdate retries a reconcile that failed.
+                    if let Some(serial) = self.devices().key_of(&id) {
+                        self.reconcile_devices([serial], "system").await?;
+                    }
+                    if t.awaiting_configuration {
+                        self.maybe_auto_release(&id).await?;
+                    }
                 }
                 Ok(DeviceReply::Empty)
             }
@@ -359,6 +368,9 @@ impl<S: Store> MdmService<S> {
                 self.store().check_out(&id, now).await?;
                 info!(enrollment = %id, "CheckOut: device left management");
                 let targets = self.refresh_device(&id)?;
+                if eref.user_id.is_none() {
+                    self.forget_installs(&id).await?;
+                }
                 self.log_activity(entry(
                     "device",
                     "enrollment.checked_out",
@@ -479,7 +491,7 @@ impl<S: Store> MdmService<S> {
                             uuid: uuid.to_string(),
                             status,
                             raw: report.raw.clone(),
-                            error_chain_json,
+                            error_chain_json: error_chain_json.clone(),
                             at: now,
                         },
                     )
@@ -494,7 +506,8 @@ impl<S: Store> MdmService<S> {
                         if status == DeliveryStatus::NotNow {
                             scratch.add_not_now(&id, uuid);
                         }
-                        self.after_result(&rec, uuid, status).await?;
+                        self.after_result(&rec, uuid, status, error_chain_json.as_deref())
+                            .await?;
                     }
                 }
             }
@@ -503,7 +516,12 @@ impl<S: Store> MdmService<S> {
         match self.store().next_command(&id, &skip)? {
             Some(cmd) => {
                 debug!(enrollment = %id, command = %cmd.uuid, request_type = %cmd.request_type, "sending command");
-                Ok(DeviceReply::Plist(cmd.payload))
+                if cmd.sealed {
+                    let plain = self.unseal(crate::commands::COMMAND_PURPOSE, &cmd.payload)?;
+                    Ok(DeviceReply::Plist(plain.to_vec()))
+                } else {
+                    Ok(DeviceReply::Plist(cmd.payload))
+                }
             }
             None => Ok(DeviceReply::Empty),
         }
@@ -541,7 +559,12 @@ impl<S: Store> MdmService<S> {
         rec: &crate::ports::EnrollmentRecord,
         uuid: &str,
         status: DeliveryStatus,
+        error_chain_json: Option<&str>,
     ) -> ServiceResult<()> {
+        if rec.channel == crate::ports::Channel::Device {
+            self.profile_result(&rec.id, uuid, status, error_chain_json)
+                .await?;
+        }
         let failed = matches!(
             status,
             DeliveryStatus::Error | DeliveryStatus::CommandFormatError

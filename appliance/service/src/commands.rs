@@ -11,6 +11,10 @@ use crate::MdmService;
 
 /// Most targets one enqueue call may name; larger fan-outs are split by the caller.
 pub const MAX_TARGETS: usize = 10_000;
+/// The keystore purpose of stored command payloads. Every payload is sealed: an InstallProfile
+/// can carry Wi-Fi passwords and private keys, and the queue should not be where they leak.
+pub(crate) const COMMAND_PURPOSE: &str = "command-payload";
+
 /// Largest raw command plist accepted (InstallProfile payloads included).
 pub const MAX_COMMAND_BYTES: usize = 4 * 1024 * 1024;
 
@@ -120,7 +124,8 @@ impl<S: Store> MdmService<S> {
                 NewCommand {
                     uuid: payload.uuid.clone(),
                     request_type: payload.request_type.clone(),
-                    payload: payload.plist,
+                    payload: self.seal(COMMAND_PURPOSE, &payload.plist)?,
+                    sealed: true,
                     created_at: Timestamp::now(),
                     created_by: created_by.to_string(),
                 },

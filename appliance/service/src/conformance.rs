@@ -168,6 +168,8 @@ fn cmd(uuid: &str, at: Timestamp) -> NewCommand {
             "<plist><dict><key>CommandUUID</key><string>{uuid}</string></dict></plist>"
         )
         .into_bytes(),
+        // Both kinds are stored the same way; the flag must survive the round trip.
+        sealed: uuid.ends_with('c'),
         created_at: at,
         created_by: "conformance".into(),
     }
@@ -494,10 +496,12 @@ pub async fn commands_come_out_in_fifo_order<S: Store>(store: &S) {
     assert_eq!(first.uuid, expected.uuid);
     assert_eq!(first.request_type, expected.request_type);
     assert_eq!(first.payload, expected.payload);
+    assert!(first.sealed && expected.sealed);
     let record = store.command("cmd-c").unwrap().expect("command stored");
     assert_eq!(record.uuid, expected.uuid);
     assert_eq!(record.request_type, expected.request_type);
     assert_eq!(record.payload, expected.payload);
+    assert!(record.sealed);
     assert_eq!(record.created_at, expected.created_at);
     assert_eq!(record.created_by, expected.created_by);
     assert!(store.command("cmd-zzz").unwrap().is_none());

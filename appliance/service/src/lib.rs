@@ -21,8 +21,8 @@ pub mod enroll;
 pub mod error;
 pub mod export;
 pub mod lifecycle;
-pub mod profiles;
 pub mod ports;
+pub mod profiles;
 pub mod push;
 pub mod scep;
 pub mod settings;
@@ -122,6 +122,11 @@ struct Inner<S> {
     lifecycle: RwLock<lifecycle::LifecycleSettings>,
     /// Lifecycle activity waiting to be written.
     activity: lifecycle::activity::ActivityBuffer,
+    /// Groups and profile records.
+    catalog: RwLock<profiles::Catalog>,
+    /// Held by every change to groups, profiles or install plans, so that two never plan
+    /// from the same state.
+    profile_lock: tokio::sync::Mutex<()>,
 }
 
 /// The MDM service. Cheap to clone.
@@ -149,6 +154,7 @@ impl<S: Store> MdmService<S> {
         let topic = settings::load_topic(&store)?;
         let lifecycle = lifecycle::load_settings(&store)?;
         let devices = lifecycle::directory::DeviceDirectory::load(&store)?;
+        let catalog = profiles::Catalog::load(&store)?;
         Ok(MdmService {
             inner: Arc::new(Inner {
                 store,
@@ -161,6 +167,8 @@ impl<S: Store> MdmService<S> {
                 devices,
                 lifecycle: RwLock::new(lifecycle),
                 activity: lifecycle::activity::ActivityBuffer::default(),
+                catalog: RwLock::new(catalog),
+                profile_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

@@ -81,6 +81,7 @@ async fn populate(store: &RedbStore) -> Result<()> {
                     uuid: format!("00000000-0000-4000-8000-{c:012}"),
                     request_type: "DeviceInformation".into(),
                     payload: vec![b'x'; 600],
+                    sealed: false,
                     created_at: at,
                     created_by: "bench".into(),
                 },

@@ -208,6 +208,7 @@ pub(crate) fn enqueue(
             request_type: cmd.request_type.clone(),
             created_at: cmd.created_at,
             created_by: cmd.created_by.clone(),
+            sealed: cmd.sealed,
         };
         put_json(&mut commands, &cmd.uuid, &stored)?;
         open(txn, COMMAND_PAYLOADS)?
@@ -307,6 +308,7 @@ pub(crate) fn next_command(
         uuid: record.uuid,
         request_type: record.request_type,
         payload: record.payload,
+        sealed: record.sealed,
     }))
 }
 
@@ -323,6 +325,7 @@ pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<C
         uuid: uuid.to_owned(),
         request_type: stored.request_type,
         payload,
+        sealed: stored.sealed,
         created_at: stored.created_at,
         created_by: stored.created_by,
     }))

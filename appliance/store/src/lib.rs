@@ -28,6 +28,7 @@ mod commands;
 mod enrollments;
 mod lifecycle;
 mod misc;
+mod profiles;
 mod records;
 mod schema;
 mod writer;
@@ -41,10 +42,11 @@ use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
     ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord,
     ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
-    DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, IssuedCertRecord,
-    IssuedCertStore, LifecycleStore, LinkRecord, LinkStore, NewActivity, NewCommand,
-    PreenrollRecord, PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy,
-    SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+    DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord, InstallRecord,
+    InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord, LinkStore,
+    NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
+    PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy, SettingsStore,
+    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
@@ -471,6 +473,53 @@ impl LifecycleStore for RedbStore {
 
     async fn prune_activity(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
         self.write(move |txn| lifecycle::prune_activity(txn, before, limit))
+            .await
+    }
+}
+
+impl ProfileStore for RedbStore {
+    fn groups(&self) -> StoreResult<Vec<GroupRecord>> {
+        profiles::groups(&self.read()?)
+    }
+
+    fn group_members(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        profiles::group_members(&self.read()?, after, limit)
+    }
+
+    fn profiles(&self) -> StoreResult<Vec<ProfileRecord>> {
+        profiles::profiles(&self.read()?)
+    }
+
+    fn profile_file(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        profiles::profile_file(&self.read()?, id)
+    }
+
+    fn device_installs(&self, serial: &str) -> StoreResult<Vec<InstallRecord>> {
+        profiles::device_installs(&self.read()?, serial)
+    }
+
+    fn profile_installs(
+        &self,
+        profile_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<InstallRecord>> {
+        profiles::profile_installs(&self.read()?, profile_id, after, limit)
+    }
+
+    /// Encodes on the caller's task, then commits the whole batch as one write.
+    async fn profile_write(&self, batch: ProfileBatch) -> StoreResult<Vec<EnqueueOutcome>> {
+        let encoded = profiles::EncodedBatch::encode(batch)?;
+        self.write(move |txn| profiles::write(txn, &encoded)).await
+    }
+
+    async fn install_result(&self, result: InstallResult) -> StoreResult<bool> {
+        let encoded = profiles::EncodedResult::encode(result)?;
+        self.write(move |txn| profiles::install_result(txn, &encoded))
             .await
     }
 }

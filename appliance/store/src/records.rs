@@ -17,6 +17,9 @@ pub(crate) struct StoredCommand {
     pub request_type: String,
     pub created_at: Timestamp,
     pub created_by: String,
+    /// The payload is sealed by the service (records written before sealing existed are not).
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 /// One command's state for one enrollment; a final report is in `delivery_results`.

@@ -113,6 +113,21 @@ pub(crate) const ACTIVITY_BY_TARGET: TableDefinition<(&str, u64), ()> =
 /// (time in ms, sequence number): for retention by age.
 pub(crate) const ACTIVITY_BY_TIME: TableDefinition<(i64, u64), ()> =
     TableDefinition::new("activity_by_time");
+/// Group id → `GroupRecord` (JSON).
+pub(crate) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+/// (group id, serial): static group members.
+pub(crate) const GROUP_MEMBERS: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("group_members");
+/// Profile id → `ProfileRecord` (JSON).
+pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+/// Profile id → the uploaded file, sealed by the service.
+pub(crate) const PROFILE_FILES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("profile_files");
+/// (serial, profile id) → `InstallRecord` (JSON).
+pub(crate) const INSTALLS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("installs");
+/// (profile id, serial): the same records listed per profile.
+pub(crate) const INSTALLS_BY_PROFILE: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("installs_by_profile");
 
 /// One schema step: brings a file from version `i` to `i + 1` (where `i` is its index in the
 /// list). Runs inside the single transaction that also records the new version.
@@ -120,7 +135,7 @@ pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
-pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2, create_v3];
+pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2, create_v3, create_v4];
 
 /// The schema version this binary writes.
 pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -176,6 +191,17 @@ fn create_v3(txn: &WriteTransaction) -> StoreResult<()> {
     create_table(txn, ACTIVITY)?;
     create_table(txn, ACTIVITY_BY_TARGET)?;
     create_table(txn, ACTIVITY_BY_TIME)?;
+    Ok(())
+}
+
+/// Version 4: groups, configuration profiles and their per-device install states.
+fn create_v4(txn: &WriteTransaction) -> StoreResult<()> {
+    create_table(txn, GROUPS)?;
+    create_table(txn, GROUP_MEMBERS)?;
+    create_table(txn, PROFILES)?;
+    create_table(txn, PROFILE_FILES)?;
+    create_table(txn, INSTALLS)?;
+    create_table(txn, INSTALLS_BY_PROFILE)?;
     Ok(())
 }
 

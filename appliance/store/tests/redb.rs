@@ -87,6 +87,7 @@ fn cmd(uuid: &str) -> NewCommand {
         uuid: uuid.to_owned(),
         request_type: "DeviceInformation".into(),
         payload: format!("payload of {uuid}").into_bytes(),
+        sealed: false,
         created_at: Timestamp(3_000),
         created_by: "test".into(),
     }

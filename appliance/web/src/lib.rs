@@ -9,6 +9,7 @@ pub mod api;
 pub mod lifecycle_api;
 pub mod listen;
 pub mod openapi;
+pub mod profiles_api;
 pub mod respond;
 pub mod routes;
 pub mod server;

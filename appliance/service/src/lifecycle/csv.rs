@@ -514,6 +514,11 @@ fn longer_than(s: &str, max: usize) -> bool {
     s.chars().nth(max).is_some()
 }
 
+/// Whether `v` has the shape of an Apple serial number: 8 to 16 ASCII letters and digits.
+pub fn is_serial(v: &str) -> bool {
+    (8..=16).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 fn check_serial(v: &str) -> Result<String, Problem> {
     if v.is_empty() {
         return Err(Problem::missing(
@@ -521,7 +526,7 @@ fn check_serial(v: &str) -> Result<String, Problem> {
              on its box",
         ));
     }
-    if !(8..=16).contains(&v.len()) || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !is_serial(v) {
         return Err(Problem::invalid(format!(
             "the serial number {} is not valid: it must be 8 to 16 letters and digits, without \
              spaces or punctuation",

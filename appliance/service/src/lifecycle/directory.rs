@@ -470,6 +470,25 @@ impl DeviceDirectory {
         out
     }
 
+    /// Keys of the devices whose facts pass `pred`, in key order.
+    pub fn keys_matching(&self, pred: impl Fn(&DeviceFacts) -> bool) -> Vec<String> {
+        self.read()
+            .devices
+            .iter()
+            .filter(|(_, f)| pred(f))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Keys of the devices with an enrolled device channel, in key order.
+    pub fn enrolled_serials(&self) -> Vec<String> {
+        self.keys_matching(|f| {
+            f.enrollment
+                .as_ref()
+                .is_some_and(|e| e.state == crate::ports::EnrollmentState::Enrolled)
+        })
+    }
+
     /// A page of the device list.
     pub fn list(
         &self,

@@ -2,9 +2,11 @@
 //! status per device ([`directory`], [`status`]), the "pre-enrolled devices only"
 //! restriction, setup release (DeviceConfigured), and the activity log ([`activity`]).
 //!
-//! Not here yet: groups, configuration profiles (so a device's baseline is empty and release
-//! follows enrollment directly), user authentication in the enrollment web view, and automatic
-//! unenrollment of long-offline devices.
+//! A device's baseline is its assigned configuration profiles (see [`crate::profiles`]) and
+//! whatever admins queued since it authenticated.
+//!
+//! Not here yet: user authentication in the enrollment web view, and automatic unenrollment
+//! of long-offline devices.
 
 pub mod activity;
 pub mod csv;
@@ -219,6 +221,8 @@ pub struct DeviceDetail {
     pub waiting_for: Vec<String>,
     /// The device's activity, newest first.
     pub timeline: Vec<ActivityView>,
+    /// Its groups, the profiles assigned to it and where each install is.
+    pub profiles: serde_json::Value,
 }
 
 /// A device's ABM record as the detail view shows it.
@@ -449,6 +453,7 @@ impl<S: Store> MdmService<S> {
             recent_commands,
             waiting_for,
             timeline,
+            profiles: self.device_profiles(&f)?,
         })
     }
 

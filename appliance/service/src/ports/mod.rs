@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 mod abm;
 mod lifecycle;
+mod profiles;
 pub use abm::*;
 pub use lifecycle::*;
+pub use profiles::*;
 
 /// Reads a keyset-paged listing to its end: `fetch(after)` returns the page after a key
 /// (`None`: from the start), `key` names a record's key. Ends at the first empty page, or
@@ -236,8 +238,10 @@ pub struct TokenUpdateOutcome {
 pub struct NewCommand {
     pub uuid: String,
     pub request_type: String,
-    /// The full command plist (`{CommandUUID, Command}`) exactly as it will be sent.
+    /// The full command plist (`{CommandUUID, Command}`) exactly as it will be sent, or, when
+    /// `sealed`, that plist sealed by the service (commands can carry profiles with secrets).
     pub payload: Vec<u8>,
+    pub sealed: bool,
     pub created_at: Timestamp,
     /// Who asked for it (admin token name, or `system`).
     pub created_by: String,
@@ -256,7 +260,9 @@ pub struct EnqueueOutcome {
 pub struct QueuedCommand {
     pub uuid: String,
     pub request_type: String,
+    /// As enqueued: sealed when `sealed`.
     pub payload: Vec<u8>,
+    pub sealed: bool,
 }
 
 /// Where one command is for one enrollment.
@@ -306,7 +312,9 @@ pub enum ResultOutcome {
 pub struct CommandRecord {
     pub uuid: String,
     pub request_type: String,
+    /// As enqueued: sealed when `sealed`.
     pub payload: Vec<u8>,
+    pub sealed: bool,
     pub created_at: Timestamp,
     pub created_by: String,
 }
@@ -625,6 +633,7 @@ pub trait Store:
     + SettingsStore
     + AbmStore
     + LifecycleStore
+    + ProfileStore
 {
 }
 
@@ -638,6 +647,7 @@ impl<T> Store for T where
         + SettingsStore
         + AbmStore
         + LifecycleStore
+        + ProfileStore
 {
 }
 
