@@ -29,11 +29,12 @@ use crate::lifecycle::csv::{Ownership, Platform};
 use crate::ports::{
     AbmAssignOutcome, AbmAssignment, AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint,
     AbmKeyRecord, AbmProblem, AbmProfileRecord, AbmRuleMatch, AbmRuleRecord, AbmSyncRun,
-    AbmSyncState, AbmTokenRecord, ActivityOutcome, ActivityQuery, ApiTokenRecord,
+    AbmSyncState, AbmTokenRecord, ActivityOutcome, ActivityQuery, ApiTokenRecord, Assignments,
     AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult, DeliveryRecord,
-    DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState, IssuedCertRecord, LinkRecord,
-    NewActivity, NewCommand, PreenrollRecord, PreenrollSource, PushRecord, PushTarget,
-    ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
+    DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState, GroupKind, GroupRecord,
+    InstallRecord, InstallResult, InstallState, IssuedCertRecord, LinkRecord, NewActivity,
+    NewCommand, PreenrollRecord, PreenrollSource, ProfileBatch, ProfileRecord, PushRecord,
+    PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -81,6 +82,10 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(preenroll_records_with_activity);
     case!(activity_log_queries_and_retention);
     case!(set_configured_clears_awaiting);
+    case!(profile_batch_writes_records_commands_and_states_together);
+    case!(profile_batch_skips_states_of_refused_targets);
+    case!(install_result_applies_only_to_the_awaited_command);
+    case!(deleting_groups_and_profiles_takes_members_and_files);
 }
 
 const BASE: i64 = 1_700_000_000_000;
@@ -2239,4 +2244,262 @@ pub async fn set_configured_clears_awaiting<S: Store>(store: &S) {
     assert!(!rec.awaiting_configuration);
     assert_eq!(rec.last_seen_at, Timestamp(6_000));
     assert!(!store.set_configured("UDID-NONE", t).await.unwrap());
+}
+
+fn group(id: &str, name: &str) -> GroupRecord {
+    GroupRecord {
+        id: id.into(),
+        name: name.into(),
+        description: None,
+        kind: GroupKind::Static,
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+        updated_by: "conformance".into(),
+    }
+}
+
+fn profile_rec(id: &str, identifier: &str) -> ProfileRecord {
+    ProfileRecord {
+        id: id.into(),
+        name: format!("name of {id}"),
+        identifier: identifier.into(),
+        sha256: "ab".repeat(32),
+        size: 10,
+        summary: serde_json::json!({"identifier": identifier}),
+        assignments: Assignments {
+            groups: vec!["G1".into()],
+            devices: vec!["SERIAL0001".into()],
+        },
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+        updated_by: "conformance".into(),
+    }
+}
+
+fn install(serial: &str, profile: &str, enrollment: &str, state: InstallState) -> InstallRecord {
+    InstallRecord {
+        serial: serial.into(),
+        profile_id: profile.into(),
+        identifier: format!("org.example.{profile}"),
+        sha256: "ab".repeat(32),
+        enrollment_id: enrollment.into(),
+        state,
+        updated_at: Timestamp(7),
+    }
+}
+
+fn installing(uuid: &str) -> InstallState {
+    InstallState::Installing {
+        command_uuid: uuid.into(),
+    }
+}
+
+/// Groups, members, a profile with its file, a command, install states and activity, in one
+/// batch: all readable afterwards, the command queued, and a failing batch leaves nothing.
+pub async fn profile_batch_writes_records_commands_and_states_together<S: Store>(store: &S) {
+    enrolled(store, "UDID-P", Timestamp(5)).await;
+    let batch = ProfileBatch {
+        put_groups: vec![group("G1", "Pilot"), group("G2", "Other")],
+        add_members: vec![
+            ("G1".into(), "SERIAL0001".into()),
+            ("G1".into(), "SERIAL0002".into()),
+            ("G2".into(), "SERIAL0001".into()),
+        ],
+        put_profiles: vec![(
+            profile_rec("P1", "org.example.P1"),
+            Some(b"sealed".to_vec()),
+        )],
+        commands: vec![(cmd("pc1", Timestamp(6)), vec!["UDID-P".into()])],
+        put_installs: vec![install("SERIAL0001", "P1", "UDID-P", installing("pc1"))],
+        activity: vec![NewActivity {
+            at: Timestamp(6),
+            actor: "system".into(),
+            kind: "profile.install_queued".into(),
+            targets: vec!["P1".into()],
+            outcome: ActivityOutcome::Ok,
+            summary: "queued".into(),
+            detail: None,
+        }],
+        ..ProfileBatch::default()
+    };
+    let outcomes = store.profile_write(batch).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].queued, vec!["UDID-P".to_string()]);
+    let groups = store.groups().unwrap();
+    assert_eq!(
+        groups.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        ["G1", "G2"]
+    );
+    let members = store.group_members(None, 100).unwrap();
+    assert_eq!(members.len(), 3);
+    let after = store
+        .group_members(Some(("G1", "SERIAL0002")), 100)
+        .unwrap();
+    assert_eq!(after, vec![("G2".to_string(), "SERIAL0001".to_string())]);
+    assert_eq!(
+        store.profiles().unwrap(),
+        vec![profile_rec("P1", "org.example.P1")]
+    );
+    assert_eq!(store.profile_file("P1").unwrap(), Some(b"sealed".to_vec()));
+    assert_eq!(
+        store.device_installs("SERIAL0001").unwrap(),
+        vec![install("SERIAL0001", "P1", "UDID-P", installing("pc1"))]
+    );
+    assert_eq!(store.profile_installs("P1", None, 10).unwrap().len(), 1);
+    assert!(store
+        .profile_installs("P1", Some("SERIAL0001"), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .next_command("UDID-P", &HashSet::new())
+            .unwrap()
+            .unwrap()
+            .uuid,
+        "pc1"
+    );
+    let (log, _) = store
+        .activity(
+            &ActivityQuery {
+                target: Some("P1".into()),
+                limit: 10,
+                ..ActivityQuery::default()
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(log.len(), 1);
+
+    // A command UUID that exists already fails the batch: none of it is written.
+    let batch = ProfileBatch {
+        put_groups: vec![group("G3", "Late")],
+        commands: vec![(cmd("pc1", Timestamp(8)), vec!["UDID-P".into()])],
+        put_installs: vec![install("SERIAL0002", "P1", "UDID-P", installing("pc1"))],
+        ..ProfileBatch::default()
+    };
+    assert!(store.profile_write(batch).await.is_err());
+    assert_eq!(store.groups().unwrap().len(), 2);
+    assert!(store.device_installs("SERIAL0002").unwrap().is_empty());
+}
+
+/// A target that cannot take the command (checked out) gets no install state waiting for it.
+pub async fn profile_batch_skips_states_of_refused_targets<S: Store>(store: &S) {
+    enrolled(store, "UDID-Q", Timestamp(5)).await;
+    enrolled(store, "UDID-R", Timestamp(5)).await;
+    store.check_out("UDID-R", Timestamp(6)).await.unwrap();
+    let batch = ProfileBatch {
+        commands: vec![(
+            cmd("pq1", Timestamp(7)),
+            vec!["UDID-Q".into(), "UDID-R".into()],
+        )],
+        put_installs: vec![
+            install("SERIALQQQ1", "P1", "UDID-Q", installing("pq1")),
+            install("SERIALRRR1", "P1", "UDID-R", installing("pq1")),
+            install("SERIALRRR1", "P2", "UDID-R", InstallState::Installed),
+        ],
+        ..ProfileBatch::default()
+    };
+    let outcomes = store.profile_write(batch).await.unwrap();
+    assert_eq!(outcomes[0].refused, vec!["UDID-R".to_string()]);
+    assert_eq!(store.device_installs("SERIALQQQ1").unwrap().len(), 1);
+    // Only the state that waited for the refused command is dropped.
+    let r = store.device_installs("SERIALRRR1").unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].profile_id, "P2");
+}
+
+/// A device's answer moves the state on only while the state waits for that command.
+pub async fn install_result_applies_only_to_the_awaited_command<S: Store>(store: &S) {
+    let batch = ProfileBatch {
+        put_installs: vec![
+            install("SERIALIR01", "P1", "E", installing("c-new")),
+            install(
+                "SERIALIR01",
+                "P2",
+                "E",
+                InstallState::Removing {
+                    command_uuid: "c-rm".into(),
+                },
+            ),
+        ],
+        ..ProfileBatch::default()
+    };
+    store.profile_write(batch).await.unwrap();
+    let answer = |profile: &str, uuid: &str, next: Option<InstallRecord>| InstallResult {
+        serial: "SERIALIR01".into(),
+        profile_id: profile.into(),
+        command_uuid: uuid.into(),
+        next,
+        activity: vec![NewActivity {
+            at: Timestamp(9),
+            actor: "device".into(),
+            kind: "profile.installed".into(),
+            targets: vec!["SERIALIR01-LOG".into()],
+            outcome: ActivityOutcome::Ok,
+            summary: "answer".into(),
+            detail: None,
+        }],
+    };
+    let installed = install("SERIALIR01", "P1", "E", InstallState::Installed);
+    // A stale answer (an older command) changes nothing and logs nothing.
+    assert!(!store
+        .install_result(answer("P1", "c-old", Some(installed.clone())))
+        .await
+        .unwrap());
+    assert!(store
+        .install_result(answer("P1", "c-new", Some(installed.clone())))
+        .await
+        .unwrap());
+    // The removal finishes: the state goes, from both listings.
+    assert!(store
+        .install_result(answer("P2", "c-rm", None))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.device_installs("SERIALIR01").unwrap(),
+        vec![installed]
+    );
+    assert!(store.profile_installs("P2", None, 10).unwrap().is_empty());
+    // Answering again is stale now.
+    assert!(!store
+        .install_result(answer("P2", "c-rm", None))
+        .await
+        .unwrap());
+    let (log, _) = store
+        .activity(
+            &ActivityQuery {
+                target: Some("SERIALIR01-LOG".into()),
+                limit: 10,
+                ..ActivityQuery::default()
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(log.len(), 2);
+}
+
+/// Deleting a group deletes its members; deleting a profile deletes its file.
+pub async fn deleting_groups_and_profiles_takes_members_and_files<S: Store>(store: &S) {
+    let batch = ProfileBatch {
+        put_groups: vec![group("GA", "A"), group("GB", "B")],
+        add_members: vec![
+            ("GA".into(), "SERIALGA01".into()),
+            ("GA".into(), "SERIALGA02".into()),
+            ("GB".into(), "SERIALGA01".into()),
+        ],
+        put_profiles: vec![(profile_rec("PX", "org.example.PX"), Some(b"f".to_vec()))],
+        ..ProfileBatch::default()
+    };
+    store.profile_write(batch).await.unwrap();
+    let batch = ProfileBatch {
+        delete_groups: vec!["GA".into()],
+        remove_members: vec![("GB".into(), "SERIALGA01".into())],
+        delete_profiles: vec!["PX".into()],
+        ..ProfileBatch::default()
+    };
+    store.profile_write(batch).await.unwrap();
+    assert_eq!(store.groups().unwrap(), vec![group("GB", "B")]);
+    assert!(store.group_members(None, 10).unwrap().is_empty());
+    assert!(store.profiles().unwrap().is_empty());
+    assert_eq!(store.profile_file("PX").unwrap(), None);
 }
