@@ -422,6 +422,10 @@ async fn retention_loop<S: mdm_service::ports::Store>(
                 }
             }
         }
+        match service.auto_unenroll_offline().await {
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "automatic unenrollment pass failed"),
+        }
         match service.prune_activity().await {
             Ok(0) => {}
             Ok(n) => info!(entries = n, "activity entries past retention deleted"),

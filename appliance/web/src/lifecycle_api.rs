@@ -189,6 +189,14 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             (Method::GET, ["devices", key]) => {
                 ok(svc.device_detail(key).map(|d| json(&detail_json(&d))))
             }
+            (Method::GET, ["devices", key, "invitation"]) => {
+                // The link enrolls a device: not for auditors.
+                need(Role::Operator, caller.role)?;
+                let (inv, url) = svc.invitation_url(key).map_err(|e| api_error(&e))?;
+                let mut v = serde_json::to_value(&inv).unwrap_or_default();
+                v["url"] = json!(url);
+                Ok(json(&v))
+            }
             (Method::POST, ["devices", key, "release"]) => ok(svc
                 .release_device(key, &caller.name)
                 .await

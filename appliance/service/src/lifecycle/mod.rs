@@ -11,6 +11,7 @@
 pub mod activity;
 pub mod csv;
 pub mod directory;
+pub mod offline;
 pub mod status;
 
 use std::collections::HashSet;
@@ -70,6 +71,9 @@ pub struct LifecycleSettings {
     pub awaiting_stuck_after_minutes: u32,
     /// How long activity entries are kept.
     pub activity_retention_days: u32,
+    /// Unenroll devices offline (pushed but silent) longer than this many days, creating a
+    /// re-enrollment invitation for each. 0 (the default) never does.
+    pub auto_unenroll_after_days: u32,
 }
 
 impl Default for LifecycleSettings {
@@ -82,6 +86,7 @@ impl Default for LifecycleSettings {
             enrolling_grace_minutes: 30,
             awaiting_stuck_after_minutes: 30,
             activity_retention_days: 365,
+            auto_unenroll_after_days: 0,
         }
     }
 }
@@ -127,7 +132,26 @@ impl LifecycleSettings {
             self.activity_retention_days,
             1,
             3650,
-        )
+        )?;
+        if self.auto_unenroll_after_days != 0 {
+            range(
+                "auto_unenroll_after_days",
+                self.auto_unenroll_after_days,
+                1,
+                3650,
+            )?;
+            if u64::from(self.auto_unenroll_after_days) * 24 <= u64::from(self.offline_after_hours)
+            {
+                return Err(ServiceError::bad_request(
+                    "INVALID_FIELD",
+                    format!(
+                        "auto_unenroll_after_days: must be longer than offline_after_hours ({} hours), so that a device is shown offline before it is unenrolled",
+                        self.offline_after_hours
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -223,6 +247,9 @@ pub struct DeviceDetail {
     pub timeline: Vec<ActivityView>,
     /// Its groups, the profiles assigned to it and where each install is.
     pub profiles: serde_json::Value,
+    /// Its re-enrollment invitation, after an automatic unenrollment (the link is not shown
+    /// here: see `invitation_url`).
+    pub invitation: Option<offline::Invitation>,
 }
 
 /// A device's ABM record as the detail view shows it.
@@ -264,6 +291,7 @@ pub struct SettingsPatch {
     pub enrolling_grace_minutes: Option<u32>,
     pub awaiting_stuck_after_minutes: Option<u32>,
     pub activity_retention_days: Option<u32>,
+    pub auto_unenroll_after_days: Option<u32>,
 }
 
 /// The activity actor for an admin API token.
@@ -309,7 +337,8 @@ impl<S: Store> MdmService<S> {
             offline_after_hours,
             enrolling_grace_minutes,
             awaiting_stuck_after_minutes,
-            activity_retention_days
+            activity_retention_days,
+            auto_unenroll_after_days
         );
         new.validate()?;
         let json = serde_json::to_vec(&new)
@@ -362,7 +391,22 @@ impl<S: Store> MdmService<S> {
         let f = self.device_facts(key)?;
         let now = Timestamp::now();
         let th = self.thresholds();
-        let summary = summary(&f, now, &th);
+        let mut summary = summary(&f, now, &th);
+        let invitation = self.invitation(&f.serial)?;
+        if let (Some(inv), Some(e)) = (&invitation, &f.enrollment) {
+            // Unenrolled by the offline policy rather than by the device: say so.
+            if summary.explanation.status == status::DeviceStatus::Unenrolled
+                && inv.enrollment_id == e.id
+                && e.checked_out_at.is_some_and(|t| t >= inv.created_at)
+            {
+                summary.explanation.reason =
+                    format!("The appliance unenrolled it automatically: {}.", inv.reason);
+                summary.explanation.fix = Some(match inv.kind {
+                    offline::InvitationKind::Link => "Send its user the re-enrollment link (`mdmctl devices invitation SERIAL`); it works once, for 30 days.".into(),
+                    offline::InvitationKind::SetupAssistant => "Erase the device; Setup Assistant enrolls it again through Apple Business Manager.".into(),
+                });
+            }
+        }
         let enrollment_rec = match &f.enrollment {
             Some(e) => self.store().enrollment(&e.id)?,
             None => None,
@@ -454,6 +498,7 @@ impl<S: Store> MdmService<S> {
             waiting_for,
             timeline,
             profiles: self.device_profiles(&f)?,
+            invitation,
         })
     }
 

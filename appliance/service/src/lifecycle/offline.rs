@@ -1,0 +1,238 @@
+//! Automatic unenrollment of devices that have been offline too long (off by default), each
+//! with a re-enrollment invitation.
+//!
+//! A device counts when it is `offline` (pushed, yet silent past the offline threshold) and
+//! its last check-in is older than `auto_unenroll_after_days`. Unenrolling it here is the
+//! server's side only: the device cannot be reached to remove its MDM profile, so the
+//! enrollment is closed (queued commands cancelled, pushes stop, its identity no longer
+//! accepted) and it shows as `unenrolled`. The invitation says how it comes back: a one-time
+//! enrollment link for a manually enrolled device, Setup Assistant (after an erase) for an
+//! ADE device.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::activity::entry;
+use super::status::{status, DeviceStatus};
+use crate::enroll::LinkRequest;
+use crate::error::{ServiceError, ServiceResult};
+use crate::ports::{ActivityOutcome, Store, Timestamp};
+use crate::MdmService;
+
+/// Settings key prefix of invitations (`reenroll/SERIAL`).
+const KEY_PREFIX: &str = "reenroll/";
+/// The keystore purpose of a sealed invitation link.
+const URL_PURPOSE: &str = "reenroll-link";
+/// How long an invitation link stays valid.
+const LINK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most devices unenrolled per pass (a pass runs every retention interval).
+const MAX_PER_PASS: usize = 1000;
+
+/// How a device is invited back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationKind {
+    /// Open the one-time enrollment link on the device.
+    Link,
+    /// Erase the device; Setup Assistant enrolls it through ABM.
+    SetupAssistant,
+}
+
+/// A re-enrollment invitation, stored per serial number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub serial: String,
+    pub enrollment_id: String,
+    pub kind: InvitationKind,
+    #[serde(serialize_with = "super::rfc3339::ser")]
+    pub created_at: Timestamp,
+    /// Why the device was unenrolled.
+    pub reason: String,
+    /// The enrollment link (for [`InvitationKind::Link`]).
+    pub link_id: Option<String>,
+    #[serde(serialize_with = "super::rfc3339::opt")]
+    pub expires_at: Option<Timestamp>,
+    /// The link's URL, sealed: it enrolls a device, so it is a secret.
+    #[serde(skip_serializing, default)]
+    pub url_sealed: Option<Vec<u8>>,
+}
+
+// Timestamps are stored as numbers; the API form above is for display.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    serial: String,
+    enrollment_id: String,
+    kind: InvitationKind,
+    created_at: Timestamp,
+    reason: String,
+    link_id: Option<String>,
+    expires_at: Option<Timestamp>,
+    url_sealed: Option<Vec<u8>>,
+}
+
+impl From<Stored> for Invitation {
+    fn from(s: Stored) -> Self {
+        Invitation {
+            serial: s.serial,
+            enrollment_id: s.enrollment_id,
+            kind: s.kind,
+            created_at: s.created_at,
+            reason: s.reason,
+            link_id: s.link_id,
+            expires_at: s.expires_at,
+            url_sealed: s.url_sealed,
+        }
+    }
+}
+
+impl<S: Store> MdmService<S> {
+    /// The re-enrollment invitation of a device, if it has one.
+    pub fn invitation(&self, serial: &str) -> ServiceResult<Option<Invitation>> {
+        let Some(bytes) = self.store().setting(&format!("{KEY_PREFIX}{serial}"))? else {
+            return Ok(None);
+        };
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| {
+            ServiceError::internal(
+                "INVITATION_UNREADABLE",
+                format!("the re-enrollment invitation of {serial} is unreadable: {e}"),
+            )
+        })?;
+        Ok(Some(stored.into()))
+    }
+
+    /// A device's invitation with its link URL (for the admin to send to the device's user).
+    pub fn invitation_url(&self, key: &str) -> ServiceResult<(Invitation, Option<String>)> {
+        let serial = self
+            .devices()
+            .resolve(key.trim())
+            .unwrap_or_else(|| key.trim().to_string());
+        let inv = self.invitation(&serial)?.ok_or_else(|| {
+            ServiceError::not_found(
+                "INVITATION_NOT_FOUND",
+                format!("device {serial} has no re-enrollment invitation"),
+            )
+        })?;
+        let url = match &inv.url_sealed {
+            Some(sealed) => {
+                let plain = self.unseal(URL_PURPOSE, sealed)?;
+                Some(String::from_utf8_lossy(&plain).into_owned())
+            }
+            None => None,
+        };
+        Ok((inv, url))
+    }
+
+    /// Unenrolls the devices offline longer than `auto_unenroll_after_days`, if that is set.
+    /// Returns how many were unenrolled.
+    pub async fn auto_unenroll_offline(&self) -> ServiceResult<usize> {
+        let settings = self.lifecycle_settings();
+        if settings.auto_unenroll_after_days == 0 {
+            return Ok(0);
+        }
+        let now = Timestamp::now();
+        let th = settings.thresholds();
+        let limit = Duration::from_secs(u64::from(settings.auto_unenroll_after_days) * 86_400);
+        let cutoff = now.minus(limit);
+        let due = self.devices().keys_matching(|f| {
+            status(f, now, &th) == DeviceStatus::Offline
+                && f.enrollment
+                    .as_ref()
+                    .is_some_and(|e| e.last_seen_at < cutoff)
+        });
+        let mut done = 0;
+        for serial in due.into_iter().take(MAX_PER_PASS) {
+            match self
+                .unenroll_offline(&serial, settings.auto_unenroll_after_days, now)
+                .await
+            {
+                Ok(true) => done += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(serial, error = %e, "automatic unenrollment failed; retrying at the next pass")
+                }
+            }
+        }
+        if done > 0 {
+            info!(devices = done, "offline devices unenrolled automatically");
+        }
+        Ok(done)
+    }
+
+    async fn unenroll_offline(
+        &self,
+        serial: &str,
+        days: u32,
+        now: Timestamp,
+    ) -> ServiceResult<bool> {
+        let Some(f) = self.devices().get(serial) else {
+            return Ok(false);
+        };
+        let Some(e) = f.enrollment.clone() else {
+            return Ok(false);
+        };
+        let reason = format!(
+            "no check-in for more than {days} days (last seen {})",
+            e.last_seen_at.to_rfc3339()
+        );
+        // The invitation first: should the daemon stop in between, the device stays enrolled
+        // and the next pass tries again, rather than being unenrolled with no way back shown.
+        let (kind, link_id, expires_at, url_sealed) = if e.ade {
+            (InvitationKind::SetupAssistant, None, None, None)
+        } else {
+            let created = self
+                .create_link(
+                    LinkRequest {
+                        label: format!("re-enrollment of {serial}"),
+                        ttl: Some(LINK_TTL),
+                        max_uses: Some(1),
+                    },
+                    "system",
+                )
+                .await?;
+            (
+                InvitationKind::Link,
+                Some(created.link.id.clone()),
+                Some(created.link.expires_at),
+                Some(self.seal(URL_PURPOSE, created.url.as_bytes())?),
+            )
+        };
+        let stored = Stored {
+            serial: serial.to_string(),
+            enrollment_id: e.id.clone(),
+            kind,
+            created_at: now,
+            reason: reason.clone(),
+            link_id,
+            expires_at,
+            url_sealed,
+        };
+        let json = serde_json::to_vec(&stored)
+            .map_err(|err| ServiceError::internal("INVITATION_ENCODING", err.to_string()))?;
+        self.store()
+            .put_setting(&format!("{KEY_PREFIX}{serial}"), json)
+            .await?;
+        if !self.store().check_out(&e.id, now).await? {
+            return Ok(false);
+        }
+        if let Some(rec) = self.store().enrollment(&e.id)? {
+            self.devices().put_enrollment(&rec);
+        }
+        self.forget_installs(&e.id).await?;
+        let how = match kind {
+            InvitationKind::Link => "a one-time enrollment link was created to invite it back",
+            InvitationKind::SetupAssistant => "erase it to enroll it again through Setup Assistant",
+        };
+        self.log_activity_now(entry(
+            "system",
+            "enrollment.auto_unenrolled",
+            vec![serial.to_string(), e.id.clone()],
+            ActivityOutcome::Ok,
+            format!("unenrolled automatically: {reason}; {how}"),
+            Some(serde_json::json!({"invitation": kind, "days": days})),
+        ))
+        .await?;
+        Ok(true)
+    }
+}
