@@ -651,6 +651,50 @@ async fn groups_profiles_baseline_release_and_sync() {
     assert_eq!(st, 200);
     assert!(file.as_str().unwrap().contains("Office-5G"));
 
+    // Automatic unenrollment of offline devices is off until set, and must come after the
+    // offline threshold.
+    let (_, settings) = app.api("GET", "/api/v1/settings", None).await;
+    assert_eq!(settings["auto_unenroll_after_days"], 0, "{settings}");
+    let (st, e) = app
+        .api(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"auto_unenroll_after_days": 2})),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto_unenroll_after_days"),
+        "{e}"
+    );
+    let (st, s) = app
+        .api(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"auto_unenroll_after_days": 30})),
+        )
+        .await;
+    assert_eq!(
+        (st, s["auto_unenroll_after_days"].as_u64()),
+        (200, Some(30)),
+        "{s}"
+    );
+    let (st, e) = app
+        .api(
+            "GET",
+            &format!("/api/v1/devices/{}/invitation", serials[0]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (404, Some("INVITATION_NOT_FOUND")),
+        "{e}"
+    );
+
     // The profile's secret is in the device's hands and nowhere in the database.
     app.stop().await;
     let db = std::fs::read(app.data_dir().join("mdm.redb")).unwrap();

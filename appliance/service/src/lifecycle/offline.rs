@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::activity::entry;
-use super::status::{status, DeviceStatus};
+use super::status::{status, DeviceFacts, DeviceStatus, Thresholds};
 use crate::enroll::LinkRequest;
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{ActivityOutcome, Store, Timestamp};
@@ -87,6 +87,19 @@ impl From<Stored> for Invitation {
     }
 }
 
+/// Whether the offline policy unenrolls this device now: it is `offline` (pushed, silent past
+/// the offline threshold) and its last check-in is more than `days` days old.
+pub fn due_for_unenroll(f: &DeviceFacts, now: Timestamp, th: &Thresholds, days: u32) -> bool {
+    if days == 0 {
+        return false;
+    }
+    let cutoff = now.minus(Duration::from_secs(u64::from(days) * 86_400));
+    status(f, now, th) == DeviceStatus::Offline
+        && f.enrollment
+            .as_ref()
+            .is_some_and(|e| e.last_seen_at < cutoff)
+}
+
 impl<S: Store> MdmService<S> {
     /// The re-enrollment invitation of a device, if it has one.
     pub fn invitation(&self, serial: &str) -> ServiceResult<Option<Invitation>> {
@@ -133,14 +146,10 @@ impl<S: Store> MdmService<S> {
         }
         let now = Timestamp::now();
         let th = settings.thresholds();
-        let limit = Duration::from_secs(u64::from(settings.auto_unenroll_after_days) * 86_400);
-        let cutoff = now.minus(limit);
-        let due = self.devices().keys_matching(|f| {
-            status(f, now, &th) == DeviceStatus::Offline
-                && f.enrollment
-                    .as_ref()
-                    .is_some_and(|e| e.last_seen_at < cutoff)
-        });
+        let days = settings.auto_unenroll_after_days;
+        let due = self
+            .devices()
+            .keys_matching(|f| due_for_unenroll(f, now, &th, days));
         let mut done = 0;
         for serial in due.into_iter().take(MAX_PER_PASS) {
             match self
@@ -234,5 +243,66 @@ impl<S: Store> MdmService<S> {
         ))
         .await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::status::EnrollmentFacts;
+    use crate::ports::EnrollmentState;
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+
+    fn device(last_seen: i64, last_push: Option<i64>, state: EnrollmentState) -> DeviceFacts {
+        DeviceFacts {
+            serial: "C02OFFLINE1".into(),
+            enrollment: Some(EnrollmentFacts {
+                id: "E".into(),
+                state,
+                ade: false,
+                awaiting_configuration: false,
+                model: None,
+                os_version: None,
+                device_name: None,
+                authenticated_at: Timestamp(0),
+                enrolled_at: Some(Timestamp(0)),
+                token_updated_at: Some(Timestamp(0)),
+                checked_out_at: None,
+                last_seen_at: Timestamp(last_seen),
+                last_push_at: last_push.map(Timestamp),
+                push_invalid: None,
+            }),
+            ..DeviceFacts::default()
+        }
+    }
+
+    #[test]
+    fn only_offline_devices_silent_past_the_second_threshold() {
+        let th = crate::lifecycle::LifecycleSettings::default().thresholds();
+        let now = Timestamp(100 * DAY);
+        // Silent 31 days although pushed: due at 30, not at 40, never when off.
+        let silent = device(
+            now.0 - 31 * DAY,
+            Some(now.0 - HOUR),
+            EnrollmentState::Enrolled,
+        );
+        assert!(due_for_unenroll(&silent, now, &th, 30));
+        assert!(!due_for_unenroll(&silent, now, &th, 40));
+        assert!(!due_for_unenroll(&silent, now, &th, 0));
+        // Never pushed: not offline (nothing asked it to check in), so never unenrolled.
+        let unpushed = device(now.0 - 31 * DAY, None, EnrollmentState::Enrolled);
+        assert!(!due_for_unenroll(&unpushed, now, &th, 30));
+        // Already checked out: nothing to do.
+        let gone = device(
+            now.0 - 31 * DAY,
+            Some(now.0 - HOUR),
+            EnrollmentState::CheckedOut,
+        );
+        assert!(!due_for_unenroll(&gone, now, &th, 30));
+        // Seen recently: fine.
+        let fresh = device(now.0 - HOUR, Some(now.0 - HOUR), EnrollmentState::Enrolled);
+        assert!(!due_for_unenroll(&fresh, now, &th, 1));
     }
 }
