@@ -2,6 +2,7 @@
 
 pub mod abm;
 pub mod lifecycle;
+pub mod profiles;
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use crate::ttl::parse_ttl;
 use abm::AbmCommand;
 use lifecycle::{ActivityArgs, DevicesCommand, PreenrollCommand, SettingsCommand};
+use profiles::{GroupsCommand, ProfilesCommand};
 
 /// Help heading of the flags every command takes, so they do not hide a command's own.
 const GLOBAL: &str = "Global options";
@@ -85,6 +87,18 @@ pub enum Action {
         /// What to do with the settings
         #[command(subcommand)]
         command: SettingsCommand,
+    },
+    /// Device groups: static lists of serial numbers, or rules over device facts
+    Groups {
+        /// What to do with groups
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
+    /// Configuration profiles: upload them, assign them to groups and devices, follow installs
+    Profiles {
+        /// What to do with profiles
+        #[command(subcommand)]
+        command: ProfilesCommand,
     },
     /// Enrollment records (devices and user channels) by enrollment ID
     Enrollments {

@@ -2,6 +2,7 @@
 
 mod abm;
 mod lifecycle;
+mod profiles;
 
 use std::io::Read as _;
 use std::path::Path;
@@ -28,6 +29,8 @@ const DESTRUCTIVE_COMMANDS: &[&str] = &["EraseDevice"];
 pub struct Output {
     /// Text for stdout, newline-terminated.
     pub stdout: String,
+    /// Bytes for stdout that need not be text (a downloaded profile), written after `stdout`.
+    pub binary: Vec<u8>,
     /// Lines for stderr: context and warnings.
     pub notes: Vec<String>,
     /// A failure that still has a result worth printing (an assignment where Apple refused
@@ -40,6 +43,7 @@ impl Output {
     fn text(stdout: String) -> Self {
         Output {
             stdout,
+            binary: Vec::new(),
             notes: Vec::new(),
             error: None,
         }
@@ -97,6 +101,8 @@ pub async fn execute(
         Action::Preenroll { command } => lifecycle::preenroll(client, command, json).await,
         Action::Activity(args) => lifecycle::activity(client, args, json).await,
         Action::Settings { command } => lifecycle::settings(client, command, json).await,
+        Action::Groups { command } => profiles::groups(client, command, json).await,
+        Action::Profiles { command } => profiles::profiles(client, command, json).await,
         Action::Command {
             command: MdmCommand::Send(send),
         } => command_send(client, send, json).await,

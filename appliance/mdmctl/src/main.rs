@@ -22,12 +22,17 @@
 //! changes the lifecycle policy. `enrollments` shows the enrollment records themselves, by
 //! enrollment ID. Whole-list exports (`--csv`, `--jsonl`) also get ten minutes.
 //!
+//! Configuration profiles: `groups` manages device groups (static lists of serial numbers,
+//! or rules written as `--where "FIELD OP VALUE"`), `profiles` uploads `.mobileconfig` files,
+//! assigns them to groups and devices, and shows where each device's install stands. Changes
+//! print what the appliance queued (installs and removals).
+//!
 //! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
 //! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
 //! use an HTTP proxy, shows no progress during a long ABM sync or a large pre-enrollment
 //! import, has no command to pre-enroll one device without a file, and has no commands for
-//! building typed commands with arguments (`InstallProfile`, `Settings`): those go through
-//! `command send --plist`.
+//! building typed commands with arguments (`Settings`): those go through `command send
+//! --plist`. `profiles status --state` filters the pages it fetched, not on the appliance.
 
 mod cli;
 mod client;
@@ -88,6 +93,7 @@ fn print(output: &Output) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
         .write_all(output.stdout.as_bytes())
+        .and_then(|()| stdout.write_all(&output.binary))
         .and_then(|()| stdout.flush())
     {
         if e.kind() != std::io::ErrorKind::BrokenPipe {

@@ -322,6 +322,10 @@ fn lifecycle_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
             v["queued_commands"] = json!(["DeviceConfigured"]);
             v["recent_commands"] = json!([]);
             v["waiting_for"] = json!(["DeviceConfigured to be fetched"]);
+            v["profiles"] = json!({"groups": [{"id": "grp_1", "name": "carts"}],
+                                   "assigned": [{"id": "prf_1", "name": "Wi-Fi",
+                                                 "identifier": "com.example.wifi"}],
+                                   "installs": [install("C02XK1ABJGH5", "failed", Some("declined by the user"))]});
             v["timeline"] = json!([{"seq": 7, "at": "2024-05-01T10:00:00.000Z", "actor": "device",
                                     "kind": "enrollment.enrolled", "targets": ["C02XK1ABJGH5"],
                                     "outcome": "ok", "summary": "enrolled through ADE", "detail": null}]);
@@ -354,6 +358,157 @@ fn lifecycle_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
                 settings[key] = value.clone();
             }
             json_response(StatusCode::OK, &settings)
+        }
+        _ => return None,
+    })
+}
+
+/// A group as the admin API shows it.
+fn group_json(name: &str, rule: Value, members: u64) -> Value {
+    let kind = if rule.is_null() { "static" } else { "rule" };
+    json!({"id": "grp_1", "name": name, "description": null, "kind": kind, "rule": rule,
+           "members": members, "profiles": [{"id": "prf_1", "name": "Wi-Fi"}],
+           "created_at": "2024-05-01T10:00:00.000Z", "updated_at": "2024-05-01T10:00:00.000Z",
+           "updated_by": "admin"})
+}
+
+/// A profile as the admin API shows it.
+fn profile_json(name: &str, groups: Value, devices: Value) -> Value {
+    json!({"id": "prf_1", "name": name, "identifier": "com.example.wifi", "sha256": "ab12",
+           "size": PROFILE_FILE.len(),
+           "summary": {"identifier": "com.example.wifi", "uuid": "U-1", "display_name": name,
+                       "description": null, "organization": "Example School", "scope": "system",
+                       "removal_disallowed": false, "has_removal_password": false,
+                       "payloads": [{"payload_type": "com.apple.wifi.managed",
+                                     "identifier": "com.example.wifi.1", "uuid": "U-2",
+                                     "display_name": "Wi-Fi"}],
+                       "signer": null,
+                       "warnings": ["the Wi-Fi password is in the file in clear text"]},
+           "groups": groups, "devices": devices,
+           "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z",
+           "updated_by": "admin"})
+}
+
+/// A profile file as a device would get it: any bytes do for the fake, including ones that
+/// are not text (a signed profile is DER).
+const PROFILE_FILE: &[u8] =
+    b"0\x82\x01\x00<?xml version=\"1.0\"?><plist version=\"1.0\"><dict/></plist>\n";
+
+fn install(serial: &str, state: &str, error: Option<&str>) -> Value {
+    json!({"serial": serial, "profile_id": "prf_1", "profile_name": "Wi-Fi",
+           "identifier": "com.example.wifi", "state": state, "current": true, "error": error,
+           "command_uuid": null, "enrollment_id": format!("UDID-{serial}"),
+           "updated_at": "2024-05-01T10:00:00.000Z"})
+}
+
+/// The fake appliance's group and profile endpoints.
+fn profiles_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
+    let body = || -> Value { serde_json::from_slice(&seen.body).expect("request JSON") };
+    let reconcile = json!({"devices": 2, "installs": 2, "removals": 0});
+    Some(match (seen.method.as_str(), seen.path_and_query.as_str()) {
+        ("POST", "/api/v1/groups") => {
+            let b = body();
+            let name = b["name"].as_str().expect("name").to_owned();
+            json_response(
+                StatusCode::CREATED,
+                &group_json(&name, b["rule"].clone(), 0),
+            )
+        }
+        ("GET", "/api/v1/groups/New%20iPads") => json_response(
+            StatusCode::OK,
+            &group_json(
+                "New iPads",
+                json!({"match": "any", "conditions": [
+                    {"field": "platform", "op": "is", "value": "ipados"}]}),
+                3,
+            ),
+        ),
+        ("PATCH", "/api/v1/groups/New%20iPads") => {
+            let b = body();
+            json_response(
+                StatusCode::OK,
+                &group_json("New iPads", b["rule"].clone(), 3),
+            )
+        }
+        ("DELETE", "/api/v1/groups/carts") => api_error(
+            StatusCode::CONFLICT,
+            "GROUP_IN_USE",
+            "group `carts` is assigned to profiles Wi-Fi; unassign it from them first",
+        ),
+        ("GET", "/api/v1/groups/carts/members?limit=1") => json_response(
+            StatusCode::OK,
+            &json!({"items": [{"serial": "C02XK1ABJGH5",
+                               "device": device_summary("C02XK1ABJGH5", "enrolled", false)}],
+                    "next": "C02XK1ABJGH5", "total": 2}),
+        ),
+        ("GET", "/api/v1/groups/carts/members?limit=1&after=C02XK1ABJGH5") => json_response(
+            StatusCode::OK,
+            &json!({"items": [{"serial": "F2LXR7QBHG7F", "device": null}], "next": null,
+                    "total": 2}),
+        ),
+        ("POST", "/api/v1/groups/carts/members") => {
+            let b = body();
+            let n = b["add"].as_array().map_or(0, Vec::len);
+            json_response(
+                StatusCode::OK,
+                &json!({"added": n - 1, "removed": 0, "unchanged": 1, "reconcile": reconcile}),
+            )
+        }
+        ("POST", "/api/v1/profiles?name=School%20Wi-Fi") => json_response(
+            StatusCode::CREATED,
+            &profile_json("School Wi-Fi", json!([]), json!([])),
+        ),
+        ("POST", "/api/v1/profiles") => api_error(
+            StatusCode::BAD_REQUEST,
+            "PROFILE_INVALID",
+            "PayloadContent[0].PayloadType: missing",
+        ),
+        ("GET", "/api/v1/profiles/wifi") => json_response(
+            StatusCode::OK,
+            &profile_json(
+                "Wi-Fi",
+                json!([{"id": "grp_1", "name": "carts"}]),
+                json!([]),
+            ),
+        ),
+        ("GET", "/api/v1/profiles/fonts") => {
+            json_response(StatusCode::OK, &profile_json("Fonts", json!([]), json!([])))
+        }
+        ("DELETE", "/api/v1/profiles/wifi" | "/api/v1/profiles/fonts") => json_response(
+            StatusCode::OK,
+            &json!({"deleted": "x", "reconcile": {"devices": 2, "installs": 0, "removals": 2}}),
+        ),
+        ("GET", "/api/v1/profiles/wifi/file") => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(PROFILE_FILE)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/x-apple-aspen-config"),
+            );
+            resp
+        }
+        ("POST", "/api/v1/profiles/wifi/assign") => {
+            let b = body();
+            json_response(
+                StatusCode::OK,
+                &json!({"profile": profile_json("Wi-Fi",
+                                                json!([{"id": "grp_1", "name": "carts"}]),
+                                                b["devices"].clone()),
+                        "reconcile": reconcile}),
+            )
+        }
+        ("GET", "/api/v1/profiles/wifi/installs") => json_response(
+            StatusCode::OK,
+            &json!({"items": [install("C02X1", "installed", None),
+                              install("DMPX2", "failed", Some("MDM error 4001: the profile is already installed"))],
+                    "next": "DMPX2"}),
+        ),
+        ("GET", "/api/v1/profiles/wifi/installs?after=DMPX2") => json_response(
+            StatusCode::OK,
+            &json!({"items": [install("F2LX3", "failed", Some("declined by the user"))],
+                    "next": null}),
+        ),
+        ("POST", "/api/v1/profiles/wifi/retry") => {
+            json_response(StatusCode::OK, &json!({"reconcile": reconcile}))
         }
         _ => return None,
     })
@@ -405,6 +560,7 @@ fn answer(seen: &Seen) -> Response<Full<Bytes>> {
         ),
         _ => abm_answer(seen)
             .or_else(|| lifecycle_answer(seen))
+            .or_else(|| profiles_answer(seen))
             .unwrap_or_else(|| {
                 api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
             }),
@@ -1139,6 +1295,7 @@ fn devices_show_renders_the_joined_record() {
         "\nABM\n  none: no ABM connection lists this serial number\n",
         "\nEnrollment\n  ID                      UDID-1\n  State                   enrolled\n",
         "Queued commands  DeviceConfigured\n",
+        "\nProfiles\n  Groups  carts\n  Wi-Fi   failed: declined by the user\n\nQueued commands",
         "\nTIMELINE\nAT                    ACTOR   TYPE                 OUTCOME  SUMMARY\n\
          2024-05-01T10:00:00Z  device  enrollment.enrolled  ok       enrolled through ADE\n",
     ] {
@@ -1431,4 +1588,411 @@ fn settings_set_patches_only_the_given_fields() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(app.seen().len(), 1);
+}
+
+#[test]
+fn groups_create_sends_the_rule_and_refuses_a_bad_where_locally() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "groups",
+            "create",
+            "New iPads",
+            "--where",
+            "os_version version_at_least 17.4",
+            "--where",
+            "model is iPad Air",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("ID           grp_1\nName         New iPads\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Rule: devices that match all of (--rule-match all)\n  \
+             os_version version_at_least 17.4\n  model is iPad Air\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(stderr(&out), "group New iPads created\n");
+    let seen = app.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("POST", "/api/v1/groups")
+    );
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"name": "New iPads", "rule": {"match": "all", "conditions": [
+            {"field": "os_version", "op": "version_at_least", "value": "17.4"},
+            {"field": "model", "op": "is", "value": "iPad Air"}]}})
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["groups", "create", "old", "--where", "os_version >= 17"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("'--where <FIELD OP VALUE>'") && err.contains("\">=\" is not an operator"),
+        "{err}"
+    );
+    assert_eq!(app.seen().len(), 1, "a refused command sent a request");
+}
+
+#[test]
+fn groups_update_with_only_the_match_mode_keeps_the_conditions() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "groups",
+            "update",
+            "New iPads",
+            "--rule-match",
+            "all",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON output");
+    assert_eq!(v["rule"]["match"], "all");
+    let seen = app.seen();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path_and_query.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("GET", "/api/v1/groups/New%20iPads"),
+            ("PATCH", "/api/v1/groups/New%20iPads")
+        ]
+    );
+    let body: Value = serde_json::from_slice(&seen[1].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"rule": {"match": "all", "conditions": [
+            {"field": "platform", "op": "is", "value": "ipados"}]}})
+    );
+}
+
+#[test]
+fn groups_members_all_follows_next_and_delete_reports_the_conflict() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["groups", "members", "carts", "--all", "--limit", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "SERIAL        STATUS     NAME          MODEL        OS    LAST SEEN\n\
+         C02XK1ABJGH5  enrolled   Ada Lovelace  MacBook Air  14.4  2024-05-01T10:05:00Z\n\
+         F2LXR7QBHG7F  not known  -             -            -     -\n"
+    );
+    assert_eq!(stderr(&out), "2 of 2 members\n");
+    assert_eq!(app.seen().len(), 2);
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["groups", "delete", "carts"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error GROUP_IN_USE: group `carts` is assigned to profiles Wi-Fi; unassign it from them first\n"
+    );
+}
+
+#[test]
+fn groups_add_reads_a_file_and_prints_the_reconcile_counts() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let file = pki.path("carts.txt");
+    std::fs::write(&file, "# cart 1\nc02xk1abjgh5\n\nDMPX2\n").expect("write");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "groups",
+            "add",
+            "carts",
+            "F2LXR7QBHG7F",
+            "--file",
+            file.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "added 2 devices to group carts (1 already in it)\n\
+         queued 2 installs, 0 removals on 2 devices\n"
+    );
+    let seen = app.seen();
+    assert_eq!(seen[0].path_and_query, "/api/v1/groups/carts/members");
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"add": ["F2LXR7QBHG7F", "C02XK1ABJGH5", "DMPX2"]})
+    );
+
+    std::fs::write(&file, "C02X1\nnot a serial\n").expect("write");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "groups",
+            "remove",
+            "carts",
+            "--file",
+            file.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("carts.txt line 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(app.seen().len(), 1);
+}
+
+#[test]
+fn profiles_upload_sends_the_file_as_is_and_shows_its_warnings() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let file = pki.path("wifi.mobileconfig");
+    std::fs::write(&file, PROFILE_FILE).expect("write");
+    let path = file.to_str().expect("path");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "upload", path, "--name", "School Wi-Fi"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Name             School Wi-Fi\n"), "{text}");
+    assert!(
+        text.contains("com.apple.wifi.managed  com.example.wifi.1  Wi-Fi         U-2\n"),
+        "{text}"
+    );
+    assert_eq!(
+        stderr(&out),
+        "profile School Wi-Fi uploaded; assign it with \
+         `mdmctl profiles assign 'School Wi-Fi' --group GROUP`\n\
+         warning: the Wi-Fi password is in the file in clear text\n"
+    );
+    let seen = app.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("POST", "/api/v1/profiles?name=School%20Wi-Fi")
+    );
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/x-apple-aspen-config")
+    );
+    assert_eq!(seen[0].body, PROFILE_FILE);
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "upload", path],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error PROFILE_INVALID: PayloadContent[0].PayloadType: missing\n"
+    );
+}
+
+#[test]
+fn profiles_download_writes_the_bytes_unchanged() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "download", "wifi"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(out.stdout, PROFILE_FILE);
+
+    let file = pki.path("copy.mobileconfig");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "profiles",
+            "download",
+            "wifi",
+            "-o",
+            file.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(std::fs::read(&file).expect("read"), PROFILE_FILE);
+    assert!(
+        stdout(&out).starts_with("profile written to ") && stdout(&out).contains(" bytes)\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(app
+        .seen()
+        .iter()
+        .all(|s| s.path_and_query == "/api/v1/profiles/wifi/file"));
+}
+
+#[test]
+fn profiles_delete_needs_yes_while_assigned() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "delete", "wifi"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: profile Wi-Fi is assigned to 1 group and 0 devices; deleting it removes it \
+         from every device that has it; add --yes to confirm\n"
+    );
+    assert!(app.seen().iter().all(|s| s.method == "GET"));
+
+    for args in [
+        &["profiles", "delete", "wifi", "--yes"][..],
+        &["profiles", "delete", "fonts"],
+    ] {
+        let out = run(&app.url(), &pki, "admin.token", "ca.pem", args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            format!(
+                "deleted profile {}\nqueued 0 installs, 2 removals on 2 devices\n",
+                args[2]
+            )
+        );
+    }
+    let deletes = app
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "DELETE")
+        .count();
+    assert_eq!(deletes, 2);
+}
+
+#[test]
+fn profiles_assign_status_and_retry() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "profiles", "assign", "wifi", "--group", "carts", "--device", "c02x1", "--device",
+            "DMPX2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "profile Wi-Fi is assigned to\n  \
+         Groups   carts\n  \
+         Devices  2: C02X1, DMPX2\n\
+         queued 2 installs, 0 removals on 2 devices\n"
+    );
+    let body: Value = serde_json::from_slice(&app.seen()[0].body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"groups": ["carts"], "devices": ["C02X1", "DMPX2"]})
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "status", "wifi", "--all", "--state", "failed"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "SERIAL  STATE   UPDATED               ENROLLMENT  DETAIL\n\
+         DMPX2   failed  2024-05-01T10:00:00Z  UDID-DMPX2  MDM error 4001: the profile is already installed\n\
+         F2LX3   failed  2024-05-01T10:00:00Z  UDID-F2LX3  declined by the user\n"
+    );
+    assert_eq!(stderr(&out), "2 of 3 installs fetched\n");
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "status", "wifi", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["next"], "DMPX2");
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "retry", "wifi"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "queued 2 installs, 0 removals on 2 devices\n");
+
+    let before = app.seen().len();
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["profiles", "unassign", "wifi", "--device", "C02-X1"],
+    );
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert_eq!(app.seen().len(), before);
 }

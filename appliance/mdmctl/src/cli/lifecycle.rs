@@ -20,6 +20,11 @@ pub enum DevicesCommand {
     },
     /// Count devices in each status
     Counts,
+    /// Show the re-enrollment invitation (and its link) of an automatically unenrolled device
+    Invitation {
+        /// Serial number or enrollment ID
+        key: String,
+    },
 }
 
 /// A device status, as the admin API names it. The order is the API's: most in need of an
@@ -293,6 +298,7 @@ pub enum SettingsCommand {
             "enrolling_grace_minutes",
             "awaiting_stuck_after_minutes",
             "activity_retention_days",
+            "auto_unenroll_after_days",
         ])
 ))]
 pub struct SettingsSet {
@@ -317,6 +323,9 @@ pub struct SettingsSet {
     /// Days activity entries are kept
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub activity_retention_days: Option<u32>,
+    /// Unenroll devices offline this many days, inviting them back (0: never, the default)
+    #[arg(long, value_name = "N")]
+    pub auto_unenroll_after_days: Option<u32>,
 }
 
 #[cfg(test)]

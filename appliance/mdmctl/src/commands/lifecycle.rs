@@ -44,6 +44,18 @@ pub async fn devices(
                 Output::text(render::device(&v))
             })
         }
+        DevicesCommand::Invitation { key } => {
+            let v = get(
+                client,
+                &format!("/devices/{}/invitation", segment(key, DEVICE_KEY)?),
+            )
+            .await?;
+            Ok(if json {
+                Output::json(&v)
+            } else {
+                Output::text(render::invitation(&v))
+            })
+        }
         DevicesCommand::Counts => {
             let v = get(client, "/devices/counts").await?;
             if json {
@@ -472,6 +484,7 @@ fn settings_patch(set: &SettingsSet) -> Value {
             set.awaiting_stuck_after_minutes,
         ),
         ("activity_retention_days", set.activity_retention_days),
+        ("auto_unenroll_after_days", set.auto_unenroll_after_days),
     ];
     for (key, value) in numbers {
         if let Some(v) = value {
@@ -617,11 +630,12 @@ mod tests {
             enrolling_grace_minutes: None,
             awaiting_stuck_after_minutes: None,
             activity_retention_days: Some(90),
+            auto_unenroll_after_days: Some(0),
         };
         assert_eq!(
             settings_patch(&set),
             json!({"preenrolled_only": false, "offline_after_hours": 48,
-                   "activity_retention_days": 90})
+                   "activity_retention_days": 90, "auto_unenroll_after_days": 0})
         );
     }
 

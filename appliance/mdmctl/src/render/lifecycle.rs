@@ -21,7 +21,7 @@ const LISTED_DUPLICATES: usize = 10;
 /// Targets an activity table cell lists before it counts the rest.
 const LISTED_TARGETS: usize = 2;
 /// The lifecycle settings, in the order `settings show` prints them.
-const SETTINGS_KEYS: [&str; 7] = [
+const SETTINGS_KEYS: [&str; 8] = [
     "preenrolled_only",
     "abm_as_preenrolled",
     "auto_release",
@@ -29,6 +29,7 @@ const SETTINGS_KEYS: [&str; 7] = [
     "enrolling_grace_minutes",
     "awaiting_stuck_after_minutes",
     "activity_retention_days",
+    "auto_unenroll_after_days",
 ];
 
 /// `text` cut to `max` characters, the cut marked with `...`.
@@ -248,6 +249,16 @@ pub fn device(v: &Value) -> String {
         None => out.push_str("  none: the device has not enrolled with this appliance\n"),
     }
 
+    if let Some(inv) = object(v, &["invitation"]) {
+        out.push_str("\nRe-enrollment invitation\n");
+        out.push_str(&indent(&invitation_rows(inv)));
+    }
+
+    if let Some(block) = super::profiles::device_block(v) {
+        out.push('\n');
+        out.push_str(&block);
+    }
+
     let queued = strings(v, &["queued_commands"]);
     out.push('\n');
     out.push_str(&key_values(&[(
@@ -265,6 +276,31 @@ pub fn device(v: &Value) -> String {
 }
 
 /// `mdmctl devices counts`: the table, and how many devices there are in all.
+fn invitation_rows(v: &Value) -> String {
+    let how = match opt_str(v, &["kind"]) {
+        Some("link") => "open the one-time enrollment link on the device",
+        Some("setup_assistant") => "erase the device; Setup Assistant enrolls it again",
+        _ => "-",
+    };
+    let mut rows = vec![
+        ("Created", time_text(v, &["created_at"])),
+        ("Reason", text(v, &["reason"])),
+        ("How", how.to_owned()),
+    ];
+    if opt_str(v, &["expires_at"]).is_some() {
+        rows.push(("Link expires", time_text(v, &["expires_at"])));
+    }
+    if opt_str(v, &["url"]).is_some() {
+        rows.push(("Link", text(v, &["url"])));
+    }
+    key_values(&rows)
+}
+
+/// `devices invitation`: the invitation with its link.
+pub fn invitation(v: &Value) -> String {
+    invitation_rows(v)
+}
+
 pub fn counts(v: &Value) -> (String, u64) {
     let mut t = Table::new(&["STATUS", "DEVICES"]);
     let mut total = 0_u64;
