@@ -7,8 +7,9 @@
 //!   operation ids, declared path parameters, roles that fit the methods;
 //! - a running daemon agrees: documented routes answer (no "no such route"), roles are
 //!   enforced as `x-required-role` says, every answer's status and media type are documented,
-//!   and JSON bodies (requests sent and answers received along a walk through the whole API)
-//!   conform to the documented schemas.
+//!   and JSON bodies (requests sent and answers received along a walk through the whole API,
+//!   groups and configuration profiles included) conform to the documented schemas; the media
+//!   types of the request bodies sent are documented too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -784,6 +785,25 @@ impl Doc {
         errs
     }
 
+    /// Problems with the media type of a request body: the operation must document it.
+    fn check_request_media(&self, method: &str, path: &str, media: &str) -> Vec<String> {
+        let Some((template, op)) = self.operation_for(method, path) else {
+            return vec![format!("{method} {path}: no documented operation")];
+        };
+        let documented: Vec<&String> = op
+            .pointer("/requestBody/content")
+            .and_then(Value::as_object)
+            .map(|c| c.keys().collect())
+            .unwrap_or_default();
+        if documented.iter().any(|m| m.as_str() == media) {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{method} {template}: a {media} request body is not documented (documented: {documented:?})"
+            )]
+        }
+    }
+
     /// Problems with a JSON request body against the operation's request schema.
     fn check_request(&self, method: &str, path: &str, body: &Value) -> Vec<String> {
         let Some((template, op)) = self.operation_for(method, path) else {
@@ -810,6 +830,8 @@ impl Doc {
 struct Answer {
     status: u16,
     content_type: String,
+    /// `Content-Disposition`, for downloads.
+    disposition: Option<String>,
     body: Vec<u8>,
 }
 
@@ -862,6 +884,7 @@ async fn call(
     Answer {
         status: resp.status,
         content_type: resp.header("content-type").unwrap_or_default().to_string(),
+        disposition: resp.header("content-disposition").map(str::to_string),
         body: resp.body.to_vec(),
     }
 }
@@ -1375,6 +1398,11 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     async fn raw(&mut self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+        if !body.is_empty() {
+            let bare = path.split('?').next().unwrap_or(path);
+            let problems = self.doc.check_request_media(method, bare, content_type);
+            self.problems.extend(problems);
+        }
         let token = self.app.token.clone();
         let a = call(self.app, Some(&token), method, path, content_type, body).await;
         let bare = path.split('?').next().unwrap_or(path);
@@ -1383,6 +1411,37 @@ impl Walk<'_> {
         }
         let problems = self.doc.check_answer(method, bare, &a);
         self.problems.extend(problems);
+        a
+    }
+
+    /// A call expected to be refused with `status` and the error `code`. A JSON `body` is not
+    /// checked against the request schema: some refusals are for bodies that do not fit it.
+    async fn refused(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+        code: &str,
+    ) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        let a = self.raw(method, path, "application/json", bytes).await;
+        assert_eq!(
+            (a.status, a.error_code().as_deref()),
+            (status, Some(code)),
+            "{method} {path}: {}",
+            a.text()
+        );
+    }
+
+    /// A profile upload (`POST`, or `PUT` to replace) of raw bytes expecting `want`.
+    async fn upload(&mut self, method: &str, path: &str, file: Vec<u8>, want: u16) -> Answer {
+        let a = self
+            .raw(method, path, "application/x-apple-aspen-config", file)
+            .await;
+        assert_eq!(a.status, want, "{method} {path}: {}", a.text());
         a
     }
 
@@ -1671,6 +1730,7 @@ async fn answers_along_a_walk_through_the_api_fit_the_document() {
     assert!(String::from_utf8_lossy(&csv_list.body).starts_with("serial_number,status,"));
     w.json("GET", "/api/v1/devices/counts", None, 200).await;
     w.json("GET", "/api/v1/status", None, 200).await;
+    walk_groups_and_profiles(&mut w, &mut ade, &serials[0]).await;
 
     w.json("GET", "/api/v1/abm", None, 200).await;
     w.json("GET", "/api/v1/abm/north", None, 200).await;
@@ -1826,10 +1886,451 @@ async fn answers_along_a_walk_through_the_api_fit_the_document() {
         .map(|(m, t, _)| format!("{m} {t}"))
         .collect();
     assert!(
-        w.seen.len() >= 53,
+        w.seen.len() >= 71,
         "the walk reached only {} operations; not: {unseen:?}",
         w.seen.len()
     );
+}
+
+/// A small unsigned configuration profile around `payloads` (the XML of `PayloadContent`'s
+/// dictionaries), with a fresh PayloadUUID.
+fn mobileconfig(identifier: &str, payloads: &str) -> Vec<u8> {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0"><dict>
+<key>PayloadType</key><string>Configuration</string>
+<key>PayloadVersion</key><integer>1</integer>
+<key>PayloadIdentifier</key><string>{identifier}</string>
+<key>PayloadUUID</key><string>{}</string>
+<key>PayloadDisplayName</key><string>Walk</string>
+<key>PayloadContent</key><array>{payloads}</array>
+</dict></plist>"#,
+        payload_uuid()
+    )
+    .into_bytes()
+}
+
+fn payload_uuid() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("0A1B2C3D-0000-4000-8000-{n:012X}")
+}
+
+/// A restrictions payload; `camera` tells two versions of one profile apart.
+fn restrictions(identifier: &str, camera: bool) -> String {
+    format!(
+        r#"<dict>
+<key>PayloadType</key><string>com.apple.applicationaccess</string>
+<key>PayloadVersion</key><integer>1</integer>
+<key>PayloadIdentifier</key><string>{identifier}.restrictions</string>
+<key>PayloadUUID</key><string>{}</string>
+<key>allowCamera</key><{camera}/>
+</dict>"#,
+        payload_uuid()
+    )
+}
+
+/// `content` as a CMS SignedData by a fresh self-signed certificate, as sites sign profiles.
+fn sign(content: &[u8]) -> Vec<u8> {
+    let key = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
+    let params = mdm_pki::CertificateParams::leaf(
+        mdm_pki::Name::new("Walk Signer"),
+        std::time::Duration::from_secs(86_400),
+        std::time::Duration::from_secs(60),
+    );
+    let cert = mdm_pki::self_signed(&params, &key).unwrap();
+    mdm_pki::cms::sign(content, &cert, &key, &Default::default()).unwrap()
+}
+
+/// A root certificate payload whose content is no certificate: a valid profile that the
+/// device refuses to install.
+fn broken_root(identifier: &str) -> String {
+    format!(
+        r#"<dict>
+<key>PayloadType</key><string>com.apple.security.root</string>
+<key>PayloadVersion</key><integer>1</integer>
+<key>PayloadIdentifier</key><string>{identifier}.root</string>
+<key>PayloadUUID</key><string>{}</string>
+<key>PayloadContent</key><data>bm90IGEgY2VydGlmaWNhdGU=</data>
+</dict>"#,
+        payload_uuid()
+    )
+}
+
+/// Groups and configuration profiles, with `serial` an enrolled ADE device: a static and a
+/// rule-based group, uploads (and refused ones), an assignment the device installs, an
+/// install it refuses and its retry, a new version, the file, unassignment removing the
+/// profile, deletions; then the invitation a device without one lacks and the
+/// `auto_unenroll_after_days` setting.
+async fn walk_groups_and_profiles(w: &mut Walk<'_>, ade: &mut SimDevice, serial: &str) {
+    let pilot = w
+        .json(
+            "POST",
+            "/api/v1/groups",
+            Some(json!({"name": "Walk pilot", "description": "walk", "members": [serial.to_lowercase(), "C0FFEE0002"]})),
+            201,
+        )
+        .await;
+    assert_eq!(
+        (pilot["kind"].as_str(), pilot["members"].as_u64()),
+        (Some("static"), Some(2)),
+        "{pilot}"
+    );
+    let pilot_id = pilot["id"].as_str().unwrap().to_string();
+    let rule = json!({"match": "any", "conditions": [
+        {"field": "platform", "op": "is", "value": "iPad"},
+        {"field": "os_version", "op": "version_at_least", "value": "17"}
+    ]});
+    let ipads = w
+        .json(
+            "POST",
+            "/api/v1/groups",
+            Some(json!({"name": "Walk iPads", "rule": rule})),
+            201,
+        )
+        .await;
+    assert_eq!(ipads["kind"], "rule", "{ipads}");
+    w.refused(
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"name": "walk PILOT"})),
+        409,
+        "GROUP_NAME_TAKEN",
+    )
+    .await;
+    w.refused(
+        "POST",
+        "/api/v1/groups",
+        Some(
+            json!({"name": "Bad", "rule": {"match": "all", "conditions": [
+            {"field": "model", "op": "version_at_least", "value": "17"}]}}),
+        ),
+        400,
+        "GROUP_RULE_INVALID",
+    )
+    .await;
+    w.json("GET", "/api/v1/groups", None, 200).await;
+    w.json("GET", "/api/v1/groups/Walk%20pilot", None, 200)
+        .await;
+    let patched = w
+        .json(
+            "PATCH",
+            &format!("/api/v1/groups/{}", ipads["id"].as_str().unwrap()),
+            Some(
+                json!({"description": "", "rule": {"match": "all", "conditions": [
+                {"field": "abm_connection", "op": "is", "value": "north"}]}}),
+            ),
+            200,
+        )
+        .await;
+    assert_eq!(patched["rule"]["match"], "all", "{patched}");
+    w.refused(
+        "PATCH",
+        "/api/v1/groups/Walk%20pilot",
+        Some(json!({"rule": rule})),
+        409,
+        "GROUP_KIND_FIXED",
+    )
+    .await;
+    let first = w
+        .json(
+            "GET",
+            "/api/v1/groups/Walk%20pilot/members?limit=1",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(first["total"], 2, "{first}");
+    let after = first["next"].as_str().unwrap().to_string();
+    w.json(
+        "GET",
+        &format!("/api/v1/groups/Walk%20pilot/members?after={after}"),
+        None,
+        200,
+    )
+    .await;
+    let members = w
+        .json("GET", "/api/v1/groups/Walk%20pilot/members", None, 200)
+        .await;
+    let unknown: Vec<&Value> = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["device"].is_null())
+        .collect();
+    assert_eq!(
+        unknown.len(),
+        1,
+        "C0FFEE0002 is not a device yet: {members}"
+    );
+    w.json("GET", "/api/v1/groups/Walk%20iPads/members", None, 200)
+        .await;
+    let changed = w
+        .json(
+            "POST",
+            "/api/v1/groups/Walk%20pilot/members",
+            Some(json!({"add": ["C0FFEE0003", serial], "remove": ["C0FFEE0002"]})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        (
+            &changed["added"],
+            &changed["removed"],
+            &changed["unchanged"]
+        ),
+        (&json!(1), &json!(1), &json!(1)),
+        "{changed}"
+    );
+    w.refused(
+        "POST",
+        "/api/v1/groups/Walk%20iPads/members",
+        Some(json!({"add": [serial]})),
+        409,
+        "GROUP_IS_RULE_BASED",
+    )
+    .await;
+
+    // Uploads: a profile, one refused for its identifier, one refused as invalid, and one the
+    // device will refuse (sent as octet-stream, which is accepted as well).
+    let identifier = "org.example.walk.restrictions";
+    let v1 = mobileconfig(identifier, &restrictions(identifier, false));
+    let created = w
+        .upload(
+            "POST",
+            "/api/v1/profiles?name=Walk%20restrictions",
+            v1.clone(),
+            201,
+        )
+        .await
+        .json();
+    assert_eq!(created["identifier"], identifier, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let a = w
+        .upload("POST", "/api/v1/profiles?name=Again", v1.clone(), 409)
+        .await;
+    assert_eq!(a.error_code().as_deref(), Some("PROFILE_IDENTIFIER_TAKEN"));
+    let a = w
+        .upload(
+            "POST",
+            "/api/v1/profiles",
+            mobileconfig("org.example.walk.empty", ""),
+            400,
+        )
+        .await;
+    assert_eq!(a.error_code().as_deref(), Some("PROFILE_INVALID"));
+    let broken = w
+        .raw(
+            "POST",
+            "/api/v1/profiles?name=Walk%20broken",
+            "application/octet-stream",
+            mobileconfig(
+                "org.example.walk.root",
+                &broken_root("org.example.walk.root"),
+            ),
+        )
+        .await;
+    assert_eq!(broken.status, 201, "{}", broken.text());
+    w.json("GET", "/api/v1/profiles", None, 200).await;
+    w.json("GET", &format!("/api/v1/profiles/{identifier}"), None, 200)
+        .await;
+
+    // Assignment: the pilot group holds the enrolled device, which installs the profile; the
+    // broken one, assigned to it directly, fails on the device and is retried.
+    let assign = format!("/api/v1/profiles/{id}/assign");
+    let assigned = w
+        .json(
+            "POST",
+            &assign,
+            Some(json!({"groups": ["Walk pilot"]})),
+            200,
+        )
+        .await;
+    assert_eq!(assigned["reconcile"]["installs"], 1, "{assigned}");
+    w.refused(
+        "DELETE",
+        "/api/v1/groups/Walk%20pilot",
+        None,
+        409,
+        "GROUP_IN_USE",
+    )
+    .await;
+    w.refused("POST", &assign, Some(json!({})), 400, "ASSIGNMENT_EMPTY")
+        .await;
+    w.refused(
+        "POST",
+        &assign,
+        Some(json!({"groups": ["Nope"]})),
+        404,
+        "GROUP_NOT_FOUND",
+    )
+    .await;
+    let assigned = w
+        .json(
+            "POST",
+            "/api/v1/profiles/Walk%20broken/assign",
+            Some(json!({"devices": [serial]})),
+            200,
+        )
+        .await;
+    assert_eq!(assigned["reconcile"]["installs"], 1, "{assigned}");
+    ade.run_until_idle().await.unwrap();
+    let page = w
+        .json(
+            "GET",
+            &format!("/api/v1/profiles/{id}/installs?limit=1"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(page["items"][0]["state"], "installed", "{page}");
+    let page = w
+        .json("GET", "/api/v1/profiles/Walk%20broken/installs", None, 200)
+        .await;
+    assert_eq!(page["items"][0]["state"], "failed", "{page}");
+    let retried = w
+        .json("POST", "/api/v1/profiles/Walk%20broken/retry", None, 200)
+        .await;
+    assert_eq!(retried["reconcile"]["installs"], 1, "{retried}");
+    ade.run_until_idle().await.unwrap();
+    let device = w
+        .json("GET", &format!("/api/v1/devices/{serial}"), None, 200)
+        .await;
+    let states: BTreeSet<(String, String)> = device["profiles"]["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["identifier"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        BTreeSet::from([
+            ("org.example.walk.restrictions".into(), "installed".into()),
+            ("org.example.walk.root".into(), "failed".into()),
+        ]),
+        "{device}"
+    );
+
+    // A new version of the file, signed this time; one with another identifier refused; and
+    // the file back as uploaded.
+    let v2 = sign(&mobileconfig(identifier, &restrictions(identifier, true)));
+    let replaced = w
+        .upload("PUT", &format!("/api/v1/profiles/{id}"), v2.clone(), 200)
+        .await
+        .json();
+    assert_ne!(replaced["sha256"], created["sha256"], "{replaced}");
+    assert_eq!(
+        replaced["summary"]["signer"]["subject"], "CN=Walk Signer",
+        "{replaced}"
+    );
+    let a = w
+        .upload(
+            "PUT",
+            &format!("/api/v1/profiles/{id}"),
+            mobileconfig(
+                "org.example.walk.other",
+                &restrictions("org.example.walk.other", true),
+            ),
+            409,
+        )
+        .await;
+    assert_eq!(
+        a.error_code().as_deref(),
+        Some("PROFILE_IDENTIFIER_CHANGED")
+    );
+    let file = w
+        .raw(
+            "GET",
+            &format!("/api/v1/profiles/{id}/file"),
+            "application/json",
+            vec![],
+        )
+        .await;
+    assert_eq!(file.status, 200, "{}", file.text());
+    assert!(file.body == v2, "the file is the one last uploaded");
+    assert_eq!(
+        file.disposition.as_deref(),
+        Some("attachment; filename=\"org.example.walk.restrictions.mobileconfig\"")
+    );
+    ade.run_until_idle().await.unwrap();
+
+    // Unassigning removes the profile from the device; then everything goes.
+    let unassigned = w
+        .json(
+            "POST",
+            &format!("/api/v1/profiles/{id}/unassign"),
+            Some(json!({"groups": [pilot_id]})),
+            200,
+        )
+        .await;
+    assert_eq!(unassigned["reconcile"]["removals"], 1, "{unassigned}");
+    ade.run_until_idle().await.unwrap();
+    w.json("DELETE", "/api/v1/profiles/Walk%20broken", None, 200)
+        .await;
+    w.json("DELETE", &format!("/api/v1/profiles/{id}"), None, 200)
+        .await;
+    w.json("DELETE", "/api/v1/groups/Walk%20pilot", None, 200)
+        .await;
+    w.json("DELETE", "/api/v1/groups/Walk%20iPads", None, 200)
+        .await;
+    w.refused(
+        "GET",
+        "/api/v1/groups/Walk%20pilot",
+        None,
+        404,
+        "GROUP_NOT_FOUND",
+    )
+    .await;
+    w.refused(
+        "GET",
+        &format!("/api/v1/profiles/{identifier}"),
+        None,
+        404,
+        "PROFILE_NOT_FOUND",
+    )
+    .await;
+
+    // The device was never unenrolled automatically, so it has no invitation.
+    w.refused(
+        "GET",
+        &format!("/api/v1/devices/{serial}/invitation"),
+        None,
+        404,
+        "INVITATION_NOT_FOUND",
+    )
+    .await;
+    let settings = w
+        .json(
+            "PATCH",
+            "/api/v1/settings",
+            Some(json!({"auto_unenroll_after_days": 30})),
+            200,
+        )
+        .await;
+    assert_eq!(settings["auto_unenroll_after_days"], 30, "{settings}");
+    // Not longer than offline_after_hours (48): a device would be unenrolled before it is
+    // shown offline.
+    w.refused(
+        "PATCH",
+        "/api/v1/settings",
+        Some(json!({"auto_unenroll_after_days": 2})),
+        400,
+        "INVALID_FIELD",
+    )
+    .await;
+    w.json(
+        "PATCH",
+        "/api/v1/settings",
+        Some(json!({"auto_unenroll_after_days": 0})),
+        200,
+    )
+    .await;
 }
 
 /// A simulated iPad that enrolls through ADE with the profile ABM hands out for `serial`.

@@ -392,13 +392,10 @@ impl<S: Store> MdmService<S> {
         let now = Timestamp::now();
         let th = self.thresholds();
         let mut summary = summary(&f, now, &th);
-        let invitation = self.invitation(&f.serial)?;
-        if let (Some(inv), Some(e)) = (&invitation, &f.enrollment) {
+        let invitation = self.current_invitation(&f);
+        if let Some(inv) = &invitation {
             // Unenrolled by the offline policy rather than by the device: say so.
-            if summary.explanation.status == status::DeviceStatus::Unenrolled
-                && inv.enrollment_id == e.id
-                && e.checked_out_at.is_some_and(|t| t >= inv.created_at)
-            {
+            if summary.explanation.status == status::DeviceStatus::Unenrolled {
                 summary.explanation.reason =
                     format!("The appliance unenrolled it automatically: {}.", inv.reason);
                 summary.explanation.fix = Some(match inv.kind {

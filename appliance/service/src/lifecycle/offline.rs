@@ -115,18 +115,40 @@ impl<S: Store> MdmService<S> {
         Ok(Some(stored.into()))
     }
 
+    /// The invitation that still applies to a device: the one made when its current
+    /// enrollment was closed by the offline policy. Once the device enrolls again (or was
+    /// never unenrolled by the policy) there is none. An unreadable record is logged and
+    /// treated as none, so that it cannot break the device's page.
+    pub fn current_invitation(&self, f: &DeviceFacts) -> Option<Invitation> {
+        let inv = match self.invitation(&f.serial) {
+            Ok(inv) => inv?,
+            Err(e) => {
+                warn!(serial = %f.serial, error = %e, "re-enrollment invitation unreadable; ignored");
+                return None;
+            }
+        };
+        let e = f.enrollment.as_ref()?;
+        let applies = e.state == crate::ports::EnrollmentState::CheckedOut
+            && inv.enrollment_id == e.id
+            && e.checked_out_at.is_some_and(|t| t >= inv.created_at);
+        applies.then_some(inv)
+    }
+
     /// A device's invitation with its link URL (for the admin to send to the device's user).
     pub fn invitation_url(&self, key: &str) -> ServiceResult<(Invitation, Option<String>)> {
-        let serial = self
+        let key = key.trim();
+        let inv = self
             .devices()
-            .resolve(key.trim())
-            .unwrap_or_else(|| key.trim().to_string());
-        let inv = self.invitation(&serial)?.ok_or_else(|| {
-            ServiceError::not_found(
-                "INVITATION_NOT_FOUND",
-                format!("device {serial} has no re-enrollment invitation"),
-            )
-        })?;
+            .get(key)
+            .and_then(|f| self.current_invitation(&f))
+            .ok_or_else(|| {
+                ServiceError::not_found(
+                    "INVITATION_NOT_FOUND",
+                    format!(
+                        "device {key} has no re-enrollment invitation (only devices unenrolled by the offline policy, and not enrolled since, have one)"
+                    ),
+                )
+            })?;
         let url = match &inv.url_sealed {
             Some(sealed) => {
                 let plain = self.unseal(URL_PURPOSE, sealed)?;
