@@ -1,6 +1,7 @@
 //! The admin API calls the benchmark needs (see `docs/reference/api.md`): import a push
 //! certificate, create an enrollment link, queue commands in batches, read their outcome, and
-//! set up and sync an Apple Business Manager connection.
+//! set up and sync an Apple Business Manager connection, import pre-enrollment CSV files and
+//! read the device list.
 
 use std::time::Duration;
 
@@ -319,5 +320,30 @@ impl Admin {
             Vec::new(),
         )
         .await
+    }
+
+    /// `GET path` (with its query), answering the body as received: what the device list's
+    /// latency is measured on, before any parsing.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, BenchError> {
+        self.send(Method::GET, path, "application/json", Vec::new())
+            .await
+    }
+
+    /// `GET path` (with its query), answering its JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, BenchError> {
+        self.call(Method::GET, path, "application/json", Vec::new())
+            .await
+    }
+
+    /// `POST /api/v1/preenroll/import?{query}` with a CSV file; the import report. A refused
+    /// import (409, 422) is an error like any other status but 2xx.
+    pub async fn preenroll_import(&self, csv: Vec<u8>, query: &str) -> Result<Value, BenchError> {
+        let path = if query.is_empty() {
+            "/api/v1/preenroll/import".to_owned()
+        } else {
+            format!("/api/v1/preenroll/import?{query}")
+        };
+        self.call(Method::POST, &path, "text/csv; charset=utf-8", csv)
+            .await
     }
 }

@@ -2,9 +2,9 @@
 //! release build on this machine's loopback interface. It prints figures; it never asserts on
 //! time. `docs/benchmarks.md` explains how to run it and what each figure means.
 //!
-//! A run has up to five phases. The first three run against one `mdmd serve --dev` child
-//! process in a temporary data directory (so its CPU time and memory, read from `/proc`, are
-//! its own), which pushes to a closed loopback port:
+//! A run has up to six phases (`--only` runs just some of the last three). The first three
+//! run against one `mdmd serve --dev` child process in a temporary data directory (so its CPU
+//! time and memory, read from `/proc`, are its own), which pushes to a closed loopback port:
 //!
 //! 1. **Enrollment** ([`enroll`]): N simulated iPhones (`mdm-sim`) enroll through the real
 //!    protocol (enrollment link, signed profile, SCEP, Authenticate, TokenUpdate), several at
@@ -26,12 +26,19 @@
 //!    an ABM simulator in this process holding N devices; a full sync with the assignment of
 //!    every device, and an incremental sync of changed devices, are timed, with the daemon's
 //!    CPU time and peak memory during each.
+//! 6. **Device lifecycle** (optional, [`lifecycle`]): another daemon imports N generated
+//!    pre-enrollment rows from CSV files through the admin API (timed, with CPU and peak
+//!    memory); then, restarted on a database where part of those devices got seeded
+//!    enrollments in various states, it answers a mix of device list queries (filters, search,
+//!    every sort, cursor pages) whose latency, sort order and totals are checked, one query
+//!    walked to its end, and a CSV export of the whole list.
 //!
 //! What it cannot do yet: drive devices with `Mdm-Signature` instead of TLS client
 //! certificates, mix command types or answer with realistic result payloads (reports are
 //! minimal `Acknowledged` plists), exercise ABM with more than one connection, profile or
-//! rule, or with Apple's failures (throttling, cool-downs), have pushed devices connect (the fan-out's
-//! devices are seeded rows that never connect), vary the daemon's number of APNs connections
+//! rule, or with Apple's failures (throttling, cool-downs), give the lifecycle phase's devices
+//! ABM records (its statuses come from pre-enrollment and enrollments only), have pushed
+//! devices connect (the fan-out's devices are seeded rows that never connect), vary the daemon's number of APNs connections
 //! (`cargo bench -p mdm-apns` compares one and four against the push client alone), or run
 //! against a remote appliance (CPU and memory are read from the local `/proc`). Server CPU
 //! figures include the daemon's logging to a file; the client shares the machine's cores with
@@ -45,6 +52,7 @@ pub mod error;
 pub mod fanout;
 pub mod histogram;
 pub mod identities;
+pub mod lifecycle;
 pub mod pool;
 pub mod procfs;
 pub mod report;
@@ -67,6 +75,28 @@ use crate::report::{
     Settings, ThreadCpu,
 };
 use crate::worker::RoundResult;
+
+/// A phase that starts a daemon of its own, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Phase 4, push fan-out (`--fanout`).
+    Fanout,
+    /// Phase 5, ABM sync (`--abm-devices`).
+    Abm,
+    /// Phase 6, device list and pre-enrollment import (`--lifecycle-devices`).
+    Lifecycle,
+}
+
+impl Phase {
+    /// The name `--only` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Fanout => "fanout",
+            Phase::Abm => "abm",
+            Phase::Lifecycle => "lifecycle",
+        }
+    }
+}
 
 /// Options of a benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -115,6 +145,22 @@ pub struct Options {
     /// Devices changed in the ABM simulator before the timed incremental sync.
     #[arg(long, default_value_t = 1000)]
     pub abm_changes: usize,
+    /// Afterwards, import this many pre-enrollment rows from CSV files into another daemon,
+    /// give part of them seeded enrollments, and measure the device list and its CSV export
+    /// (e.g. 100000).
+    #[arg(long)]
+    pub lifecycle_devices: Option<usize>,
+    /// Rows per CSV file the lifecycle phase imports.
+    #[arg(long, default_value_t = lifecycle::ROWS_PER_FILE)]
+    pub lifecycle_file_rows: usize,
+    /// Device list requests in the lifecycle phase's measured mix (at least this many).
+    #[arg(long, default_value_t = lifecycle::MIN_REQUESTS)]
+    pub lifecycle_requests: usize,
+    /// Run only these of the phases that start a daemon of their own (comma-separated), and
+    /// skip enrollment and round trips (phases 1 to 3). Each phase named still needs its own
+    /// option (`--fanout`, `--abm-devices`, `--lifecycle-devices`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Phase>,
     /// A smaller, faster run (1,000 devices, 2 commands per round).
     #[arg(long)]
     pub quick: bool,
@@ -158,6 +204,52 @@ impl Options {
         if self.fanout == Some(0) || self.fanout_rounds == 0 {
             return bad("--fanout and --fanout-rounds must be at least 1");
         }
+        if self.lifecycle_devices == Some(0) || self.lifecycle_requests == 0 {
+            return bad("--lifecycle-devices and --lifecycle-requests must be at least 1");
+        }
+        if !(1..=lifecycle::MAX_FILE_ROWS).contains(&self.lifecycle_file_rows) {
+            return Err(BenchError::Options(format!(
+                "--lifecycle-file-rows must be from 1 to {} (the import's limit per file)",
+                lifecycle::MAX_FILE_ROWS
+            )));
+        }
+        if self
+            .lifecycle_devices
+            .is_some_and(|n| n > lifecycle::MAX_DEVICES)
+        {
+            return Err(BenchError::Options(format!(
+                "--lifecycle-devices must be at most {}",
+                lifecycle::MAX_DEVICES
+            )));
+        }
+        if !self.only.is_empty() {
+            for (phase, enabled, option) in [
+                (Phase::Fanout, self.fanout.is_some(), "--fanout"),
+                (Phase::Abm, self.abm_devices.is_some(), "--abm-devices"),
+                (
+                    Phase::Lifecycle,
+                    self.lifecycle_devices.is_some(),
+                    "--lifecycle-devices",
+                ),
+            ] {
+                let listed = self.only.contains(&phase);
+                if listed && !enabled {
+                    return Err(BenchError::Options(format!(
+                        "--only {} needs {option}",
+                        phase.as_str()
+                    )));
+                }
+                if enabled && !listed {
+                    return Err(BenchError::Options(format!(
+                        "{option} is given but --only leaves out {}",
+                        phase.as_str()
+                    )));
+                }
+            }
+            if self.rss_devices.is_some() {
+                return bad("--rss-devices is part of the phases --only skips");
+            }
+        }
         if let Some(n) = self.abm_devices {
             if n == 0 || self.abm_changes == 0 || self.abm_changes > n {
                 return bad(
@@ -178,7 +270,7 @@ pub(crate) fn progress(message: &str) {
 /// Everything the phases share.
 struct Run<'a> {
     opts: &'a Options,
-    rt: tokio::runtime::Runtime,
+    rt: &'a tokio::runtime::Runtime,
     ticks_per_second: u64,
     daemon: Daemon,
     admin: Admin,
@@ -317,12 +409,19 @@ fn round_figures(
     }
 }
 
+/// What phases 1 to 3 measured, and the key pool phase 4 reuses.
+struct ProtocolFigures {
+    enrollment: EnrollmentFigures,
+    rounds: Vec<RoundFigures>,
+    large: Option<LargeFigures>,
+    keys: Vec<mdm_sim::keys::PrivateKey>,
+}
+
 /// Runs the benchmark and returns its figures. Fails if the daemon cannot be started, a
 /// device cannot enroll or a worker dies; failures of individual round-trip requests are
 /// counted in the figures instead.
 pub fn run(opts: &Options) -> Result<Report, BenchError> {
     opts.validate()?;
-    let devices = opts.device_count();
     let (cpus, cpu_model, kernel) = procfs::machine();
     // Private: it holds the daemon's keys and the devices' private keys.
     let dir = tempfile::Builder::new()
@@ -330,8 +429,6 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(BenchError::io("create a temporary directory"))?;
-    let data_dir = dir.path().join("data");
-    let log = dir.path().join("mdmd.log");
     let binary = match &opts.mdmd {
         Some(path) => path.clone(),
         None => daemon::binary_next_to_self()?,
@@ -341,9 +438,117 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         .build()
         .map_err(BenchError::io("start the async runtime"))?;
 
+    let protocol = if opts.only.is_empty() {
+        Some(protocol_phases(opts, &rt, &binary, dir.path())?)
+    } else {
+        progress(&format!(
+            "--only {}: skipping enrollment and round trips",
+            opts.only
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        None
+    };
+    let fanout = match opts.fanout {
+        Some(n) => {
+            let keys = match &protocol {
+                Some(p) => p.keys.clone(),
+                None => {
+                    progress(&format!(
+                        "generating {} RSA-2048 device keys",
+                        opts.key_pool
+                    ));
+                    rt.block_on(enroll::key_pool(opts.key_pool))?
+                }
+            };
+            Some(fanout::run(
+                &rt,
+                n,
+                opts.fanout_rounds,
+                &binary,
+                dir.path(),
+                &keys,
+            )?)
+        }
+        None => None,
+    };
+    let abm = match opts.abm_devices {
+        Some(n) => Some(abm::run(&rt, n, opts.abm_changes, &binary, dir.path())?),
+        None => None,
+    };
+    let lifecycle = match opts.lifecycle_devices {
+        Some(n) => Some(lifecycle::run(
+            &rt,
+            &lifecycle::Plan {
+                devices: n,
+                rows_per_file: opts.lifecycle_file_rows,
+                min_requests: opts.lifecycle_requests,
+            },
+            &binary,
+            dir.path(),
+        )?),
+        None => None,
+    };
+    if opts.keep {
+        let kept = dir.keep();
+        progress(&format!("kept {}", kept.display()));
+    }
+    let (enrollment, rounds, large) = match protocol {
+        Some(p) => (Some(p.enrollment), p.rounds, p.large),
+        None => (None, Vec::new(), None),
+    };
+    Ok(Report {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        machine: Machine {
+            cpus,
+            cpu_model,
+            kernel,
+        },
+        settings: Settings {
+            devices: opts.device_count(),
+            concurrency: opts.concurrency,
+            workers: opts.workers,
+            commands_per_round: opts.command_count(),
+            rounds: opts.rounds,
+            enroll_concurrency: opts.enroll_concurrency,
+            key_pool: opts.key_pool,
+            request_type: opts.request_type.clone(),
+            rss_devices: opts.rss_devices,
+            fanout: opts.fanout,
+            fanout_rounds: opts.fanout_rounds,
+            abm_devices: opts.abm_devices,
+            abm_changes: opts.abm_changes,
+            lifecycle_devices: opts.lifecycle_devices,
+            lifecycle_file_rows: opts.lifecycle_file_rows,
+            lifecycle_requests: opts.lifecycle_requests,
+            only: opts.only.iter().map(|p| p.as_str().to_owned()).collect(),
+        },
+        enrollment,
+        rounds,
+        large,
+        fanout,
+        abm,
+        lifecycle,
+    })
+}
+
+/// Phases 1 to 3 against one daemon, which is stopped afterwards.
+fn protocol_phases(
+    opts: &Options,
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<ProtocolFigures, BenchError> {
+    let devices = opts.device_count();
+    let data_dir = dir.join("data");
+    let log = dir.join("mdmd.log");
     let addr = daemon::free_loopback_addr()?;
     progress(&format!("starting {} on {addr}", binary.display()));
-    let daemon = Daemon::start(&binary, &data_dir, addr, &log, &PushService::Unreachable)?;
+    let daemon = Daemon::start(binary, &data_dir, addr, &log, &PushService::Unreachable)?;
     let ca_pem = rt.block_on(tls::fetch_ca_pem(addr))?;
     let admin = Admin::new(&ca_pem, &daemon.base_url(), &daemon.admin_token()?)?;
     // Phases 1 to 3 push nowhere; the certificate only has to exist (it sets the topic that
@@ -390,7 +595,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         server_memory: daemon.memory()?.into(),
     };
 
-    let identities = dir.path().join("identities.json");
+    let identities = dir.join("identities.json");
     let key_ders: Vec<&[u8]> = keys.iter().map(|k| k.pkcs8_der()).collect();
     IdentityFile::new(addr, &ca_pem, &key_ders, &enrolled).write(&identities)?;
     let udids: Vec<String> = enrolled.into_iter().map(|d| d.udid).collect();
@@ -424,56 +629,12 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         Some(total) => Some(large_database(&mut run, total, &link_id, &identities)?),
         None => None,
     };
-
     run.daemon.stop()?;
-    let fanout = match opts.fanout {
-        Some(n) => Some(fanout::run(
-            &run.rt,
-            n,
-            opts.fanout_rounds,
-            &binary,
-            dir.path(),
-            &keys,
-        )?),
-        None => None,
-    };
-    let abm = match opts.abm_devices {
-        Some(n) => Some(abm::run(&run.rt, n, opts.abm_changes, &binary, dir.path())?),
-        None => None,
-    };
-    if opts.keep {
-        let kept = dir.keep();
-        progress(&format!("kept {}", kept.display()));
-    }
-    Ok(Report {
-        date: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        machine: Machine {
-            cpus,
-            cpu_model,
-            kernel,
-        },
-        settings: Settings {
-            devices,
-            concurrency: opts.concurrency,
-            workers: opts.workers,
-            commands_per_round: opts.command_count(),
-            rounds: opts.rounds,
-            enroll_concurrency: opts.enroll_concurrency,
-            key_pool: opts.key_pool,
-            request_type: opts.request_type.clone(),
-            rss_devices: opts.rss_devices,
-            fanout: opts.fanout,
-            fanout_rounds: opts.fanout_rounds,
-            abm_devices: opts.abm_devices,
-            abm_changes: opts.abm_changes,
-        },
+    Ok(ProtocolFigures {
         enrollment,
         rounds,
         large,
-        fanout,
-        abm,
+        keys,
     })
 }
 
@@ -527,4 +688,87 @@ fn large_database(
         memory_after_restart,
         round,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    fn options(args: &[&str]) -> Options {
+        Cli::try_parse_from(std::iter::once("mdm-bench").chain(args.iter().copied()))
+            .unwrap()
+            .opts
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match options(args).validate() {
+            Err(BenchError::Options(m)) => m,
+            other => panic!("{args:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_runs_the_phases_it_names_and_each_needs_its_option() {
+        let o = options(&["--only", "lifecycle", "--lifecycle-devices", "100000"]);
+        assert_eq!(o.only, [Phase::Lifecycle]);
+        assert!(o.validate().is_ok());
+        assert_eq!(o.lifecycle_file_rows, lifecycle::ROWS_PER_FILE);
+        assert_eq!(o.lifecycle_requests, lifecycle::MIN_REQUESTS);
+        let o = options(&[
+            "--only",
+            "abm,lifecycle",
+            "--abm-devices",
+            "5000",
+            "--lifecycle-devices",
+            "10",
+        ]);
+        assert_eq!(o.only, [Phase::Abm, Phase::Lifecycle]);
+        assert!(o.validate().is_ok());
+        // Without --only, the phase is added to a full run.
+        assert!(options(&["--quick", "--lifecycle-devices", "5"])
+            .validate()
+            .is_ok());
+
+        assert_eq!(
+            refused(&["--only", "lifecycle"]),
+            "--only lifecycle needs --lifecycle-devices"
+        );
+        assert_eq!(
+            refused(&[
+                "--only",
+                "abm",
+                "--abm-devices",
+                "5",
+                "--lifecycle-devices",
+                "5"
+            ]),
+            "--lifecycle-devices is given but --only leaves out lifecycle"
+        );
+        assert!(refused(&[
+            "--only",
+            "lifecycle",
+            "--lifecycle-devices",
+            "5",
+            "--rss-devices",
+            "20000"
+        ])
+        .contains("--rss-devices"));
+        assert!(refused(&["--lifecycle-devices", "0"]).contains("at least 1"));
+        assert!(refused(&[
+            "--lifecycle-devices",
+            "5",
+            "--lifecycle-file-rows",
+            "200001"
+        ])
+        .contains("200000"));
+        assert!(refused(&["--lifecycle-devices", "20000000"]).contains("at most"));
+        assert!(Cli::try_parse_from(["mdm-bench", "--only", "enrollment"]).is_err());
+    }
 }

@@ -12,7 +12,7 @@ use mdm_bench::Options;
 #[command(
     name = "mdm-bench",
     version,
-    about = "Benchmark mdmd: enroll simulated devices, drive check-in and command round trips, optionally fan pushes out and sync ABM devices",
+    about = "Benchmark mdmd: enroll simulated devices, drive check-in and command round trips, optionally fan pushes out, sync ABM devices, and import and list pre-enrolled devices",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -91,7 +91,8 @@ fn main() -> ExitCode {
                     });
                 let failed = failed
                     || report.fanout.as_ref().is_some_and(|f| f.failed())
-                    || report.abm.as_ref().is_some_and(|a| a.failed());
+                    || report.abm.as_ref().is_some_and(|a| a.failed())
+                    || report.lifecycle.as_ref().is_some_and(|l| l.failed());
                 if failed {
                     eprintln!("mdm-bench: some requests failed; see the figures above");
                     ExitCode::FAILURE

@@ -51,6 +51,15 @@ pub struct Settings {
     pub abm_devices: Option<usize>,
     /// Devices changed before the ABM phase's incremental sync.
     pub abm_changes: usize,
+    /// Devices of the lifecycle phase, if it ran.
+    pub lifecycle_devices: Option<usize>,
+    /// Rows per CSV file the lifecycle phase imports.
+    pub lifecycle_file_rows: usize,
+    /// Device list requests in the lifecycle phase's mix, at least.
+    pub lifecycle_requests: usize,
+    /// The phases `--only` kept (empty: every phase asked for ran, enrollment and round trips
+    /// included).
+    pub only: Vec<String>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -424,6 +433,195 @@ impl AbmFigures {
     }
 }
 
+/// One timed `POST /api/v1/preenroll/import`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportCallFigures {
+    /// File number, from 1.
+    pub file: usize,
+    /// A dry run (`dry_run=true`: parsed and checked, nothing written).
+    pub dry_run: bool,
+    /// Data rows in the file.
+    pub rows: usize,
+    /// Size of the file, bytes.
+    pub bytes: usize,
+    /// From sending the request to reading the whole answer.
+    pub wall_seconds: f64,
+    /// Rows divided by wall time.
+    pub rows_per_second: f64,
+    /// Daemon CPU time during the call, seconds.
+    pub server_cpu_seconds: f64,
+    /// Daemon CPU divided by wall time.
+    pub server_cores: f64,
+    /// Daemon CPU by thread name over the call, busiest first.
+    pub server_threads: Vec<ThreadCpu>,
+    /// This process's CPU (sending the file, reading the answer) divided by wall time.
+    pub bench_cores: f64,
+    /// Daemon `VmRSS` before the call, MiB.
+    pub rss_before_mib: f64,
+    /// Daemon `VmRSS` after the call, MiB.
+    pub rss_after_mib: f64,
+    /// Daemon `VmHWM` after the call, MiB: the peak during the call when
+    /// [`ImportCallFigures::peak_reset`], else since the daemon started.
+    pub peak_rss_mib: f64,
+    /// The peak was reset just before the call.
+    pub peak_reset: bool,
+    /// `new` in the answer.
+    pub new: u64,
+    /// `valid_rows` in the answer.
+    pub valid_rows: u64,
+}
+
+/// One kind of device list request in the mix.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListKindFigures {
+    /// Short key (`first_page`, `next_page`, `status`, `search`, `deep_cursor`).
+    pub kind: String,
+    /// What the requests were.
+    pub description: String,
+    /// Requests made.
+    pub requests: u64,
+    /// Rows they returned.
+    pub rows: u64,
+    /// Latency, request sent to body read.
+    pub latency_ms: Percentiles,
+    /// Daemon CPU read around each request, divided by requests (10 ms ticks: an average).
+    pub server_cpu_ms_per_request: f64,
+}
+
+/// The measured mix of device list requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListFigures {
+    /// Requests made (one at a time).
+    pub requests: u64,
+    /// Rounds of the mix.
+    pub rounds: u64,
+    /// Rows returned.
+    pub rows: u64,
+    /// Wall time of the mix.
+    pub wall_seconds: f64,
+    /// Latency of every request of the mix.
+    pub latency_ms: Percentiles,
+    /// Daemon CPU time over the mix divided by requests.
+    pub server_cpu_ms_per_request: f64,
+    /// Daemon CPU time over the mix divided by its wall time.
+    pub server_cores: f64,
+    /// The same by kind of request.
+    pub kinds: Vec<ListKindFigures>,
+    /// The same by sort key (`kind` is the key), whatever the kind of request.
+    pub by_sort: Vec<ListKindFigures>,
+    /// Daemon `VmRSS` after the mix, MiB.
+    pub rss_after_mib: f64,
+}
+
+/// One query followed through `next` to its end.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalkFigures {
+    /// The query (first page's path).
+    pub query: String,
+    /// Pages read.
+    pub pages: u64,
+    /// Rows read over all pages.
+    pub rows: u64,
+    /// Distinct serial numbers among them.
+    pub distinct: u64,
+    /// `total` of the last page.
+    pub total: u64,
+    /// Rows that repeated a serial number already read.
+    pub duplicates: u64,
+    /// Wall time of the walk.
+    pub wall_seconds: f64,
+    /// Latency per page.
+    pub latency_ms: Percentiles,
+    /// Daemon CPU per page.
+    pub server_cpu_ms_per_request: f64,
+}
+
+/// `GET /api/v1/devices?format=csv` of the whole list.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportFigures {
+    /// From sending the request to reading the whole answer.
+    pub wall_seconds: f64,
+    /// Size of the answer.
+    pub bytes: u64,
+    /// Data rows in it.
+    pub rows: u64,
+    /// Daemon CPU time during the call.
+    pub server_cpu_seconds: f64,
+    /// Daemon `VmRSS` before the call, MiB.
+    pub rss_before_mib: f64,
+    /// Daemon `VmHWM` after the call, MiB (the peak during it when `peak_reset`).
+    pub peak_rss_mib: f64,
+    /// The peak was reset just before the call.
+    pub peak_reset: bool,
+}
+
+/// Phase 6: the pre-enrollment import and the device list.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleFigures {
+    /// Devices generated, imported and listed.
+    pub devices: usize,
+    /// Rows per CSV file.
+    pub rows_per_file: usize,
+    /// Time to generate the devices and their files (not part of any figure below).
+    pub generate_seconds: f64,
+    /// The dry run of the first file.
+    pub dry_run: ImportCallFigures,
+    /// Each file's import, in order (the later ones land on a fuller store).
+    pub imports: Vec<ImportCallFigures>,
+    /// Daemon `VmRSS` after the imports, MiB.
+    pub rss_after_imports_mib: f64,
+    /// Database file after the imports, MiB.
+    pub database_mib_after_imports: f64,
+    /// Enrollments written straight into the database after the imports.
+    pub seeded_enrollments: usize,
+    /// Time to write them.
+    pub seed_seconds: f64,
+    /// From starting the daemon again to it listening (includes loading the directory).
+    pub restart_seconds: f64,
+    /// Daemon `VmRSS` right after the restart, MiB.
+    pub rss_after_restart_mib: f64,
+    /// Database file at the end, MiB.
+    pub database_mib: f64,
+    /// Devices per status after the restart (`GET /api/v1/devices/counts`, non-zero only).
+    pub status_counts: std::collections::BTreeMap<String, usize>,
+    /// The mix's search term.
+    pub search: String,
+    /// Devices it matches.
+    pub search_matches: usize,
+    /// The walk of one query.
+    pub walk: WalkFigures,
+    /// The mix.
+    pub list: ListFigures,
+    /// The CSV export.
+    pub export: ExportFigures,
+    /// Checks that failed (empty when every check passed).
+    pub problems: Vec<String>,
+}
+
+impl LifecycleFigures {
+    /// Whether a check failed: the figures are then not to be trusted.
+    pub fn failed(&self) -> bool {
+        !self.problems.is_empty()
+    }
+
+    /// The slowest import of a file holding `rows_per_file` rows (the last file may be
+    /// smaller), else the slowest of all.
+    pub fn slowest_full_import(&self) -> Option<&ImportCallFigures> {
+        slowest_import(&self.imports, self.rows_per_file)
+    }
+}
+
+/// The slowest of `imports` holding `rows` rows, else the slowest of all.
+pub fn slowest_import(imports: &[ImportCallFigures], rows: usize) -> Option<&ImportCallFigures> {
+    let slowest =
+        |a: &&ImportCallFigures, b: &&ImportCallFigures| a.wall_seconds.total_cmp(&b.wall_seconds);
+    imports
+        .iter()
+        .filter(|i| i.rows == rows)
+        .max_by(slowest)
+        .or_else(|| imports.iter().max_by(slowest))
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -433,8 +631,8 @@ pub struct Report {
     pub machine: Machine,
     /// With what settings.
     pub settings: Settings,
-    /// Phase 1.
-    pub enrollment: EnrollmentFigures,
+    /// Phase 1 (absent with `--only`).
+    pub enrollment: Option<EnrollmentFigures>,
     /// Phase 2.
     pub rounds: Vec<RoundFigures>,
     /// Phase 3, if requested.
@@ -443,6 +641,8 @@ pub struct Report {
     pub fanout: Option<FanoutFigures>,
     /// Phase 5, if requested.
     pub abm: Option<AbmFigures>,
+    /// Phase 6, if requested.
+    pub lifecycle: Option<LifecycleFigures>,
 }
 
 fn line(out: &mut String, label: &str, value: String) {
@@ -868,6 +1068,264 @@ pub(crate) fn abm_targets(out: &mut String, a: &AbmFigures) {
     );
 }
 
+fn import_block(out: &mut String, i: &ImportCallFigures) {
+    line(
+        out,
+        "wall time",
+        format!(
+            "{:.2} s ({:.0} rows/s; {} rows, {:.1} MiB)",
+            i.wall_seconds,
+            i.rows_per_second,
+            i.rows,
+            i.bytes as f64 / MIB
+        ),
+    );
+    line(
+        out,
+        "answer",
+        format!("{} valid, {} new", i.valid_rows, i.new),
+    );
+    let threads: Vec<String> = i
+        .server_threads
+        .iter()
+        .map(|t| format!("{} {:.2}", t.name, t.cores))
+        .collect();
+    line(
+        out,
+        "server CPU",
+        format!(
+            "{:.2} s ({:.2} cores{}{})",
+            i.server_cpu_seconds,
+            i.server_cores,
+            if threads.is_empty() { "" } else { ": " },
+            threads.join(", ")
+        ),
+    );
+    line(out, "bench CPU", format!("{:.2} cores", i.bench_cores));
+    line(
+        out,
+        "server RSS before / after",
+        format!("{:.1} / {:.1} MiB", i.rss_before_mib, i.rss_after_mib),
+    );
+    line(
+        out,
+        "server peak RSS during the call",
+        format!(
+            "{:.1} MiB{}",
+            i.peak_rss_mib,
+            if i.peak_reset {
+                ""
+            } else {
+                " (since start: could not reset)"
+            }
+        ),
+    );
+}
+
+fn percentiles_text(p: &Percentiles) -> String {
+    format!(
+        "p50 {} p90 {} p99 {} max {}",
+        ms(p.p50),
+        ms(p.p90),
+        ms(p.p99),
+        ms(p.max)
+    )
+}
+
+pub(crate) fn lifecycle_section(out: &mut String, l: &LifecycleFigures) {
+    let _ = writeln!(
+        out,
+        "\ndevice lifecycle: {} devices imported from {} CSV files of at most {} rows",
+        l.devices,
+        l.imports.len(),
+        l.rows_per_file
+    );
+    let _ = writeln!(out, "  dry run of file {}", l.dry_run.file);
+    import_block(out, &l.dry_run);
+    for i in &l.imports {
+        let _ = writeln!(out, "  import of file {}", i.file);
+        import_block(out, i);
+    }
+    line(
+        out,
+        "after the imports",
+        format!(
+            "RSS {:.1} MiB, database file {:.0} MiB",
+            l.rss_after_imports_mib, l.database_mib_after_imports
+        ),
+    );
+    let _ = writeln!(
+        out,
+        "\ndevice list: {} enrollments SEEDED into the database for part of those devices, then a restart",
+        l.seeded_enrollments
+    );
+    line(out, "seeding time", format!("{:.1} s", l.seed_seconds));
+    line(
+        out,
+        "restart (directory load)",
+        format!(
+            "{:.2} s, RSS after {:.1} MiB",
+            l.restart_seconds, l.rss_after_restart_mib
+        ),
+    );
+    let counts: Vec<String> = l
+        .status_counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    line(out, "devices by status", counts.join(", "));
+    line(
+        out,
+        "search term",
+        format!(
+            "{:?}, matches {} devices ({:.1} %)",
+            l.search,
+            l.search_matches,
+            l.search_matches as f64 * 100.0 / l.devices.max(1) as f64
+        ),
+    );
+    let w = &l.walk;
+    let _ = writeln!(out, "  walk of {} to its end", w.query);
+    line(
+        out,
+        "pages, rows",
+        format!(
+            "{} pages, {} rows, {} distinct, {} duplicates, total {}",
+            w.pages, w.rows, w.distinct, w.duplicates, w.total
+        ),
+    );
+    line(
+        out,
+        "wall time",
+        format!(
+            "{:.1} s (server CPU {} per page)",
+            w.wall_seconds,
+            ms(w.server_cpu_ms_per_request)
+        ),
+    );
+    line(out, "latency per page", percentiles_text(&w.latency_ms));
+    let m = &l.list;
+    let _ = writeln!(
+        out,
+        "  mix: {} requests in {} rounds, one at a time, {} rows per page at most",
+        m.requests,
+        m.rounds,
+        crate::lifecycle::PAGE
+    );
+    line(
+        out,
+        "latency, all requests",
+        percentiles_text(&m.latency_ms),
+    );
+    for k in &m.kinds {
+        line(
+            out,
+            &format!("  {} ({})", k.kind, k.requests),
+            format!(
+                "{}, server CPU {}",
+                percentiles_text(&k.latency_ms),
+                ms(k.server_cpu_ms_per_request)
+            ),
+        );
+    }
+    for k in &m.by_sort {
+        line(
+            out,
+            &format!("  sort={} ({})", k.kind, k.requests),
+            format!(
+                "{}, server CPU {}",
+                percentiles_text(&k.latency_ms),
+                ms(k.server_cpu_ms_per_request)
+            ),
+        );
+    }
+    line(
+        out,
+        "server CPU per request",
+        format!(
+            "{} ({:.2} cores busy over {:.1} s)",
+            ms(m.server_cpu_ms_per_request),
+            m.server_cores,
+            m.wall_seconds
+        ),
+    );
+    line(
+        out,
+        "server RSS after",
+        format!("{:.1} MiB", m.rss_after_mib),
+    );
+    let e = &l.export;
+    let _ = writeln!(out, "  CSV export of every device (format=csv)");
+    line(
+        out,
+        "wall time",
+        format!(
+            "{:.2} s, {} rows, {:.1} MiB",
+            e.wall_seconds,
+            e.rows,
+            e.bytes as f64 / MIB
+        ),
+    );
+    line(
+        out,
+        "server CPU, peak RSS",
+        format!(
+            "{:.2} s, {:.1} MiB (from {:.1} MiB before){}",
+            e.server_cpu_seconds,
+            e.peak_rss_mib,
+            e.rss_before_mib,
+            if e.peak_reset {
+                ""
+            } else {
+                " (peak since start)"
+            }
+        ),
+    );
+    line(out, "database file", format!("{:.0} MiB", l.database_mib));
+    for p in &l.problems {
+        let _ = writeln!(out, "    ! {p}");
+    }
+}
+
+/// "met" or "missed", and a note when the run's size differs from the target's.
+fn verdict(met: bool, same_size: bool) -> &'static str {
+    match (met, same_size) {
+        (true, true) => "met",
+        (false, true) => "MISSED",
+        (true, false) => "met at this size (the target is for another)",
+        (false, false) => "MISSED at this size (the target is for another)",
+    }
+}
+
+pub(crate) fn lifecycle_targets(out: &mut String, l: &LifecycleFigures) {
+    let p99 = l.list.latency_ms.p99;
+    line(
+        out,
+        &format!("device list p99, {} devices", l.devices),
+        format!(
+            "{:<23} target < 20 ms at 100k: {}",
+            ms(p99),
+            verdict(p99 < 20.0, l.devices == 100_000)
+        ),
+    );
+    if let Some(i) = l.slowest_full_import() {
+        lifecycle_verdict_line(out, i);
+    }
+}
+
+/// The import's line of the targets block.
+pub(crate) fn lifecycle_verdict_line(out: &mut String, i: &ImportCallFigures) {
+    line(
+        out,
+        &format!("CSV import, {} rows (slowest)", i.rows),
+        format!(
+            "{:<23} target < 10 s for 50,000: {}",
+            format!("{:.2} s", i.wall_seconds),
+            verdict(i.wall_seconds < 10.0, i.rows == 50_000)
+        ),
+    );
+}
+
 impl Report {
     /// The readable form.
     pub fn to_text(&self) -> String {
@@ -883,30 +1341,37 @@ impl Report {
             "mdmd release build, --dev (software keystore), durable writes (redb group commit)\n"
         );
 
-        let e = &self.enrollment;
-        let _ = writeln!(
-            out,
-            "enrollment: link -> profile -> SCEP -> Authenticate -> TokenUpdate, {} devices at a time",
-            s.enroll_concurrency
-        );
-        line(&mut out, "devices enrolled", e.devices.to_string());
-        line(&mut out, "wall time", format!("{:.1} s", e.wall_seconds));
-        line(
-            &mut out,
-            "rate",
-            format!("{:.1} devices/s", e.devices_per_second),
-        );
-        line(
-            &mut out,
-            "server CPU per enrollment",
-            ms(e.server_cpu_ms_per_device),
-        );
-        line(
-            &mut out,
-            "client CPU per enrollment",
-            ms(e.client_cpu_ms_per_device),
-        );
-        line(&mut out, "server RSS after", mib(&e.server_memory));
+        if let Some(e) = &self.enrollment {
+            let _ = writeln!(
+                out,
+                "enrollment: link -> profile -> SCEP -> Authenticate -> TokenUpdate, {} devices at a time",
+                s.enroll_concurrency
+            );
+            line(&mut out, "devices enrolled", e.devices.to_string());
+            line(&mut out, "wall time", format!("{:.1} s", e.wall_seconds));
+            line(
+                &mut out,
+                "rate",
+                format!("{:.1} devices/s", e.devices_per_second),
+            );
+            line(
+                &mut out,
+                "server CPU per enrollment",
+                ms(e.server_cpu_ms_per_device),
+            );
+            line(
+                &mut out,
+                "client CPU per enrollment",
+                ms(e.client_cpu_ms_per_device),
+            );
+            line(&mut out, "server RSS after", mib(&e.server_memory));
+        } else {
+            let _ = writeln!(
+                out,
+                "--only {}: enrollment and round trips not run",
+                s.only.join(",")
+            );
+        }
 
         for r in &self.rounds {
             let _ = writeln!(
@@ -938,6 +1403,9 @@ impl Report {
         }
         if let Some(a) = &self.abm {
             abm_section(&mut out, a);
+        }
+        if let Some(l) = &self.lifecycle {
+            lifecycle_section(&mut out, l);
         }
 
         out.push_str("\ntargets (from the issue; the figures are compared, not asserted)\n");
@@ -995,11 +1463,13 @@ impl Report {
                 format!("{:<23} target < 250 MB", "not run (--rss-devices)"),
             ),
         }
-        line(
-            &mut out,
-            "enrollment server CPU per device",
-            format!("{:<23} target < 5 ms", ms(e.server_cpu_ms_per_device)),
-        );
+        if let Some(e) = &self.enrollment {
+            line(
+                &mut out,
+                "enrollment server CPU per device",
+                format!("{:<23} target < 5 ms", ms(e.server_cpu_ms_per_device)),
+            );
+        }
         match &self.fanout {
             Some(f) => fanout_targets(&mut out, f),
             None => line(
@@ -1019,6 +1489,17 @@ impl Report {
                 format!(
                     "{:<23} target < 15 s, < 200 MB; 1,000 changes < 1 s",
                     "not run (--abm-devices)"
+                ),
+            ),
+        }
+        match &self.lifecycle {
+            Some(l) => lifecycle_targets(&mut out, l),
+            None => line(
+                &mut out,
+                "device list and CSV import",
+                format!(
+                    "{:<23} target p99 < 20 ms at 100k; 50,000 rows < 10 s",
+                    "not run (--lifecycle-devices)"
                 ),
             ),
         }
@@ -1098,8 +1579,12 @@ mod tests {
                 fanout_rounds: 3,
                 abm_devices: None,
                 abm_changes: 1000,
+                lifecycle_devices: None,
+                lifecycle_file_rows: 50_000,
+                lifecycle_requests: 500,
+                only: Vec::new(),
             },
-            enrollment: EnrollmentFigures {
+            enrollment: Some(EnrollmentFigures {
                 devices: 100,
                 wall_seconds: 2.0,
                 devices_per_second: 50.0,
@@ -1109,11 +1594,12 @@ mod tests {
                     rss_mib: 30.0,
                     peak_rss_mib: 31.0,
                 },
-            },
+            }),
             rounds: vec![round()],
             large: None,
             fanout: None,
             abm: None,
+            lifecycle: None,
         };
         let text = report.to_text();
         for needle in [
