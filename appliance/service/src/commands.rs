@@ -156,11 +156,7 @@ impl<S: Store> MdmService<S> {
         for id in &outcome.queued {
             activity_targets.extend(self.activity_targets(id));
         }
-        let actor = if created_by == "system" {
-            "system".to_string()
-        } else {
-            crate::lifecycle::actor_of(created_by)
-        };
+        let actor = crate::lifecycle::actor_for(created_by);
         self.log_activity(crate::lifecycle::activity::entry(
             &actor,
             "command.queued",

@@ -5,7 +5,7 @@
 //! so a crash never leaves a command queued without the state that explains it (or the
 //! reverse).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use mdm_service::ports::{
@@ -228,13 +228,11 @@ pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec
     }
     let mut outcomes = Vec::with_capacity(b.commands.len());
     // (command, enrollment) pairs that were not queued: their install states are not written.
-    let mut refused: HashSet<(&str, &str)> = HashSet::new();
+    let mut refused: HashMap<&str, HashSet<String>> = HashMap::new();
     for (cmd, targets) in &b.commands {
         let outcome = crate::commands::enqueue(txn, cmd, targets)?;
-        for t in &outcome.refused {
-            if let Some(t) = targets.iter().find(|x| *x == t) {
-                refused.insert((cmd.uuid.as_str(), t.as_str()));
-            }
+        if !outcome.refused.is_empty() {
+            refused.insert(&cmd.uuid, outcome.refused.iter().cloned().collect());
         }
         outcomes.push(outcome);
     }
@@ -248,7 +246,10 @@ pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec
         }
         for (rec, json) in &b.installs {
             if let Some(uuid) = rec.state.command_uuid() {
-                if refused.contains(&(uuid, rec.enrollment_id.as_str())) {
+                if refused
+                    .get(uuid)
+                    .is_some_and(|ids| ids.contains(&rec.enrollment_id))
+                {
                     continue;
                 }
             }

@@ -46,7 +46,8 @@ fn flag(pairs: &[(String, String)], key: &str) -> Result<bool, Resp> {
     }
 }
 
-fn limit(pairs: &[(String, String)], default: usize, max: usize) -> Result<usize, Resp> {
+/// `limit` from the query: `default` when absent, an error naming it when not 1 to `max`.
+pub(crate) fn limit(pairs: &[(String, String)], default: usize, max: usize) -> Result<usize, Resp> {
     match query_get(pairs, "limit") {
         None => Ok(default),
         Some(l) => match l.parse::<usize>() {

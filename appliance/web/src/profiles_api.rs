@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{need, parse_json};
+use crate::lifecycle_api::limit;
 use crate::respond::{self, api_error, json, json_status, Resp};
 use crate::routes::{body_or_error, query_get, App};
 
@@ -24,19 +25,6 @@ struct MemberChange {
     add: Vec<String>,
     #[serde(default)]
     remove: Vec<String>,
-}
-
-fn page_limit(pairs: &[(String, String)]) -> Result<usize, Resp> {
-    match query_get(pairs, "limit") {
-        None => Ok(100),
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(api_error(&mdm_service::ServiceError::bad_request(
-                "INVALID_QUERY",
-                format!("limit: expected a number from 1 to 1000, got {l:?}"),
-            ))),
-        },
-    }
 }
 
 impl<S: Store, C: AbmConnector> App<S, C> {
@@ -79,7 +67,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             }
             (Method::GET, ["groups", key, "members"]) => {
                 let after = query_get(pairs, "after");
-                svc.group_members(key, after.as_deref(), page_limit(pairs)?)
+                svc.group_members(key, after.as_deref(), limit(pairs, 100, 1000)?)
                     .map(|p| json(&p))
                     .map_err(err)
             }
@@ -138,7 +126,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             }
             (Method::GET, ["profiles", key, "installs"]) => {
                 let after = query_get(pairs, "after");
-                svc.profile_installs(key, after.as_deref(), page_limit(pairs)?)
+                svc.profile_installs(key, after.as_deref(), limit(pairs, 100, 1000)?)
                     .map(|p| json(&p))
                     .map_err(err)
             }

@@ -299,6 +299,16 @@ pub fn actor_of(token_name: &str) -> String {
     format!("token:{token_name}")
 }
 
+/// The activity actor for work done on behalf of `by`: the appliance itself (`system`) or
+/// an admin API token.
+pub fn actor_for(by: &str) -> String {
+    if by == "system" {
+        "system".to_string()
+    } else {
+        actor_of(by)
+    }
+}
+
 /// Upper-case, trimmed serial.
 pub fn normalize_serial(s: &str) -> String {
     s.trim().to_ascii_uppercase()

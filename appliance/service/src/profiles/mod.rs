@@ -29,8 +29,8 @@ use crate::lifecycle::directory::{summary, DeviceSummary};
 use crate::lifecycle::status::DeviceFacts;
 use crate::lifecycle::{actor_of, normalize_serial};
 use crate::ports::{
-    ActivityOutcome, Assignments, GroupKind, GroupRecord, GroupRule, InstallRecord, ProfileBatch,
-    ProfileRecord, Store, Timestamp,
+    pages, ActivityOutcome, Assignments, GroupKind, GroupRecord, GroupRule, InstallRecord,
+    ProfileBatch, ProfileRecord, Store, Timestamp,
 };
 use crate::MdmService;
 
@@ -344,20 +344,28 @@ impl<S: Store> MdmService<S> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A group's members now, in serial order: the serials listed for a static group, the
+    /// devices matching the rule of a rule-based one.
+    fn member_serials(&self, c: &Catalog, g: &GroupRecord) -> Vec<String> {
+        match &g.kind {
+            GroupKind::Static => c
+                .members
+                .get(&g.id)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default(),
+            GroupKind::Rule { rule } => self.devices().keys_matching(|f| rules::matches(rule, f)),
+        }
+    }
+
     fn group_view(&self, c: &Catalog, g: &GroupRecord) -> GroupView {
-        let (kind, rule, members) = match &g.kind {
-            GroupKind::Static => (
-                "static",
-                None,
-                c.members.get(&g.id).map_or(0, BTreeSet::len),
-            ),
-            GroupKind::Rule { rule } => (
-                "rule",
-                Some(rule.clone()),
-                self.devices()
-                    .keys_matching(|f| rules::matches(rule, f))
-                    .len(),
-            ),
+        let (kind, rule) = match &g.kind {
+            GroupKind::Static => ("static", None),
+            GroupKind::Rule { rule } => ("rule", Some(rule.clone())),
+        };
+        let members = match &g.kind {
+            // Counted without copying the serials.
+            GroupKind::Static => c.members.get(&g.id).map_or(0, BTreeSet::len),
+            GroupKind::Rule { .. } => self.member_serials(c, g).len(),
         };
         GroupView {
             id: g.id.clone(),
@@ -620,15 +628,7 @@ impl<S: Store> MdmService<S> {
     ) -> ServiceResult<MemberPage> {
         let g = self.find_group(key)?;
         let limit = limit.clamp(1, 1000);
-        let serials: Vec<String> = match &g.kind {
-            GroupKind::Static => self
-                .catalog()
-                .members
-                .get(&g.id)
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default(),
-            GroupKind::Rule { rule } => self.devices().keys_matching(|f| rules::matches(rule, f)),
-        };
+        let serials = self.member_serials(&self.catalog(), &g);
         let total = serials.len();
         let start = after.map_or(0, |a| serials.partition_point(|s| s.as_str() <= a));
         let now = Timestamp::now();
@@ -984,19 +984,25 @@ impl<S: Store> MdmService<S> {
         self.reconcile_locked(&guard, affected, by).await
     }
 
-    /// Serials with an install state for a profile.
-    fn profile_serials(&self, profile_id: &str) -> ServiceResult<Vec<String>> {
+    /// Every install state of a profile, by serial.
+    fn profile_states(&self, profile_id: &str) -> ServiceResult<Vec<InstallRecord>> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .profile_installs(profile_id, after.as_deref(), LOAD_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
-            out.extend(page.into_iter().map(|r| r.serial));
+        for page in pages(
+            |after| self.store().profile_installs(profile_id, after, LOAD_PAGE),
+            |r: &InstallRecord| r.serial.as_str(),
+        ) {
+            out.extend(page?);
         }
         Ok(out)
+    }
+
+    /// Serials with an install state for a profile.
+    fn profile_serials(&self, profile_id: &str) -> ServiceResult<Vec<String>> {
+        Ok(self
+            .profile_states(profile_id)?
+            .into_iter()
+            .map(|r| r.serial)
+            .collect())
     }
 
     /// Assigns a profile to more groups and devices (`assign`), or takes assignments away.
@@ -1095,16 +1101,8 @@ impl<S: Store> MdmService<S> {
         let mut affected: BTreeSet<String> = serials.into_iter().collect();
         {
             let c = self.catalog();
-            for gid in &group_ids {
-                if let Some(g) = c.groups.get(gid) {
-                    match &g.kind {
-                        GroupKind::Static => {
-                            affected.extend(c.members.get(gid).into_iter().flatten().cloned());
-                        }
-                        GroupKind::Rule { rule } => affected
-                            .extend(self.devices().keys_matching(|f| rules::matches(rule, f))),
-                    }
-                }
+            for g in group_ids.iter().filter_map(|gid| c.groups.get(gid)) {
+                affected.extend(self.member_serials(&c, g));
             }
         }
         if !assign {
@@ -1169,20 +1167,12 @@ impl<S: Store> MdmService<S> {
     ) -> ServiceResult<reconcile::ReconcileStats> {
         let guard = self.inner.profile_lock.lock().await;
         let p = self.find_profile(key)?;
-        let mut failed = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store()
-                .profile_installs(&p.id, after.as_deref(), LOAD_PAGE)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.serial.clone());
-            failed.extend(
-                page.into_iter()
-                    .filter(|r| matches!(r.state, crate::ports::InstallState::Failed { .. }))
-                    .map(|r| r.serial),
-            );
-        }
+        let failed: Vec<String> = self
+            .profile_states(&p.id)?
+            .into_iter()
+            .filter(|r| matches!(r.state, crate::ports::InstallState::Failed { .. }))
+            .map(|r| r.serial)
+            .collect();
         if failed.is_empty() {
             return Ok(reconcile::ReconcileStats::default());
         }

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use super::{Catalog, FILE_PURPOSE};
 use crate::error::{ServiceError, ServiceResult};
 use crate::lifecycle::activity::entry;
-use crate::lifecycle::actor_of;
+use crate::lifecycle::actor_for;
 use crate::ports::{
     ActivityOutcome, DeliveryStatus, EnrollmentState, InstallRecord, InstallResult, InstallState,
     NewCommand, ProfileBatch, Store, Timestamp,
@@ -47,6 +47,28 @@ struct Target {
     enrollment_id: String,
 }
 
+impl Target {
+    /// The install state of this device for a profile, waiting for a command.
+    fn waiting(
+        &self,
+        profile_id: &str,
+        identifier: &str,
+        sha256: &str,
+        state: InstallState,
+        now: Timestamp,
+    ) -> InstallRecord {
+        InstallRecord {
+            serial: self.serial.clone(),
+            profile_id: profile_id.to_string(),
+            identifier: identifier.to_string(),
+            sha256: sha256.to_string(),
+            enrollment_id: self.enrollment_id.clone(),
+            state,
+            updated_at: now,
+        }
+    }
+}
+
 /// The changes a set of devices needs.
 #[derive(Debug, Default)]
 struct Plan {
@@ -59,15 +81,6 @@ struct Plan {
     /// left from an earlier enrollment of the device.
     drop: Vec<(String, String)>,
     devices: usize,
-}
-
-/// Who the activity log names for `by` (`system` or an API token name).
-fn actor(by: &str) -> String {
-    if by == "system" {
-        "system".to_string()
-    } else {
-        actor_of(by)
-    }
 }
 
 /// One line from a device's ErrorChain JSON (see `checkin`): the descriptions with their
@@ -256,20 +269,18 @@ impl<S: Store> MdmService<S> {
             )?;
             let uuid = cmd.uuid.clone();
             for t in &targets {
-                batch.put_installs.push(InstallRecord {
-                    serial: t.serial.clone(),
-                    profile_id: profile_id.clone(),
-                    identifier: identifier.clone(),
-                    sha256: sha.clone(),
-                    enrollment_id: t.enrollment_id.clone(),
-                    state: InstallState::Installing {
+                batch.put_installs.push(t.waiting(
+                    &profile_id,
+                    &identifier,
+                    &sha,
+                    InstallState::Installing {
                         command_uuid: uuid.clone(),
                     },
-                    updated_at: now,
-                });
+                    now,
+                ));
             }
             batch.activity.push(entry(
-                &actor(by),
+                &actor_for(by),
                 "profile.install_queued",
                 std::iter::once(profile_id.clone())
                     .chain(targets.iter().take(SAMPLE).map(|t| t.serial.clone()))
@@ -292,20 +303,18 @@ impl<S: Store> MdmService<S> {
             )?;
             let uuid = cmd.uuid.clone();
             for (t, profile_id, sha) in &targets {
-                batch.put_installs.push(InstallRecord {
-                    serial: t.serial.clone(),
-                    profile_id: profile_id.clone(),
-                    identifier: identifier.clone(),
-                    sha256: sha.clone(),
-                    enrollment_id: t.enrollment_id.clone(),
-                    state: InstallState::Removing {
+                batch.put_installs.push(t.waiting(
+                    profile_id,
+                    &identifier,
+                    sha,
+                    InstallState::Removing {
                         command_uuid: uuid.clone(),
                     },
-                    updated_at: now,
-                });
+                    now,
+                ));
             }
             batch.activity.push(entry(
-                &actor(by),
+                &actor_for(by),
                 "profile.remove_queued",
                 targets
                     .iter()
