@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mdm_sim::abm::{AbmSimulator, ContentCipher, ServerId, TokenOptions};
 use mdm_sim::apple::AppleStandIn;
-use mdm_sim::device::{DeviceKind, SimDevice};
+use mdm_sim::device::{DeviceKind, SimDevice, SimDeviceBuilder};
 use mdm_sim::http::{headers, HttpClient, HttpResponse};
 use mdmd::config::Config;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A push service address where nothing listens (loopback, discard port): pushes fail fast.
 pub const NO_APNS: &str = "https://127.0.0.1:9";
@@ -259,6 +260,95 @@ impl Appliance {
         self.api("GET", &format!("/api/v1/enrollments/{id}"), None)
             .await
     }
+
+    /// Creates ABM connection `name` against the simulator (automatic sync off) and uploads a
+    /// server token the simulator issues to `server` for the connection's public key.
+    pub async fn connect_abm(&self, sim: &AbmSimulator, name: &str, server: ServerId) {
+        let (st, v) = self
+            .api(
+                "POST",
+                "/api/v1/abm",
+                Some(
+                    json!({"name": name, "base_url": sim.base_url(), "ca_pem": sim.ca_pem(),
+                            "interval_seconds": 0}),
+                ),
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let (_, pem) = self
+            .api("GET", &format!("/api/v1/abm/{name}/public-key"), None)
+            .await;
+        let cert = mdm_pki::Certificate::from_pem(pem.as_str().unwrap()).unwrap();
+        let opts = TokenOptions {
+            cipher: ContentCipher::Aes256Cbc,
+            ber: false,
+            new_org: false,
+        };
+        let p7m = sim.server_token(server, cert.der(), &opts).unwrap();
+        let (st, v) = self
+            .api_raw("PUT", &format!("/api/v1/abm/{name}/token"), p7m)
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+
+    /// Enrolls `d` through ADE as Setup Assistant does: MachineInfo to `/mdm/enroll`, the
+    /// profile installed, SCEP, Authenticate and the first TokenUpdate.
+    pub async fn enroll_ade(&self, d: &mut SimDevice) {
+        let profile = d
+            .ade_enroll(
+                &self.admin,
+                &format!("{}/mdm/enroll", self.base_url),
+                &self.apple,
+            )
+            .await
+            .unwrap();
+        let ca = mdm_sim::x509::certificates_from_pem(&self.ca_pem).unwrap();
+        d.install_profile(&profile, Some(&ca)).unwrap();
+        d.complete_enrollment().await.unwrap();
+    }
+
+    /// `GET /api/v1/devices/{key}`, which must answer 200.
+    pub async fn device_view(&self, key: &str) -> Value {
+        let (st, v) = self
+            .api("GET", &format!("/api/v1/devices/{key}"), None)
+            .await;
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    /// Waits until the device's status is `status` (lifecycle steps settle a fraction of a
+    /// second after the request that caused them).
+    pub async fn wait_device_status(&self, key: &str, status: &str) -> Value {
+        for _ in 0..100 {
+            let v = self.device_view(key).await;
+            if v["status"] == status {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{key} never reached {status}: {}",
+            self.device_view(key).await
+        );
+    }
+}
+
+/// A simulated iPad for ADE enrollment of `serial` as Setup Assistant does it: trusting the
+/// anchor and awaiting configuration as the profile ABM hands out for it says.
+pub fn ade_device_builder(sim: &AbmSimulator, serial: &str) -> SimDeviceBuilder {
+    use base64::Engine as _;
+    let activation = sim.activation(serial).unwrap();
+    let anchor = activation["anchor_certs"][0].as_str().unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(anchor)
+        .unwrap();
+    let anchor_pem = mdm_pki::Certificate::from_der(&der).unwrap().to_pem();
+    SimDevice::builder(DeviceKind::IPad)
+        .unwrap()
+        .serial(serial)
+        .awaiting_configuration(activation["await_device_configured"] == true)
+        .trust_ca_pem(anchor_pem.as_bytes())
+        .unwrap()
 }
 
 /// A response body as JSON, or as a JSON string when it is not JSON.

@@ -6,70 +6,22 @@
 
 use std::time::Duration;
 
-use appliance_tests::Appliance;
-use base64::Engine as _;
-use mdm_sim::abm::{
-    AbmSimConfig, AbmSimulator, AssignOutcome, ContentCipher, ServerId, TokenOptions,
-};
+use appliance_tests::{ade_device_builder, Appliance};
+use mdm_sim::abm::{AbmSimConfig, AbmSimulator, AssignOutcome, ServerId};
 use mdm_sim::device::{DeviceKind, SimDevice};
 use serde_json::{json, Value};
 
 const SERVER: ServerId = ServerId(0);
-
-async fn connect(app: &Appliance, sim: &AbmSimulator) {
-    let (st, v) = app
-        .api(
-            "POST",
-            "/api/v1/abm",
-            Some(
-                json!({"name": "north", "base_url": sim.base_url(), "ca_pem": sim.ca_pem(),
-                        "interval_seconds": 0}),
-            ),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (_, pem) = app.api("GET", "/api/v1/abm/north/public-key", None).await;
-    let cert = mdm_pki::Certificate::from_pem(pem.as_str().unwrap()).unwrap();
-    let opts = TokenOptions {
-        cipher: ContentCipher::Aes256Cbc,
-        ber: false,
-        new_org: false,
-    };
-    let p7m = sim.server_token(SERVER, cert.der(), &opts).unwrap();
-    let (st, v) = app.api_raw("PUT", "/api/v1/abm/north/token", p7m).await;
-    assert_eq!(st, 200, "{v}");
-}
 
 async fn sync(app: &Appliance) {
     let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
     assert_eq!(st, 200, "{v}");
 }
 
-async fn device(app: &Appliance, key: &str) -> Value {
-    let (st, v) = app
-        .api("GET", &format!("/api/v1/devices/{key}"), None)
-        .await;
-    assert_eq!(st, 200, "{v}");
-    v
-}
-
-/// Waits until the device's status is `status` (activity and lifecycle steps are
-/// asynchronous by a fraction of a second).
-async fn wait_status(app: &Appliance, key: &str, status: &str) -> Value {
-    for _ in 0..100 {
-        let v = device(app, key).await;
-        if v["status"] == status {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{key} never reached {status}: {}", device(app, key).await);
-}
-
 /// Waits until the device's timeline holds an entry of `kind`.
 async fn wait_timeline(app: &Appliance, key: &str, kind: &str) -> Value {
     for _ in 0..100 {
-        let v = device(app, key).await;
+        let v = app.device_view(key).await;
         if v["timeline"]
             .as_array()
             .unwrap()
@@ -82,25 +34,8 @@ async fn wait_timeline(app: &Appliance, key: &str, kind: &str) -> Value {
     }
     panic!(
         "{key}'s timeline never got {kind}: {}",
-        device(app, key).await
+        app.device_view(key).await
     );
-}
-
-/// ADE enrollment of `serial` as Setup Assistant does it, with the profile ABM hands out.
-async fn ade_device(sim: &AbmSimulator, serial: &str) -> SimDevice {
-    let activation = sim.activation(serial).unwrap();
-    let anchor = activation["anchor_certs"][0].as_str().unwrap();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(anchor)
-        .unwrap();
-    let anchor_pem = mdm_pki::Certificate::from_der(&der).unwrap().to_pem();
-    SimDevice::builder(DeviceKind::IPad)
-        .unwrap()
-        .serial(serial)
-        .awaiting_configuration(activation["await_device_configured"] == true)
-        .trust_ca_pem(anchor_pem.as_bytes())
-        .unwrap()
-        .build()
 }
 
 fn csv_for(rows: &[(&str, &str)]) -> Vec<u8> {
@@ -175,7 +110,7 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
         .await;
     assert_eq!((st, r["skipped"].as_u64()), (200, Some(4)), "{r}");
 
-    let v = device(&app, "F00DFACE01").await;
+    let v = app.device_view("F00DFACE01").await;
     assert_eq!(v["status"], "expected", "{v}");
     assert_eq!(v["name"], "Dave");
     assert!(v["fix"]
@@ -207,9 +142,9 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
         .contains("offline_after_hours"));
 
     // ABM: synced without a profile, the devices are listed but not assigned.
-    connect(&app, &sim).await;
+    app.connect_abm(&sim, "north", SERVER).await;
     sync(&app).await;
-    let v = device(&app, &serials[3]).await;
+    let v = app.device_view(&serials[3]).await;
     assert_eq!(v["status"], "not_assigned", "{v}");
     assert!(v["reason"]
         .as_str()
@@ -248,12 +183,12 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
     assert_eq!(st, 200, "{v}");
     let (st, v) = app.api("POST", "/api/v1/abm/north/assign", None).await;
     assert_eq!(st, 200, "{v}");
-    let v = device(&app, &serials[0]).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(v["status"], "assigned", "{v}");
-    let v = device(&app, &serials[4]).await;
+    let v = app.device_view(&serials[4]).await;
     assert_eq!(v["status"], "assignment_failed", "{v}");
     assert!(v["reason"].as_str().unwrap().contains("FAILED"), "{v}");
-    let v = device(&app, &serials[5]).await;
+    let v = app.device_view(&serials[5]).await;
     assert_eq!(v["status"], "elsewhere", "{v}");
 
     // The list: filtered by status, sorted, paged with a cursor; and counts.
@@ -293,7 +228,7 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
 
     // A device ABM lists but nobody pre-enrolled is refused at ADE, with a message for the
     // person holding it and an entry for the admin.
-    let mut stranger = ade_device(&sim, &serials[3]).await;
+    let mut stranger = ade_device_builder(&sim, &serials[3]).build();
     let refused = stranger
         .ade_enroll(
             &app.admin,
@@ -308,25 +243,15 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
 
     // The expected device enrolls, is held in Setup Assistant, and is released by itself
     // once its (empty) baseline is done.
-    let mut d = ade_device(&sim, &serials[0]).await;
-    let profile = d
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
-    d.complete_enrollment().await.unwrap();
-    let v = device(&app, &serials[0]).await;
+    let mut d = ade_device_builder(&sim, &serials[0]).build();
+    app.enroll_ade(&mut d).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(v["status"], "awaiting_configuration", "{v}");
     assert_eq!(v["queued_commands"], json!(["DeviceConfigured"]), "{v}");
     assert_eq!(v["waiting_for"][0], "DeviceConfigured to be acknowledged");
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done.len(), 1);
-    let v = wait_status(&app, &serials[0], "enrolled").await;
+    let v = app.wait_device_status(&serials[0], "enrolled").await;
     assert_eq!(v["enrollment"]["awaiting_configuration"], false, "{v}");
     // A manual release of a device that is not waiting is refused.
     let (st, e) = app
@@ -360,13 +285,13 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
 
     // Checked out: unenrolled, with the reason.
     d.check_out().await.unwrap();
-    let v = wait_status(&app, &serials[0], "unenrolled").await;
+    let v = app.wait_device_status(&serials[0], "unenrolled").await;
     assert!(v["reason"].as_str().unwrap().contains("checked out"), "{v}");
 
     // Released from ABM.
     sim.delete_device(&serials[2]).unwrap();
     sync(&app).await;
-    let v = device(&app, &serials[2]).await;
+    let v = app.device_view(&serials[2]).await;
     assert_eq!(v["status"], "released", "{v}");
 
     // The activity log: filters, export, and who may read it.
@@ -454,13 +379,13 @@ async fn enrolling_and_manual_release_when_automatic_release_is_off() {
     d.install_profile(&profile, Some(&ca)).unwrap();
     d.scep_enroll().await.unwrap();
     d.authenticate().await.unwrap();
-    let v = device(&app, &d.serial).await;
+    let v = app.device_view(&d.serial).await;
     assert_eq!(v["status"], "enrolling", "{v}");
     assert_eq!(v["enrollment_id"], d.udid.as_str());
 
     // Held in Setup Assistant, and kept there: automatic release is off.
     d.token_update().await.unwrap();
-    let v = device(&app, &d.serial).await;
+    let v = app.device_view(&d.serial).await;
     assert_eq!(v["status"], "awaiting_configuration", "{v}");
     assert!(
         v["waiting_for"][0]
@@ -496,7 +421,7 @@ async fn enrolling_and_manual_release_when_automatic_release_is_off() {
     assert_eq!(r["enrollment_id"], d.udid.as_str());
     let done = d.run_until_idle().await.unwrap();
     assert_eq!(done.len(), 1);
-    let v = wait_status(&app, &d.serial, "enrolled").await;
+    let v = app.wait_device_status(&d.serial, "enrolled").await;
     assert!(v["timeline"]
         .as_array()
         .unwrap()
@@ -506,6 +431,6 @@ async fn enrolling_and_manual_release_when_automatic_release_is_off() {
     // After a restart the directory is rebuilt from the store: same statuses.
     let mut app = app;
     app.restart().await;
-    assert_eq!(device(&app, &d.serial).await["status"], "enrolled");
-    assert_eq!(device(&app, &other.udid).await["status"], "enrolled");
+    assert_eq!(app.device_view(&d.serial).await["status"], "enrolled");
+    assert_eq!(app.device_view(&other.udid).await["status"], "enrolled");
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use appliance_tests::Appliance;
 use base64::Engine as _;
 use mdm_sim::abm::{AbmSimConfig, AbmSimulator, ContentCipher, ServerId, TokenOptions};
-use mdm_sim::device::{DeviceKind, SimDevice};
+use mdm_sim::device::SimDevice;
 use mdm_sim::http::headers;
 use serde_json::{json, Value};
 
@@ -1694,18 +1694,8 @@ async fn answers_along_a_walk_through_the_api_fit_the_document() {
         200,
     )
     .await;
-    let mut ade = ade_device(&sim, &serials[0]);
-    let profile = ade
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    ade.install_profile(&profile, Some(&ca)).unwrap();
-    ade.complete_enrollment().await.unwrap();
+    let mut ade = appliance_tests::ade_device_builder(&sim, &serials[0]).build();
+    app.enroll_ade(&mut ade).await;
     w.json("GET", &format!("/api/v1/devices/{}", serials[0]), None, 200)
         .await;
     w.json(
@@ -2331,21 +2321,4 @@ async fn walk_groups_and_profiles(w: &mut Walk<'_>, ade: &mut SimDevice, serial:
         200,
     )
     .await;
-}
-
-/// A simulated iPad that enrolls through ADE with the profile ABM hands out for `serial`.
-fn ade_device(sim: &AbmSimulator, serial: &str) -> SimDevice {
-    let activation = sim.activation(serial).unwrap();
-    let anchor = activation["anchor_certs"][0].as_str().unwrap();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(anchor)
-        .unwrap();
-    let anchor_pem = mdm_pki::Certificate::from_der(&der).unwrap().to_pem();
-    SimDevice::builder(DeviceKind::IPad)
-        .unwrap()
-        .serial(serial)
-        .awaiting_configuration(activation["await_device_configured"] == true)
-        .trust_ca_pem(anchor_pem.as_bytes())
-        .unwrap()
-        .build()
 }

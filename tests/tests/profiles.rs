@@ -6,14 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::time::Duration;
 
-use appliance_tests::Appliance;
-use base64::Engine as _;
-use mdm_sim::abm::{
-    AbmSimConfig, AbmSimulator, ContentCipher, DeviceChange, ServerId, TokenOptions,
-};
-use mdm_sim::device::{DeviceKind, SimDevice};
+use appliance_tests::{ade_device_builder, Appliance};
+use mdm_sim::abm::{AbmSimConfig, AbmSimulator, DeviceChange, ServerId};
+use mdm_sim::device::SimDevice;
 use serde_json::{json, Value};
 
 const SERVER: ServerId = ServerId(0);
@@ -131,28 +127,9 @@ fn openssl_sign(content: &[u8]) -> Vec<u8> {
     std::fs::read(p("out.der")).unwrap()
 }
 
+/// ABM connection `north` with a default enrollment profile, synced and assigned.
 async fn connect(app: &Appliance, sim: &AbmSimulator) {
-    let (st, v) = app
-        .api(
-            "POST",
-            "/api/v1/abm",
-            Some(
-                json!({"name": "north", "base_url": sim.base_url(), "ca_pem": sim.ca_pem(),
-                        "interval_seconds": 0}),
-            ),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let (_, pem) = app.api("GET", "/api/v1/abm/north/public-key", None).await;
-    let cert = mdm_pki::Certificate::from_pem(pem.as_str().unwrap()).unwrap();
-    let opts = TokenOptions {
-        cipher: ContentCipher::Aes256Cbc,
-        ber: false,
-        new_org: false,
-    };
-    let p7m = sim.server_token(SERVER, cert.der(), &opts).unwrap();
-    let (st, v) = app.api_raw("PUT", "/api/v1/abm/north/token", p7m).await;
-    assert_eq!(st, 200, "{v}");
+    app.connect_abm(sim, "north", SERVER).await;
     let (st, p) = app
         .api(
             "PUT",
@@ -173,52 +150,13 @@ async fn connect(app: &Appliance, sim: &AbmSimulator) {
     assert_eq!(st, 200, "{v}");
 }
 
-async fn device(app: &Appliance, key: &str) -> Value {
-    let (st, v) = app
-        .api("GET", &format!("/api/v1/devices/{key}"), None)
-        .await;
-    assert_eq!(st, 200, "{v}");
-    v
-}
-
-async fn wait_status(app: &Appliance, key: &str, status: &str) -> Value {
-    for _ in 0..100 {
-        let v = device(app, key).await;
-        if v["status"] == status {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{key} never reached {status}: {}", device(app, key).await);
-}
-
 /// ADE enrollment through Setup Assistant: enrolled, held, nothing run yet.
 async fn ade_enroll(app: &Appliance, sim: &AbmSimulator, serial: &str) -> SimDevice {
-    let activation = sim.activation(serial).unwrap();
-    let anchor = activation["anchor_certs"][0].as_str().unwrap();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(anchor)
-        .unwrap();
-    let anchor_pem = mdm_pki::Certificate::from_der(&der).unwrap().to_pem();
-    let mut d = SimDevice::builder(DeviceKind::IPad)
-        .unwrap()
-        .serial(serial)
+    let mut d = ade_device_builder(sim, serial)
         .os("17.5", "21F79")
         .awaiting_configuration(true)
-        .trust_ca_pem(anchor_pem.as_bytes())
-        .unwrap()
         .build();
-    let profile = d
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
-    d.complete_enrollment().await.unwrap();
+    app.enroll_ade(&mut d).await;
     d
 }
 
@@ -425,7 +363,7 @@ async fn groups_profiles_baseline_release_and_sync() {
     // The first device enrolls and waits in Setup Assistant: its baseline is queued and its
     // release waits for it.
     let mut d0 = ade_enroll(&app, &sim, &serials[0]).await;
-    let v = device(&app, &serials[0]).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(v["status"], "awaiting_configuration", "{v}");
     assert_eq!(
         v["queued_commands"],
@@ -446,7 +384,7 @@ async fn groups_profiles_baseline_release_and_sync() {
     );
     // The device installs both, then DeviceConfigured follows by itself.
     d0.run_until_idle().await.unwrap();
-    let v = wait_status(&app, &serials[0], "enrolled").await;
+    let v = app.wait_device_status(&serials[0], "enrolled").await;
     assert_eq!(
         installs(&v),
         [
@@ -468,7 +406,7 @@ async fn groups_profiles_baseline_release_and_sync() {
     // The second device: its broken profile is refused, so it stays held, and says why.
     let mut d1 = ade_enroll(&app, &sim, &serials[1]).await;
     d1.run_until_idle().await.unwrap();
-    let v = device(&app, &serials[1]).await;
+    let v = app.device_view(&serials[1]).await;
     assert_eq!(v["status"], "awaiting_configuration", "{v}");
     let states = installs(&v);
     assert!(
@@ -523,7 +461,7 @@ async fn groups_profiles_baseline_release_and_sync() {
         .await;
     assert_eq!(st, 202, "{v}");
     d1.run_until_idle().await.unwrap();
-    let v = wait_status(&app, &serials[1], "enrolled").await;
+    let v = app.wait_device_status(&serials[1], "enrolled").await;
     assert_eq!(
         installs(&v),
         [("org.example.wifi".into(), "installed".into(), true)],
@@ -556,7 +494,7 @@ async fn groups_profiles_baseline_release_and_sync() {
     d1.run_until_idle().await.unwrap();
     assert_eq!(held(&d0), ["org.example.wifi"]);
     assert_eq!(held(&d1), ["org.example.restrictions", "org.example.wifi"]);
-    let v = device(&app, &serials[0]).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(
         installs(&v),
         [("org.example.wifi".into(), "installed".into(), true)],
@@ -572,14 +510,14 @@ async fn groups_profiles_baseline_release_and_sync() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    let v = device(&app, &serials[0]).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(
         installs(&v),
         [("org.example.wifi".into(), "installing".into(), true)],
         "{v}"
     );
     d0.run_until_idle().await.unwrap();
-    let v = device(&app, &serials[0]).await;
+    let v = app.device_view(&serials[0]).await;
     assert_eq!(
         installs(&v),
         [("org.example.wifi".into(), "installed".into(), true)],
@@ -606,7 +544,7 @@ async fn groups_profiles_baseline_release_and_sync() {
     assert_eq!(v["reconcile"]["removals"], 1, "{v}");
     d1.run_until_idle().await.unwrap();
     assert_eq!(held(&d1), ["org.example.wifi"]);
-    let v = device(&app, &serials[1]).await;
+    let v = app.device_view(&serials[1]).await;
     assert_eq!(
         installs(&v),
         [("org.example.wifi".into(), "installed".into(), true)],
