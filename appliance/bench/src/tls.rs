@@ -79,15 +79,7 @@ pub async fn fetch_ca_pem(addr: SocketAddr) -> Result<String, BenchError> {
             provider.signature_verification_algorithms,
         )))
         .with_no_client_auth();
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(BenchError::io(format!("connect to {addr}")))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::from(addr.ip()), tcp)
-        .await
-        .map_err(BenchError::io(format!(
-            "complete a TLS handshake with {addr}"
-        )))?;
+    let tls = connect(addr, config).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| ca_error(addr, e))?;
@@ -136,15 +128,7 @@ pub async fn get_streamed(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots_from_pem(ca_pem)?)
         .with_no_client_auth();
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(BenchError::io(format!("connect to {addr}")))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::from(addr.ip()), tcp)
-        .await
-        .map_err(BenchError::io(format!(
-            "complete a TLS handshake with {addr}"
-        )))?;
+    let tls = connect(addr, config).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| fail(&e))?;
@@ -225,4 +209,20 @@ pub fn device_config(
     // The server sends two tickets per full handshake; a device only ever needs the newest.
     config.resumption = Resumption::in_memory_sessions(2);
     Ok(Arc::new(config))
+}
+
+/// A TCP connection to `addr` with a TLS session on it.
+async fn connect(
+    addr: SocketAddr,
+    config: ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BenchError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(BenchError::io(format!("connect to {addr}")))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::from(addr.ip()), tcp)
+        .await
+        .map_err(BenchError::io(format!(
+            "complete a TLS handshake with {addr}"
+        )))
 }
