@@ -61,6 +61,7 @@ mod routers {
         ("api.rs", "/api/v1"),
         ("lifecycle_api.rs", "/api/v1"),
         ("profiles_api.rs", "/api/v1"),
+        ("users_api.rs", "/api/v1"),
         ("abm_api.rs", "/api/v1/abm"),
     ];
 
@@ -1721,6 +1722,7 @@ async fn answers_along_a_walk_through_the_api_fit_the_document() {
     w.json("GET", "/api/v1/devices/counts", None, 200).await;
     w.json("GET", "/api/v1/status", None, 200).await;
     walk_groups_and_profiles(&mut w, &mut ade, &serials[0]).await;
+    walk_users(&mut w).await;
 
     w.json("GET", "/api/v1/abm", None, 200).await;
     w.json("GET", "/api/v1/abm/north", None, 200).await;
@@ -1876,10 +1878,68 @@ async fn answers_along_a_walk_through_the_api_fit_the_document() {
         .map(|(m, t, _)| format!("{m} {t}"))
         .collect();
     assert!(
-        w.seen.len() >= 71,
+        w.seen.len() >= 77,
         "the walk reached only {} operations; not: {unseen:?}",
         w.seen.len()
     );
+}
+
+/// Local user accounts, and an ABM profile that asks for sign-in.
+async fn walk_users(w: &mut Walk<'_>) {
+    let pw = "Walk-Password-1";
+    let u = w
+        .json(
+            "POST",
+            "/api/v1/users",
+            Some(json!({"username": "Walker", "full_name": "Walk Er",
+                        "email": "walker@example.org", "password": pw})),
+            201,
+        )
+        .await;
+    assert_eq!(u["username"], "walker");
+    w.refused(
+        "POST",
+        "/api/v1/users",
+        Some(json!({"username": "walker", "full_name": "Again", "password": pw})),
+        409,
+        "USER_EXISTS",
+    )
+    .await;
+    w.refused(
+        "POST",
+        "/api/v1/users",
+        Some(json!({"username": "short", "full_name": "S", "password": "x"})),
+        400,
+        "PASSWORD_POLICY",
+    )
+    .await;
+    w.json("GET", "/api/v1/users?limit=10", None, 200).await;
+    w.json("GET", "/api/v1/users/WALKER", None, 200).await;
+    let changed = w
+        .json(
+            "PATCH",
+            "/api/v1/users/walker",
+            Some(json!({"email": "", "disabled": true, "password": "Walk-Password-2"})),
+            200,
+        )
+        .await;
+    assert!(changed["email"].is_null(), "{changed}");
+    w.json("POST", "/api/v1/users/walker/unlock", None, 200)
+        .await;
+    w.refused("GET", "/api/v1/users/nobody", None, 404, "USER_NOT_FOUND")
+        .await;
+    let p = w
+        .json(
+            "PUT",
+            "/api/v1/abm/north/profiles/signin",
+            Some(json!({"profile_name": "Sign in", "authentication": "local"})),
+            200,
+        )
+        .await;
+    assert_eq!(p["authentication"], "local");
+    w.json("DELETE", "/api/v1/abm/north/profiles/signin", None, 200)
+        .await;
+    w.json("DELETE", "/api/v1/users/walker", None, 200).await;
 }
 
 /// A small unsigned configuration profile around `payloads` (the XML of `PayloadContent`'s

@@ -257,6 +257,7 @@ fn challenge(sha: &str, expires_at: Timestamp) -> ChallengeRecord {
         source: EnrollmentSource::Ade {
             udid: "UDID-ADE".into(),
             serial: "SERIAL-ADE".into(),
+            user: None,
         },
         created_at: t(0),
         expires_at,
@@ -1522,6 +1523,7 @@ fn abm_profile(connection: &str, name: &str) -> AbmProfileRecord {
         },
         apple_uuid: None,
         defined_at: None,
+        authentication: crate::ports::EnrollmentAuth::Local,
         updated_at: t(0),
     }
 }

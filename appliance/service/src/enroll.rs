@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use mdm_pki::cms::SignerOptions;
 use mdm_proto::MachineInfo;
 use plist::{Dictionary, Value};
@@ -127,44 +126,30 @@ impl<S: Store> MdmService<S> {
         Ok(profile)
     }
 
-    /// ADE: the device POSTed its CMS-signed MachineInfo.
+    /// ADE: the device POSTed its CMS-signed MachineInfo (an ABM profile without
+    /// `configuration_web_url`). Refused when the device's profile asks for user
+    /// authentication: that happens only on the `configuration_web_url` page.
     pub async fn ade_profile(&self, signed_machine_info: &[u8]) -> ServiceResult<Vec<u8>> {
-        let info = self.verify_machine_info(signed_machine_info)?;
-        self.check_min_os(&info)?;
-        self.check_enrollment_allowed(Some(&info.serial), "ADE")?;
-        let profile = self
-            .enrollment_profile(EnrollmentSource::Ade {
-                udid: info.udid.clone(),
-                serial: info.serial.clone(),
-            })
-            .await?;
+        let info = self.admit_ade(signed_machine_info)?;
+        if self.enrollment_auth_for(&info.serial)? != crate::ports::EnrollmentAuth::None {
+            warn!(udid = %info.udid, serial = %info.serial, "ADE enrollment without sign-in refused: the profile asks for user authentication");
+            return Err(ServiceError::forbidden(
+                "USER_AUTH_REQUIRED",
+                "this device's enrollment profile asks for user authentication, which happens on its configuration_web_url page; give the ABM profile a configuration_web_url",
+            ));
+        }
+        let profile = self.serve_ade_profile(&info, None).await?;
         info!(udid = %info.udid, serial = %info.serial, "ADE enrollment profile served");
-        self.log_activity(crate::lifecycle::activity::entry(
-            "device",
-            "enrollment.profile_served",
-            vec![
-                crate::lifecycle::normalize_serial(&info.serial),
-                info.udid.clone(),
-            ],
-            crate::ports::ActivityOutcome::Ok,
-            "ADE enrollment profile served (MachineInfo verified)",
-            Some(serde_json::json!({"model": info.product, "os_version": info.os_version})),
-        ));
         Ok(profile)
     }
 
-    /// ADE with `configuration_web_url`: the MachineInfo arrives base64 in the
-    /// `x-apple-aspen-deviceinfo` header of a GET.
-    pub async fn ade_web_profile(&self, header_value: &str) -> ServiceResult<Vec<u8>> {
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(header_value.trim())
-            .map_err(|_| {
-                ServiceError::bad_request(
-                    "MACHINEINFO_INVALID",
-                    "x-apple-aspen-deviceinfo is not valid base64",
-                )
-            })?;
-        self.ade_profile(&der).await
+    /// Checks an ADE request: the MachineInfo's signature and chain, the minimum OS, and the
+    /// "pre-enrolled devices only" restriction.
+    pub(crate) fn admit_ade(&self, signed_machine_info: &[u8]) -> ServiceResult<MachineInfo> {
+        let info = self.verify_machine_info(signed_machine_info)?;
+        self.check_min_os(&info)?;
+        self.check_enrollment_allowed(Some(&info.serial), "ADE")?;
+        Ok(info)
     }
 
     /// Verify a signed MachineInfo: the CMS signature, and the signer's chain to the

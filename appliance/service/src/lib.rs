@@ -12,6 +12,7 @@
 //! authentication (UserAuthenticate is declined).
 
 pub mod abm;
+pub mod accounts;
 pub mod authority;
 pub mod checkin;
 pub mod commands;
@@ -127,6 +128,7 @@ struct Inner<S> {
     /// Held by every change to groups, profiles or install plans, so that two never plan
     /// from the same state.
     profile_lock: tokio::sync::Mutex<()>,
+    accounts: accounts::setup::Accounts,
 }
 
 /// The MDM service. Cheap to clone.
@@ -169,6 +171,7 @@ impl<S: Store> MdmService<S> {
                 activity: lifecycle::activity::ActivityBuffer::default(),
                 catalog: RwLock::new(catalog),
                 profile_lock: tokio::sync::Mutex::new(()),
+                accounts: accounts::setup::Accounts::default(),
             }),
         })
     }

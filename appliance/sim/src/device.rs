@@ -17,6 +17,7 @@ use crate::http::{self, HttpClient, HttpResponse, TlsIdentity};
 use crate::keys::{KeyAlgorithm, PrivateKey};
 use crate::profile::{self, MdmPayload, Profile, ScepPayload};
 use crate::scep::{self, EnrollmentRequest, ScepClient};
+use crate::webview::WebView;
 use crate::x509::{self, CertificateParams};
 
 /// Content type of an ADE MachineInfo POST.
@@ -466,6 +467,55 @@ impl SimDevice {
         Ok(profile)
     }
 
+    /// ADE with `configuration_web_url`, as the web view sees it: GETs `url` with the
+    /// signed MachineInfo header and returns what it shows (a profile, or a page such as a
+    /// sign-in form).
+    pub async fn ade_web_open(
+        &mut self,
+        client: &HttpClient,
+        url: &str,
+        apple: &AppleStandIn,
+    ) -> Result<WebView, DeviceError> {
+        let signed = self.signed_machine_info(apple)?;
+        let value = base64::engine::general_purpose::STANDARD.encode(signed);
+        let headers = http::headers(&[(DEVICE_INFO_HEADER, &value)])?;
+        let view = WebView::from_response(client.get(&ade_url(url), headers).await?);
+        if matches!(view, WebView::Profile(_)) {
+            self.enrolled_via_ade = true;
+        }
+        Ok(view)
+    }
+
+    /// Submits a page's first form as a person would: `fill` gives the values typed into
+    /// named fields; hidden fields keep their values. The action resolves against `page_url`.
+    pub async fn web_submit(
+        &mut self,
+        client: &HttpClient,
+        page_url: &str,
+        html: &str,
+        fill: &[(&str, &str)],
+    ) -> Result<WebView, DeviceError> {
+        let form = crate::webview::first_form(html).ok_or(DeviceError::NoForm)?;
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        for input in &form.inputs {
+            let typed = fill.iter().find(|(n, _)| *n == input.name).map(|(_, v)| *v);
+            body.append_pair(&input.name, typed.unwrap_or(&input.value));
+        }
+        let action = resolve(page_url, &form.action);
+        let resp = client
+            .post(
+                &action,
+                "application/x-www-form-urlencoded",
+                body.finish().into_bytes(),
+            )
+            .await?;
+        let view = WebView::from_response(resp);
+        if matches!(view, WebView::Profile(_)) {
+            self.enrolled_via_ade = true;
+        }
+        Ok(view)
+    }
+
     /// Manual enrollment: GETs an enrollment-link URL and returns the profile.
     pub async fn manual_enroll(
         &self,
@@ -701,6 +751,25 @@ fn ade_url(url: &str) -> String {
         format!("{}/mdm/enroll", url.trim_end_matches('/'))
     } else {
         url.to_owned()
+    }
+}
+
+/// `action` as an absolute URL: absolute as is, else on `page`'s origin.
+fn resolve(page: &str, action: &str) -> String {
+    if action.starts_with("https://") || action.starts_with("http://") {
+        return action.to_owned();
+    }
+    let origin_end = page
+        .find("://")
+        .and_then(|i| page[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(page.len());
+    let origin = &page[..origin_end];
+    if action.starts_with('/') {
+        format!("{origin}{action}")
+    } else if action.is_empty() {
+        page.to_owned()
+    } else {
+        format!("{origin}/{action}")
     }
 }
 

@@ -303,6 +303,9 @@ pub enum DeviceError {
     /// The operation needs an installed enrollment profile.
     #[error("no enrollment profile is installed")]
     NotEnrolled,
+    /// The page has no form to submit.
+    #[error("the page shown has no form")]
+    NoForm,
     /// The operation needs the SCEP-issued MDM identity.
     #[error("the device has no MDM identity yet (run SCEP first)")]
     NoIdentity,

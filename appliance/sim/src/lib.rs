@@ -41,6 +41,7 @@ pub mod keys;
 pub mod oids;
 pub mod profile;
 pub mod scep;
+pub mod webview;
 pub mod x509;
 
 pub use apple::AppleStandIn;

@@ -31,6 +31,7 @@ mod misc;
 mod profiles;
 mod records;
 mod schema;
+mod users;
 mod writer;
 
 use std::collections::HashSet;
@@ -46,7 +47,8 @@ use mdm_service::ports::{
     InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord, LinkStore,
     NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
     PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy, SettingsStore,
-    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord, UserChange,
+    UserRecord, UserStore,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
@@ -473,6 +475,26 @@ impl LifecycleStore for RedbStore {
 
     async fn prune_activity(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
         self.write(move |txn| lifecycle::prune_activity(txn, before, limit))
+            .await
+    }
+}
+
+impl UserStore for RedbStore {
+    fn user(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        users::user(&self.read()?, username)
+    }
+
+    fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<UserRecord>> {
+        users::list_users(&self.read()?, after, limit)
+    }
+
+    fn count_users(&self) -> StoreResult<u64> {
+        users::count_users(&self.read()?)
+    }
+
+    async fn write_user(&self, change: UserChange, activity: Vec<NewActivity>) -> StoreResult<()> {
+        let activity = lifecycle::EncodedActivity::new(activity);
+        self.write(move |txn| users::write_user(txn, &change, &activity))
             .await
     }
 }

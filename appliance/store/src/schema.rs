@@ -129,13 +129,17 @@ pub(crate) const INSTALLS: TableDefinition<(&str, &str), &[u8]> = TableDefinitio
 pub(crate) const INSTALLS_BY_PROFILE: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("installs_by_profile");
 
+/// Username → `UserRecord` (JSON, password hash sealed).
+pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+
 /// One schema step: brings a file from version `i` to `i + 1` (where `i` is its index in the
 /// list). Runs inside the single transaction that also records the new version.
 pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
-pub(crate) const MIGRATIONS: &[Migration] = &[create_v1, create_v2, create_v3, create_v4];
+pub(crate) const MIGRATIONS: &[Migration] =
+    &[create_v1, create_v2, create_v3, create_v4, create_v5];
 
 /// The schema version this binary writes.
 pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -203,6 +207,11 @@ fn create_v4(txn: &WriteTransaction) -> StoreResult<()> {
     create_table(txn, INSTALLS)?;
     create_table(txn, INSTALLS_BY_PROFILE)?;
     Ok(())
+}
+
+/// Version 5: local user accounts.
+fn create_v5(txn: &WriteTransaction) -> StoreResult<()> {
+    create_table(txn, USERS)
 }
 
 /// Creates a table (if missing) without keeping it open.

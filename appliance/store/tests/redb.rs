@@ -480,6 +480,7 @@ fn abm_profile(connection: &str, name: &str) -> AbmProfileRecord {
         apple_uuid: Some(format!("uuid-{name}")),
         defined_at: Some(Timestamp(2)),
         updated_at: Timestamp(2),
+        authentication: Default::default(),
     };
     profile.profile.profile_name = format!("Profile {name}");
     profile

@@ -54,6 +54,7 @@ fn profile_json(p: &AbmProfileRecord) -> serde_json::Value {
         "connection": p.connection,
         "profile": p.profile,
         "profile_uuid": p.apple_uuid,
+        "authentication": p.authentication.as_str(),
         "defined_at": p.defined_at.map(|t| t.to_rfc3339()),
         "updated_at": p.updated_at.to_rfc3339(),
     })

@@ -406,6 +406,9 @@ impl<S: Store, C: AbmConnector> App<S, C> {
         if let ["abm", rest @ ..] = segs.as_slice() {
             return self.abm_api(method, rest, req, &caller, &pairs).await;
         }
+        if Self::is_users_route(&segs) {
+            return self.users_api(method, &segs, req, &caller, &pairs).await;
+        }
         if Self::is_profiles_route(&segs) {
             return self.profiles_api(method, &segs, req, &caller, &pairs).await;
         }

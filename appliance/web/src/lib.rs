@@ -13,6 +13,8 @@ pub mod profiles_api;
 pub mod respond;
 pub mod routes;
 pub mod server;
+pub mod sign_in;
 pub mod tls;
+pub mod users_api;
 
 pub use routes::{App, Limits};

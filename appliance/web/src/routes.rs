@@ -12,11 +12,13 @@ use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use mdm_keystore::KeystoreInfo;
 use mdm_service::abm::AbmService;
+use mdm_service::accounts::setup::WebEnrollment;
 use mdm_service::ports::{AbmConnector, Store};
 use mdm_service::{ConnectionScratch, DeviceReply, DeviceRequest, MdmService};
 
 use crate::respond::{self, device_error, with_body, Resp};
 use crate::server::{read_body, BodyError, ConnectionInfo, Handler};
+use crate::sign_in;
 
 /// Request size limits, per kind of endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -228,12 +230,13 @@ impl<S: Store, C: AbmConnector> App<S, C> {
     }
 
     async fn ade(&self, req: Request<Incoming>) -> Resp {
-        let result = match *req.method() {
-            Method::POST => match body_or_error(req.into_body(), self.limits.enrollment_body).await
-            {
-                Ok(body) => self.service.ade_profile(&body).await,
-                Err(resp) => return resp,
-            },
+        match *req.method() {
+            Method::POST => {
+                match body_or_error(req.into_body(), self.limits.enrollment_body).await {
+                    Ok(body) => profile_reply(self.service.ade_profile(&body).await),
+                    Err(resp) => resp,
+                }
+            }
             Method::GET => {
                 let Some(info) = req
                     .headers()
@@ -247,11 +250,40 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                         "open this page from the device's Setup Assistant (x-apple-aspen-deviceinfo header missing)",
                     );
                 };
-                self.service.ade_web_profile(&info).await
+                match self.service.ade_web_start(&info).await {
+                    Ok(WebEnrollment::Profile(p)) => profile_reply(Ok(p)),
+                    Ok(WebEnrollment::SignIn(page)) => sign_in::respond(StatusCode::OK, &page),
+                    Err(e) => device_error(&e),
+                }
             }
-            _ => return method_not_allowed(),
+            _ => method_not_allowed(),
+        }
+    }
+
+    /// The Setup Assistant sign-in form.
+    async fn ade_sign_in(&self, req: Request<Incoming>) -> Resp {
+        if *req.method() != Method::POST {
+            return method_not_allowed();
+        }
+        let body = match body_or_error(req.into_body(), sign_in::MAX_FORM).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
         };
-        profile_reply(result)
+        let Some(form) = sign_in::parse_form(&body) else {
+            return respond::simple(
+                StatusCode::BAD_REQUEST,
+                "SIGN_IN_FORM_INVALID",
+                "the sign-in form needs session, username and password, each once",
+            );
+        };
+        match self
+            .service
+            .ade_web_sign_in(&form.session, &form.username, form.password)
+            .await
+        {
+            Ok(profile) => profile_reply(Ok(profile)),
+            Err(refusal) => sign_in::refusal(&refusal),
+        }
     }
 }
 
@@ -281,6 +313,7 @@ impl<S: Store, C: AbmConnector> Handler for App<S, C> {
             "/mdm/connect" => self.device(req, &conn, false).await,
             "/scep" => self.scep(req).await,
             "/mdm/enroll" => self.ade(req).await,
+            sign_in::FORM_PATH => self.ade_sign_in(req).await,
             "/healthz" => with_body(StatusCode::OK, "text/plain", "ok\n"),
             "/ca.pem" => with_body(
                 StatusCode::OK,

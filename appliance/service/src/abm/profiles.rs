@@ -11,7 +11,7 @@ use super::{abm_failure, validate_name, AbmService};
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
     AbmBatch, AbmClient, AbmConnector, AbmDeviceRecord, AbmProfileRecord, AbmRuleMatch,
-    AbmRuleRecord, Store, Timestamp,
+    AbmRuleRecord, EnrollmentAuth, Store, Timestamp,
 };
 
 /// Every key Apple's profile object has; anything else in an admin's profile is a typo.
@@ -55,6 +55,47 @@ pub fn parse_profile(json: &serde_json::Value) -> ServiceResult<Profile> {
         }
     }
     serde_json::from_value(json.clone()).map_err(|e| invalid("profile", e))
+}
+
+/// Takes the appliance's own `authentication` option (`none` or `local`) out of an admin's
+/// profile JSON; the rest is Apple's profile.
+pub fn split_authentication(
+    json: &serde_json::Value,
+) -> ServiceResult<(serde_json::Value, EnrollmentAuth)> {
+    let mut json = json.clone();
+    let auth = match json
+        .as_object_mut()
+        .and_then(|o| o.remove("authentication"))
+    {
+        None => EnrollmentAuth::None,
+        Some(v) => serde_json::from_value(v).map_err(|_| {
+            invalid(
+                "authentication",
+                "must be \"none\" (enroll without a user) or \"local\" (a local account signs in)",
+            )
+        })?,
+    };
+    Ok((json, auth))
+}
+
+/// User authentication happens on this appliance's `configuration_web_url` page, so a profile
+/// asking for it must send devices there.
+pub fn check_authentication(
+    auth: EnrollmentAuth,
+    p: &Profile,
+    base_url: &str,
+) -> ServiceResult<()> {
+    if auth == EnrollmentAuth::None {
+        return Ok(());
+    }
+    let page = format!("{base_url}/mdm/enroll");
+    if p.configuration_web_url.as_deref() != Some(page.as_str()) {
+        return Err(invalid(
+            "configuration_web_url",
+            format!("must be {page} (or left out) when authentication is {:?}: users sign in on the appliance's page", auth.as_str()),
+        ));
+    }
+    Ok(())
 }
 
 /// Fills in the appliance's defaults: the enrollment URL of this appliance, its CA as the
@@ -321,12 +362,14 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         json: &serde_json::Value,
     ) -> ServiceResult<AbmProfileRecord> {
         validate_name("profile name", name)?;
+        let (json, authentication) = split_authentication(json)?;
         let profile = with_defaults(
-            parse_profile(json)?,
+            parse_profile(&json)?,
             &self.mdm().config().base_url,
             self.mdm().authority().ca_cert(),
         );
         validate_profile(&profile)?;
+        check_authentication(authentication, &profile, &self.mdm().config().base_url)?;
         let busy = self.lock(connection).await;
         let mut conn = self.connection_record(connection)?;
         let client = self.client(&conn)?;
@@ -353,6 +396,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             apple_uuid: Some(defined.profile_uuid.clone()),
             defined_at: Some(now),
             updated_at: now,
+            authentication,
         };
         conn.problem = None;
         conn.last_ok_at = Some(now);

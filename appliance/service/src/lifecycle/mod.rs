@@ -31,7 +31,7 @@ use crate::ports::{
 use crate::MdmService;
 
 /// Serialises [`Timestamp`]s as RFC 3339 strings, as the admin API shows every time.
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use serde::Serializer;
 
     use crate::ports::Timestamp;
@@ -250,6 +250,20 @@ pub struct DeviceDetail {
     /// Its re-enrollment invitation, after an automatic unenrollment (the link is not shown
     /// here: see `invitation_url`).
     pub invitation: Option<offline::Invitation>,
+    /// The account its current enrollment is for (signed in during Setup Assistant); `None`
+    /// for an enrollment without a user.
+    pub user: Option<EnrolledUser>,
+}
+
+/// The user a device was enrolled for.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrolledUser {
+    pub username: String,
+    /// From the account, while it exists.
+    pub full_name: Option<String>,
+    pub email: Option<String>,
+    /// `false` once an admin deleted the account (the enrollment keeps the name).
+    pub account_exists: bool,
 }
 
 /// A device's ABM record as the detail view shows it.
@@ -495,6 +509,20 @@ impl<S: Store> MdmService<S> {
                 first_seen_at: a.first_seen_at,
             })
             .collect();
+        let user = match enrollment_rec.as_ref().and_then(|e| e.source.as_ref()) {
+            Some(crate::ports::EnrollmentSource::Ade {
+                user: Some(name), ..
+            }) => {
+                let account = self.store().user(name)?;
+                Some(EnrolledUser {
+                    username: name.clone(),
+                    full_name: account.as_ref().map(|a| a.full_name.clone()),
+                    email: account.as_ref().and_then(|a| a.email.clone()),
+                    account_exists: account.is_some(),
+                })
+            }
+            _ => None,
+        };
         Ok(DeviceDetail {
             summary,
             preenroll: f.preenroll.clone(),
@@ -506,6 +534,7 @@ impl<S: Store> MdmService<S> {
             timeline,
             profiles: self.device_profiles(&f)?,
             invitation,
+            user,
         })
     }
 

@@ -309,6 +309,32 @@ pub struct AbmProfileRecord {
     pub apple_uuid: Option<String>,
     pub defined_at: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// Whether someone signs in during Setup Assistant (the appliance's own option, not sent
+    /// to Apple).
+    #[serde(default)]
+    pub authentication: EnrollmentAuth,
+}
+
+/// Who a device enrolling through an ABM profile is enrolled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentAuth {
+    /// Staging: the device enrolls without a user.
+    #[default]
+    None,
+    /// A local account signs in on the `configuration_web_url` page; the enrollment is
+    /// linked to it. (Directory and single sign-on providers would be further variants.)
+    Local,
+}
+
+impl EnrollmentAuth {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentAuth::None => "none",
+            EnrollmentAuth::Local => "local",
+        }
+    }
 }
 
 /// Which devices a rule covers. Every field set must match; serial lists match on their own.

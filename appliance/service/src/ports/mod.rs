@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 mod abm;
 mod lifecycle;
 mod profiles;
+mod users;
 pub use abm::*;
 pub use lifecycle::*;
 pub use profiles::*;
+pub use users::*;
 
 /// Reads a keyset-paged listing to its end: `fetch(after)` returns the page after a key
 /// (`None`: from the start), `key` names a record's key. Ends at the first empty page, or
@@ -133,7 +135,14 @@ pub enum EnrollmentSource {
     /// An admin-created enrollment link.
     Link { link_id: String },
     /// Automated Device Enrollment (MachineInfo presented through Apple).
-    Ade { udid: String, serial: String },
+    Ade {
+        udid: String,
+        serial: String,
+        /// The account that signed in during Setup Assistant, when its enrollment profile
+        /// asked for user authentication.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
 }
 
 /// APNs addressing for an enrollment, from its latest `TokenUpdate`.
@@ -634,6 +643,7 @@ pub trait Store:
     + AbmStore
     + LifecycleStore
     + ProfileStore
+    + UserStore
 {
 }
 
@@ -648,6 +658,7 @@ impl<T> Store for T where
         + AbmStore
         + LifecycleStore
         + ProfileStore
+        + UserStore
 {
 }
 
