@@ -433,3 +433,13 @@ impl Drop for DaemonProcess {
         let _ = self.child.wait();
     }
 }
+
+impl Appliance {
+    /// The daemon running in this process (for hooks such as
+    /// [`mdmd::Running::run_offline_policy_at`]). Panics while it is stopped.
+    pub fn running(&self) -> &mdmd::Running {
+        self.running
+            .as_ref()
+            .expect("the appliance is stopped: restart it first")
+    }
+}

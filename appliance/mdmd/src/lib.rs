@@ -44,18 +44,40 @@ pub struct Running {
     pub ca_pem: String,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The daemon's service, for [`Running::run_offline_policy_at`]. Dropped before waiting
+    /// for the daemon task, which can close the database only once it holds the last handle.
+    service: MdmService<RedbStore>,
 }
 
 impl Running {
     /// Ask the daemon to stop (as SIGTERM does) and wait until it has drained and closed.
     pub async fn stop(self) -> anyhow::Result<()> {
+        drop(self.service);
         let _ = self.shutdown.send(true);
         self.task.await.context("daemon task failed")?
     }
 
     /// Wait for the daemon to end by itself (it ends on a shutdown request).
     pub async fn wait(self) -> anyhow::Result<()> {
+        drop(self.service);
         self.task.await.context("daemon task failed")?
+    }
+
+    /// Runs one pass of the offline policy (`auto_unenroll_after_days`) as of `at`: the pass
+    /// the retention loop runs with the wall clock, here with a clock the caller chooses, so
+    /// that tests can see what happens days later. Returns how many devices it unenrolled.
+    pub async fn run_offline_policy_at(&self, at: std::time::SystemTime) -> anyhow::Result<usize> {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the offline policy's time is before 1970")?
+            .as_millis();
+        let now = mdm_service::ports::Timestamp(
+            i64::try_from(ms).context("the offline policy's time is out of range")?,
+        );
+        self.service
+            .auto_unenroll_offline_at(now)
+            .await
+            .map_err(|e| anyhow::anyhow!("offline policy pass: {e}"))
     }
 
     /// A handle that triggers shutdown.
@@ -348,6 +370,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let ca_pem = authority.ca_pem();
     let (tx, rx) = watch::channel(false);
     let retention_every = Duration::from_secs(cfg.retention.interval_seconds.max(60));
+    let handle = service.clone();
     let task = tokio::spawn(async move {
         let pruner = tokio::spawn(retention_loop(service.clone(), retention_every, rx.clone()));
         let pushing = tokio::spawn(mdm_service::push::run_pusher(
@@ -399,6 +422,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ca_pem,
         shutdown: tx,
         task,
+        service: handle,
     })
 }
 

@@ -246,6 +246,20 @@ impl<S: Store> MdmService<S> {
                     ));
                 }
                 let issued = self.check_issued_here(&identity)?;
+                // An identity whose enrollment ended (the device checked out, or the appliance
+                // unenrolled it) cannot start a new one: a device that really enrolls again
+                // installs a new profile and gets a new identity through SCEP.
+                if let Some(prev) = self.store().enrollment(&id)? {
+                    if prev.state == crate::ports::EnrollmentState::CheckedOut
+                        && prev.identity_sha256 == identity.sha256
+                    {
+                        warn!(enrollment = %id, "Authenticate with the identity of an ended enrollment refused");
+                        return Err(unauthorized(
+                            "IDENTITY_RETIRED",
+                            "this identity belongs to an enrollment that ended (checked out, or unenrolled by the appliance); enroll the device again",
+                        ));
+                    }
+                }
                 let how = match &issued.source {
                     Some(crate::ports::EnrollmentSource::Ade { .. }) => "ADE",
                     _ => "manual",
@@ -290,6 +304,9 @@ impl<S: Store> MdmService<S> {
                 info!(enrollment = %id, serial = ?a.serial_number, "Authenticate");
                 let targets = self.refresh_device(&id)?;
                 self.forget_installs(&id).await?;
+                if let Some(serial) = targets.first() {
+                    self.retire_invitation(serial).await;
+                }
                 self.log_activity(entry(
                     "device",
                     "enrollment.authenticated",
@@ -365,6 +382,7 @@ impl<S: Store> MdmService<S> {
             }
             CheckinMessage::CheckOut(_) => {
                 self.bound_enrollment(&id, &identity).await?;
+                self.touch(&id, &eref.device_id, now).await?;
                 self.store().check_out(&id, now).await?;
                 info!(enrollment = %id, "CheckOut: device left management");
                 let targets = self.refresh_device(&id)?;

@@ -245,7 +245,8 @@ fn mark_checked_out(enrollment: &mut EnrollmentRecord, at: Timestamp) -> Enrollm
         enrollment.state = EnrollmentState::CheckedOut;
         enrollment.checked_out_at = Some(at);
     }
-    enrollment.last_seen_at = enrollment.last_seen_at.max(at);
+    // `last_seen_at` stays: the appliance also closes enrollments of devices silent for weeks,
+    // and a device's own CheckOut is recorded as a check-in by the service.
     enrollment.clone()
 }
 

@@ -134,6 +134,39 @@ impl<S: Store> MdmService<S> {
         applies.then_some(inv)
     }
 
+    /// Revokes the link of a device's invitation once it no longer applies (the device
+    /// enrolled again, by whatever way, or a newer invitation replaces it), so that a link sent
+    /// out weeks ago cannot enroll some other device. Failures are logged: the link expires
+    /// by itself after 30 days.
+    pub(crate) async fn retire_invitation(&self, serial: &str) {
+        let inv = match self.invitation(serial) {
+            Ok(Some(inv)) => inv,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(serial, error = %e, "re-enrollment invitation unreadable; its link is left to expire");
+                return;
+            }
+        };
+        let Some(link_id) = inv.link_id.as_deref() else {
+            return;
+        };
+        match self.store().link(link_id) {
+            Ok(Some(link)) if link.revoked_at.is_none() => {
+                if let Err(e) = self.store().revoke_link(link_id, Timestamp::now()).await {
+                    warn!(serial, link = link_id, error = %e, "cannot revoke a re-enrollment link that no longer applies");
+                } else {
+                    info!(
+                        serial,
+                        link = link_id,
+                        "re-enrollment link revoked: it no longer applies"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(serial, link = link_id, error = %e, "cannot read a re-enrollment link"),
+        }
+    }
+
     /// A device's invitation with its link URL (for the admin to send to the device's user).
     pub fn invitation_url(&self, key: &str) -> ServiceResult<(Invitation, Option<String>)> {
         let key = key.trim();
@@ -162,22 +195,26 @@ impl<S: Store> MdmService<S> {
     /// Unenrolls the devices offline longer than `auto_unenroll_after_days`, if that is set.
     /// Returns how many were unenrolled.
     pub async fn auto_unenroll_offline(&self) -> ServiceResult<usize> {
+        self.auto_unenroll_offline_at(Timestamp::now()).await
+    }
+
+    /// One pass of the offline policy as of `now`: what [`Self::auto_unenroll_offline`] does,
+    /// with `now` deciding which devices are due and stamping the check-out and the
+    /// invitation. The daemon passes the wall clock; tests pass a later time, since the
+    /// policy counts in days. Returns how many devices were unenrolled.
+    pub async fn auto_unenroll_offline_at(&self, now: Timestamp) -> ServiceResult<usize> {
         let settings = self.lifecycle_settings();
-        if settings.auto_unenroll_after_days == 0 {
+        let days = settings.auto_unenroll_after_days;
+        if days == 0 {
             return Ok(0);
         }
-        let now = Timestamp::now();
         let th = settings.thresholds();
-        let days = settings.auto_unenroll_after_days;
         let due = self
             .devices()
             .keys_matching(|f| due_for_unenroll(f, now, &th, days));
         let mut done = 0;
         for serial in due.into_iter().take(MAX_PER_PASS) {
-            match self
-                .unenroll_offline(&serial, settings.auto_unenroll_after_days, now)
-                .await
-            {
+            match self.unenroll_offline(&serial, &th, days, now).await {
                 Ok(true) => done += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -194,12 +231,18 @@ impl<S: Store> MdmService<S> {
     async fn unenroll_offline(
         &self,
         serial: &str,
+        th: &Thresholds,
         days: u32,
         now: Timestamp,
     ) -> ServiceResult<bool> {
         let Some(f) = self.devices().get(serial) else {
             return Ok(false);
         };
+        // Decided again on fresh facts: the device may have checked in (or enrolled anew)
+        // since the pass listed it, and must then be left alone.
+        if !due_for_unenroll(&f, now, th, days) {
+            return Ok(false);
+        }
         let Some(e) = f.enrollment.clone() else {
             return Ok(false);
         };
@@ -207,6 +250,8 @@ impl<S: Store> MdmService<S> {
             "no check-in for more than {days} days (last seen {})",
             e.last_seen_at.to_rfc3339()
         );
+        // A link from an earlier invitation would stay valid beside the new one.
+        self.retire_invitation(serial).await;
         // The invitation first: should the daemon stop in between, the device stays enrolled
         // and the next pass tries again, rather than being unenrolled with no way back shown.
         let (kind, link_id, expires_at, url_sealed) = if e.ade {
