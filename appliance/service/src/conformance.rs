@@ -35,6 +35,7 @@ use crate::ports::{
     InstallRecord, InstallResult, InstallState, IssuedCertRecord, LinkRecord, NewActivity,
     NewCommand, PreenrollRecord, PreenrollSource, ProfileBatch, ProfileRecord, PushRecord,
     PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
+    UserChange, UserRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -86,6 +87,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(profile_batch_skips_states_of_refused_targets);
     case!(install_result_applies_only_to_the_awaited_command);
     case!(deleting_groups_and_profiles_takes_members_and_files);
+    case!(user_accounts_page_in_name_order_with_their_activity);
 }
 
 const BASE: i64 = 1_700_000_000_000;
@@ -2504,4 +2506,68 @@ pub async fn deleting_groups_and_profiles_takes_members_and_files<S: Store>(stor
     assert!(store.group_members(None, 10).unwrap().is_empty());
     assert!(store.profiles().unwrap().is_empty());
     assert_eq!(store.profile_file("PX").unwrap(), None);
+}
+
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        username: name.to_owned(),
+        full_name: format!("Full {name}"),
+        email: Some(format!("{name}@example.org")),
+        source: Default::default(),
+        password_sealed: Some(vec![1, 2, 3, 0, 255]),
+        disabled: false,
+        failed_sign_ins: 0,
+        locked_until: None,
+        last_sign_in_at: None,
+        created_at: t(1),
+        updated_at: t(1),
+        created_by: "admin".into(),
+    }
+}
+
+pub async fn user_accounts_page_in_name_order_with_their_activity<S: Store>(store: &S) {
+    for name in ["carol", "alice", "bob"] {
+        store
+            .write_user(
+                UserChange::Put(user(name)),
+                vec![activity_entry(2, "token:admin", "user.created", &[name])],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count_users().unwrap(), 3);
+    let names = |v: Vec<UserRecord>| v.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    assert_eq!(names(store.list_users(None, 2).unwrap()), ["alice", "bob"]);
+    assert_eq!(names(store.list_users(Some("bob"), 2).unwrap()), ["carol"]);
+    assert!(store.list_users(Some("carol"), 2).unwrap().is_empty());
+    // A replacement keeps everything it carries, sealed bytes included.
+    let mut alice = user("alice");
+    alice.failed_sign_ins = 4;
+    alice.locked_until = Some(t(99));
+    store
+        .write_user(UserChange::Put(alice.clone()), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(store.user("alice").unwrap(), Some(alice));
+    store
+        .write_user(
+            UserChange::Delete("bob".into()),
+            vec![activity_entry(3, "token:admin", "user.deleted", &["bob"])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.user("bob").unwrap(), None);
+    assert_eq!(store.count_users().unwrap(), 2);
+    // Deleting what is not there is no error.
+    store
+        .write_user(UserChange::Delete("nobody".into()), Vec::new())
+        .await
+        .unwrap();
+    let q = ActivityQuery {
+        kind: Some("user".into()),
+        limit: 10,
+        ..ActivityQuery::default()
+    };
+    let (hits, _) = store.activity(&q, 100).unwrap();
+    assert_eq!(hits.len(), 4, "every write's entries commit with it");
 }

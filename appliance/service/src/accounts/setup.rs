@@ -322,3 +322,42 @@ impl<S: Store> MdmService<S> {
         Ok(profile)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> mdm_proto::MachineInfo {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict><key>UDID</key><string>U1</string><key>SERIAL</key><string>C02S</string>
+<key>PRODUCT</key><string>iPad13,18</string><key>VERSION</key><string>21E236</string></dict></plist>"#;
+        mdm_proto::parse_machine_info(xml).unwrap()
+    }
+
+    #[test]
+    fn sessions_are_random_bounded_in_attempts_and_closed_once_used() {
+        let a = Accounts::default();
+        let t1 = a.open(&info()).unwrap();
+        let t2 = a.open(&info()).unwrap();
+        assert_ne!(t1, t2);
+        assert!(t1.len() >= 43);
+        assert_eq!(a.get(&t1).unwrap().info.serial, "C02S");
+        for _ in 1..SESSION_ATTEMPTS {
+            assert!(a.failed(&t1));
+        }
+        assert!(!a.failed(&t1), "the last attempt uses the page up");
+        assert!(a.get(&t1).is_none());
+        assert!(!a.failed("unknown"));
+        a.close(&t2);
+        assert!(a.get(&t2).is_none());
+    }
+
+    #[test]
+    fn too_many_open_pages_are_refused() {
+        let a = Accounts::default();
+        for _ in 0..MAX_SESSIONS {
+            a.open(&info()).unwrap();
+        }
+        assert_eq!(a.open(&info()).unwrap_err().code, "SIGN_IN_BUSY");
+    }
+}
