@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
-    ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord,
+    ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord, BackupStore,
     ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
     DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord, InstallRecord,
     InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord, LinkStore,
@@ -97,6 +97,7 @@ impl std::fmt::Debug for RedbStore {
 struct Inner {
     db: Arc<Database>,
     writer: Writer,
+    path: std::path::PathBuf,
 }
 
 impl Drop for Inner {
@@ -126,8 +127,26 @@ impl RedbStore {
         let db = Arc::new(db);
         let writer = Writer::start(Arc::clone(&db), opts.max_batch)?;
         Ok(RedbStore {
-            inner: Arc::new(Inner { db, writer }),
+            inner: Arc::new(Inner {
+                db,
+                writer,
+                path: path.to_owned(),
+            }),
         })
+    }
+
+    /// Copies the database file to `dest` (created; fsynced) as of the last commit: the copy
+    /// runs on the writer thread between transactions, so writes wait while it runs (about a
+    /// second per few hundred MB). Opening the copy runs redb's recovery, as after a power cut.
+    pub async fn copy_to(&self, dest: &Path) -> StoreResult<u64> {
+        let (reply, answer) = oneshot::channel();
+        let src = self.inner.path.clone();
+        let dest = dest.to_owned();
+        self.inner.writer.exclusive(Box::new(move || {
+            let result = copy_file(&src, &dest);
+            let _ = reply.send(result);
+        }))?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Write activity so far: compare `commits` with `writes` to see the batching.
@@ -476,6 +495,27 @@ impl LifecycleStore for RedbStore {
     async fn prune_activity(&self, before: Timestamp, limit: usize) -> StoreResult<u64> {
         self.write(move |txn| lifecycle::prune_activity(txn, before, limit))
             .await
+    }
+}
+
+fn copy_file(src: &Path, dest: &Path) -> StoreResult<u64> {
+    use std::io::Write as _;
+    let what = format!("cannot copy the database to {}", dest.display());
+    let mut from = std::fs::File::open(src).backend(&what)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .backend(&what)?;
+    let n = std::io::copy(&mut from, &mut to).backend(&what)?;
+    to.flush().backend(&what)?;
+    to.sync_all().backend(&what)?;
+    Ok(n)
+}
+
+impl BackupStore for RedbStore {
+    fn copy_to(&self, dest: &Path) -> impl Future<Output = StoreResult<u64>> + Send {
+        RedbStore::copy_to(self, dest)
     }
 }
 

@@ -102,6 +102,9 @@ where
 
 pub(crate) enum Message {
     Write(Box<dyn Pending>),
+    /// Run with no write transaction open (after the writes queued before it), so the file
+    /// holds exactly the last commit while it runs (for copying it).
+    Exclusive(Box<dyn FnOnce() + Send>),
     /// Finish what was queued before this message, then exit.
     Shutdown,
 }
@@ -135,6 +138,13 @@ impl Writer {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Runs `job` on the writer thread between transactions. See [`Message::Exclusive`].
+    pub(crate) fn exclusive(&self, job: Box<dyn FnOnce() + Send>) -> StoreResult<()> {
+        self.sender
+            .send(Message::Exclusive(job))
+            .map_err(|_| StoreError::Closed)
+    }
+
     pub(crate) fn stats(&self) -> StoreStats {
         self.counters.snapshot()
     }
@@ -161,19 +171,25 @@ fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, counters: 
     while let Ok(first) = receiver.recv() {
         let mut batch = Vec::new();
         let mut shutdown = false;
+        let mut exclusive = None;
         match first {
             Message::Write(p) => batch.push(p),
+            Message::Exclusive(job) => exclusive = Some(job),
             Message::Shutdown => shutdown = true,
         }
-        while !shutdown && batch.len() < max_batch {
+        while !shutdown && exclusive.is_none() && batch.len() < max_batch {
             match receiver.try_recv() {
                 Ok(Message::Write(p)) => batch.push(p),
+                Ok(Message::Exclusive(job)) => exclusive = Some(job),
                 Ok(Message::Shutdown) => shutdown = true,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
         if !batch.is_empty() {
             process(db, batch, counters);
+        }
+        if let Some(job) = exclusive {
+            job();
         }
         if shutdown {
             break;

@@ -631,6 +631,13 @@ pub trait SettingsStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
+/// A consistent copy of the whole store, for backups.
+pub trait BackupStore: Send + Sync + 'static {
+    /// Writes the store's file as of the last commit to `dest` (which must not exist).
+    /// Returns the bytes written.
+    fn copy_to(&self, dest: &std::path::Path) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
 /// Everything the MDM service needs from storage.
 pub trait Store:
     EnrollmentStore
@@ -644,6 +651,7 @@ pub trait Store:
     + LifecycleStore
     + ProfileStore
     + UserStore
+    + BackupStore
 {
 }
 
@@ -659,6 +667,7 @@ impl<T> Store for T where
         + LifecycleStore
         + ProfileStore
         + UserStore
+        + BackupStore
 {
 }
 
