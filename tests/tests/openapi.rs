@@ -1940,6 +1940,26 @@ async fn walk_users(w: &mut Walk<'_>) {
     w.json("DELETE", "/api/v1/abm/north/profiles/signin", None, 200)
         .await;
     w.json("DELETE", "/api/v1/users/walker", None, 200).await;
+    let body = json!({"passphrase": "a walk through the backup"});
+    let problems = w.doc.check_request("POST", "/api/v1/backup", &body);
+    w.problems.extend(problems);
+    let backup = w
+        .raw(
+            "POST",
+            "/api/v1/backup",
+            "application/json",
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(backup.status, 200, "{}", backup.text());
+    w.refused(
+        "POST",
+        "/api/v1/backup",
+        Some(json!({"passphrase": "short"})),
+        400,
+        "BACKUP_PASSPHRASE_POLICY",
+    )
+    .await;
 }
 
 /// A small unsigned configuration profile around `payloads` (the XML of `PayloadContent`'s

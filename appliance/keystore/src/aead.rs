@@ -68,6 +68,13 @@ impl DataKey {
         &self.key_id
     }
 
+    /// A copy of the key itself, for an encrypted backup.
+    pub(crate) fn export(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        out.copy_from_slice(&self.key[..]);
+        out
+    }
+
     fn aead_key(&self) -> Result<RandomizedNonceKey, KeystoreError> {
         // Built per operation so that the only long-lived copy of the key is the zeroized one.
         RandomizedNonceKey::new(&AES_256_GCM, &self.key[..])

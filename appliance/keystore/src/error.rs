@@ -221,6 +221,169 @@ pub enum KeystoreError {
         source: io::Error,
     },
 
+    /// A new key file was asked for where one already exists.
+    #[error(
+        "the master key file {path} already exists, and a restored key is only written where \
+         there is none; move the existing file away (keep it: data sealed under it needs it) \
+         and retry",
+        path = path.display()
+    )]
+    KeyFileExists {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// The passphrase given for a new backup is too short.
+    #[error(
+        "the backup passphrase has {found} characters but needs at least {min}: it is the only \
+         thing protecting every secret in the backup; several unrelated words make a long one \
+         that is easy to type"
+    )]
+    BackupPassphraseTooShort {
+        /// The minimum length, in characters.
+        min: usize,
+        /// The length given, in characters.
+        found: usize,
+    },
+
+    /// The first encrypted chunk of a backup does not verify under the key derived from the
+    /// passphrase.
+    #[error(
+        "the backup could not be decrypted: the passphrase is wrong, or the file is damaged \
+         (the two cannot be told apart); check the passphrase and retry, and if it is right, \
+         use another copy of the backup"
+    )]
+    BackupWrongPassphrase,
+
+    /// The backup's structure or integrity is broken after its first chunk verified, or its
+    /// header is malformed.
+    #[error(
+        "the backup file is damaged or incomplete ({reason}); nothing from it can be trusted: \
+         use another copy of the backup"
+    )]
+    BackupDamaged {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The input does not start with the backup marker.
+    #[error(
+        "the file is not an appliance backup (it does not start with the MDMBAK01 marker); \
+         choose a backup file made by the appliance"
+    )]
+    NotABackup,
+
+    /// The backup's format version is not the one this build reads.
+    #[error(
+        "the backup has format version {found}, but this build only reads version \
+         {supported}; restore it with appliance software at least as new as the one that made \
+         it"
+    )]
+    BackupUnsupportedVersion {
+        /// Version found in the file.
+        found: u8,
+        /// Version this build reads.
+        supported: u8,
+    },
+
+    /// The backup names a passphrase key derivation function this build does not know.
+    #[error(
+        "the backup's passphrase is derived with key derivation function id {found}, which this \
+         build does not know (it knows {supported}, Argon2id); restore it with appliance \
+         software at least as new as the one that made it"
+    )]
+    BackupUnsupportedKdf {
+        /// KDF id found in the file.
+        found: u8,
+        /// The KDF id this build knows.
+        supported: u8,
+    },
+
+    /// The backup's key derivation parameters are outside what this build accepts.
+    #[error(
+        "the backup's key derivation parameters are out of bounds ({reason}); the file was not \
+         made by this appliance software or was altered, and it is refused rather than let it \
+         exhaust memory or time"
+    )]
+    BackupKdfOutOfBounds {
+        /// Which parameter, and its bounds.
+        reason: String,
+    },
+
+    /// The memory for the passphrase key derivation could not be allocated.
+    #[error(
+        "could not allocate {mib} MiB for the backup passphrase's key derivation; free memory \
+         (stop other heavy jobs) and retry"
+    )]
+    BackupKdfMemory {
+        /// The memory needed, in MiB.
+        mib: u32,
+    },
+
+    /// The caller's description of a new backup cannot be stored.
+    #[error(
+        "the backup description (meta) cannot be stored: {reason}; keep it a small JSON document"
+    )]
+    BackupMeta {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A backup entry name is unusable (or used twice).
+    #[error("the backup entry name {name:?} is invalid: {reason}")]
+    BackupEntryName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A backup entry is larger than the caller allows for it.
+    #[error(
+        "the backup entry {name:?} is {len} bytes long, more than the {max} bytes expected for \
+         it; the backup was not made by this appliance software"
+    )]
+    BackupEntryTooLarge {
+        /// The entry.
+        name: String,
+        /// Its length in the backup.
+        len: u64,
+        /// The most the caller accepts.
+        max: u64,
+    },
+
+    /// The data being backed up changed size while it was read.
+    #[error(
+        "the data for backup entry {name:?} changed while it was being backed up (expected \
+         {expected} bytes, {found}); back up a consistent snapshot (a copy of the database made \
+         while nothing writes to it) and retry"
+    )]
+    BackupSourceChanged {
+        /// The entry.
+        name: String,
+        /// The length measured before reading.
+        expected: u64,
+        /// What was found instead.
+        found: &'static str,
+    },
+
+    /// Reading or writing a backup stream, or an entry's source or destination, failed.
+    #[error("could not {action}: {source}")]
+    BackupIo {
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A backup writer or reader is used after an error left it in an unknown state.
+    #[error(
+        "an earlier error stopped this backup or restore; discard what it produced and start \
+         it again"
+    )]
+    BackupAborted,
+
     /// The cryptographic library refused an operation it should not refuse.
     #[error("the crypto library failed to {0}; the system random generator or aws-lc is broken")]
     Crypto(&'static str),

@@ -22,14 +22,22 @@
 //! appliance, a replaced key file) is reported as [`KeystoreError::WrongKey`].
 //! `docs/design/keystore.md` explains the TPM design and its trade-offs.
 //!
+//! Backups: [`BackupWriter`] and [`BackupReader`] write and read passphrase-encrypted backup
+//! files (Argon2id, AES-256-GCM in chunks, streamed) holding named entries, such as the
+//! database file and the data key. A data key leaves a keystore through `export_data_key` and
+//! enters a new key file (on another machine, under another TPM) through
+//! `create_with_data_key`, so the database's blobs open there unchanged.
+//!
 //! What it cannot do yet: bind the TPM-sealed key to a PCR policy (measured boot), so any
 //! process with access to the TPM and the key file can unseal it; use an owner hierarchy that
 //! has a password; keep private keys inside the TPM (the ABM token's RSA key, for instance, is
-//! unsealed into memory to be used); back up and restore secrets across a TPM replacement;
-//! re-seal blobs under a new data key (key rotation); check that key files are owned by the
-//! service user (only their mode is checked). Unix only.
+//! unsealed into memory to be used); move blobs between backends (blobs record theirs, so a
+//! data key from a TPM keystore serves a TPM keystore, not a software one); re-seal blobs under
+//! a new data key (key rotation); check that key files are owned by the service user (only
+//! their mode is checked). Unix only.
 
 mod aead;
+mod backup;
 mod blob;
 mod error;
 mod info;
@@ -39,12 +47,20 @@ mod tpm;
 
 use std::fmt;
 
+pub use backup::{
+    BackupEntry, BackupReader, BackupWriter, KdfParams, UnlockedBackup, BACKUP_FORMAT_VERSION,
+    MIN_PASSPHRASE_CHARS,
+};
 pub use blob::{validate_purpose, SealedBlob, BLOB_VERSION};
 pub use error::KeystoreError;
 pub use info::{KeystoreInfo, TpmInfo};
 pub use soft::SoftSealer;
 pub use tpm::{TpmSealer, DEFAULT_TCTI};
 pub use zeroize::Zeroizing;
+
+/// Length in bytes of a keystore's data key, as [`SoftSealer::export_data_key`] and
+/// [`TpmSealer::export_data_key`] return it.
+pub const DATA_KEY_LEN: usize = aead::KEY_LEN;
 
 /// Which kind of key protects a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,5 +116,12 @@ pub trait Sealer: Send + Sync + 'static {
     /// knows only the backend.
     fn describe(&self) -> KeystoreInfo {
         KeystoreInfo::bare(self.backend())
+    }
+
+    /// The data key every blob depends on, for an encrypted backup (`BackupWriter`) that a
+    /// restore seals again on other hardware. `None` for a sealer that cannot hand it out.
+    /// The default cannot.
+    fn export_data_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        None
     }
 }

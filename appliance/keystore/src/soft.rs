@@ -50,6 +50,49 @@ impl SoftSealer {
         self.key.key_id()
     }
 
+    /// A copy of the data key every blob of this keystore is encrypted under, FOR BACKUPS
+    /// ONLY: it goes into an encrypted backup ([`BackupWriter`](crate::BackupWriter)) so that
+    /// [`create_with_data_key`](Self::create_with_data_key) can install it on another machine.
+    ///
+    /// Whoever holds this key and the database can open every secret in it: never log it,
+    /// store it unencrypted or send it anywhere but into a backup.
+    pub fn export_data_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.key.export()
+    }
+
+    /// Writes a NEW key file at `path` holding `key` (a data key from
+    /// [`export_data_key`](Self::export_data_key), restored from a backup), and returns the
+    /// sealer over it: blobs sealed by the keystore the key came from open with it.
+    ///
+    /// Refuses, with [`KeystoreError::KeyFileExists`], when a file already exists at `path`
+    /// (whatever it holds): it is left untouched. The file is created like
+    /// [`open_or_create`](Self::open_or_create) creates one (mode 0600, complete or not at
+    /// all); the parent directory must exist.
+    pub fn create_with_data_key(
+        path: &Path,
+        key: Zeroizing<[u8; KEY_LEN]>,
+    ) -> Result<Self, KeystoreError> {
+        let mut contents = Zeroizing::new(Vec::with_capacity(KEY_FILE_LEN));
+        contents.extend_from_slice(KEY_FILE_MAGIC);
+        contents.extend_from_slice(&key[..]);
+        match publish_new(path, &contents)? {
+            Published::Created => {}
+            Published::AlreadyExisted => {
+                return Err(KeystoreError::KeyFileExists {
+                    path: path.to_owned(),
+                })
+            }
+        }
+        let sealer = Self::from_key(path, key);
+        tracing::warn!(
+            path = %path.display(),
+            key_id = %hex(sealer.key_id()),
+            "installed a software master key restored from a backup; it is NOT \
+             hardware-backed: keep the data directory unreadable by others"
+        );
+        Ok(sealer)
+    }
+
     fn from_key(path: &Path, key: Zeroizing<[u8; KEY_LEN]>) -> Self {
         Self {
             path: path.to_owned(),
@@ -103,6 +146,10 @@ impl SoftSealer {
 }
 
 impl Sealer for SoftSealer {
+    fn export_data_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        Some(SoftSealer::export_data_key(self))
+    }
+
     fn backend(&self) -> Backend {
         Backend::Software
     }

@@ -3,6 +3,7 @@
 //! The design and its trade-offs are in `docs/design/keystore.md`.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::aead::{random, DataKey, KEY_LEN};
 use crate::blob::hex;
-use crate::keyfile::{corrupt, publish_new, read_existing, Published};
+use crate::keyfile::{corrupt, io_err, publish_new, read_existing, Published};
 use crate::{Backend, KeystoreError, KeystoreInfo, SealedBlob, Sealer, TpmInfo};
 
 /// The TCTI of the kernel's TPM resource manager, what an appliance uses.
@@ -118,6 +119,66 @@ impl TpmSealer {
         Ok(sealer)
     }
 
+    /// Opens the TPM through `tcti` and seals `key` (a data key from
+    /// [`export_data_key`](Self::export_data_key), typically another TPM's, restored from a
+    /// backup) into a NEW key file at `key_file`, and returns the sealer over it: blobs sealed
+    /// by the keystore the key came from open with it, on this TPM.
+    ///
+    /// Refuses, with [`KeystoreError::KeyFileExists`], when a file already exists at
+    /// `key_file` (whatever it holds): it is left untouched. As in
+    /// [`open_or_create`](Self::open_or_create), the sealed key is unsealed once before the
+    /// file is published (mode 0600, complete or not at all); the parent directory must exist.
+    pub fn create_with_data_key(
+        tcti: &str,
+        key_file: &Path,
+        key: Zeroizing<[u8; KEY_LEN]>,
+    ) -> Result<Self, KeystoreError> {
+        let conf =
+            TctiNameConf::from_str(tcti).map_err(|_| KeystoreError::TpmInterfaceInvalid {
+                tcti: tcti.to_owned(),
+            })?;
+        let target = Target {
+            tcti,
+            library: tcti_library(&conf),
+        };
+        let exists = || KeystoreError::KeyFileExists {
+            path: key_file.to_owned(),
+        };
+        // Checked before the TPM works for nothing; publishing refuses an existing file
+        // anyway, so a file appearing meanwhile is still never replaced.
+        match key_file.symlink_metadata() {
+            Ok(_) => return Err(exists()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("inspect the master key file", key_file)(e)),
+        }
+        let mut tpm = Tpm::connect(&target, conf)?;
+        let storage = tpm.storage_key()?;
+        let file = tpm.seal_checked(&storage, key_file, &key)?;
+        match publish_new(key_file, &file.encode())? {
+            Published::Created => {}
+            Published::AlreadyExisted => return Err(exists()),
+        }
+        let sealer = Self::from_parts(&tpm, key_file, storage.name.clone(), key);
+        drop(tpm);
+        tracing::warn!(
+            tcti,
+            path = %key_file.display(),
+            key_id = %hex(sealer.key_id()),
+            "sealed a master key restored from a backup under this TPM"
+        );
+        Ok(sealer)
+    }
+
+    /// A copy of the data key every blob of this keystore is encrypted under, FOR BACKUPS
+    /// ONLY: it goes into an encrypted backup ([`BackupWriter`](crate::BackupWriter)) so that
+    /// [`create_with_data_key`](Self::create_with_data_key) can seal it under another TPM.
+    ///
+    /// Whoever holds this key and the database can open every secret in it, without any TPM:
+    /// never log it, store it unencrypted or send it anywhere but into a backup.
+    pub fn export_data_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.key.export()
+    }
+
     /// The key file this sealer was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -202,17 +263,7 @@ impl TpmSealer {
         for (k, t) in key.iter_mut().zip(tpm_random.iter()) {
             *k ^= t;
         }
-        let file = tpm.seal(storage, &key)?;
-        // Unsealing it once before publishing proves the file works on this TPM: a file that
-        // could not be opened again would take every secret sealed under it along.
-        let back = tpm.unseal(storage, path, &file)?;
-        if back[..] != key[..] {
-            return Err(KeystoreError::Tpm {
-                operation: "unseal the master key it just sealed",
-                code: None,
-                detail: "the TPM returned different data".to_owned(),
-            });
-        }
+        let file = tpm.seal_checked(storage, path, &key)?;
         match publish_new(path, &file.encode())? {
             Published::Created => {}
             Published::AlreadyExisted => {
@@ -234,6 +285,10 @@ impl TpmSealer {
 }
 
 impl Sealer for TpmSealer {
+    fn export_data_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        Some(TpmSealer::export_data_key(self))
+    }
+
     fn backend(&self) -> Backend {
         Backend::Tpm
     }
@@ -762,6 +817,26 @@ impl<'a> Tpm<'a> {
             public,
             private: created.out_private.value().to_vec(),
         })
+    }
+
+    /// Seals `key` and unseals the result once before it is published: a file that could not
+    /// be opened again would take every secret sealed under it along.
+    fn seal_checked(
+        &mut self,
+        storage: &StorageKey,
+        path: &Path,
+        key: &Zeroizing<[u8; KEY_LEN]>,
+    ) -> Result<KeyFile, KeystoreError> {
+        let file = self.seal(storage, key)?;
+        let back = self.unseal(storage, path, &file)?;
+        if back[..] != key[..] {
+            return Err(KeystoreError::Tpm {
+                operation: "unseal the master key it just sealed",
+                code: None,
+                detail: "the TPM returned different data".to_owned(),
+            });
+        }
+        Ok(file)
     }
 
     fn unseal(

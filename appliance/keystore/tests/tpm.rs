@@ -732,3 +732,178 @@ fn unreachable_tpms_are_reported_with_their_tcti_library() {
     );
     assert!(!key.exists(), "no key file without a TPM");
 }
+
+/// Cheapest backup KDF parameters accepted: these tests are about the TPM, not Argon2.
+const FAST_KDF: mdm_keystore::KdfParams = mdm_keystore::KdfParams {
+    memory_kib: mdm_keystore::KdfParams::MIN_MEMORY_KIB,
+    passes: 1,
+    lanes: 1,
+};
+
+#[test]
+fn the_data_key_moves_to_another_tpm() {
+    let Some(a) = Fixture::new() else { return };
+    let Some(b) = Fixture::new() else { return };
+    let sealer_a = a.open().unwrap();
+    let blob_a = sealer_a.seal("ca-key", b"appliance A").unwrap();
+
+    let sealer_b =
+        TpmSealer::create_with_data_key(&b.tpm.tcti(), &b.key_path(), sealer_a.export_data_key())
+            .unwrap();
+    assert_eq!(sealer_b.key_id(), sealer_a.key_id(), "the same data key");
+    assert_ne!(sealer_b.storage_key_name(), sealer_a.storage_key_name());
+    assert_eq!(sealer_b.path(), b.key_path());
+    assert_eq!(mode(&b.key_path()), 0o600);
+    assert_eq!(
+        &sealer_b.unseal("ca-key", &blob_a).unwrap()[..],
+        b"appliance A"
+    );
+    let blob_b = sealer_b.seal("tls-key", b"sealed on B").unwrap();
+    assert_eq!(
+        &sealer_a.unseal("tls-key", &blob_b).unwrap()[..],
+        b"sealed on B"
+    );
+
+    // B's key file holds the key only sealed, by B's TPM, and B opens it again.
+    let key = sealer_a.export_data_key();
+    let file_b = fs::read(b.key_path()).unwrap();
+    assert!(file_b.starts_with(b"MDMTKEY1"));
+    assert!(!key.windows(8).any(|k| file_b.windows(8).any(|f| f == k)));
+    drop(sealer_b);
+    let reopened = b.open().unwrap();
+    assert_eq!(reopened.key_id(), sealer_a.key_id());
+    assert_eq!(
+        &reopened.unseal("ca-key", &blob_a).unwrap()[..],
+        b"appliance A"
+    );
+
+    // Key files still belong to their TPM: A's is refused on B and B's on A.
+    let a_on_b = b.dir.path().join("from-a.key");
+    fs::copy(a.key_path(), &a_on_b).unwrap();
+    assert!(matches!(
+        TpmSealer::open_or_create(&b.tpm.tcti(), &a_on_b),
+        Err(KeystoreError::TpmKeyFileFromOtherTpm { .. })
+    ));
+    let b_on_a = a.dir.path().join("from-b.key");
+    fs::copy(b.key_path(), &b_on_a).unwrap();
+    assert!(matches!(
+        TpmSealer::open_or_create(&a.tpm.tcti(), &b_on_a),
+        Err(KeystoreError::TpmKeyFileFromOtherTpm { .. })
+    ));
+
+    // An existing file is never replaced, whatever it holds: B's own, or A's copy.
+    for existing in [b.key_path(), a_on_b] {
+        let before = fs::read(&existing).unwrap();
+        let err =
+            TpmSealer::create_with_data_key(&b.tpm.tcti(), &existing, sealer_a.export_data_key())
+                .unwrap_err();
+        assert!(
+            matches!(&err, KeystoreError::KeyFileExists { path } if *path == existing),
+            "{err}"
+        );
+        assert_eq!(fs::read(&existing).unwrap(), before);
+    }
+    let names = file_names(b.dir.path());
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn a_tpm_appliance_is_restored_onto_another_tpm_from_its_backup() {
+    let Some(a) = Fixture::new() else { return };
+    let Some(b) = Fixture::new() else { return };
+    let sealer_a = a.open().unwrap();
+    // A stand-in database: length-prefixed sealed blobs, stored as they are.
+    let database: Vec<u8> = ["ca-key", "push-key"]
+        .iter()
+        .flat_map(|p| {
+            let blob = sealer_a.seal(p, p.as_bytes()).unwrap().to_bytes();
+            let mut record = (blob.len() as u32).to_be_bytes().to_vec();
+            record.extend(blob);
+            record
+        })
+        .collect();
+
+    let meta = serde_json::json!({"created_at": "2025-03-01T10:00:00Z"});
+    let pass = "restore me onto new hardware";
+    let mut w =
+        mdm_keystore::BackupWriter::with_kdf_params(Vec::new(), pass, &meta, FAST_KDF).unwrap();
+    w.add(
+        "data-key",
+        std::io::Cursor::new(&sealer_a.export_data_key()[..]),
+    )
+    .unwrap();
+    w.add("mdm.redb", std::io::Cursor::new(&database)).unwrap();
+    let backup = w.finish().unwrap();
+    drop(sealer_a);
+    // A is gone (replaced mainboard): only the backup and the passphrase are left.
+    drop(a);
+
+    let mut r = mdm_keystore::BackupReader::open(&backup[..])
+        .unwrap()
+        .unlock(pass)
+        .unwrap();
+    assert_eq!(r.next_entry().unwrap().unwrap().name, "data-key");
+    let bytes = r.read_entry(mdm_keystore::DATA_KEY_LEN).unwrap();
+    let mut key = mdm_keystore::Zeroizing::new([0u8; mdm_keystore::DATA_KEY_LEN]);
+    key.copy_from_slice(&bytes);
+    assert_eq!(r.next_entry().unwrap().unwrap().name, "mdm.redb");
+    let mut restored_db = Vec::new();
+    r.copy_entry_to(&mut restored_db).unwrap();
+    assert_eq!(r.next_entry().unwrap(), None);
+
+    let sealer_b = TpmSealer::create_with_data_key(&b.tpm.tcti(), &b.key_path(), key).unwrap();
+    let mut rest = &restored_db[..];
+    for purpose in ["ca-key", "push-key"] {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let blob = SealedBlob::from_bytes(&rest[4..4 + len]).unwrap();
+        rest = &rest[4 + len..];
+        assert_eq!(
+            &sealer_b.unseal(purpose, &blob).unwrap()[..],
+            purpose.as_bytes()
+        );
+    }
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn a_restored_key_needs_a_reachable_tpm_and_leaves_nothing_behind() {
+    quiet_tss();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("keystore-tpm.key");
+    let soft = SoftSealer::open_or_create(&dir.path().join("soft.key")).unwrap();
+    let err = TpmSealer::create_with_data_key("carrier-pigeon:", &key_path, soft.export_data_key())
+        .unwrap_err();
+    assert!(
+        matches!(err, KeystoreError::TpmInterfaceInvalid { .. }),
+        "{err}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = TpmSealer::create_with_data_key(
+        &format!("swtpm:host=127.0.0.1,port={port}"),
+        &key_path,
+        soft.export_data_key(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, KeystoreError::TpmUnavailable { .. }), "{err}");
+    assert_eq!(file_names(dir.path()), ["soft.key"]);
+}
+
+#[test]
+fn a_software_key_sealed_under_a_tpm_does_not_open_software_blobs() {
+    // Blobs record their backend: moving a data key between backends does not carry the
+    // blobs along (documented), and the refusal says why.
+    let Some(fx) = Fixture::new() else { return };
+    let soft = SoftSealer::open_or_create(&fx.dir.path().join("soft.key")).unwrap();
+    let blob = soft.seal("ca-key", b"x").unwrap();
+    let tpm =
+        TpmSealer::create_with_data_key(&fx.tpm.tcti(), &fx.key_path(), soft.export_data_key())
+            .unwrap();
+    assert!(matches!(
+        tpm.unseal("ca-key", &blob),
+        Err(KeystoreError::WrongBackend { .. })
+    ));
+}

@@ -3,6 +3,7 @@
 pub mod abm;
 pub mod lifecycle;
 pub mod profiles;
+pub mod users;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use crate::ttl::parse_ttl;
 use abm::AbmCommand;
 use lifecycle::{ActivityArgs, DevicesCommand, PreenrollCommand, SettingsCommand};
 use profiles::{GroupsCommand, ProfilesCommand};
+use users::UsersCommand;
 
 /// Help heading of the flags every command takes, so they do not hide a command's own.
 const GLOBAL: &str = "Global options";
@@ -111,6 +113,12 @@ pub enum Action {
         /// What to do with commands
         #[command(subcommand)]
         command: MdmCommand,
+    },
+    /// Local user accounts: the people who sign in during Setup Assistant
+    Users {
+        /// What to do with user accounts
+        #[command(subcommand)]
+        command: UsersCommand,
     },
     /// Admin API tokens
     Tokens {

@@ -3,6 +3,7 @@
 mod abm;
 mod lifecycle;
 mod profiles;
+mod users;
 
 use std::io::Read as _;
 use std::path::Path;
@@ -120,6 +121,7 @@ pub async fn execute(
                 Output::text(render::command(&v))
             })
         }
+        Action::Users { command } => users::users(client, command, json).await,
         Action::Tokens { command } => tokens(client, command, json).await,
         Action::Keystore {
             command: KeystoreCommand::Status,

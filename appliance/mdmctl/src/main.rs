@@ -27,17 +27,25 @@
 //! assigns them to groups and devices, and shows where each device's install stands. Changes
 //! print what the appliance queued (installs and removals).
 //!
+//! Local user accounts: `users` manages the people who sign in during Setup Assistant on
+//! devices whose ABM enrollment profile has `"authentication": "local"`. Passwords are never
+//! arguments (shell history, `ps`): they are typed twice on the terminal with echo off, or
+//! read from the first line of standard input when that is a pipe or a file.
+//!
 //! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
 //! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
 //! use an HTTP proxy, shows no progress during a long ABM sync or a large pre-enrollment
 //! import, has no command to pre-enroll one device without a file, and has no commands for
 //! building typed commands with arguments (`Settings`): those go through `command send
 //! --plist`. `profiles status --state` filters the pages it fetched, not on the appliance.
+//! The password prompt needs a Unix terminal; elsewhere passwords come through
+//! `--password-stdin`.
 
 mod cli;
 mod client;
 mod commands;
 mod error;
+mod password;
 mod render;
 mod table;
 mod token;

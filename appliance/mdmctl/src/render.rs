@@ -7,6 +7,7 @@
 pub mod abm;
 pub mod lifecycle;
 pub mod profiles;
+pub mod users;
 
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;

@@ -514,6 +514,93 @@ fn profiles_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
     })
 }
 
+/// A local user account as the admin API shows it.
+fn user_json(username: &str, full_name: &str, email: Option<&str>) -> Value {
+    json!({"username": username, "full_name": full_name, "email": email, "source": "local",
+           "disabled": false, "locked": false, "locked_until": null, "failed_sign_ins": 0,
+           "last_sign_in_at": null, "created_at": "2024-04-01T08:00:00.000Z",
+           "updated_at": "2024-04-01T08:00:00.000Z", "created_by": "admin"})
+}
+
+/// The fake appliance's user account endpoints. A POST answers with the account the body
+/// describes, or the refusals the real API gives for a taken name and a short password.
+fn users_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
+    let body = || -> Value { serde_json::from_slice(&seen.body).expect("request JSON") };
+    let mut locked = user_json("bob", "Bob Byte", None);
+    locked["locked"] = json!(true);
+    locked["locked_until"] = json!("2024-05-01T10:15:00.000Z");
+    locked["failed_sign_ins"] = json!(5);
+    Some(match (seen.method.as_str(), seen.path_and_query.as_str()) {
+        ("GET", "/api/v1/users?limit=1") => {
+            let mut ada = user_json("ada", "Ada Lovelace", Some("ada@example.org"));
+            ada["last_sign_in_at"] = json!("2024-05-01T09:00:00.000Z");
+            json_response(
+                StatusCode::OK,
+                &json!({"items": [ada], "next": "ada", "total": 2}),
+            )
+        }
+        ("GET", "/api/v1/users?limit=1&after=ada") => json_response(
+            StatusCode::OK,
+            &json!({"items": [locked], "next": null, "total": 2}),
+        ),
+        ("GET", "/api/v1/users/bob") => json_response(StatusCode::OK, &locked),
+        ("GET" | "DELETE" | "PATCH", "/api/v1/users/nobody%20here") => api_error(
+            StatusCode::NOT_FOUND,
+            "USER_NOT_FOUND",
+            "no user account `nobody here`",
+        ),
+        ("POST", "/api/v1/users") => {
+            let b = body();
+            let username = b["username"].as_str().expect("username").to_lowercase();
+            if username == "taken" {
+                return Some(api_error(
+                    StatusCode::CONFLICT,
+                    "USER_EXISTS",
+                    "a user account `taken` exists",
+                ));
+            }
+            if b["password"].as_str().expect("password").chars().count() < 10 {
+                return Some(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "PASSWORD_POLICY",
+                    "password: must be at least 10 characters",
+                ));
+            }
+            json_response(
+                StatusCode::CREATED,
+                &user_json(
+                    &username,
+                    b["full_name"].as_str().expect("full_name"),
+                    b["email"].as_str(),
+                ),
+            )
+        }
+        ("PATCH", "/api/v1/users/ada") => {
+            let b = body();
+            let mut u = user_json("ada", "Ada Lovelace", Some("ada@example.org"));
+            if let Some(name) = b.get("full_name") {
+                u["full_name"] = name.clone();
+            }
+            match b.get("email").and_then(Value::as_str) {
+                Some("") => u["email"] = Value::Null,
+                Some(e) => u["email"] = json!(e),
+                None => {}
+            }
+            if let Some(d) = b.get("disabled") {
+                u["disabled"] = d.clone();
+            }
+            json_response(StatusCode::OK, &u)
+        }
+        ("DELETE", "/api/v1/users/ada") => {
+            json_response(StatusCode::OK, &json!({"deleted": "ada"}))
+        }
+        ("POST", "/api/v1/users/bob/unlock") => {
+            json_response(StatusCode::OK, &user_json("bob", "Bob Byte", None))
+        }
+        _ => return None,
+    })
+}
+
 /// The fake appliance: the shapes of the real admin API for a few endpoints.
 fn answer(seen: &Seen) -> Response<Full<Bytes>> {
     if seen.authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
@@ -561,6 +648,7 @@ fn answer(seen: &Seen) -> Response<Full<Bytes>> {
         _ => abm_answer(seen)
             .or_else(|| lifecycle_answer(seen))
             .or_else(|| profiles_answer(seen))
+            .or_else(|| users_answer(seen))
             .unwrap_or_else(|| {
                 api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
             }),
@@ -1995,4 +2083,608 @@ fn profiles_assign_status_and_retry() {
     );
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
     assert_eq!(app.seen().len(), before);
+}
+
+/// Runs `mdmctl` with `input` on a piped standard input.
+fn run_with_stdin(server: &str, pki: &Pki, args: &[&str], input: &[u8]) -> Output {
+    let mut child = mdmctl()
+        .arg("--server")
+        .arg(server)
+        .arg("--token-file")
+        .arg(pki.path("admin.token"))
+        .arg("--ca")
+        .arg(pki.path("ca.pem"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// The JSON bodies of the requests the fake appliance received.
+fn bodies(app: &FakeAppliance) -> Vec<Value> {
+    app.seen()
+        .iter()
+        .map(|s| serde_json::from_slice(&s.body).expect("request JSON"))
+        .collect()
+}
+
+#[test]
+fn users_list_pages_and_shows_why_an_account_cannot_sign_in() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "list", "--limit", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "USERNAME  NAME          EMAIL            STATE   LAST SIGN-IN\n\
+         ada       Ada Lovelace  ada@example.org  active  2024-05-01T09:00:00Z\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "1 of 2 user accounts\nmore user accounts follow: add --after ada (or --all)\n"
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "list", "--limit", "1", "--all"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "USERNAME  NAME          EMAIL            STATE                              LAST SIGN-IN\n\
+         ada       Ada Lovelace  ada@example.org  active                             2024-05-01T09:00:00Z\n\
+         bob       Bob Byte      -                locked until 2024-05-01T10:15:00Z  -\n"
+    );
+    assert_eq!(stderr(&out), "2 of 2 user accounts\n");
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "list", "--limit", "1", "--all", "--json"],
+    );
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        (v["next"].clone(), v["total"].clone()),
+        (Value::Null, json!(2))
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "show", "BOB"],
+    );
+    // Usernames go as typed: matching them without case is the appliance's business.
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        app.seen().last().map(|s| s.path_and_query.clone()),
+        Some("/api/v1/users/BOB".to_owned())
+    );
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "show", "bob"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("State            locked until 2024-05-01T10:15:00Z\n"),
+        "{text}"
+    );
+    assert!(text.contains("Failed sign-ins  5\n"), "{text}");
+    assert!(
+        stderr(&out).contains("`mdmctl users unlock bob` lifts it now"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "show", "nobody here"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error USER_NOT_FOUND: no user account `nobody here`\n"
+    );
+}
+
+#[test]
+fn users_add_takes_the_password_from_a_pipe_and_never_prints_it() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let secret = "correct horse battery staple";
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &[
+            "users",
+            "add",
+            "Ada",
+            "--name",
+            "Ada Lovelace",
+            "--email",
+            "ada@example.org",
+            "--password-stdin",
+        ],
+        format!("{secret}\nignored second line\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Username         ada\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("user account ada created"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        bodies(&app),
+        [json!({"username": "Ada", "full_name": "Ada Lovelace",
+                "email": "ada@example.org", "password": secret})]
+    );
+    assert_eq!(app.seen()[0].path_and_query, "/api/v1/users");
+
+    // Without --password-stdin, standard input that is not a terminal is read the same way;
+    // a Windows line ending is not part of the password.
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["users", "add", "grace", "--name", "Grace Hopper", "--json"],
+        format!("{secret}\r\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v["username"], "grace");
+    assert_eq!(bodies(&app)[1]["password"], secret);
+
+    // The appliance's refusals come back with their code; the password is not in them.
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["users", "add", "taken", "--name", "T", "--password-stdin"],
+        format!("{secret}\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error USER_EXISTS: a user account `taken` exists\n"
+    );
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["users", "add", "short", "--name", "S", "--password-stdin"],
+        b"tiny\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error PASSWORD_POLICY: password: must be at least 10 characters\n"
+    );
+    assert!(!stdout(&out).contains("tiny") && !stderr(&out).contains("tiny"));
+}
+
+#[test]
+fn users_passwords_are_never_arguments_and_nothing_is_sent_without_one() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    for args in [
+        &["users", "set", "ada", "--password", "hunter2-secret"][..],
+        &[
+            "users",
+            "set",
+            "ada",
+            "--password=hunter2-secret",
+            "--disable",
+        ],
+        &[
+            "users",
+            "add",
+            "ada",
+            "--name",
+            "Ada",
+            "--password",
+            "hunter2-secret",
+        ],
+    ] {
+        let out = run(&app.url(), &pki, "admin.token", "ca.pem", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.starts_with("error: --password takes no value"), "{err}");
+        assert!(
+            !err.contains("hunter2") && !stdout(&out).contains("hunter2"),
+            "{err}"
+        );
+    }
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "users",
+            "set",
+            "ada",
+            "--password",
+            "hunter2-secret",
+            "--password-stdin",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+
+    // `run` gives no standard input: an empty line is no password.
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "add", "ada", "--name", "Ada"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: no password on standard input: the line is empty\n"
+    );
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["users", "set", "ada", "--password-stdin"],
+        b"\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "add", "ada", "--name", " ", "--password-stdin"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--name needs"), "{}", stderr(&out));
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+}
+
+#[test]
+fn users_set_sends_only_the_changes_and_remove_and_unlock_report() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "users",
+            "set",
+            "ada",
+            "--name",
+            "Ada King",
+            "--no-email",
+            "--disable",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Name             Ada King\n"), "{text}");
+    assert!(text.contains("Email            -\n"), "{text}");
+    assert!(text.contains("State            disabled\n"), "{text}");
+    assert_eq!(stderr(&out), "user account ada changed\n");
+    assert_eq!(app.seen()[0].method, "PATCH");
+    assert_eq!(
+        bodies(&app)[0],
+        json!({"full_name": "Ada King", "email": "", "disabled": true})
+    );
+
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["users", "set", "ada", "--password-stdin", "--enable"],
+        b"a new password, 2024\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        bodies(&app)[1],
+        json!({"password": "a new password, 2024", "disabled": false})
+    );
+    assert!(
+        stderr(&out).contains("its password was replaced"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "remove", "ada"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "deleted user account ada\n");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "remove", "nobody here"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error USER_NOT_FOUND"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &["users", "unlock", "bob"],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "unlocked user account bob; its failed sign-ins are cleared\n"
+    );
+    let seen: Vec<(String, String)> = app
+        .seen()
+        .into_iter()
+        .map(|s| (s.method, s.path_and_query))
+        .collect();
+    assert_eq!(
+        seen[2..],
+        [
+            ("DELETE".to_owned(), "/api/v1/users/ada".to_owned()),
+            (
+                "DELETE".to_owned(),
+                "/api/v1/users/nobody%20here".to_owned()
+            ),
+            ("POST".to_owned(), "/api/v1/users/bob/unlock".to_owned()),
+        ]
+    );
+}
+
+/// A pseudo-terminal for the password prompt: `mdmctl` gets the terminal end as standard
+/// input; the test types into the other end and reads what the terminal echoes there.
+#[cfg(unix)]
+struct Pty {
+    master: std::fs::File,
+    terminal: std::fs::File,
+    echoed: Arc<Mutex<Vec<u8>>>,
+}
+
+#[cfg(unix)]
+impl Pty {
+    fn open() -> Pty {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let terminal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(i32::try_from(rustix::fs::OFlags::NOCTTY.bits()).expect("flag fits"))
+            .open(name.to_str().expect("UTF-8 name"))
+            .expect("open the terminal end");
+        let master = std::fs::File::from(master);
+        let echoed = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("clone");
+        let sink = Arc::clone(&echoed);
+        // Blocks until the test process ends once every terminal end is closed; that is fine
+        // for a reader whose only job is to record.
+        std::thread::spawn(move || {
+            let mut buf = [0_u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            master,
+            terminal,
+            echoed,
+        }
+    }
+
+    fn echoed(&self) -> String {
+        String::from_utf8_lossy(&self.echoed.lock().expect("lock")).into_owned()
+    }
+
+    fn local_modes(&self) -> rustix::termios::LocalModes {
+        rustix::termios::tcgetattr(&self.terminal)
+            .expect("tcgetattr")
+            .local_modes
+    }
+
+    fn type_bytes(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("type");
+    }
+}
+
+/// `mdmctl` with the pseudo-terminal as standard input and stderr captured as it comes.
+#[cfg(unix)]
+struct Prompted {
+    child: std::process::Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+#[cfg(unix)]
+impl Prompted {
+    fn spawn(app: &FakeAppliance, pki: &Pki, pty: &Pty, args: &[&str]) -> Prompted {
+        let mut child = mdmctl()
+            .arg("--server")
+            .arg(app.url())
+            .arg("--token-file")
+            .arg(pki.path("admin.token"))
+            .arg("--ca")
+            .arg(pki.path("ca.pem"))
+            .args(args)
+            .stdin(pty.terminal.try_clone().expect("clone"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0_u8; 256];
+            while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Prompted {
+            child,
+            stderr,
+            reader,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned()
+    }
+
+    /// Waits until stderr ends with `prompt`: only then is echo off, so typing earlier
+    /// would show on the terminal (and be flushed away).
+    fn wait_for(&self, prompt: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.stderr().ends_with(prompt) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no prompt {prompt:?}; stderr so far: {:?}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().expect("wait");
+        self.reader.join().expect("stderr reader");
+        let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("lock")).into_owned();
+        (status.code(), stderr)
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn users_add_asks_twice_on_a_terminal_with_echo_off() {
+    use rustix::termios::LocalModes;
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let mut pty = Pty::open();
+    assert!(pty
+        .local_modes()
+        .contains(LocalModes::ECHO | LocalModes::ICANON));
+    let p = Prompted::spawn(&app, &pki, &pty, &["users", "add", "ada", "--name", "Ada"]);
+    p.wait_for("Password for ada: ");
+    assert!(!pty.local_modes().contains(LocalModes::ECHO), "echo is off");
+    // A typo, erased; then Enter as a terminal sends it (CR).
+    pty.type_bytes(b"correct horse 4X\x7f2\r");
+    p.wait_for("Type it again: ");
+    pty.type_bytes("correct horse 42\r".as_bytes());
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(bodies(&app)[0]["password"], "correct horse 42");
+    assert!(!err.contains("correct"), "{err}");
+    // Nothing typed was echoed by the terminal.
+    assert!(
+        !pty.echoed().contains("horse"),
+        "echoed: {:?}",
+        pty.echoed()
+    );
+    // The terminal's settings are back.
+    assert!(pty
+        .local_modes()
+        .contains(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG));
+}
+
+#[cfg(unix)]
+#[test]
+fn users_prompts_refuse_a_mismatch_and_restore_the_terminal_on_ctrl_c() {
+    use rustix::termios::LocalModes;
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let mut pty = Pty::open();
+
+    let p = Prompted::spawn(&app, &pki, &pty, &["users", "set", "ada", "--password"]);
+    p.wait_for("Password for ada: ");
+    pty.type_bytes(b"first-password-1\r");
+    p.wait_for("Type it again: ");
+    pty.type_bytes(b"first-password-2\r");
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(
+        err.ends_with("error: the two passwords typed differ; nothing was changed\n"),
+        "{err}"
+    );
+
+    let p = Prompted::spawn(&app, &pki, &pty, &["users", "add", "ada", "--name", "Ada"]);
+    p.wait_for("Password for ada: ");
+    pty.type_bytes(b"half-typed\x03");
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(
+        err.ends_with("error: interrupted at the password prompt; nothing was changed\n"),
+        "{err}"
+    );
+    assert!(pty
+        .local_modes()
+        .contains(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG));
+
+    // --password-stdin is for pipes: on a terminal it would show the password.
+    let p = Prompted::spawn(
+        &app,
+        &pki,
+        &pty,
+        &["users", "set", "ada", "--password-stdin"],
+    );
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(err.contains("standard input is a terminal"), "{err}");
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+    assert!(
+        !pty.echoed().contains("password"),
+        "echoed: {:?}",
+        pty.echoed()
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -132,6 +133,7 @@ fn service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
     sc.device_cert_lifetime = Duration::from_secs(cfg.enrollment.device_cert_days * 24 * 3600);
     sc.sign_message = cfg.enrollment.sign_message;
     sc.link_ttl = Duration::from_secs(cfg.enrollment.link_ttl_seconds);
+    sc.state_dir = Some(cfg.server.data_dir.clone());
     sc.retention = RetentionPolicy {
         max_age: Duration::from_secs(cfg.retention.max_age_days * 24 * 3600),
         max_finished_per_enrollment: cfg.retention.max_results_per_enrollment,

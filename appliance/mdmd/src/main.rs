@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the appliance.
     Serve(Box<ServeArgs>),
+    /// Restore an encrypted backup into a data directory (the daemon must not be running),
+    /// sealing its data key under this machine's keystore.
+    Restore(RestoreArgs),
     /// Read and validate a configuration file, then exit.
     CheckConfig {
         #[arg(long, short)]
@@ -72,6 +75,86 @@ struct ServeArgs {
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The data directory to restore into (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The backup file (`mdmctl backup create`).
+    #[arg(long)]
+    from: PathBuf,
+    /// A file holding the passphrase (its first line), or `-` for standard input.
+    #[arg(long, required_unless_present = "show")]
+    passphrase_file: Option<PathBuf>,
+    /// Keystore backend that seals the data key on this machine.
+    #[arg(long, value_enum, default_value = "tpm")]
+    keystore: mdmd::config::KeystoreBackend,
+    /// TPM interface for the TPM keystore.
+    #[arg(long, default_value = mdm_keystore::DEFAULT_TCTI)]
+    tcti: String,
+    /// Replace an appliance already in the data directory (its files are moved aside).
+    #[arg(long)]
+    force: bool,
+    /// Only print what the backup says about itself (no passphrase needed), then exit.
+    #[arg(long)]
+    show: bool,
+}
+
+/// The passphrase: the first line of a file or of standard input, without its line end.
+fn read_passphrase(path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::BufRead as _;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    if path == std::path::Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the passphrase from standard input")?;
+    } else {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open the passphrase file {}", path.display()))?;
+        std::io::BufReader::new(file)
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+    }
+    let end = line.trim_end_matches(['\n', '\r']).len();
+    line.truncate(end);
+    if line.is_empty() {
+        anyhow::bail!("the passphrase is empty");
+    }
+    Ok(line)
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    if args.show {
+        let meta = mdmd::restore::describe(&args.from)?;
+        println!("{}", serde_json::to_string_pretty(&meta)?);
+        return Ok(());
+    }
+    let Some(pass_file) = &args.passphrase_file else {
+        anyhow::bail!("give the passphrase with --passphrase-file FILE (or - for standard input)");
+    };
+    let report = mdmd::restore::restore(&mdmd::restore::RestoreOptions {
+        data_dir: args.data_dir.clone(),
+        from: args.from.clone(),
+        passphrase: read_passphrase(pass_file)?,
+        keystore: args.keystore,
+        tcti: args.tcti.clone(),
+        force: args.force,
+    })?;
+    for old in &report.moved_aside {
+        println!("moved aside: {}", old.display());
+    }
+    println!(
+        "restored into {}: database {} bytes, key file {} (backup made {} by {})",
+        args.data_dir.display(),
+        report.database_bytes,
+        report.key_file.display(),
+        report.meta["created_at"].as_str().unwrap_or("?"),
+        report.meta["created_by"].as_str().unwrap_or("?"),
+    );
+    Ok(())
 }
 
 fn build_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -190,6 +273,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig { config } => {
             Config::load(&config).map(|_| println!("{}: ok", config.display()))
         }
+        Command::Restore(args) => restore(args),
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -14,6 +14,7 @@
 pub mod abm;
 pub mod accounts;
 pub mod authority;
+pub mod backup;
 pub mod checkin;
 pub mod commands;
 #[cfg(feature = "conformance")]
@@ -84,6 +85,9 @@ pub struct ServiceConfig {
     pub retention: RetentionPolicy,
     /// Default lifetime of an enrollment link.
     pub link_ttl: Duration,
+    /// The appliance's state directory: backups copy the database there before encrypting
+    /// it. `None` disables backups.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl ServiceConfig {
@@ -103,6 +107,7 @@ impl ServiceConfig {
                 batch_limit: 1000,
             },
             link_ttl: authority::days(7),
+            state_dir: None,
         }
     }
 }

@@ -440,6 +440,34 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                 })))
             }
             (Method::GET, ["keystore"]) => Ok(json(&self.keystore)),
+            (Method::POST, ["backup"]) => {
+                need(Role::Admin, caller.role)?;
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct BackupRequest {
+                    passphrase: mdm_service::accounts::Password,
+                }
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                let r: BackupRequest = parse_json(&body)?;
+                let backup = svc
+                    .create_backup(r.passphrase, &caller.name)
+                    .await
+                    .map_err(|e| api_error(&e))?;
+                let mut resp =
+                    respond::with_body(StatusCode::OK, "application/octet-stream", backup.bytes);
+                if let Ok(v) = http::HeaderValue::from_str(&format!(
+                    "attachment; filename=\"{}\"",
+                    backup.file_name
+                )) {
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_DISPOSITION, v);
+                }
+                resp.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                Ok(resp)
+            }
             (Method::GET, ["ca"]) => Ok(respond::with_body(
                 StatusCode::OK,
                 "application/x-pem-file",

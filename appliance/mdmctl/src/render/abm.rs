@@ -494,6 +494,15 @@ fn profile_field(key: &str, value: &Value) -> String {
     }
 }
 
+/// The appliance's `authentication` option in words.
+fn sign_in(v: &Value) -> String {
+    match at(v, &["authentication"]).and_then(Value::as_str) {
+        Some("local") => "local account (on the configuration_web_url page)".to_owned(),
+        Some("none") | None => "none (staging)".to_owned(),
+        Some(other) => other.to_owned(),
+    }
+}
+
 /// `mdmctl abm profile show` (and the answer of `profile define`): the appliance's record,
 /// then every field of the profile with Apple's names.
 pub fn profile(v: &Value) -> String {
@@ -501,6 +510,7 @@ pub fn profile(v: &Value) -> String {
         ("Name", text(v, &["name"])),
         ("Connection", text(v, &["connection"])),
         ("Profile UUID", text(v, &["profile_uuid"])),
+        ("User sign-in", sign_in(v)),
         ("Defined", time_text(v, &["defined_at"])),
         ("Updated", time_text(v, &["updated_at"])),
     ]);
@@ -875,6 +885,7 @@ mod tests {
             "Name          staff\n\
              Connection    north\n\
              Profile UUID  P-UUID\n\
+             User sign-in  none (staging)\n\
              Defined       2024-05-01T10:00:00Z\n\
              Updated       2024-05-01T10:00:00Z\n\
              \n\

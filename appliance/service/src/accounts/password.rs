@@ -67,6 +67,11 @@ impl Password {
         Ok(())
     }
 
+    /// The password itself, for handing to a key derivation. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }

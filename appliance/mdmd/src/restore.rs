@@ -1,0 +1,202 @@
+//! `mdmd restore`: puts an encrypted backup (`POST /api/v1/backup`, `mdmctl backup create`)
+//! into a data directory, sealing its data key under this machine's keystore.
+//!
+//! Nothing in the data directory changes until the whole backup has been decrypted and
+//! verified, the database opens, and the new key file works: the database and key file are
+//! written under temporary names and renamed into place last. With `force`, what the
+//! directory held is moved aside (`*.before-restore-TIME`), never deleted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use mdm_keystore::{BackupReader, Sealer, SoftSealer, TpmSealer, Zeroizing};
+
+use crate::config::KeystoreBackend;
+use crate::{DB_FILE, SOFT_KEY_FILE, TPM_KEY_FILE};
+
+/// The entries a backup holds (as `mdm_service::backup` writes them).
+const DATA_KEY_ENTRY: &str = mdm_service::backup::DATA_KEY_ENTRY;
+const DATABASE_ENTRY: &str = mdm_service::backup::DATABASE_ENTRY;
+
+/// What to restore, and where.
+#[derive(Debug)]
+pub struct RestoreOptions {
+    pub data_dir: PathBuf,
+    pub from: PathBuf,
+    pub passphrase: Zeroizing<String>,
+    pub keystore: KeystoreBackend,
+    /// The TPM interface, for the TPM keystore.
+    pub tcti: String,
+    /// Replace an appliance already in `data_dir` (moved aside, not deleted).
+    pub force: bool,
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// The backup's description (when and where it was made).
+    pub meta: serde_json::Value,
+    pub database_bytes: u64,
+    pub key_file: PathBuf,
+    /// Files of the previous appliance, moved aside.
+    pub moved_aside: Vec<PathBuf>,
+}
+
+/// The backup's plaintext description, without the passphrase.
+pub fn describe(from: &Path) -> anyhow::Result<serde_json::Value> {
+    let file = fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let reader = BackupReader::open(std::io::BufReader::new(file))
+        .with_context(|| format!("{}", from.display()))?;
+    Ok(reader.meta().clone())
+}
+
+/// Temporary files removed unless kept.
+struct Staged(Vec<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn key_file_name(backend: KeystoreBackend) -> &'static str {
+    match backend {
+        KeystoreBackend::Software => SOFT_KEY_FILE,
+        KeystoreBackend::Tpm => TPM_KEY_FILE,
+    }
+}
+
+/// Restores `opts.from` into `opts.data_dir`. See the module documentation.
+pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
+    let dir = &opts.data_dir;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let existing: Vec<PathBuf> = [DB_FILE, SOFT_KEY_FILE, TPM_KEY_FILE]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect();
+    if !existing.is_empty() && !opts.force {
+        bail!(
+            "{} already holds an appliance ({}); restore into an empty directory, or pass --force to replace it (its files are moved aside, not deleted)",
+            dir.display(),
+            existing
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let file = fs::File::open(&opts.from)
+        .with_context(|| format!("cannot open {}", opts.from.display()))?;
+    let reader = BackupReader::open(std::io::BufReader::new(file))
+        .with_context(|| format!("{}", opts.from.display()))?;
+    let mut backup = reader
+        .unlock(&opts.passphrase)
+        .with_context(|| format!("{}", opts.from.display()))?;
+    let meta = backup.meta().clone();
+
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let tmp_db = dir.join(format!(".restore-{tag}.redb"));
+    let tmp_key = dir.join(format!(".restore-{tag}.key"));
+    let mut staged = Staged(vec![tmp_db.clone(), tmp_key.clone()]);
+
+    let mut key = None;
+    let mut database_bytes = None;
+    while let Some(entry) = backup.next_entry()? {
+        match entry.name.as_str() {
+            DATA_KEY_ENTRY => key = Some(backup.read_entry(64)?),
+            DATABASE_ENTRY => {
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp_db)
+                    .with_context(|| format!("cannot create {}", tmp_db.display()))?;
+                let n = backup.copy_entry_to(&mut out)?;
+                out.sync_all()
+                    .context("cannot write the restored database")?;
+                database_bytes = Some(n);
+            }
+            // Entries added by later versions are skipped (still verified).
+            other => tracing::warn!(
+                entry = other,
+                "backup entry not known to this version; skipped"
+            ),
+        }
+    }
+    // `next_entry` returned `None`: the whole backup verified.
+    let key = key.context("the backup holds no data key; it is not a complete appliance backup")?;
+    let database_bytes = database_bytes
+        .context("the backup holds no database; it is not a complete appliance backup")?;
+    let key: Zeroizing<[u8; 32]> = {
+        let mut k = Zeroizing::new([0u8; 32]);
+        if key.len() != k.len() {
+            bail!("the backup's data key has {} bytes, expected 32", key.len());
+        }
+        k.copy_from_slice(&key);
+        k
+    };
+
+    // The database must open with this version (schema, recovery after the live copy).
+    let store = mdm_store::RedbStore::open(&tmp_db, mdm_store::StoreOptions::default())
+        .map_err(|e| anyhow::anyhow!("the restored database does not open: {e}"))?;
+    store
+        .close()
+        .map_err(|e| anyhow::anyhow!("the restored database does not close: {e}"))?;
+
+    // Seal the data key under this machine's keystore, and prove it opens what it sealed.
+    let sealer: Box<dyn Sealer> = match opts.keystore {
+        KeystoreBackend::Software => Box::new(
+            SoftSealer::create_with_data_key(&tmp_key, key)
+                .context("cannot write the software keystore's key file")?,
+        ),
+        KeystoreBackend::Tpm => Box::new(
+            TpmSealer::create_with_data_key(&opts.tcti, &tmp_key, key).with_context(|| {
+                format!("cannot seal the data key with the TPM ({})", opts.tcti)
+            })?,
+        ),
+    };
+    let probe = sealer
+        .seal("restore-check", b"restore")
+        .context("the new keystore cannot seal")?;
+    let back = sealer
+        .unseal("restore-check", &probe)
+        .context("the new keystore cannot unseal")?;
+    if back.as_slice() != b"restore" {
+        bail!("the new keystore does not give back what it sealed");
+    }
+    drop(sealer);
+
+    let stamp = mdm_service::ports::Timestamp::now()
+        .to_rfc3339()
+        .replace([':', '-'], "");
+    let mut moved_aside = Vec::new();
+    for old in &existing {
+        let name = old
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = dir.join(format!("{name}.before-restore-{stamp}"));
+        fs::rename(old, &aside).with_context(|| format!("cannot move {} aside", old.display()))?;
+        moved_aside.push(aside);
+    }
+    let key_file = dir.join(key_file_name(opts.keystore));
+    fs::rename(&tmp_key, &key_file)
+        .with_context(|| format!("cannot put {} in place", key_file.display()))?;
+    fs::rename(&tmp_db, dir.join(DB_FILE))
+        .with_context(|| format!("cannot put {} in place", DB_FILE))?;
+    staged.0.clear();
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(RestoreReport {
+        meta,
+        database_bytes,
+        key_file,
+        moved_aside,
+    })
+}
