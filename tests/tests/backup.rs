@@ -144,6 +144,44 @@ async fn backup_and_restore(
     assert_eq!(meta["format"], "mdm-appliance-backup");
     assert!(meta["created_by"].is_string(), "{meta}");
 
+    // The same through the `mdmd` command, as an operator runs it.
+    let shown = std::process::Command::new(appliance_tests::mdmd_binary())
+        .args(["restore", "--show", "--from"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("mdm-appliance-backup"));
+    if restore_keystore == KeystoreBackend::Software {
+        use std::io::Write as _;
+        let by_cli = work.path().join("by-cli");
+        let mut child = std::process::Command::new(appliance_tests::mdmd_binary())
+            .args([
+                "restore",
+                "--keystore",
+                "software",
+                "--passphrase-file",
+                "-",
+                "--data-dir",
+            ])
+            .arg(&by_cli)
+            .arg("--from")
+            .arg(&file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{PASSPHRASE}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("restored into"),
+            "{out:?}"
+        );
+        assert!(by_cli.join(mdmd::DB_FILE).exists() && by_cli.join(mdmd::SOFT_KEY_FILE).exists());
+    }
+
     // A wrong passphrase, and a damaged file, write nothing at all.
     let target = work.path().join("restored");
     let err = restore(&options(

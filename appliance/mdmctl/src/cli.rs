@@ -1,6 +1,7 @@
 //! The command line: global flags and every subcommand, as clap derive types.
 
 pub mod abm;
+pub mod backup;
 pub mod lifecycle;
 pub mod profiles;
 pub mod users;
@@ -11,6 +12,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::ttl::parse_ttl;
 use abm::AbmCommand;
+use backup::BackupCommand;
 use lifecycle::{ActivityArgs, DevicesCommand, PreenrollCommand, SettingsCommand};
 use profiles::{GroupsCommand, ProfilesCommand};
 use users::UsersCommand;
@@ -136,6 +138,12 @@ pub enum Action {
         /// What to do with the keystore
         #[command(subcommand)]
         command: KeystoreCommand,
+    },
+    /// Encrypted backups of the whole appliance (restored with `mdmd restore`)
+    Backup {
+        /// What to do with backups
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Apple Business Manager: server tokens, device sync, enrollment profiles, assignment
     Abm {

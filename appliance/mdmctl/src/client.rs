@@ -279,7 +279,7 @@ impl ApiClient {
             Some(s) if !s.is_closed() => s,
             _ => self.connect().await?,
         };
-        let request = self.build_request(method, path, body)?;
+        let request = self.build_request(method, path, body, "application/json")?;
         let exchange = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
@@ -302,23 +302,94 @@ impl ApiClient {
             })?;
         let bytes = match collected {
             Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return Err(match e.downcast::<hyper::Error>() {
-                    Ok(source) => CliError::Http {
-                        url,
-                        source: *source,
-                    },
-                    Err(_) => CliError::BadResponse {
-                        url,
-                        reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
-                    },
-                })
-            }
+            Err(e) => return Err(body_error(e, &url)),
         };
         if !sender.is_closed() {
             self.sender = Some(sender);
         }
         Ok((status, bytes))
+    }
+
+    /// Sends a request whose success answer is a file too large to hold in memory (an
+    /// appliance backup), and hands its body to `sink` piece by piece as it arrives; returns
+    /// how many bytes it was given. A success answer whose media type is not `media_type` is
+    /// refused before anything reaches `sink`: a misdirected `--server`'s page is not the
+    /// file. Other statuses become [`CliError::Api`], as with [`ApiClient::call`]. `limit`
+    /// covers the whole exchange; the body has no size limit (the disk is the limit). The
+    /// request is not repeated on a fresh connection: it is not a GET.
+    pub async fn download_within(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        media_type: &'static str,
+        limit: Duration,
+        mut sink: impl FnMut(&[u8]) -> Result<(), CliError>,
+    ) -> Result<u64, CliError> {
+        let url = format!("{}{}", self.endpoint.origin, path);
+        let mut sender = match self.sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => self.connect().await?,
+        };
+        let request = self.build_request(method, path, body, media_type)?;
+        let http = |source| CliError::Http {
+            url: url.clone(),
+            source,
+        };
+        let exchange = async {
+            sender.ready().await.map_err(http)?;
+            let response = sender.send_request(request).await.map_err(http)?;
+            let status = response.status();
+            if !status.is_success() {
+                let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await;
+                return Err(match collected {
+                    Ok(c) => api_error(status, &c.to_bytes()),
+                    Err(e) => body_error(e, &url),
+                });
+            }
+            let served = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !is_media_type(served, media_type) {
+                return Err(CliError::BadResponse {
+                    url: url.clone(),
+                    reason: format!(
+                        "the answer is {}, not {media_type}",
+                        if served.is_empty() {
+                            "of no stated type".to_owned()
+                        } else {
+                            clean(served)
+                        }
+                    ),
+                });
+            }
+            let mut incoming = response.into_body();
+            let mut received: u64 = 0;
+            while let Some(frame) = incoming.frame().await {
+                if let Ok(data) = frame.map_err(http)?.into_data() {
+                    sink(&data)?;
+                    received =
+                        received.saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+                }
+            }
+            Ok(received)
+        };
+        let received =
+            tokio::time::timeout(limit, exchange)
+                .await
+                .map_err(|_| CliError::Timeout {
+                    url: url.clone(),
+                    seconds: limit.as_secs(),
+                    stage: "waiting for the answer",
+                })??;
+        if !sender.is_closed() {
+            self.sender = Some(sender);
+        }
+        Ok(received)
     }
 
     /// [`ApiClient::call`], with the answer parsed as JSON.
@@ -346,11 +417,13 @@ impl ApiClient {
         })
     }
 
+    /// The request, authenticated, asking for an answer of type `accept`.
     fn build_request(
         &self,
         method: Method,
         path: &str,
         body: RequestBody,
+        accept: &'static str,
     ) -> Result<Request<Full<Bytes>>, CliError> {
         let mut auth =
             HeaderValue::try_from(format!("Bearer {}", self.token.as_str())).map_err(|_| {
@@ -370,7 +443,7 @@ impl ApiClient {
             .uri(format!("{}{}", self.endpoint.prefix, path))
             .header(header::HOST, self.endpoint.authority.as_str())
             .header(header::AUTHORIZATION, auth)
-            .header(header::ACCEPT, "application/json")
+            .header(header::ACCEPT, accept)
             .header(
                 header::USER_AGENT,
                 concat!("mdmctl/", env!("CARGO_PKG_VERSION")),
@@ -465,6 +538,29 @@ fn describe_tls_failure(e: &std::io::Error, host: &str) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The error for a body that could not be read whole: the connection broke, or the body
+/// passed [`MAX_RESPONSE_BYTES`].
+fn body_error(e: Box<dyn std::error::Error + Send + Sync>, url: &str) -> CliError {
+    match e.downcast::<hyper::Error>() {
+        Ok(source) => CliError::Http {
+            url: url.to_owned(),
+            source: *source,
+        },
+        Err(_) => CliError::BadResponse {
+            url: url.to_owned(),
+            reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+        },
+    }
+}
+
+/// Whether a `Content-Type` value names `media_type`, whatever its parameters and case.
+fn is_media_type(content_type: &str, media_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type))
 }
 
 #[derive(Deserialize)]
@@ -646,6 +742,16 @@ mod tests {
         let body = br#"{"error":{"code":"X\u001b[31m","message":"a\u001b]0;title\u0007b"}}"#;
         let line = api_error(StatusCode::BAD_REQUEST, body).stderr_line();
         assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+
+    #[test]
+    fn media_types_match_without_parameters_or_case() {
+        let octets = "application/octet-stream";
+        assert!(is_media_type("application/octet-stream", octets));
+        assert!(is_media_type("Application/Octet-Stream ; x=y", octets));
+        assert!(!is_media_type("application/json", octets));
+        assert!(!is_media_type("", octets));
+        assert!(!is_media_type("application/octet-stream-ish", octets));
     }
 
     #[test]

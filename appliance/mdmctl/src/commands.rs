@@ -1,6 +1,7 @@
 //! Running each subcommand: local checks, the API calls, and what is printed.
 
 mod abm;
+mod backup;
 mod lifecycle;
 mod profiles;
 mod users;
@@ -134,6 +135,7 @@ pub async fn execute(
             })
         }
         Action::Abm { command } => abm::execute(client, command, json).await,
+        Action::Backup { command } => backup::backup(client, command, json).await,
         Action::Push { device } => {
             let path = format!("/enrollments/{}/push", segment(device, "enrollment ID")?);
             let v = send(client, Method::POST, &path, RequestBody::Empty).await?;

@@ -114,6 +114,16 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// The partial file a download is written to already exists.
+    #[error(
+        "{} exists: an earlier run was interrupted, or one is writing it now; if none is, \
+         remove it and try again",
+        path.display()
+    )]
+    PartialFile {
+        /// The `.partial` file.
+        path: PathBuf,
+    },
     /// The `--plist` file is not a command plist.
     #[error("{} is not a command plist: {reason}", path.display())]
     CommandPlist {
@@ -263,6 +273,7 @@ impl CliError {
             | CliError::CaCertificate { .. }
             | CliError::InputFile { .. }
             | CliError::OutputFile { .. }
+            | CliError::PartialFile { .. }
             | CliError::CommandPlist { .. }
             | CliError::NotConfirmed { .. }
             | CliError::Unconfirmed { .. }

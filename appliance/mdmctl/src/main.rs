@@ -32,14 +32,24 @@
 //! arguments (shell history, `ps`): they are typed twice on the terminal with echo off, or
 //! read from the first line of standard input when that is a pipe or a file.
 //!
+//! Backups: `backup create` has the appliance make an encrypted backup of itself under a
+//! passphrase (typed twice on the terminal, or the first line of `--passphrase-file` or of
+//! standard input with `--passphrase-stdin`; at least 12 characters, checked here first) and
+//! writes it to `FILE.partial` (mode 0600) as it arrives, then flushes and renames it, so FILE
+//! is never half a backup. It gets thirty minutes. Restoring is `mdmd restore`, on the
+//! appliance, with the daemon stopped.
+//!
 //! What it cannot do yet: it speaks HTTP/1.1 only, trusts no system roots (an appliance
 //! behind a publicly-trusted reverse proxy still needs that proxy's CA in `--ca`), does not
 //! use an HTTP proxy, shows no progress during a long ABM sync or a large pre-enrollment
 //! import, has no command to pre-enroll one device without a file, and has no commands for
 //! building typed commands with arguments (`Settings`): those go through `command send
 //! --plist`. `profiles status --state` filters the pages it fetched, not on the appliance.
-//! The password prompt needs a Unix terminal; elsewhere passwords come through
-//! `--password-stdin`.
+//! The password and passphrase prompts need a Unix terminal; elsewhere passwords come
+//! through `--password-stdin` and passphrases through `--passphrase-file` or
+//! `--passphrase-stdin`. `backup create` shows no progress (the appliance builds the whole
+//! backup before it sends the first byte), and the backup file is not made private on
+//! systems other than Unix.
 
 mod cli;
 mod client;

@@ -1,29 +1,59 @@
-//! Reading a user account's password without it passing through the command line, the
-//! screen or a message.
+//! Reading a secret (a user account's password, a backup passphrase) without it passing
+//! through the command line, the screen or a message.
 //!
-//! On a terminal the password is typed twice with echo off; otherwise it is the first line
-//! of standard input. The terminal is put in non-canonical mode with signals off for the
-//! prompt, and the keys are interpreted here (Enter, erase, kill, end of input, interrupt),
+//! On a terminal the secret is typed twice with echo off; otherwise it is the first line of
+//! standard input or of a file. The terminal is put in non-canonical mode with signals off for
+//! the prompt, and the keys are interpreted here (Enter, erase, kill, end of input, interrupt),
 //! so that Ctrl-C restores the terminal instead of killing the process with echo still off.
-//! Passwords live in [`Zeroizing`] buffers; the request body the client builds from them is
-//! an ordinary copy, freed (not wiped) after the request.
+//! Secrets live in [`Zeroizing`] buffers; the request body the client builds from them is an
+//! ordinary copy, freed (not wiped) after the request. A [`Secret`] says what is asked for, so
+//! that every message names it and says what the refusal left undone.
 //!
-//! What it cannot do: prompt on systems other than Unix (use `--password-stdin` there), or
-//! edit the line beyond erasing the last character and clearing it.
+//! What it cannot do: prompt on systems other than Unix (secrets come from standard input or
+//! a file there), or edit the line beyond erasing the last character and clearing it.
 
 use std::io::{BufRead, IsTerminal as _, Read as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::error::CliError;
 
-/// More bytes than any password the appliance accepts (256 characters of up to 4 bytes):
-/// a longer line is the wrong input.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// More bytes than any password the appliance accepts (256 characters of up to 4 bytes), and
+/// than anyone types as a passphrase: a longer line is the wrong input.
+pub const MAX_SECRET_BYTES: usize = 1024;
 
 /// The name standard input goes by in error messages.
 const STDIN: &str = "standard input";
+/// Where a secret read from standard input came from, as messages say it (a file's is
+/// `in FILE`).
+const ON_STDIN: &str = "on standard input";
+
+/// What is being asked for, as the messages about it need to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secret {
+    /// The word for it: `password`, `passphrase`.
+    pub noun: &'static str,
+    /// The flag that reads it from standard input, named when that flag is misused.
+    pub stdin_flag: &'static str,
+    /// What a refusal leaves undone, ending the messages of the prompt: `nothing was changed`.
+    pub undone: &'static str,
+    /// Fewest characters accepted before anything is sent; 0 leaves the rule to the appliance.
+    pub min_chars: usize,
+    /// Whether control characters (a tab, a stray carriage return) are refused here. A secret
+    /// that must later be given again from a file or a pipe, where such characters cannot be
+    /// seen, is safer without them.
+    pub printable_only: bool,
+}
+
+/// A user account's password: the appliance checks its rules and names the one broken.
+pub const PASSWORD: Secret = Secret {
+    noun: "password",
+    stdin_flag: "--password-stdin",
+    undone: "nothing was changed",
+    min_chars: 0,
+    printable_only: false,
+};
 
 fn stdin_error(source: std::io::Error) -> CliError {
     CliError::InputFile {
@@ -32,19 +62,20 @@ fn stdin_error(source: std::io::Error) -> CliError {
     }
 }
 
-/// The password given with `--password-stdin`: the first line of standard input, which must
-/// not be a terminal (typing there would show the password).
-pub fn from_stdin() -> Result<Zeroizing<String>, CliError> {
+/// The secret given with `secret.stdin_flag`: the first line of standard input, which must
+/// not be a terminal (typing there would show the secret).
+pub fn from_stdin(secret: &Secret) -> Result<Zeroizing<String>, CliError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        return Err(CliError::Usage(
-            "--password-stdin reads the password from a pipe or a file, but standard input \
-             is a terminal; leave out --password-stdin to be asked for it with the typing \
-             hidden"
-                .into(),
-        ));
+        let Secret {
+            noun, stdin_flag, ..
+        } = secret;
+        return Err(CliError::Usage(format!(
+            "{stdin_flag} reads the {noun} from a pipe or a file, but standard input is a \
+             terminal; leave out {stdin_flag} to be asked for it with the typing hidden"
+        )));
     }
-    first_line(&mut stdin.lock())
+    first_line(&mut stdin.lock(), secret)
 }
 
 /// A new password for `username`: asked for twice on the terminal when standard input is
@@ -52,53 +83,122 @@ pub fn from_stdin() -> Result<Zeroizing<String>, CliError> {
 pub fn new_password(username: &str) -> Result<Zeroizing<String>, CliError> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        return first_line(&mut stdin.lock());
+        return first_line(&mut stdin.lock(), &PASSWORD);
     }
-    prompt_twice(username)
+    let user = crate::table::clean(username.trim());
+    typed_twice(&format!("Password for {user}: "), &PASSWORD)
 }
 
 /// The first line of `reader`, without its line break (`\n` or `\r\n`); nothing else is
-/// trimmed, since spaces may be part of a password.
-pub fn first_line(reader: &mut impl BufRead) -> Result<Zeroizing<String>, CliError> {
+/// trimmed, since spaces may be part of a secret.
+pub fn first_line(
+    reader: &mut impl BufRead,
+    secret: &Secret,
+) -> Result<Zeroizing<String>, CliError> {
     // Room for the longest line accepted and its line break, so the buffer never grows
-    // (growing would leave copies of the password in freed memory).
-    let mut line = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_BYTES + 2));
+    // (growing would leave copies of the secret in freed memory).
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_SECRET_BYTES + 2));
     reader
-        .take(u64::try_from(MAX_PASSWORD_BYTES + 2).unwrap_or(u64::MAX))
+        .take(u64::try_from(MAX_SECRET_BYTES + 2).unwrap_or(u64::MAX))
         .read_until(b'\n', &mut line)
         .map_err(stdin_error)?;
+    end_at_line_break(&mut line);
+    finish(line, ON_STDIN, secret)
+}
+
+/// The first line of the file at `path`, read as [`first_line`] reads standard input. The
+/// file is read straight into a buffer that is wiped, not through a `BufReader` (whose own
+/// buffer would keep a copy).
+pub fn from_file(path: &Path, secret: &Secret) -> Result<Zeroizing<String>, CliError> {
+    let cannot_read = |source| CliError::InputFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_SECRET_BYTES + 2));
+    // At the limit `take` answers end of input without reading on, so `read_to_end` never
+    // grows the buffer.
+    file.take(u64::try_from(MAX_SECRET_BYTES + 2).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        // Keep the line break so that `end_at_line_break` treats it like standard input's.
+        bytes.truncate(end + 1);
+    }
+    end_at_line_break(&mut bytes);
+    finish(bytes, &format!("in {}", path.display()), secret)
+}
+
+/// Removes a final `\n` or `\r\n`.
+fn end_at_line_break(line: &mut Vec<u8>) {
     if line.last() == Some(&b'\n') {
         line.pop();
         if line.last() == Some(&b'\r') {
             line.pop();
         }
     }
-    finish(line, STDIN)
 }
 
-/// Checks what was read and makes it text. `origin` names where it came from.
-fn finish(mut bytes: Zeroizing<Vec<u8>>, origin: &str) -> Result<Zeroizing<String>, CliError> {
-    if bytes.is_empty() {
+/// The number of characters in `bytes`, read as UTF-8 (continuation bytes are not counted).
+fn char_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b & 0xc0 != 0x80).count()
+}
+
+/// Refuses a secret shorter than `secret.min_chars`. `origin` says where it came from.
+fn check_length(bytes: &[u8], origin: &str, secret: &Secret) -> Result<(), CliError> {
+    if char_count(bytes) < secret.min_chars {
+        let Secret {
+            noun,
+            min_chars,
+            undone,
+            ..
+        } = secret;
         return Err(CliError::Usage(format!(
-            "no password on {origin}: the line is empty"
+            "the {noun} {origin} has fewer than {min_chars} characters, the fewest accepted; \
+             {undone}"
         )));
     }
-    if bytes.len() > MAX_PASSWORD_BYTES {
+    Ok(())
+}
+
+/// Checks what was read and makes it text. `origin` says where it came from, with its
+/// preposition (`on standard input`).
+fn finish(
+    mut bytes: Zeroizing<Vec<u8>>,
+    origin: &str,
+    secret: &Secret,
+) -> Result<Zeroizing<String>, CliError> {
+    let noun = secret.noun;
+    if bytes.is_empty() {
         return Err(CliError::Usage(format!(
-            "the password on {origin} is longer than {MAX_PASSWORD_BYTES} bytes; \
+            "no {noun} {origin}: the line is empty"
+        )));
+    }
+    if bytes.len() > MAX_SECRET_BYTES {
+        return Err(CliError::Usage(format!(
+            "the {noun} {origin} is longer than {MAX_SECRET_BYTES} bytes; \
              is this the right input?"
         )));
     }
     // The allocation moves into the String: no copy is made.
-    match String::from_utf8(std::mem::take(&mut *bytes)) {
-        Ok(text) => Ok(Zeroizing::new(text)),
+    let text = match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Zeroizing::new(text),
         Err(e) => {
             e.into_bytes().zeroize();
-            Err(CliError::Usage(format!(
-                "the password on {origin} is not UTF-8 text"
-            )))
+            return Err(CliError::Usage(format!(
+                "the {noun} {origin} is not UTF-8 text"
+            )));
         }
+    };
+    if secret.printable_only && text.chars().any(char::is_control) {
+        return Err(CliError::Usage(format!(
+            "the {noun} {origin} holds a control character (a tab, a carriage return?), \
+             which would be easy to get wrong when it is given again; {}",
+            secret.undone
+        )));
     }
+    check_length(text.as_bytes(), origin, secret)?;
+    Ok(text)
 }
 
 /// What a typed byte did to the line being entered.
@@ -148,7 +248,7 @@ fn erase_last_char(line: &mut Vec<u8>) {
 
 /// Applies one typed byte to `line`, as a terminal in canonical mode would. Control
 /// characters without a meaning here (the ESC of an arrow key, a tab) are dropped: they are
-/// not typed as part of a password. Past [`MAX_PASSWORD_BYTES`] the bytes are counted but
+/// not typed as part of a secret. Past [`MAX_SECRET_BYTES`] the bytes are counted but
 /// not kept, so the buffer never grows and [`finish`] reports the length.
 fn edit(line: &mut Zeroizing<Vec<u8>>, byte: u8, keys: &Keys, overflow: &mut bool) -> Step {
     match byte {
@@ -173,7 +273,7 @@ fn edit(line: &mut Zeroizing<Vec<u8>>, byte: u8, keys: &Keys, overflow: &mut boo
         }
         b if b < 0x20 => Step::More,
         b => {
-            if line.len() < MAX_PASSWORD_BYTES {
+            if line.len() < MAX_SECRET_BYTES {
                 line.push(b);
             } else {
                 *overflow = true;
@@ -189,7 +289,7 @@ fn read_typed(
     mut next: impl FnMut() -> Result<Option<u8>, CliError>,
     keys: &Keys,
 ) -> Result<Zeroizing<Vec<u8>>, Typed> {
-    let mut line = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_BYTES));
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_SECRET_BYTES));
     let mut overflow = false;
     loop {
         let step = match next().map_err(Typed::Failed)? {
@@ -203,7 +303,7 @@ fn read_typed(
             Step::Enter if overflow => {
                 // One byte more than allowed is enough for `finish` to refuse it.
                 line.zeroize();
-                line.resize(MAX_PASSWORD_BYTES + 1, b'x');
+                line.resize(MAX_SECRET_BYTES + 1, b'x');
                 return Ok(line);
             }
             Step::Enter => return Ok(line),
@@ -221,36 +321,53 @@ enum Typed {
     Failed(CliError),
 }
 
-/// Compares the two entries and returns the password, refusing a mismatch.
+/// The error for a prompt that ended without a line.
+fn not_typed(why: Typed, secret: &Secret) -> CliError {
+    let Secret { noun, undone, .. } = secret;
+    match why {
+        Typed::Interrupted => {
+            CliError::Usage(format!("interrupted at the {noun} prompt; {undone}"))
+        }
+        Typed::EndOfInput => CliError::Usage(format!("no {noun} typed (end of input); {undone}")),
+        Typed::Failed(e) => e,
+    }
+}
+
+/// Compares the two entries and returns the secret, refusing a mismatch.
 fn confirmed(
     first: Zeroizing<Vec<u8>>,
     second: Zeroizing<Vec<u8>>,
+    secret: &Secret,
 ) -> Result<Zeroizing<String>, CliError> {
     if *first != *second {
-        return Err(CliError::Usage(
-            "the two passwords typed differ; nothing was changed".into(),
-        ));
+        return Err(CliError::Usage(format!(
+            "the two {}s typed differ; {}",
+            secret.noun, secret.undone
+        )));
     }
-    finish(first, "the terminal")
+    finish(first, "on the terminal", secret)
 }
 
+/// Asks for `secret` twice on the terminal that standard input is, with `prompt` first and
+/// echo off, and refuses two different entries. One too short is refused before the second
+/// is asked for. The caller makes sure standard input is a terminal.
 #[cfg(unix)]
-fn prompt_twice(username: &str) -> Result<Zeroizing<String>, CliError> {
+pub fn typed_twice(prompt: &str, secret: &Secret) -> Result<Zeroizing<String>, CliError> {
     let terminal = tty::HiddenInput::start().map_err(stdin_error)?;
-    let user = crate::table::clean(username.trim());
-    let first = terminal.ask(&format!("Password for {user}: "))?;
-    let second = terminal.ask("Type it again: ")?;
+    let first = terminal.ask(prompt, secret)?;
+    check_length(&first, "typed", secret)?;
+    let second = terminal.ask("Type it again: ", secret)?;
     drop(terminal);
-    confirmed(first, second)
+    confirmed(first, second, secret)
 }
 
+/// Asks for `secret` twice on the terminal: only on Unix.
 #[cfg(not(unix))]
-fn prompt_twice(_username: &str) -> Result<Zeroizing<String>, CliError> {
-    Err(CliError::Usage(
-        "asking for a password on the terminal is only supported on Unix; pipe it in with \
-         --password-stdin"
-            .into(),
-    ))
+pub fn typed_twice(_prompt: &str, secret: &Secret) -> Result<Zeroizing<String>, CliError> {
+    Err(CliError::Usage(format!(
+        "asking for a {} on the terminal is only supported on Unix; pipe it in with {}",
+        secret.noun, secret.stdin_flag
+    )))
 }
 
 #[cfg(unix)]
@@ -262,7 +379,7 @@ mod tty {
     };
     use zeroize::Zeroizing;
 
-    use super::{read_typed, stdin_error, Keys, Typed};
+    use super::{not_typed, read_typed, stdin_error, Keys, Secret};
     use crate::error::CliError;
 
     /// Standard input (a terminal) with echo, line editing and signal keys off; the
@@ -298,19 +415,19 @@ mod tty {
             );
             hidden.special_codes[SpecialCodeIndex::VMIN] = 1;
             hidden.special_codes[SpecialCodeIndex::VTIME] = 0;
-            // Flush: what was typed before the prompt appeared is not taken as the password.
+            // Flush: what was typed before the prompt appeared is not taken as the secret.
             tcsetattr(&stdin, OptionalActions::Flush, &hidden)?;
             Ok(HiddenInput { saved, keys })
         }
 
-        /// Shows `prompt` on stderr and reads one hidden line.
-        pub fn ask(&self, prompt: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+        /// Shows `prompt` on stderr and reads one hidden line of `secret`.
+        pub fn ask(&self, prompt: &str, secret: &Secret) -> Result<Zeroizing<Vec<u8>>, CliError> {
             let mut stderr = std::io::stderr().lock();
             let _ = write!(stderr, "{prompt}");
             let _ = stderr.flush();
             let stdin = std::io::stdin();
             // Read straight from the descriptor, a byte at a time: going through `Stdin`
-            // would leave the password in its buffer, which is never wiped.
+            // would leave the secret in its buffer, which is never wiped.
             let next = || {
                 let mut byte = [0_u8; 1];
                 loop {
@@ -325,15 +442,7 @@ mod tty {
             let typed = read_typed(next, &self.keys);
             // Echo is off, so the line break the person typed has to be written here.
             let _ = writeln!(stderr);
-            typed.map_err(|why| match why {
-                Typed::Interrupted => CliError::Usage(
-                    "interrupted at the password prompt; nothing was changed".into(),
-                ),
-                Typed::EndOfInput => {
-                    CliError::Usage("no password typed (end of input); nothing was changed".into())
-                }
-                Typed::Failed(e) => e,
-            })
+            typed.map_err(|why| not_typed(why, secret))
         }
     }
 
@@ -366,7 +475,7 @@ mod tests {
             (b"no newline at all", "no newline at all"),
             ("pässwörd-ñ\n".as_bytes(), "pässwörd-ñ"),
         ] {
-            let got = first_line(&mut std::io::Cursor::new(input)).expect("password");
+            let got = first_line(&mut std::io::Cursor::new(input), &PASSWORD).expect("password");
             assert_eq!(got.as_str(), expect);
         }
     }
@@ -374,24 +483,25 @@ mod tests {
     #[test]
     fn empty_long_and_binary_input_is_refused_without_quoting_it() {
         for input in [&b""[..], b"\n", b"\r\n"] {
-            let err = first_line(&mut std::io::Cursor::new(input)).expect_err("empty");
+            let err = first_line(&mut std::io::Cursor::new(input), &PASSWORD).expect_err("empty");
             assert_eq!(
                 err.to_string(),
                 "no password on standard input: the line is empty"
             );
             assert_eq!(err.exit_code(), 2);
         }
-        let long = vec![b'a'; MAX_PASSWORD_BYTES + 1];
-        let err = first_line(&mut std::io::Cursor::new(&long)).expect_err("long");
+        let long = vec![b'a'; MAX_SECRET_BYTES + 1];
+        let err = first_line(&mut std::io::Cursor::new(&long), &PASSWORD).expect_err("long");
         assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
-        let exact = vec![b'a'; MAX_PASSWORD_BYTES];
+        let exact = vec![b'a'; MAX_SECRET_BYTES];
         assert_eq!(
-            first_line(&mut std::io::Cursor::new(&exact))
+            first_line(&mut std::io::Cursor::new(&exact), &PASSWORD)
                 .expect("the longest accepted")
                 .len(),
-            MAX_PASSWORD_BYTES
+            MAX_SECRET_BYTES
         );
-        let err = first_line(&mut std::io::Cursor::new(b"secret\xff\xfe\n")).expect_err("binary");
+        let err = first_line(&mut std::io::Cursor::new(b"secret\xff\xfe\n"), &PASSWORD)
+            .expect_err("binary");
         assert!(err.to_string().contains("not UTF-8"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
     }
@@ -431,13 +541,13 @@ mod tests {
 
     #[test]
     fn an_overlong_typed_line_is_refused_by_length() {
-        let mut input = vec![b'a'; MAX_PASSWORD_BYTES + 10];
+        let mut input = vec![b'a'; MAX_SECRET_BYTES + 10];
         input.push(b'\r');
         let line = typed(&input).expect("a line");
-        let err = finish(line, "the terminal").expect_err("too long");
+        let err = finish(line, "on the terminal", &PASSWORD).expect_err("too long");
         assert!(err.to_string().contains("longer than"), "{err}");
         // Clearing the line forgets the overflow.
-        let mut input = vec![b'a'; MAX_PASSWORD_BYTES + 10];
+        let mut input = vec![b'a'; MAX_SECRET_BYTES + 10];
         input.extend_from_slice(b"\x15short-enough\r");
         assert_eq!(line_of(&input), b"short-enough");
     }
@@ -445,12 +555,154 @@ mod tests {
     #[test]
     fn the_two_entries_must_match() {
         let a = || Zeroizing::new(b"correct horse".to_vec());
-        assert_eq!(confirmed(a(), a()).expect("same").as_str(), "correct horse");
-        let err = confirmed(a(), Zeroizing::new(b"correct h0rse".to_vec())).expect_err("differ");
+        assert_eq!(
+            confirmed(a(), a(), &PASSWORD).expect("same").as_str(),
+            "correct horse"
+        );
+        let err = confirmed(a(), Zeroizing::new(b"correct h0rse".to_vec()), &PASSWORD)
+            .expect_err("differ");
         assert_eq!(
             err.to_string(),
             "the two passwords typed differ; nothing was changed"
         );
-        assert!(confirmed(Zeroizing::new(Vec::new()), Zeroizing::new(Vec::new())).is_err());
+        assert!(confirmed(
+            Zeroizing::new(Vec::new()),
+            Zeroizing::new(Vec::new()),
+            &PASSWORD
+        )
+        .is_err());
+    }
+
+    /// A secret with a local length rule and no control characters, as a backup passphrase.
+    const LONG_SECRET: Secret = Secret {
+        noun: "passphrase",
+        stdin_flag: "--passphrase-stdin",
+        undone: "no backup was made",
+        min_chars: 12,
+        printable_only: true,
+    };
+
+    #[test]
+    fn the_messages_name_the_secret_and_what_was_left_undone() {
+        let err = confirmed(
+            Zeroizing::new(b"correct horse battery".to_vec()),
+            Zeroizing::new(b"correct horse battery!".to_vec()),
+            &LONG_SECRET,
+        )
+        .expect_err("differ");
+        assert_eq!(
+            err.to_string(),
+            "the two passphrases typed differ; no backup was made"
+        );
+        assert_eq!(
+            not_typed(Typed::Interrupted, &LONG_SECRET).to_string(),
+            "interrupted at the passphrase prompt; no backup was made"
+        );
+        assert_eq!(
+            not_typed(Typed::EndOfInput, &PASSWORD).to_string(),
+            "no password typed (end of input); nothing was changed"
+        );
+        assert_eq!(
+            not_typed(Typed::Interrupted, &PASSWORD).to_string(),
+            "interrupted at the password prompt; nothing was changed"
+        );
+    }
+
+    #[test]
+    fn a_minimum_length_counts_characters_not_bytes() {
+        let read = |input: &str| first_line(&mut std::io::Cursor::new(input), &LONG_SECRET);
+        let err = read("eleven char\n").expect_err("11 characters");
+        assert_eq!(
+            err.to_string(),
+            "the passphrase on standard input has fewer than 12 characters, the fewest \
+             accepted; no backup was made"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert!(!err.to_string().contains("eleven char"), "{err}");
+        assert_eq!(
+            read("twelve chars\n").expect("12 characters").as_str(),
+            "twelve chars"
+        );
+        // Eleven characters in 22 bytes are still too few; twelve of them are enough.
+        assert!(read("ééééééééééé\n").is_err());
+        assert_eq!(read("éééééééééééé").expect("12").chars().count(), 12);
+        // Passwords leave the rule to the appliance.
+        assert_eq!(
+            first_line(&mut std::io::Cursor::new("short\n"), &PASSWORD)
+                .expect("any length")
+                .as_str(),
+            "short"
+        );
+        assert_eq!(char_count("a€é".as_bytes()), 3);
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_the_secret_says_so() {
+        for input in ["correct horse\tbattery\n", "correct horse battery\r\r\n"] {
+            let err = first_line(&mut std::io::Cursor::new(input), &LONG_SECRET)
+                .expect_err("control character");
+            assert!(err.to_string().contains("control character"), "{err}");
+            assert!(!err.to_string().contains("horse"), "{err}");
+        }
+        assert_eq!(
+            first_line(&mut std::io::Cursor::new("tab\there\n"), &PASSWORD)
+                .expect("left to the appliance")
+                .as_str(),
+            "tab\there"
+        );
+    }
+
+    #[test]
+    fn files_give_their_first_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pass.txt");
+        for (content, expect) in [
+            (
+                &b"correct horse battery\nsecond line\n"[..],
+                "correct horse battery",
+            ),
+            (b"correct horse battery\r\n", "correct horse battery"),
+            (b"  no line break at all  ", "  no line break at all  "),
+        ] {
+            std::fs::write(&path, content).expect("write");
+            let got = from_file(&path, &LONG_SECRET).expect("passphrase");
+            assert_eq!(got.as_str(), expect);
+        }
+        // A long file is fine as long as its first line is not.
+        let mut long = b"correct horse battery\n".to_vec();
+        long.extend(vec![b'x'; 10 * MAX_SECRET_BYTES]);
+        std::fs::write(&path, &long).expect("write");
+        assert_eq!(
+            from_file(&path, &LONG_SECRET).expect("first line").as_str(),
+            "correct horse battery"
+        );
+        std::fs::write(&path, vec![b'x'; MAX_SECRET_BYTES + 1]).expect("write");
+        let err = from_file(&path, &LONG_SECRET).expect_err("too long");
+        assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
+
+        std::fs::write(&path, "\ncorrect horse battery\n").expect("write");
+        let err = from_file(&path, &LONG_SECRET).expect_err("empty first line");
+        assert_eq!(
+            err.to_string(),
+            format!("no passphrase in {}: the line is empty", path.display())
+        );
+        std::fs::write(&path, "too short\n").expect("write");
+        let err = from_file(&path, &LONG_SECRET).expect_err("short");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the passphrase in {} has fewer than 12",
+                path.display()
+            )),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.txt");
+        assert!(matches!(
+            from_file(&missing, &LONG_SECRET),
+            Err(CliError::InputFile { path, .. }) if path == missing
+        ));
+        assert!(matches!(
+            from_file(dir.path(), &LONG_SECRET),
+            Err(CliError::InputFile { .. })
+        ));
     }
 }

@@ -601,6 +601,76 @@ fn users_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
     })
 }
 
+/// The passphrase for which the fake appliance fails to make a backup.
+const BACKUP_FAILS: &str = "the disk is full, sorry";
+/// The passphrase for which it answers JSON instead of a backup.
+const BACKUP_JSON: &str = "answer with JSON instead";
+/// The passphrase for which it takes longer than any test waits.
+const BACKUP_SLOW: &str = "take your time, please";
+
+/// The bytes the fake appliance sends as a backup: several MB of noise, so that they arrive in
+/// many pieces and a lost or repeated piece shows.
+fn backup_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut x: u32 = 0x2545_f491;
+        (0..3 * 1024 * 1024 + 17)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x.to_be_bytes()[0]
+            })
+            .collect()
+    })
+}
+
+/// The fake appliance's backup endpoint, with the refusals of the real one.
+fn backup_answer(seen: &Seen) -> Option<Response<Full<Bytes>>> {
+    if (seen.method.as_str(), seen.path_and_query.as_str()) != ("POST", "/api/v1/backup") {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(&seen.body).expect("request JSON");
+    let passphrase = body["passphrase"].as_str().expect("passphrase").to_owned();
+    Some(match passphrase.as_str() {
+        p if p.chars().count() < 12 => api_error(
+            StatusCode::BAD_REQUEST,
+            "BACKUP_PASSPHRASE_POLICY",
+            "passphrase: must be at least 12 characters",
+        ),
+        BACKUP_FAILS => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "BACKUP_FAILED",
+            "the backup could not be made: No space left on device",
+        ),
+        BACKUP_JSON => json_response(StatusCode::OK, &json!({"bytes": 1})),
+        BACKUP_SLOW => {
+            // Blocks only this test's fake appliance; the client gives up long before.
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "BACKUP_UNAVAILABLE",
+                "too slow",
+            )
+        }
+        _ => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(backup_bytes())));
+            let headers = resp.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(
+                header::CONTENT_DISPOSITION,
+                header::HeaderValue::from_static(
+                    "attachment; filename=\"appliance-20250301T100000.mdmbackup\"",
+                ),
+            );
+            resp
+        }
+    })
+}
+
 /// The fake appliance: the shapes of the real admin API for a few endpoints.
 fn answer(seen: &Seen) -> Response<Full<Bytes>> {
     if seen.authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
@@ -649,6 +719,7 @@ fn answer(seen: &Seen) -> Response<Full<Bytes>> {
             .or_else(|| lifecycle_answer(seen))
             .or_else(|| profiles_answer(seen))
             .or_else(|| users_answer(seen))
+            .or_else(|| backup_answer(seen))
             .unwrap_or_else(|| {
                 api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API endpoint")
             }),
@@ -2087,11 +2158,16 @@ fn profiles_assign_status_and_retry() {
 
 /// Runs `mdmctl` with `input` on a piped standard input.
 fn run_with_stdin(server: &str, pki: &Pki, args: &[&str], input: &[u8]) -> Output {
+    run_with_stdin_as(server, pki, "admin.token", args, input)
+}
+
+/// [`run_with_stdin`] with the token in the file `token`.
+fn run_with_stdin_as(server: &str, pki: &Pki, token: &str, args: &[&str], input: &[u8]) -> Output {
     let mut child = mdmctl()
         .arg("--server")
         .arg(server)
         .arg("--token-file")
-        .arg(pki.path("admin.token"))
+        .arg(pki.path(token))
         .arg("--ca")
         .arg(pki.path("ca.pem"))
         .args(args)
@@ -2100,12 +2176,11 @@ fn run_with_stdin(server: &str, pki: &Pki, args: &[&str], input: &[u8]) -> Outpu
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
+    // A command refused before it reads its input may exit before this is written.
+    match child.stdin.take().expect("stdin").write_all(input) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        written => written.expect("write stdin"),
+    }
     child.wait_with_output().expect("wait")
 }
 
@@ -2687,4 +2762,384 @@ fn users_prompts_refuse_a_mismatch_and_restore_the_terminal_on_ctrl_c() {
         "echoed: {:?}",
         pty.echoed()
     );
+}
+
+/// The backup file and its partial file in the PKI's temp dir.
+fn backup_paths(pki: &Pki, name: &str) -> (PathBuf, PathBuf) {
+    let out = pki.path(name);
+    let partial = pki.path(&format!("{name}.partial"));
+    (out, partial)
+}
+
+/// `backup create --out OUT` and `extra`.
+fn backup_create<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["backup", "create", "--out", out];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn backup_create_writes_the_answer_and_never_prints_the_passphrase() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let (out_path, partial) = backup_paths(&pki, "a.mdmbackup");
+    let out_arg = out_path.to_str().expect("path");
+    let secret = "correct horse battery staple";
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &["backup", "create", "--out", out_arg, "--passphrase-stdin"],
+        format!("{secret}\nsecond line\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let n = backup_bytes().len();
+    assert_eq!(
+        stdout(&out),
+        format!("backup written to {out_arg} ({n} bytes)\n")
+    );
+    assert!(
+        stderr(&out).contains(
+            "the passphrase is needed to restore this backup (mdmd restore --data-dir DIR \
+             --from FILE --passphrase-file F) and is not stored anywhere"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&out_path).expect("backup") == backup_bytes());
+    assert!(!partial.exists());
+    #[cfg(unix)]
+    assert_eq!(mode_of(&out_path), 0o600);
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path_and_query.as_str()),
+        ("POST", "/api/v1/backup")
+    );
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/json"));
+    assert_eq!(bodies(&app), [json!({ "passphrase": secret })]);
+
+    // --force replaces the file (a readable old one included) with one only its owner reads;
+    // --json prints the file and its size.
+    std::fs::write(&out_path, b"an older backup").expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&out_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let pass_file = pki.path("backup-pass.txt");
+    std::fs::write(&pass_file, format!("{secret}\r\n")).expect("write");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &[
+            "backup",
+            "create",
+            "--out",
+            out_arg,
+            "--passphrase-file",
+            pass_file.to_str().expect("path"),
+            "--force",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v, json!({"file": out_arg, "bytes": n}));
+    assert!(std::fs::read(&out_path).expect("backup") == backup_bytes());
+    #[cfg(unix)]
+    assert_eq!(mode_of(&out_path), 0o600);
+    assert!(!partial.exists());
+    assert_eq!(bodies(&app)[1], json!({ "passphrase": secret }));
+    for o in [&stdout(&out), &stderr(&out)] {
+        assert!(!o.contains("horse"), "{o}");
+    }
+}
+
+#[test]
+fn backup_create_refuses_locally_before_anything_is_sent() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let (out_path, partial) = backup_paths(&pki, "b.mdmbackup");
+    let out_arg = out_path.to_str().expect("path");
+
+    // Eleven characters: one too few.
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &backup_create(out_arg, &["--passphrase-stdin"]),
+        b"only eleven\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: the passphrase on standard input has fewer than 12 characters, the fewest \
+         accepted; no backup was made\n"
+    );
+    let pass_file = pki.path("short-pass.txt");
+    std::fs::write(&pass_file, "short one\n").expect("write");
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &backup_create(
+            out_arg,
+            &["--passphrase-file", pass_file.to_str().expect("path")],
+        ),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("fewer than 12 characters"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("short one"), "{}", stderr(&out));
+
+    // Not on a terminal, and no flag: nothing to ask on, and a pipe is not read unasked.
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &backup_create(out_arg, &[]),
+        b"correct horse battery staple\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("standard input is not a terminal"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A passphrase argument is not an option at all, and is not repeated.
+    let out = run(
+        &app.url(),
+        &pki,
+        "admin.token",
+        "ca.pem",
+        &backup_create(out_arg, &["--passphrase=correct-horse-battery"]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains("horse"), "{}", stderr(&out));
+
+    assert!(!out_path.exists() && !partial.exists());
+
+    // An existing file is refused without --force, and left as it was.
+    std::fs::write(&out_path, b"an older backup").expect("write");
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &backup_create(out_arg, &["--passphrase-stdin"]),
+        b"correct horse battery staple\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!("error: {out_arg} exists and would be replaced; add --force to confirm\n")
+    );
+    assert_eq!(std::fs::read(&out_path).expect("read"), b"an older backup");
+
+    // A partial file left by an interrupted run is not taken over, even with --force.
+    std::fs::write(&partial, b"half").expect("write");
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &backup_create(out_arg, &["--passphrase-stdin", "--force"]),
+        b"correct horse battery staple\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(".partial exists: an earlier run was interrupted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&partial).expect("read"), b"half");
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+}
+
+#[test]
+fn backup_create_removes_the_partial_file_when_the_appliance_fails() {
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let (out_path, partial) = backup_paths(&pki, "c.mdmbackup");
+    let out_arg = out_path.to_str().expect("path");
+    let args = ["backup", "create", "--out", out_arg, "--passphrase-stdin"];
+
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &args,
+        format!("{BACKUP_FAILS}\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error BACKUP_FAILED: the backup could not be made: No space left on device\n"
+    );
+    assert_eq!(stdout(&out), "");
+    assert!(!out_path.exists() && !partial.exists());
+
+    // A success answer that is not a backup is not kept as one.
+    let out = run_with_stdin(
+        &app.url(),
+        &pki,
+        &args,
+        format!("{BACKUP_JSON}\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the answer is application/json, not application/octet-stream"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_path.exists() && !partial.exists());
+
+    // A refused token: nothing written either.
+    let out = run_with_stdin_as(
+        &app.url(),
+        &pki,
+        "wrong.token",
+        &args,
+        b"correct horse battery staple\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error API_TOKEN_INVALID:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_path.exists() && !partial.exists());
+    assert_eq!(app.seen().len(), 3);
+    for o in [stdout(&out), stderr(&out)] {
+        assert!(!o.contains("horse"), "{o}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn backup_create_interrupted_leaves_no_partial_file() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let (out_path, partial) = backup_paths(&pki, "d.mdmbackup");
+    let pass_file = pki.path("slow-pass.txt");
+    std::fs::write(&pass_file, format!("{BACKUP_SLOW}\n")).expect("write");
+    let child = mdmctl()
+        .arg("--server")
+        .arg(app.url())
+        .arg("--token-file")
+        .arg(pki.path("admin.token"))
+        .arg("--ca")
+        .arg(pki.path("ca.pem"))
+        .args(["backup", "create", "--out"])
+        .arg(&out_path)
+        .arg("--passphrase-file")
+        .arg(&pass_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The partial file is created once interruptions are listened for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !partial.exists() {
+        assert!(std::time::Instant::now() < deadline, "no partial file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid")).expect("pid");
+    kill_process(pid, Signal::INT).expect("SIGINT");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted; no backup was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!partial.exists() && !out_path.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn backup_create_asks_for_the_passphrase_twice_on_a_terminal() {
+    use rustix::termios::LocalModes;
+    let Some(pki) = Pki::create() else { return };
+    let app = FakeAppliance::start(&pki);
+    let mut pty = Pty::open();
+    let (out_path, partial) = backup_paths(&pki, "e.mdmbackup");
+    let out_arg = out_path.to_str().expect("path");
+    let create = ["backup", "create", "--out", out_arg];
+
+    // Too short: refused at once, without asking again.
+    let p = Prompted::spawn(&app, &pki, &pty, &create);
+    p.wait_for("Passphrase for the backup: ");
+    pty.type_bytes(b"too short\r");
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(
+        err.ends_with(
+            "error: the passphrase typed has fewer than 12 characters, the fewest accepted; \
+             no backup was made\n"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("Type it again"), "{err}");
+
+    // Two different entries.
+    let p = Prompted::spawn(&app, &pki, &pty, &create);
+    p.wait_for("Passphrase for the backup: ");
+    pty.type_bytes(b"correct horse battery 1\r");
+    p.wait_for("Type it again: ");
+    pty.type_bytes(b"correct horse battery 2\r");
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(
+        err.ends_with("error: the two passphrases typed differ; no backup was made\n"),
+        "{err}"
+    );
+
+    // --passphrase-stdin is for pipes.
+    let mut on_terminal = create.to_vec();
+    on_terminal.push("--passphrase-stdin");
+    let p = Prompted::spawn(&app, &pki, &pty, &on_terminal);
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(2), "stderr: {err}");
+    assert!(
+        err.contains("--passphrase-stdin reads the passphrase from a pipe or a file"),
+        "{err}"
+    );
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+    assert!(!out_path.exists() && !partial.exists());
+
+    // Typed twice the same: the backup is made.
+    let p = Prompted::spawn(&app, &pki, &pty, &create);
+    p.wait_for("Passphrase for the backup: ");
+    assert!(!pty.local_modes().contains(LocalModes::ECHO), "echo is off");
+    pty.type_bytes(b"correct horse battery 3\r");
+    p.wait_for("Type it again: ");
+    pty.type_bytes(b"correct horse battery 3\r");
+    let (code, err) = p.finish();
+    assert_eq!(code, Some(0), "stderr: {err}");
+    assert_eq!(
+        bodies(&app),
+        [json!({"passphrase": "correct horse battery 3"})]
+    );
+    assert!(std::fs::read(&out_path).expect("backup") == backup_bytes());
+    assert!(!err.contains("horse"), "{err}");
+    assert!(
+        !pty.echoed().contains("horse"),
+        "echoed: {:?}",
+        pty.echoed()
+    );
+    assert!(pty
+        .local_modes()
+        .contains(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG));
 }

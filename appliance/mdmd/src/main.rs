@@ -80,8 +80,8 @@ struct ServeArgs {
 #[derive(clap::Args)]
 struct RestoreArgs {
     /// The data directory to restore into (created if missing).
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, required_unless_present = "show")]
+    data_dir: Option<PathBuf>,
     /// The backup file (`mdmctl backup create`).
     #[arg(long)]
     from: PathBuf,
@@ -132,11 +132,14 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&meta)?);
         return Ok(());
     }
+    let Some(data_dir) = args.data_dir.clone() else {
+        anyhow::bail!("give the data directory to restore into with --data-dir DIR");
+    };
     let Some(pass_file) = &args.passphrase_file else {
         anyhow::bail!("give the passphrase with --passphrase-file FILE (or - for standard input)");
     };
     let report = mdmd::restore::restore(&mdmd::restore::RestoreOptions {
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         from: args.from.clone(),
         passphrase: read_passphrase(pass_file)?,
         keystore: args.keystore,
@@ -148,7 +151,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     println!(
         "restored into {}: database {} bytes, key file {} (backup made {} by {})",
-        args.data_dir.display(),
+        data_dir.display(),
         report.database_bytes,
         report.key_file.display(),
         report.meta["created_at"].as_str().unwrap_or("?"),

@@ -130,7 +130,7 @@ fn password_for(
         return Err(CliError::Usage(PASSWORD_VALUE_REFUSED.into()));
     }
     if args.password_stdin {
-        return password::from_stdin().map(Some);
+        return password::from_stdin(&password::PASSWORD).map(Some);
     }
     if args.prompt() || required {
         return password::new_password(username).map(Some);
