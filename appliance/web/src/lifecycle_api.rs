@@ -22,8 +22,6 @@ use crate::routes::{body_or_error, query_get, App};
 
 /// Pre-enrollment files may be larger than other API bodies (50,000 rows are ~5 MB).
 const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
-/// How many devices one CSV export page reads at a time.
-const EXPORT_PAGE: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,7 +308,8 @@ impl<S: Store, C: AbmConnector> App<S, C> {
         }
     }
 
-    /// Every matching device as CSV (one page at a time under the directory's lock).
+    /// Every matching device as CSV, in one pass over the directory (which builds the rows a
+    /// chunk at a time under its lock).
     fn devices_csv(&self, mut q: DeviceQuery) -> Result<Resp, Resp> {
         let mut out = csv_row(
             &[
@@ -333,35 +332,32 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             ]
             .map(String::from),
         );
-        q.limit = EXPORT_PAGE;
         q.after = None;
-        loop {
-            let page = self.service.list_devices(&q).map_err(|e| api_error(&e))?;
-            let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
-            for d in &page.items {
-                out.push_str(&csv_row(&[
-                    d.serial.clone(),
-                    d.explanation.status.as_str().to_string(),
-                    d.explanation.reason.clone(),
-                    ts(d.explanation.since),
-                    opt(&d.name),
-                    opt(&d.email),
-                    d.ownership.unwrap_or_default().to_string(),
-                    d.platform.unwrap_or_default().to_string(),
-                    opt(&d.model),
-                    opt(&d.os_version),
-                    opt(&d.device_name),
-                    opt(&d.abm_connection),
-                    opt(&d.profile_status),
-                    opt(&d.enrollment_id),
-                    ts(d.last_seen_at),
-                    ts(d.enrolled_at),
-                ]));
-            }
-            match page.next {
-                Some(n) => q.after = Some(n),
-                None => break,
-            }
+        let rows = self
+            .service
+            .devices()
+            .export(&q, Timestamp::now(), &self.service.thresholds())
+            .map_err(|e| api_error(&e))?;
+        let ts = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+        for d in rows {
+            out.push_str(&csv_row(&[
+                d.serial.clone(),
+                d.explanation.status.as_str().to_string(),
+                d.explanation.reason.clone(),
+                ts(d.explanation.since),
+                opt(&d.name),
+                opt(&d.email),
+                d.ownership.unwrap_or_default().to_string(),
+                d.platform.unwrap_or_default().to_string(),
+                opt(&d.model),
+                opt(&d.os_version),
+                opt(&d.device_name),
+                opt(&d.abm_connection),
+                opt(&d.profile_status),
+                opt(&d.enrollment_id),
+                ts(d.last_seen_at),
+                ts(d.enrolled_at),
+            ]));
         }
         Ok(respond::with_body(
             StatusCode::OK,

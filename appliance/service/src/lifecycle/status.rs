@@ -1,8 +1,9 @@
 //! Where a device is on its way to being managed, and why: one status derived from the facts
 //! the appliance holds about a serial number (pre-enrollment, ABM, enrollment, pushes).
 //!
-//! [`status`] is cheap (no allocation) so the device list can compute it for every device on
-//! each request; [`explain`] adds the sentences for the rows actually shown.
+//! [`status`] is cheap (no allocation); [`schedule`] says how the status changes with time, so
+//! the device list can keep it per device and derive every status of a request with one
+//! comparison each; [`explain`] adds the sentences for the rows actually shown.
 
 use std::time::Duration;
 
@@ -169,67 +170,143 @@ fn older_than(t: Timestamp, now: Timestamp, d: Duration) -> bool {
     t < now.minus(d)
 }
 
-/// The device's status now.
-pub fn status(f: &DeviceFacts, now: Timestamp, th: &Thresholds) -> DeviceStatus {
-    if let Some(e) = &f.enrollment {
-        match e.state {
-            EnrollmentState::CheckedOut => return DeviceStatus::Unenrolled,
-            EnrollmentState::Authenticated => {
-                return if older_than(e.authenticated_at, now, th.enrolling_grace) {
-                    DeviceStatus::PartiallyEnrolled
-                } else {
-                    DeviceStatus::Enrolling
-                };
-            }
-            EnrollmentState::Enrolled => {
-                if e.push_invalid.is_some() {
-                    return DeviceStatus::PartiallyEnrolled;
-                }
-                if e.awaiting_configuration {
-                    return DeviceStatus::AwaitingConfiguration;
-                }
-                if is_offline(e, now, th) {
-                    return DeviceStatus::Offline;
-                }
-                return DeviceStatus::Enrolled;
-            }
+/// The threshold a status change waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// [`Thresholds::enrolling_grace`].
+    EnrollingGrace,
+    /// [`Thresholds::offline_after`].
+    OfflineAfter,
+}
+
+impl Thresholds {
+    /// The duration `clock` stands for.
+    pub fn of(&self, clock: Clock) -> Duration {
+        match clock {
+            Clock::EnrollingGrace => self.enrolling_grace,
+            Clock::OfflineAfter => self.offline_after,
         }
     }
-    if let Some(a) = f.current_abm() {
-        return abm_status(a, now, th);
+}
+
+/// How a device's status depends on the time, given its facts: `initial` until the `change`
+/// (if any) happens, which is when its `since` becomes older than its threshold.
+///
+/// Every time-dependent status is one condition "this moment is older than that threshold"
+/// on the branch the facts select, so the status changes at most once as time passes. The
+/// device directory keeps the schedule per device (it changes only when the facts do), and a
+/// list request then derives each status with one comparison, for any `now` and thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSchedule {
+    pub initial: DeviceStatus,
+    pub change: Option<StatusChange>,
+}
+
+/// The one time-driven change of a [`StatusSchedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The status from then on.
+    pub to: DeviceStatus,
+    /// The moment that ages (Authenticate, last contact, profile fetched).
+    pub since: Timestamp,
+    /// How old `since` must be.
+    pub after: Clock,
+}
+
+impl StatusSchedule {
+    fn fixed(s: DeviceStatus) -> Self {
+        StatusSchedule {
+            initial: s,
+            change: None,
+        }
     }
-    DeviceStatus::Expected
+
+    fn until_older(
+        initial: DeviceStatus,
+        since: Timestamp,
+        after: Clock,
+        to: DeviceStatus,
+    ) -> Self {
+        StatusSchedule {
+            initial,
+            change: Some(StatusChange { to, since, after }),
+        }
+    }
+
+    /// The status at `now`.
+    pub fn at(&self, now: Timestamp, th: &Thresholds) -> DeviceStatus {
+        match self.change {
+            Some(c) if older_than(c.since, now, th.of(c.after)) => c.to,
+            _ => self.initial,
+        }
+    }
 }
 
-fn is_offline(e: &EnrollmentFacts, now: Timestamp, th: &Thresholds) -> bool {
-    e.last_push_at.is_some_and(|p| p > e.last_seen_at)
-        && older_than(e.last_seen_at, now, th.offline_after)
+/// The device's status now.
+pub fn status(f: &DeviceFacts, now: Timestamp, th: &Thresholds) -> DeviceStatus {
+    schedule(f).at(now, th)
 }
 
-fn abm_status(a: &AbmFacts, now: Timestamp, th: &Thresholds) -> DeviceStatus {
+/// How the device's status changes with time (see [`StatusSchedule`]); [`status`] is this
+/// schedule read at a time.
+pub fn schedule(f: &DeviceFacts) -> StatusSchedule {
+    use DeviceStatus as S;
+    if let Some(e) = &f.enrollment {
+        return match e.state {
+            EnrollmentState::CheckedOut => StatusSchedule::fixed(S::Unenrolled),
+            EnrollmentState::Authenticated => StatusSchedule::until_older(
+                S::Enrolling,
+                e.authenticated_at,
+                Clock::EnrollingGrace,
+                S::PartiallyEnrolled,
+            ),
+            EnrollmentState::Enrolled if e.push_invalid.is_some() => {
+                StatusSchedule::fixed(S::PartiallyEnrolled)
+            }
+            EnrollmentState::Enrolled if e.awaiting_configuration => {
+                StatusSchedule::fixed(S::AwaitingConfiguration)
+            }
+            // Offline needs pushes the device left unanswered, and silence past the threshold.
+            EnrollmentState::Enrolled if e.last_push_at.is_some_and(|p| p > e.last_seen_at) => {
+                StatusSchedule::until_older(
+                    S::Enrolled,
+                    e.last_seen_at,
+                    Clock::OfflineAfter,
+                    S::Offline,
+                )
+            }
+            EnrollmentState::Enrolled => StatusSchedule::fixed(S::Enrolled),
+        };
+    }
+    match f.current_abm() {
+        Some(a) => abm_schedule(a),
+        None => StatusSchedule::fixed(S::Expected),
+    }
+}
+
+fn abm_schedule(a: &AbmFacts) -> StatusSchedule {
+    use DeviceStatus as S;
     if a.removed_at.is_some() {
-        return DeviceStatus::Released;
+        return StatusSchedule::fixed(S::Released);
     }
     if let Some(asg) = &a.assignment {
         match asg.outcome {
-            AbmAssignOutcome::NotAccessible => return DeviceStatus::Elsewhere,
+            AbmAssignOutcome::NotAccessible => return StatusSchedule::fixed(S::Elsewhere),
             AbmAssignOutcome::Failed | AbmAssignOutcome::Throttled => {
-                return DeviceStatus::AssignmentFailed
+                return StatusSchedule::fixed(S::AssignmentFailed)
             }
             AbmAssignOutcome::Success | AbmAssignOutcome::Removed => {}
         }
     }
-    match a.profile_status.as_str() {
-        mdm_proto::abm::profile_status::PUSHED
-            if a.pushed_at
-                .is_some_and(|p| older_than(p, now, th.enrolling_grace)) =>
-        {
-            DeviceStatus::PartiallyEnrolled
+    match (a.profile_status.as_str(), a.pushed_at) {
+        // Fetched from Apple but never enrolled within the grace period.
+        (mdm_proto::abm::profile_status::PUSHED, Some(p)) => {
+            StatusSchedule::until_older(S::Assigned, p, Clock::EnrollingGrace, S::PartiallyEnrolled)
         }
-        mdm_proto::abm::profile_status::ASSIGNED | mdm_proto::abm::profile_status::PUSHED => {
-            DeviceStatus::Assigned
+        (mdm_proto::abm::profile_status::ASSIGNED | mdm_proto::abm::profile_status::PUSHED, _) => {
+            StatusSchedule::fixed(S::Assigned)
         }
-        _ => DeviceStatus::NotAssigned,
+        _ => StatusSchedule::fixed(S::NotAssigned),
     }
 }
 
@@ -633,6 +710,147 @@ mod tests {
             status(&facts(None, Some(e)), NOW, &TH),
             DeviceStatus::Enrolled
         );
+    }
+
+    /// The status as it was derived before schedules: straight from the facts and `now`.
+    fn derived(f: &DeviceFacts, now: Timestamp, th: &Thresholds) -> DeviceStatus {
+        if let Some(e) = &f.enrollment {
+            return match e.state {
+                EnrollmentState::CheckedOut => DeviceStatus::Unenrolled,
+                EnrollmentState::Authenticated
+                    if older_than(e.authenticated_at, now, th.enrolling_grace) =>
+                {
+                    DeviceStatus::PartiallyEnrolled
+                }
+                EnrollmentState::Authenticated => DeviceStatus::Enrolling,
+                EnrollmentState::Enrolled if e.push_invalid.is_some() => {
+                    DeviceStatus::PartiallyEnrolled
+                }
+                EnrollmentState::Enrolled if e.awaiting_configuration => {
+                    DeviceStatus::AwaitingConfiguration
+                }
+                EnrollmentState::Enrolled
+                    if e.last_push_at.is_some_and(|p| p > e.last_seen_at)
+                        && older_than(e.last_seen_at, now, th.offline_after) =>
+                {
+                    DeviceStatus::Offline
+                }
+                EnrollmentState::Enrolled => DeviceStatus::Enrolled,
+            };
+        }
+        let Some(a) = f.current_abm() else {
+            return DeviceStatus::Expected;
+        };
+        if a.removed_at.is_some() {
+            return DeviceStatus::Released;
+        }
+        match a.assignment.as_ref().map(|s| s.outcome) {
+            Some(AbmAssignOutcome::NotAccessible) => return DeviceStatus::Elsewhere,
+            Some(AbmAssignOutcome::Failed | AbmAssignOutcome::Throttled) => {
+                return DeviceStatus::AssignmentFailed
+            }
+            _ => {}
+        }
+        match a.profile_status.as_str() {
+            "pushed"
+                if a.pushed_at
+                    .is_some_and(|p| older_than(p, now, th.enrolling_grace)) =>
+            {
+                DeviceStatus::PartiallyEnrolled
+            }
+            "assigned" | "pushed" => DeviceStatus::Assigned,
+            _ => DeviceStatus::NotAssigned,
+        }
+    }
+
+    /// The schedule gives the derived status at every moment around its change, for facts
+    /// of every kind, including the millisecond either side of a threshold and thresholds
+    /// far beyond the clock's range.
+    #[test]
+    fn schedules_agree_with_the_derivation_at_every_time() {
+        let mut facts_all = Vec::new();
+        for state in [
+            EnrollmentState::Authenticated,
+            EnrollmentState::Enrolled,
+            EnrollmentState::CheckedOut,
+        ] {
+            for (invalid, awaiting, push) in [
+                (false, false, None),
+                (false, false, Some(-5)),
+                (false, false, Some(5)),
+                (true, false, Some(5)),
+                (false, true, Some(5)),
+            ] {
+                let mut e = enrolled();
+                e.state = state;
+                e.push_invalid = invalid.then(|| ("Unregistered".into(), NOW));
+                e.awaiting_configuration = awaiting;
+                e.last_push_at = push.map(|d| Timestamp(e.last_seen_at.0 + d));
+                facts_all.push(facts(Some(abm("pushed")), Some(e)));
+            }
+        }
+        for status in ["empty", "assigned", "pushed", "removed"] {
+            for pushed in [None, Some(NOW.minus(Duration::from_secs(60)))] {
+                let mut a = abm(status);
+                a.pushed_at = pushed;
+                facts_all.push(facts(Some(a.clone()), None));
+                for outcome in [
+                    AbmAssignOutcome::Success,
+                    AbmAssignOutcome::NotAccessible,
+                    AbmAssignOutcome::Failed,
+                    AbmAssignOutcome::Throttled,
+                    AbmAssignOutcome::Removed,
+                ] {
+                    a.assignment = Some(AssignmentFacts {
+                        profile: "p".into(),
+                        outcome,
+                        at: NOW,
+                        reason: None,
+                        failures: 1,
+                    });
+                    facts_all.push(facts(Some(a.clone()), None));
+                }
+                a.removed_at = Some(NOW);
+                facts_all.push(facts(Some(a), None));
+            }
+        }
+        facts_all.push(facts(None, None));
+        let huge = Thresholds {
+            offline_after: Duration::from_secs(u64::MAX / 4),
+            enrolling_grace: Duration::from_secs(u64::MAX / 4),
+            awaiting_stuck_after: TH.awaiting_stuck_after,
+        };
+        let mut changing = 0;
+        for f in &facts_all {
+            let sched = schedule(f);
+            let mut times = vec![Timestamp(i64::MIN), Timestamp(i64::MAX), NOW];
+            for th in [TH, huge] {
+                if let Some(c) = sched.change {
+                    let edge = c.since.plus(th.of(c.after));
+                    times.extend([-1, 0, 1, 2].map(|d| Timestamp(edge.0.saturating_add(d))));
+                }
+            }
+            for th in [TH, huge] {
+                let seen: std::collections::HashSet<_> = times
+                    .iter()
+                    .map(|now| {
+                        assert_eq!(
+                            sched.at(*now, &th),
+                            derived(f, *now, &th),
+                            "{f:?} at {now:?}"
+                        );
+                        assert_eq!(status(f, *now, &th), derived(f, *now, &th));
+                        derived(f, *now, &th)
+                    })
+                    .collect();
+                changing += usize::from(seen.len() > 1);
+                // A status without a change never changes.
+                if sched.change.is_none() {
+                    assert_eq!(seen.len(), 1, "{f:?}");
+                }
+            }
+        }
+        assert!(changing >= 4, "the cases cross thresholds: {changing}");
     }
 
     #[test]
