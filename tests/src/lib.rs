@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mdm_sim::abm::{AbmSimulator, ContentCipher, ServerId, TokenOptions};
 use mdm_sim::apple::AppleStandIn;
 use mdm_sim::device::{DeviceKind, SimDevice, SimDeviceBuilder};
+use mdm_sim::error::DeviceError;
 use mdm_sim::http::{headers, HttpClient, HttpResponse};
 use mdmd::config::Config;
 use serde_json::{json, Value};
@@ -228,9 +229,31 @@ impl Appliance {
     pub async fn enroll_manual_device(&self, d: &mut SimDevice) {
         let url = self.link().await;
         let profile = d.manual_enroll(&self.admin, &url).await.unwrap();
-        let ca = mdm_sim::x509::certificates_from_pem(&self.ca_pem).unwrap();
-        d.install_profile(&profile, Some(&ca)).unwrap();
+        self.install_enrollment(d, &profile).await;
+    }
+
+    /// Installs an enrollment profile this appliance served (trusting its CA) and completes
+    /// the enrollment: SCEP, Authenticate and the first TokenUpdate.
+    pub async fn install_enrollment(&self, d: &mut SimDevice, profile: &[u8]) {
+        self.install_profile(d, profile);
         d.complete_enrollment().await.unwrap();
+    }
+
+    /// Installs an enrollment profile this appliance served, checking it is signed under its CA.
+    pub fn install_profile(&self, d: &mut SimDevice, profile: &[u8]) {
+        let ca = mdm_sim::x509::certificates_from_pem(&self.ca_pem).unwrap();
+        d.install_profile(profile, Some(&ca)).unwrap();
+    }
+
+    /// ADE as Setup Assistant does it without `configuration_web_url`: the device's signed
+    /// MachineInfo POSTed to this appliance's `/mdm/enroll`; the profile, or the refusal.
+    pub async fn ade_profile(&self, d: &mut SimDevice) -> Result<Vec<u8>, DeviceError> {
+        d.ade_enroll(
+            &self.admin,
+            &format!("{}/mdm/enroll", self.base_url),
+            &self.apple,
+        )
+        .await
     }
 
     /// Queue a typed command for one device; returns its UUID.
@@ -294,17 +317,8 @@ impl Appliance {
     /// Enrolls `d` through ADE as Setup Assistant does: MachineInfo to `/mdm/enroll`, the
     /// profile installed, SCEP, Authenticate and the first TokenUpdate.
     pub async fn enroll_ade(&self, d: &mut SimDevice) {
-        let profile = d
-            .ade_enroll(
-                &self.admin,
-                &format!("{}/mdm/enroll", self.base_url),
-                &self.apple,
-            )
-            .await
-            .unwrap();
-        let ca = mdm_sim::x509::certificates_from_pem(&self.ca_pem).unwrap();
-        d.install_profile(&profile, Some(&ca)).unwrap();
-        d.complete_enrollment().await.unwrap();
+        let profile = self.ade_profile(d).await.unwrap();
+        self.install_enrollment(d, &profile).await;
     }
 
     /// `GET /api/v1/devices/{key}`, which must answer 200.

@@ -207,9 +207,7 @@ async fn token_sync_assign_and_ade_enrollment_of_10000_devices() {
         .ade_enroll(&app.admin, activation["url"].as_str().unwrap(), &app.apple)
         .await
         .unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
-    d.complete_enrollment().await.unwrap();
+    app.install_enrollment(&mut d, &profile).await;
 
     let v = device(&app, "north", &serial).await;
     assert_eq!(v["enrolled"], true, "{v}");

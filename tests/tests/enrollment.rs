@@ -149,17 +149,7 @@ async fn links_expire_are_revocable_and_count_uses() {
 async fn ade_enrollment_with_signed_machine_info() {
     let app = Appliance::start().await;
     let mut d = app.device();
-    let profile = d
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
-    d.complete_enrollment().await.unwrap();
+    app.enroll_ade(&mut d).await;
     let (_, v) = app.enrollment(&d.udid).await;
     assert_eq!(v["state"], "Enrolled");
     assert_eq!(v["source"]["Ade"]["udid"], d.udid.as_str());
@@ -175,8 +165,7 @@ async fn ade_enrollment_with_signed_machine_info() {
         )
         .await
         .unwrap();
-    d2.install_profile(&profile, Some(&ca)).unwrap();
-    d2.complete_enrollment().await.unwrap();
+    app.install_enrollment(&mut d2, &profile).await;
     assert_eq!(app.enrollment(&d2.udid).await.1["state"], "Enrolled");
 }
 
@@ -220,14 +209,7 @@ async fn ade_asks_outdated_devices_to_update() {
         .os("16.7", "20H19")
         .build();
     old.can_request_software_update = true;
-    let err = old
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap_err();
+    let err = app.ade_profile(&mut old).await.unwrap_err();
     let st = err.status().unwrap();
     assert_eq!(st.status, 403);
     let v: serde_json::Value = serde_json::from_slice(&st.body).unwrap();
@@ -239,13 +221,7 @@ async fn ade_asks_outdated_devices_to_update() {
         .os("17.10", "21H1")
         .build();
     new.can_request_software_update = true;
-    new.ade_enroll(
-        &app.admin,
-        &format!("{}/mdm/enroll", app.base_url),
-        &app.apple,
-    )
-    .await
-    .unwrap();
+    app.ade_profile(&mut new).await.unwrap();
 }
 
 fn rejected(err: &DeviceError) -> Option<FailInfo> {
@@ -259,15 +235,14 @@ fn rejected(err: &DeviceError) -> Option<FailInfo> {
 async fn scep_challenges_are_one_time() {
     let app = Appliance::start().await;
     let url = app.link().await;
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
     let mut d = app.device();
     let profile = d.manual_enroll(&app.admin, &url).await.unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
+    app.install_profile(&mut d, &profile);
     d.scep_enroll().await.unwrap();
 
     // A second device replaying the same profile (same challenge) is refused.
     let mut thief = app.device();
-    thief.install_profile(&profile, Some(&ca)).unwrap();
+    app.install_profile(&mut thief, &profile);
     let err = thief.scep_enroll().await.unwrap_err();
     assert_eq!(rejected(&err), Some(FailInfo::BadRequest), "{err}");
 }
@@ -276,10 +251,9 @@ async fn scep_challenges_are_one_time() {
 async fn scep_challenges_expire() {
     let app = Appliance::start_with(|c| c.enrollment.challenge_ttl_seconds = 1).await;
     let url = app.link().await;
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
     let mut d = app.device();
     let profile = d.manual_enroll(&app.admin, &url).await.unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
+    app.install_profile(&mut d, &profile);
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let err = d.scep_enroll().await.unwrap_err();
     assert_eq!(rejected(&err), Some(FailInfo::BadRequest), "{err}");

@@ -229,14 +229,7 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
     // A device ABM lists but nobody pre-enrolled is refused at ADE, with a message for the
     // person holding it and an entry for the admin.
     let mut stranger = ade_device_builder(&sim, &serials[3]).build();
-    let refused = stranger
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap_err();
+    let refused = app.ade_profile(&mut stranger).await.unwrap_err();
     let text = format!("{refused:?}");
     assert!(text.contains("403") || text.contains("Forbidden"), "{text}");
     wait_timeline(&app, &serials[3], "enrollment.refused").await;
@@ -367,16 +360,8 @@ async fn enrolling_and_manual_release_when_automatic_release_is_off() {
         .unwrap()
         .awaiting_configuration(true)
         .build();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    let profile = d
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
+    let profile = app.ade_profile(&mut d).await.unwrap();
+    app.install_profile(&mut d, &profile);
     d.scep_enroll().await.unwrap();
     d.authenticate().await.unwrap();
     let v = app.device_view(&d.serial).await;

@@ -324,9 +324,7 @@ async fn offline_devices_are_unenrolled_and_invited_back() {
         .unwrap()
         .build();
     let profile = back.manual_enroll(&app.admin, &url).await.unwrap();
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    back.install_profile(&profile, Some(&ca)).unwrap();
-    back.complete_enrollment().await.unwrap();
+    app.install_enrollment(&mut back, &profile).await;
     let v = app.wait_device_status(&manual.serial, "enrolled").await;
     assert!(v["invitation"].is_null(), "{v}");
     let (st, e) = app.api("GET", &invitation_path, None).await;

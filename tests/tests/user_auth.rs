@@ -32,6 +32,25 @@ async fn activity(app: &Appliance, kind: &str) -> Vec<Value> {
     v["items"].as_array().unwrap().clone()
 }
 
+/// Submits the sign-in form of `html` (the page `d` was shown) with these credentials.
+async fn submit(
+    app: &Appliance,
+    d: &mut SimDevice,
+    html: &str,
+    username: &str,
+    password: &str,
+) -> WebView {
+    let url = format!("{}/mdm/enroll", app.base_url);
+    d.web_submit(
+        &app.admin,
+        &url,
+        html,
+        &[("username", username), ("password", password)],
+    )
+    .await
+    .unwrap()
+}
+
 /// Opens the page for `d` and submits the form with these credentials.
 async fn sign_in(app: &Appliance, d: &mut SimDevice, username: &str, password: &str) -> WebView {
     let url = format!("{}/mdm/enroll", app.base_url);
@@ -39,23 +58,14 @@ async fn sign_in(app: &Appliance, d: &mut SimDevice, username: &str, password: &
     let (status, html) = page(&view);
     assert_eq!(status, 200, "{html}");
     let html = html.to_string();
-    d.web_submit(
-        &app.admin,
-        &url,
-        &html,
-        &[("username", username), ("password", password)],
-    )
-    .await
-    .unwrap()
+    submit(app, d, &html, username, password).await
 }
 
 async fn install_and_enroll(app: &Appliance, d: &mut SimDevice, view: WebView) {
     let WebView::Profile(profile) = view else {
         panic!("expected the enrollment profile, got {view:?}");
     };
-    let ca = mdm_sim::x509::certificates_from_pem(&app.ca_pem).unwrap();
-    d.install_profile(&profile, Some(&ca)).unwrap();
-    d.complete_enrollment().await.unwrap();
+    app.install_enrollment(d, &profile).await;
 }
 
 #[tokio::test]
@@ -205,14 +215,7 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
 
     // A device whose profile asks for sign-in cannot skip it by POSTing MachineInfo.
     let mut d0 = ade_device_builder(&sim, &serials[0]).build();
-    let refused = d0
-        .ade_enroll(
-            &app.admin,
-            &format!("{}/mdm/enroll", app.base_url),
-            &app.apple,
-        )
-        .await
-        .unwrap_err();
+    let refused = app.ade_profile(&mut d0).await.unwrap_err();
     assert!(format!("{refused}").contains("403"), "{refused}");
 
     // The page: a form with a hidden token, served with a strict policy.
@@ -230,29 +233,13 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
     assert!(visible_text(&html).contains(&serials[0]));
 
     // A wrong password: the page again, saying so, still usable.
-    let view = d0
-        .web_submit(
-            &app.admin,
-            &url,
-            &html,
-            &[("username", "alice"), ("password", "Wrong-Horse-42")],
-        )
-        .await
-        .unwrap();
+    let view = submit(&app, &mut d0, &html, "alice", "Wrong-Horse-42").await;
     let (status, again) = page(&view);
     assert_eq!(status, 401);
     assert!(visible_text(again).contains("not correct"), "{again}");
     let again = again.to_string();
     // An unknown account reads exactly the same.
-    let view = d0
-        .web_submit(
-            &app.admin,
-            &url,
-            &again,
-            &[("username", "mallory"), ("password", PASSWORD)],
-        )
-        .await
-        .unwrap();
+    let view = submit(&app, &mut d0, &again, "mallory", PASSWORD).await;
     let (status, unknown) = page(&view);
     assert_eq!(status, 401);
     assert_eq!(
@@ -261,15 +248,7 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
     );
 
     // The right password (any case of the name): the profile, and the device is Alice's.
-    let view = d0
-        .web_submit(
-            &app.admin,
-            &url,
-            &html,
-            &[("username", "ALICE"), ("password", PASSWORD)],
-        )
-        .await
-        .unwrap();
+    let view = submit(&app, &mut d0, &html, "ALICE", PASSWORD).await;
     install_and_enroll(&app, &mut d0, view).await;
     let v = app.device_view(&serials[0]).await;
     assert_eq!(v["user"]["username"], "alice", "{v}");
@@ -277,15 +256,7 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
     assert_eq!(v["user"]["email"], "alice@example.org");
     assert_eq!(v["enrollment"]["source"]["Ade"]["user"], "alice", "{v}");
     // The used page cannot enroll another device.
-    let view = d0
-        .web_submit(
-            &app.admin,
-            &url,
-            &html,
-            &[("username", "alice"), ("password", PASSWORD)],
-        )
-        .await
-        .unwrap();
+    let view = submit(&app, &mut d0, &html, "alice", PASSWORD).await;
     let (status, gone) = page(&view);
     assert_eq!(status, 410);
     assert!(first_form(gone).is_none());
@@ -320,29 +291,13 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
     let open = d1.ade_web_open(&app.admin, &url, &app.apple).await.unwrap();
     let mut html = page(&open).1.to_string();
     for i in 1..=5 {
-        let view = d1
-            .web_submit(
-                &app.admin,
-                &url,
-                &html,
-                &[("username", "alice"), ("password", "Wrong-Horse-42")],
-            )
-            .await
-            .unwrap();
+        let view = submit(&app, &mut d1, &html, "alice", "Wrong-Horse-42").await;
         let (status, next) = page(&view);
         assert_eq!(status, if i < 5 { 401 } else { 403 }, "attempt {i}");
         html = next.to_string();
     }
     assert!(visible_text(&html).contains("locked"), "{html}");
-    let view = d1
-        .web_submit(
-            &app.admin,
-            &url,
-            &html,
-            &[("username", "alice"), ("password", PASSWORD)],
-        )
-        .await
-        .unwrap();
+    let view = submit(&app, &mut d1, &html, "alice", PASSWORD).await;
     assert_eq!(page(&view).0, 403);
     let (_, u) = app.api("GET", "/api/v1/users/alice", None).await;
     assert_eq!(u["locked"], true, "{u}");
