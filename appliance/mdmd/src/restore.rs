@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use mdm_keystore::{BackupReader, Sealer, SoftSealer, TpmSealer, Zeroizing};
+use mdm_keystore::{BackupReader, Sealer, SoftSealer, TpmSealer, Zeroizing, DATA_KEY_LEN};
 
 use crate::config::KeystoreBackend;
 use crate::{DB_FILE, SOFT_KEY_FILE, TPM_KEY_FILE};
@@ -43,12 +43,17 @@ pub struct RestoreReport {
     pub moved_aside: Vec<PathBuf>,
 }
 
+type Reader = BackupReader<std::io::BufReader<fs::File>>;
+
+/// Opens a backup and reads its header (nothing is decrypted yet).
+fn open_backup(from: &Path) -> anyhow::Result<Reader> {
+    let file = fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    BackupReader::open(std::io::BufReader::new(file)).with_context(|| format!("{}", from.display()))
+}
+
 /// The backup's plaintext description, without the passphrase.
 pub fn describe(from: &Path) -> anyhow::Result<serde_json::Value> {
-    let file = fs::File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
-    let reader = BackupReader::open(std::io::BufReader::new(file))
-        .with_context(|| format!("{}", from.display()))?;
-    Ok(reader.meta().clone())
+    Ok(open_backup(from)?.meta().clone())
 }
 
 /// Temporary files removed unless kept.
@@ -91,11 +96,7 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
         );
     }
 
-    let file = fs::File::open(&opts.from)
-        .with_context(|| format!("cannot open {}", opts.from.display()))?;
-    let reader = BackupReader::open(std::io::BufReader::new(file))
-        .with_context(|| format!("{}", opts.from.display()))?;
-    let mut backup = reader
+    let mut backup = open_backup(&opts.from)?
         .unlock(&opts.passphrase)
         .with_context(|| format!("{}", opts.from.display()))?;
     let meta = backup.meta().clone();
@@ -109,7 +110,7 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     let mut database_bytes = None;
     while let Some(entry) = backup.next_entry()? {
         match entry.name.as_str() {
-            DATA_KEY_ENTRY => key = Some(backup.read_entry(64)?),
+            DATA_KEY_ENTRY => key = Some(backup.read_entry(DATA_KEY_LEN)?),
             DATABASE_ENTRY => {
                 let mut out = fs::OpenOptions::new()
                     .write(true)
@@ -132,10 +133,13 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     let key = key.context("the backup holds no data key; it is not a complete appliance backup")?;
     let database_bytes = database_bytes
         .context("the backup holds no database; it is not a complete appliance backup")?;
-    let key: Zeroizing<[u8; 32]> = {
-        let mut k = Zeroizing::new([0u8; 32]);
+    let key: Zeroizing<[u8; DATA_KEY_LEN]> = {
+        let mut k = Zeroizing::new([0u8; DATA_KEY_LEN]);
         if key.len() != k.len() {
-            bail!("the backup's data key has {} bytes, expected 32", key.len());
+            bail!(
+                "the backup's data key has {} bytes, expected {DATA_KEY_LEN}",
+                key.len()
+            );
         }
         k.copy_from_slice(&key);
         k

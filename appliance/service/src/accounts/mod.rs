@@ -217,13 +217,12 @@ impl<S: Store> MdmService<S> {
     pub fn users(&self, after: Option<&str>, limit: usize) -> ServiceResult<UserPage> {
         let limit = limit.clamp(1, MAX_PAGE);
         let after = after.map(|a| a.trim().to_ascii_lowercase());
-        let mut recs = self.store().list_users(after.as_deref(), limit + 1)?;
-        let more = recs.len() > limit;
-        recs.truncate(limit);
+        let (recs, next) = crate::ports::keyset_page(
+            self.store().list_users(after.as_deref(), limit + 1)?,
+            limit,
+            |r| &r.username,
+        );
         let now = Timestamp::now();
-        let next = more
-            .then(|| recs.last().map(|r| r.username.clone()))
-            .flatten();
         Ok(UserPage {
             items: recs.iter().map(|r| UserView::new(r, now)).collect(),
             next,

@@ -19,6 +19,21 @@ pub use lifecycle::*;
 pub use profiles::*;
 pub use users::*;
 
+/// Cuts one page out of `limit + 1` records fetched after a key: the first `limit`, and the
+/// key to continue after when the extra record shows that more follow.
+pub fn keyset_page<T>(
+    mut recs: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
+    let more = recs.len() > limit;
+    recs.truncate(limit);
+    let next = more
+        .then(|| recs.last().map(|r| key(r).to_string()))
+        .flatten();
+    (recs, next)
+}
+
 /// Reads a keyset-paged listing to its end: `fetch(after)` returns the page after a key
 /// (`None`: from the start), `key` names a record's key. Ends at the first empty page, or
 /// after yielding the first error.

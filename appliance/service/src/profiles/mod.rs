@@ -1122,12 +1122,11 @@ impl<S: Store> MdmService<S> {
     ) -> ServiceResult<InstallPage> {
         let p = self.find_profile(key)?;
         let limit = limit.clamp(1, 1000);
-        let mut recs = self.store().profile_installs(&p.id, after, limit + 1)?;
-        let more = recs.len() > limit;
-        recs.truncate(limit);
-        let next = more
-            .then(|| recs.last().map(|r| r.serial.clone()))
-            .flatten();
+        let (recs, next) = crate::ports::keyset_page(
+            self.store().profile_installs(&p.id, after, limit + 1)?,
+            limit,
+            |r| &r.serial,
+        );
         let c = self.catalog();
         Ok(InstallPage {
             items: recs.iter().map(|r| install_view(&c, r)).collect(),
