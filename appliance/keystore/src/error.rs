@@ -384,6 +384,11 @@ pub enum KeystoreError {
     )]
     BackupAborted,
 
+    /// An RSA decryption with a held key failed: the block was not made for this key or was
+    /// damaged. Deliberately says nothing more (padding oracles).
+    #[error("the data could not be decrypted with this key: it was encrypted for another key, or damaged")]
+    RsaDecryption,
+
     /// The cryptographic library refused an operation it should not refuse.
     #[error("the crypto library failed to {0}; the system random generator or aws-lc is broken")]
     Crypto(&'static str),

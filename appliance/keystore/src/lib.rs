@@ -42,6 +42,7 @@ mod blob;
 mod error;
 mod info;
 mod keyfile;
+mod keys;
 mod soft;
 mod tpm;
 
@@ -54,6 +55,7 @@ pub use backup::{
 pub use blob::{validate_purpose, SealedBlob, BLOB_VERSION};
 pub use error::KeystoreError;
 pub use info::{KeystoreInfo, TpmInfo};
+pub use keys::{HeldKey, KeyResidence};
 pub use soft::SoftSealer;
 pub use tpm::{TpmSealer, DEFAULT_TCTI};
 pub use zeroize::Zeroizing;
@@ -123,5 +125,40 @@ pub trait Sealer: Send + Sync + 'static {
     /// The default cannot.
     fn export_data_key(&self) -> Option<Zeroizing<[u8; 32]>> {
         None
+    }
+
+    /// Makes a new RSA-2048 key held by this keystore for `purpose` (see [`HeldKey`]). The
+    /// default seals a software-generated key ([`KeyResidence::Sealed`]); the TPM backend
+    /// creates it inside the TPM.
+    fn create_rsa_key(&self, purpose: &str) -> Result<HeldKey, KeystoreError> {
+        keys::create_sealed(self, purpose)
+    }
+
+    /// The public key (DER `SubjectPublicKeyInfo`) of a held key made for `purpose`.
+    fn rsa_public_key(&self, purpose: &str, key_blob: &[u8]) -> Result<Vec<u8>, KeystoreError> {
+        keys::sealed_public_key(self, purpose, key_blob)
+    }
+
+    /// Decrypts an RSAES-PKCS1-v1_5 block (a CMS key-transport `encryptedKey`) with a held
+    /// key made for `purpose`. A bad block fails with [`KeystoreError::RsaDecryption`],
+    /// which says nothing about why.
+    fn rsa_decrypt(
+        &self,
+        purpose: &str,
+        key_blob: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        keys::sealed_decrypt(self, purpose, key_blob, ciphertext)
+    }
+
+    /// Signs `message` (hashed here with SHA-256) with RSASSA-PKCS1-v1_5 using a held key made
+    /// for `purpose`.
+    fn rsa_sign_sha256(
+        &self,
+        purpose: &str,
+        key_blob: &[u8],
+        message: &[u8],
+    ) -> Result<Vec<u8>, KeystoreError> {
+        keys::sealed_sign(self, purpose, key_blob, message)
     }
 }
