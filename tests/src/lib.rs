@@ -117,6 +117,13 @@ impl Appliance {
 
     /// Stop and start again on the same data directory and port.
     pub async fn restart(&mut self) {
+        self.try_restart().await.unwrap();
+    }
+
+    /// [`restart`](Self::restart), answering the daemon's start-up error (its whole chain of
+    /// context, as `mdmd serve` prints it) instead of panicking. After an error the appliance
+    /// is stopped; a later `restart` tries again.
+    pub async fn try_restart(&mut self) -> Result<(), String> {
         self.stop().await;
         let cfg = config(
             self.dir.path(),
@@ -124,8 +131,9 @@ impl Appliance {
             AppleStandIn::root_path(&self.dir.path().join("apple")),
             &self.tweak,
         );
-        self.running = Some(mdmd::start(cfg).await.unwrap());
+        self.running = Some(mdmd::start(cfg).await.map_err(|e| format!("{e:#}"))?);
         self.admin = HttpClient::from_ca_pem(&self.ca_pem).unwrap();
+        Ok(())
     }
 
     /// The appliance's push CSR, signed as Apple's portal would for `topic`, then imported.

@@ -291,7 +291,11 @@ async fn token_refusals_and_states() {
     assert_eq!(st, 201);
 
     // A token made for another key.
-    let other = mdm_service::abm::token::new_token_key_pair("x").unwrap().0;
+    let keys = tempfile::tempdir().unwrap();
+    let sealer = mdm_keystore::SoftSealer::open_or_create(&keys.path().join("key")).unwrap();
+    let other = mdm_service::abm::token::new_token_key_pair(&sealer, "abm-key", "x")
+        .unwrap()
+        .0;
     let p7m = sim
         .server_token(SERVER, other.der(), &token_options())
         .unwrap();

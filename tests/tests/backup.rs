@@ -32,6 +32,7 @@ fn options(
         keystore,
         tcti: tcti.to_owned(),
         force: false,
+        key_only: false,
     }
 }
 

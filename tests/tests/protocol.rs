@@ -45,8 +45,9 @@ async fn every_checkin_type() {
     .unwrap();
     assert_eq!(items["Declarations"]["Configurations"], json!([]));
 
-    // GetToken for a service nobody provides: a clear error.
-    let err = d.get_token("com.apple.maid").await.unwrap_err();
+    // GetToken for a service nobody provides: a clear error. (`com.apple.maid` is provided,
+    // for ABM devices: tests/tests/maid.rs.)
+    let err = d.get_token("com.example.unknown").await.unwrap_err();
     let st = err.status().unwrap();
     assert_eq!(st.status, 400);
     assert!(String::from_utf8_lossy(&st.body).contains("TOKEN_SERVICE_UNKNOWN"));

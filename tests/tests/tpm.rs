@@ -106,3 +106,117 @@ async fn the_appliance_runs_on_a_tpm_keystore() {
     );
     drop(tpm);
 }
+
+/// Extends PCR 7 of the TPM behind `tcti`, as a Secure Boot change does at the next boot.
+fn extend_pcr7(tcti: &str) {
+    use std::str::FromStr as _;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    let mut ctx =
+        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap())
+            .unwrap();
+    let mut values = tss_esapi::structures::DigestValues::new();
+    values.set(
+        HashingAlgorithm::Sha256,
+        tss_esapi::structures::Digest::try_from(vec![0x5a; 32]).unwrap(),
+    );
+    ctx.execute_with_session(
+        Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
+        |c| c.pcr_extend(tss_esapi::handles::PcrHandle::Pcr7, values),
+    )
+    .unwrap();
+}
+
+/// `keystore.pcrs = [7]`: the appliance runs and restarts while PCR 7 holds its value; once it
+/// changes the daemon refuses to start with the reason and the recovery command, and
+/// `mdmd restore --key-only` with an encrypted backup brings the same appliance back (database
+/// kept, key bound to the new PCR 7 value at the next start).
+#[tokio::test]
+async fn a_pcr_bound_appliance_refuses_a_changed_platform_and_recovers_from_its_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tpm) = swtpm::Swtpm::start(&dir.path().join("tpm")) else {
+        return;
+    };
+    let tcti = tpm.tcti();
+    let tweak_tcti = tcti.clone();
+    let mut app = Appliance::start_with(move |c| {
+        c.keystore.backend = KeystoreBackend::Tpm;
+        c.keystore.tcti = tweak_tcti.clone();
+        c.keystore.pcrs = vec![7];
+    })
+    .await;
+    let (_, ks) = app.api("GET", "/api/v1/keystore", None).await;
+    assert_eq!(ks["tpm"]["policy_pcrs"], serde_json::json!([7]), "{ks}");
+    let mut d = app.enroll_manual().await;
+    d.set_bootstrap_token(b"bootstrap-bound-to-pcr7")
+        .await
+        .unwrap();
+    app.restart().await;
+
+    // The admin's encrypted backup: the recovery path.
+    let h = mdm_sim::http::headers(&[
+        ("authorization", &format!("Bearer {}", app.token)),
+        ("content-type", "application/json"),
+    ])
+    .unwrap();
+    let resp = app
+        .admin
+        .request(
+            "POST".parse().unwrap(),
+            &format!("{}/api/v1/backup", app.base_url),
+            h,
+            serde_json::json!({"passphrase": "correct horse battery staple"})
+                .to_string()
+                .into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let backup = dir.path().join("appliance.mdmbackup");
+    std::fs::write(&backup, &resp.body).unwrap();
+
+    app.stop().await;
+    let key_file = app.data_dir().join(mdmd::TPM_KEY_FILE);
+    let key_before = std::fs::read(&key_file).unwrap();
+    extend_pcr7(&tcti);
+    let err = app.try_restart().await.unwrap_err();
+    assert!(err.contains("PCR 7"), "{err}");
+    assert!(err.contains("restore --key-only"), "{err}");
+    assert_eq!(std::fs::read(&key_file).unwrap(), key_before, "left alone");
+
+    // The data key from the backup, sealed again under the current platform state.
+    let restore = |from: &std::path::Path| mdmd::restore::RestoreOptions {
+        data_dir: app.data_dir(),
+        from: from.to_owned(),
+        passphrase: mdm_keystore::Zeroizing::new("correct horse battery staple".to_owned()),
+        keystore: KeystoreBackend::Tpm,
+        tcti: tcti.clone(),
+        force: false,
+        key_only: true,
+    };
+    use std::os::unix::fs::MetadataExt as _;
+    let db_inode = || {
+        std::fs::metadata(app.data_dir().join(mdmd::DB_FILE))
+            .unwrap()
+            .ino()
+    };
+    let db_before = db_inode();
+    let report = mdmd::restore::restore(&restore(&backup)).unwrap();
+    assert_eq!(report.key_file, key_file);
+    assert_eq!(report.moved_aside.len(), 1, "{:?}", report.moved_aside);
+    assert_eq!(db_inode(), db_before, "the database is kept, not replaced");
+
+    app.restart().await;
+    let (_, ks) = app.api("GET", "/api/v1/keystore", None).await;
+    assert_eq!(
+        ks["tpm"]["policy_pcrs"],
+        serde_json::json!([7]),
+        "bound again: {ks}"
+    );
+    d.disconnect().await;
+    assert_eq!(
+        d.get_bootstrap_token().await.unwrap().as_deref(),
+        Some(&b"bootstrap-bound-to-pcr7"[..])
+    );
+    app.stop().await;
+    drop(tpm);
+}

@@ -9,8 +9,15 @@ use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand;
 use zeroize::Zeroizing;
 
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use crate::blob::{associated_data, hex, validate_purpose, BLOB_VERSION};
 use crate::{Backend, KeystoreError, SealedBlob};
+
+/// The most data keys a key file holds: the current one and, while a rotation is under way,
+/// the one before it (and one more should a rotation be started again before the last one
+/// finished). Also keeps a TPM key file's sealed data within the 128 bytes a TPM accepts.
+pub(crate) const MAX_RING: usize = 3;
 
 /// Length of a data key (AES-256).
 pub(crate) const KEY_LEN: usize = 32;
@@ -64,6 +71,7 @@ impl DataKey {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn key_id(&self) -> &[u8] {
         &self.key_id
     }
@@ -149,6 +157,141 @@ impl DataKey {
             .len();
         buf.truncate(len);
         Ok(buf)
+    }
+}
+
+/// A keystore's data keys: the current one, which seals, and the older ones, which only
+/// unseal. See [`Sealer::begin_rotation`](crate::Sealer::begin_rotation).
+///
+/// `previous` are the keys still in the key file (a rotation is under way: some blobs may
+/// still be sealed under them); `retired` are keys a finished rotation removed from the key
+/// file. Retired keys stay in memory until the process ends so that a blob a request sealed
+/// just before the rotation, or a record some cache read before it, still opens: they are
+/// gone from disk, which is what rotation is for.
+pub(crate) struct KeyRing {
+    backend: Backend,
+    keys: RwLock<Ring>,
+}
+
+struct Ring {
+    current: DataKey,
+    previous: Vec<DataKey>,
+    retired: Vec<DataKey>,
+}
+
+impl KeyRing {
+    /// A ring with `current` sealing and `previous` (as a key file lists them after the
+    /// current key) only unsealing.
+    pub(crate) fn new(
+        backend: Backend,
+        current: Zeroizing<[u8; KEY_LEN]>,
+        previous: Vec<Zeroizing<[u8; KEY_LEN]>>,
+    ) -> Self {
+        Self {
+            backend,
+            keys: RwLock::new(Ring {
+                current: DataKey::new(backend, current),
+                previous: previous
+                    .into_iter()
+                    .map(|k| DataKey::new(backend, k))
+                    .collect(),
+                retired: Vec::new(),
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Ring> {
+        // The ring is replaced whole under the lock; a panic elsewhere cannot leave it torn.
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.keys.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current key's id.
+    pub(crate) fn key_id(&self) -> Vec<u8> {
+        self.read().current.key_id.to_vec()
+    }
+
+    /// The ids of the previous keys still in the key file (a rotation is under way).
+    pub(crate) fn previous_key_ids(&self) -> Vec<Vec<u8>> {
+        self.read()
+            .previous
+            .iter()
+            .map(|k| k.key_id.to_vec())
+            .collect()
+    }
+
+    /// The current key, for a backup.
+    pub(crate) fn export(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.read().current.export()
+    }
+
+    /// The keys as the key file lists them: current first, then previous.
+    pub(crate) fn file_keys(&self) -> Vec<Zeroizing<[u8; KEY_LEN]>> {
+        let ring = self.read();
+        std::iter::once(&ring.current)
+            .chain(ring.previous.iter())
+            .map(DataKey::export)
+            .collect()
+    }
+
+    /// Makes `new` the current key; the old current key becomes a previous one. The caller
+    /// has already written the key file listing both.
+    pub(crate) fn push_current(&self, new: Zeroizing<[u8; KEY_LEN]>) {
+        let mut ring = self.write();
+        let old = std::mem::replace(&mut ring.current, DataKey::new(self.backend, new));
+        ring.previous.insert(0, old);
+    }
+
+    /// Moves every previous key to the retired ones (in memory only). The caller has already
+    /// written the key file without them.
+    pub(crate) fn retire_previous(&self) {
+        let mut ring = self.write();
+        let previous = std::mem::take(&mut ring.previous);
+        ring.retired.extend(previous);
+    }
+
+    pub(crate) fn seal(
+        &self,
+        purpose: &str,
+        plaintext: &[u8],
+    ) -> Result<SealedBlob, KeystoreError> {
+        self.read().current.seal(purpose, plaintext)
+    }
+
+    pub(crate) fn unseal(
+        &self,
+        purpose: &str,
+        blob: &SealedBlob,
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        let ring = self.read();
+        let key = std::iter::once(&ring.current)
+            .chain(ring.previous.iter())
+            .chain(ring.retired.iter())
+            .find(|k| k.key_id[..] == *blob.key_id())
+            .unwrap_or(&ring.current);
+        key.unseal(purpose, blob)
+    }
+
+    /// Re-seals a blob under the current key; `None` when it already is. The blob is opened
+    /// with the purpose it records (it is not exposed to the caller).
+    pub(crate) fn reseal(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {
+        let blob = SealedBlob::from_bytes(blob)?;
+        let ring = self.read();
+        if blob.key_id() == ring.current.key_id {
+            return Ok(None);
+        }
+        let key = std::iter::once(&ring.current)
+            .chain(ring.previous.iter())
+            .chain(ring.retired.iter())
+            .find(|k| k.key_id[..] == *blob.key_id())
+            .unwrap_or(&ring.current);
+        let plaintext = key.unseal(blob.purpose(), &blob)?;
+        Ok(Some(
+            ring.current.seal(blob.purpose(), &plaintext)?.to_bytes(),
+        ))
     }
 }
 

@@ -384,10 +384,57 @@ pub enum KeystoreError {
     )]
     BackupAborted,
 
+    /// The sealed master key is bound to PCRs whose values changed since it was sealed.
+    #[error(
+        "the TPM refused to unseal the master key in {path}: it is bound to PCR {pcrs} \
+         (SHA-256 bank) and the platform state measured there changed since it was sealed (a \
+         firmware, Secure Boot or boot loader change). Boot the configuration it was sealed \
+         under, or recover the key from an encrypted backup: `mdmd restore --key-only \
+         --data-dir DIR --from BACKUP` seals it again under the current state and keeps the \
+         database. The key file was left untouched"
+    )]
+    TpmPolicyMismatch {
+        /// The key file.
+        path: PathBuf,
+        /// The PCRs it is bound to, as text.
+        pcrs: String,
+    },
+
+    /// A PCR policy asked for cannot be used.
+    #[error("the TPM PCR policy is invalid: {reason}")]
+    PcrPolicyInvalid {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// This keystore cannot rotate its data key.
+    #[error("this keystore cannot rotate its data key")]
+    RotationUnsupported,
+
     /// An RSA decryption with a held key failed: the block was not made for this key or was
     /// damaged. Deliberately says nothing more (padding oracles).
     #[error("the data could not be decrypted with this key: it was encrypted for another key, or damaged")]
     RsaDecryption,
+
+    /// A TPM-resident held key was created inside another TPM (or inside this one before its
+    /// owner hierarchy was cleared); it cannot leave that TPM, so it cannot be used here.
+    #[error(
+        "the key for purpose {purpose:?} was created inside another TPM (it names storage key \
+         {key_storage_key}, this TPM's is {tpm_storage_key}): the appliance was restored onto \
+         new hardware, or this TPM's owner hierarchy was cleared. A TPM-resident key never \
+         leaves the TPM that made it, so it cannot be used here: create a new key pair. For \
+         the ABM server token, run `mdmctl abm public-key NAME --rotate`, upload the new \
+         public key to the MDM server in Apple Business Manager, then download its new token \
+         and upload it to the appliance"
+    )]
+    HeldKeyFromOtherTpm {
+        /// The purpose the key was made for.
+        purpose: String,
+        /// Hex name of the storage key recorded in the key's blob.
+        key_storage_key: String,
+        /// Hex name of this TPM's storage key.
+        tpm_storage_key: String,
+    },
 
     /// The cryptographic library refused an operation it should not refuse.
     #[error("the crypto library failed to {0}; the system random generator or aws-lc is broken")]

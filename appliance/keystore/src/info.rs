@@ -18,6 +18,9 @@ pub struct KeystoreInfo {
     /// The data key's id in lower-case hex, as recorded in every blob; `None` for a sealer
     /// that does not say.
     pub key_id: Option<String>,
+    /// Ids of older data keys still in the key file: non-empty only while a data-key rotation
+    /// is under way (some blobs may still be sealed under them).
+    pub previous_key_ids: Vec<String>,
     /// The file the key is kept in; `None` for a sealer that does not say. Serialized as
     /// text (bytes that are not UTF-8 replaced), so that an odd path cannot fail a report.
     #[serde(serialize_with = "lossy_path")]
@@ -32,6 +35,7 @@ impl KeystoreInfo {
         Self {
             backend,
             key_id: None,
+            previous_key_ids: Vec::new(),
             key_file: None,
             tpm: None,
         }
@@ -70,6 +74,9 @@ pub struct TpmInfo {
     /// The TPM name of the storage key the data key is sealed under, hex: it identifies the
     /// TPM's owner hierarchy (another TPM, or the same one after it was cleared, has another).
     pub storage_key_name: String,
+    /// The PCRs (SHA-256 bank) the data key is bound to by a PCR policy; empty when it is not
+    /// bound to platform state.
+    pub policy_pcrs: Vec<u8>,
 }
 
 impl TpmInfo {
@@ -101,6 +108,7 @@ impl TpmInfo {
             ),
             firmware_version_raw: firmware,
             storage_key_name,
+            policy_pcrs: Vec::new(),
         }
     }
 }

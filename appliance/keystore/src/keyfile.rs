@@ -1,8 +1,9 @@
 //! Reading and creating the small key files the backends keep next to the database.
 //!
 //! Both backends follow the same rules: a key file is created complete or not at all, an
-//! existing one is never replaced (data sealed under it would be lost), and one that group or
-//! others may access is refused.
+//! existing one is never replaced by a creation (data sealed under it would be lost), and one
+//! that group or others may access is refused. Only a data-key rotation rewrites one
+//! ([`replace`]), atomically and always with the keys its blobs need.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -138,4 +139,42 @@ pub(crate) fn publish_new(path: &Path, contents: &[u8]) -> Result<Published, Key
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync the directory of", path))?;
     Ok(Published::Created)
+}
+
+/// Replaces the key file at `path` (which must exist) with `contents`, atomically: the new
+/// file is written and synced under a temporary name (mode 0600) and renamed over the old
+/// one, and the directory is synced, so a crash leaves either the old file or the new one.
+///
+/// Only data-key rotation rewrites a key file, and only with contents that still open every
+/// blob the old file opened (rotation adds a key before it removes one).
+pub(crate) fn replace(path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
+    let parent = match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| corrupt(path, "the path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let suffix: Zeroizing<[u8; 8]> = random("name a temporary file")?;
+    let tmp = parent.join(format!(".{file_name}.{}.tmp", hex(&suffix[..])));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("replace the master key file", path)(e));
+    }
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync the directory of", path))
 }

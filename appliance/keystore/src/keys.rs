@@ -163,7 +163,12 @@ pub(crate) fn sealed_sign<S: Sealer + ?Sized>(
     let pkcs8 = open_sealed(sealer, purpose, blob)?;
     let pair = key_pair(&pkcs8)?;
     let mut signature = vec![0u8; pair.public_modulus_len()];
-    pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)
-        .map_err(crypto("sign"))?;
+    pair.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        message,
+        &mut signature,
+    )
+    .map_err(crypto("sign"))?;
     Ok(signature)
 }

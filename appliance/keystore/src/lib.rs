@@ -43,6 +43,7 @@ mod error;
 mod info;
 mod keyfile;
 mod keys;
+mod resident;
 mod soft;
 mod tpm;
 
@@ -125,6 +126,33 @@ pub trait Sealer: Send + Sync + 'static {
     /// The default cannot.
     fn export_data_key(&self) -> Option<Zeroizing<[u8; 32]>> {
         None
+    }
+
+    /// Data-key rotation, step 1: makes a new data key the current one (new blobs are sealed
+    /// under it) while the old one stays in the key file to open blobs not yet re-sealed.
+    /// The key file is rewritten (atomically) before the new key seals anything. When a
+    /// rotation is already under way (the key file lists older keys), nothing changes: the
+    /// caller resumes it.
+    ///
+    /// Step 2 is the caller's: re-seal every stored blob with [`reseal_blob`](Self::reseal_blob).
+    /// Step 3, [`finish_rotation`](Self::finish_rotation), removes the older keys from the key
+    /// file. The default cannot rotate.
+    fn begin_rotation(&self) -> Result<(), KeystoreError> {
+        Err(KeystoreError::RotationUnsupported)
+    }
+
+    /// Data-key rotation, step 3: rewrites the key file with the current key only. Blobs still
+    /// sealed under an older key will not open after the next start: call this only once every
+    /// stored blob was re-sealed. This process keeps the older keys in memory until it ends.
+    fn finish_rotation(&self) -> Result<(), KeystoreError> {
+        Err(KeystoreError::RotationUnsupported)
+    }
+
+    /// Re-seals a stored blob (its bytes) under the current data key, keeping its purpose;
+    /// `None` when it already is sealed under it.
+    fn reseal_blob(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {
+        let _ = blob;
+        Err(KeystoreError::RotationUnsupported)
     }
 
     /// Makes a new RSA-2048 key held by this keystore for `purpose` (see [`HeldKey`]). The

@@ -2,17 +2,64 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use zeroize::Zeroizing;
 
-use crate::aead::{random, DataKey, KEY_LEN};
+use crate::aead::{random, KeyRing, KEY_LEN, MAX_RING};
 use crate::blob::hex;
-use crate::keyfile::{corrupt, publish_new, read_existing, Published};
+use crate::keyfile::{corrupt, publish_new, read_existing, replace, Published};
 use crate::{Backend, KeystoreError, KeystoreInfo, SealedBlob, Sealer};
 
 /// First bytes of the key file, so that a wrong file is reported as such.
+///
+/// `MDMSKEY1` is followed by the one data key; `MDMSKEY2` (written only while a rotation is
+/// under way) by a count byte and that many keys, the current one first.
 const KEY_FILE_MAGIC: &[u8; 8] = b"MDMSKEY1";
-const KEY_FILE_LEN: usize = KEY_FILE_MAGIC.len() + KEY_LEN;
+const RING_FILE_MAGIC: &[u8; 8] = b"MDMSKEY2";
+const KEY_FILE_MAX_LEN: usize = RING_FILE_MAGIC.len() + 1 + MAX_RING * KEY_LEN;
+
+/// The key file's contents for `keys` (current first).
+fn encode_key_file(keys: &[Zeroizing<[u8; KEY_LEN]>]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(KEY_FILE_MAX_LEN));
+    if keys.len() == 1 {
+        out.extend_from_slice(KEY_FILE_MAGIC);
+    } else {
+        out.extend_from_slice(RING_FILE_MAGIC);
+        // At most MAX_RING keys: `begin_rotation` never adds one beyond it.
+        out.push(u8::try_from(keys.len()).unwrap_or(u8::MAX));
+    }
+    for key in keys {
+        out.extend_from_slice(&key[..]);
+    }
+    out
+}
+
+/// The keys in a key file, current first; `Err` holds the reason it is corrupt.
+fn decode_key_file(contents: &[u8]) -> Result<Vec<Zeroizing<[u8; KEY_LEN]>>, String> {
+    let (count, keys) = if let Some(rest) = contents.strip_prefix(&KEY_FILE_MAGIC[..]) {
+        (1, rest)
+    } else if let Some(rest) = contents.strip_prefix(&RING_FILE_MAGIC[..]) {
+        let (count, keys) = rest.split_first().ok_or("it is truncated")?;
+        (usize::from(*count), keys)
+    } else {
+        return Err("it does not start with the key file marker".to_owned());
+    };
+    if count == 0 || count > MAX_RING || keys.len() != count * KEY_LEN {
+        return Err(format!(
+            "it is {} bytes long, which does not fit {count} key(s)",
+            contents.len()
+        ));
+    }
+    Ok(keys
+        .chunks_exact(KEY_LEN)
+        .map(|chunk| {
+            let mut key = Zeroizing::new([0u8; KEY_LEN]);
+            key.copy_from_slice(chunk);
+            key
+        })
+        .collect())
+}
 
 /// Software backend: a random 256-bit master key in a file, AES-256-GCM via aws-lc-rs.
 ///
@@ -26,7 +73,9 @@ const KEY_FILE_LEN: usize = KEY_FILE_MAGIC.len() + KEY_LEN;
 /// key). An existing file that group or others may access is refused.
 pub struct SoftSealer {
     path: PathBuf,
-    key: DataKey,
+    key: KeyRing,
+    /// Serializes rotations (key file rewrites).
+    rotation: Mutex<()>,
 }
 
 impl SoftSealer {
@@ -46,7 +95,7 @@ impl SoftSealer {
 
     /// The id recorded in every blob this sealer makes (derived from the key; reveals nothing
     /// about it). Shown in diagnostics to tell keys apart.
-    pub fn key_id(&self) -> &[u8] {
+    pub fn key_id(&self) -> Vec<u8> {
         self.key.key_id()
     }
 
@@ -72,9 +121,7 @@ impl SoftSealer {
         path: &Path,
         key: Zeroizing<[u8; KEY_LEN]>,
     ) -> Result<Self, KeystoreError> {
-        let mut contents = Zeroizing::new(Vec::with_capacity(KEY_FILE_LEN));
-        contents.extend_from_slice(KEY_FILE_MAGIC);
-        contents.extend_from_slice(&key[..]);
+        let contents = encode_key_file(std::slice::from_ref(&key));
         match publish_new(path, &contents)? {
             Published::Created => {}
             Published::AlreadyExisted => {
@@ -83,50 +130,41 @@ impl SoftSealer {
                 })
             }
         }
-        let sealer = Self::from_key(path, key);
+        let sealer = Self::from_keys(path, key, Vec::new());
         tracing::warn!(
             path = %path.display(),
-            key_id = %hex(sealer.key_id()),
+            key_id = %hex(&sealer.key_id()),
             "installed a software master key restored from a backup; it is NOT \
              hardware-backed: keep the data directory unreadable by others"
         );
         Ok(sealer)
     }
 
-    fn from_key(path: &Path, key: Zeroizing<[u8; KEY_LEN]>) -> Self {
+    fn from_keys(
+        path: &Path,
+        current: Zeroizing<[u8; KEY_LEN]>,
+        previous: Vec<Zeroizing<[u8; KEY_LEN]>>,
+    ) -> Self {
         Self {
             path: path.to_owned(),
-            key: DataKey::new(Backend::Software, key),
+            key: KeyRing::new(Backend::Software, current, previous),
+            rotation: Mutex::new(()),
         }
     }
 
     /// `Ok(None)` if there is no file at `path`.
     fn open_existing(path: &Path) -> Result<Option<Self>, KeystoreError> {
-        let Some(contents) = read_existing(path, KEY_FILE_LEN as u64)? else {
+        let Some(contents) = read_existing(path, KEY_FILE_MAX_LEN as u64)? else {
             return Ok(None);
         };
-        if contents.len() != KEY_FILE_LEN {
-            return Err(corrupt(
-                path,
-                format!(
-                    "it is {} bytes long, expected {KEY_FILE_LEN}",
-                    contents.len()
-                ),
-            ));
-        }
-        if &contents[..KEY_FILE_MAGIC.len()] != KEY_FILE_MAGIC {
-            return Err(corrupt(path, "it does not start with the key file marker"));
-        }
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(&contents[KEY_FILE_MAGIC.len()..]);
-        Ok(Some(Self::from_key(path, key)))
+        let mut keys = decode_key_file(&contents).map_err(|reason| corrupt(path, reason))?;
+        let current = keys.remove(0);
+        Ok(Some(Self::from_keys(path, current, keys)))
     }
 
     fn create(path: &Path) -> Result<Self, KeystoreError> {
         let key: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
-        let mut contents = Zeroizing::new(Vec::with_capacity(KEY_FILE_LEN));
-        contents.extend_from_slice(KEY_FILE_MAGIC);
-        contents.extend_from_slice(&key[..]);
+        let contents = encode_key_file(std::slice::from_ref(&key));
         match publish_new(path, &contents)? {
             Published::Created => {}
             Published::AlreadyExisted => {
@@ -134,10 +172,10 @@ impl SoftSealer {
                     .ok_or_else(|| corrupt(path, "it appeared and vanished while being created"));
             }
         }
-        let sealer = Self::from_key(path, key);
+        let sealer = Self::from_keys(path, key, Vec::new());
         tracing::warn!(
             path = %path.display(),
-            key_id = %hex(sealer.key_id()),
+            key_id = %hex(&sealer.key_id()),
             "created a new software master key; it is NOT hardware-backed: back it up, and \
              keep the data directory unreadable by others"
         );
@@ -168,10 +206,51 @@ impl Sealer for SoftSealer {
 
     fn describe(&self) -> KeystoreInfo {
         KeystoreInfo {
-            key_id: Some(hex(self.key_id())),
+            key_id: Some(hex(&self.key_id())),
+            previous_key_ids: self.key.previous_key_ids().iter().map(|k| hex(k)).collect(),
             key_file: Some(self.path.clone()),
             ..KeystoreInfo::bare(Backend::Software)
         }
+    }
+
+    fn begin_rotation(&self) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.key.previous_key_ids().is_empty() {
+            return Ok(());
+        }
+        let new: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
+        let mut keys = vec![Zeroizing::new(*new)];
+        keys.extend(self.key.file_keys());
+        replace(&self.path, &encode_key_file(&keys))?;
+        self.key.push_current(new);
+        tracing::warn!(
+            path = %self.path.display(),
+            key_id = %hex(&self.key.key_id()),
+            "data key rotation begun: new secrets are sealed under a new key"
+        );
+        Ok(())
+    }
+
+    fn finish_rotation(&self) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = self.key.file_keys();
+        let Some(current) = keys.first() else {
+            return Ok(());
+        };
+        if keys.len() > 1 {
+            replace(&self.path, &encode_key_file(std::slice::from_ref(current)))?;
+            self.key.retire_previous();
+            tracing::warn!(
+                path = %self.path.display(),
+                key_id = %hex(&self.key.key_id()),
+                "data key rotation finished: older keys removed from the key file"
+            );
+        }
+        Ok(())
+    }
+
+    fn reseal_blob(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {
+        self.key.reseal(blob)
     }
 }
 
@@ -179,7 +258,7 @@ impl fmt::Debug for SoftSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SoftSealer")
             .field("path", &self.path)
-            .field("key_id", &hex(self.key.key_id()))
+            .field("key_id", &hex(&self.key.key_id()))
             .finish_non_exhaustive()
     }
 }

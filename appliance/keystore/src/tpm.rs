@@ -6,48 +6,54 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::response_code::Tss2ResponseCode;
 use tss_esapi::constants::{CapabilityType, PropertyTag, SessionType};
 use tss_esapi::handles::KeyHandle;
+use tss_esapi::handles::SessionHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Digest, EccPoint, KeyedHashScheme, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
-    SymmetricDefinitionObject,
+    CapabilityData, Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSlot, Private, Public,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
+    SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use crate::aead::{random, DataKey, KEY_LEN};
+use crate::aead::{random, KeyRing, KEY_LEN, MAX_RING};
 use crate::blob::hex;
-use crate::keyfile::{corrupt, io_err, publish_new, read_existing, Published};
-use crate::{Backend, KeystoreError, KeystoreInfo, SealedBlob, Sealer, TpmInfo};
+use crate::keyfile::{corrupt, io_err, publish_new, read_existing, replace, Published};
+use crate::{resident, Backend, HeldKey, KeystoreError, KeystoreInfo, SealedBlob, Sealer, TpmInfo};
 
 /// The TCTI of the kernel's TPM resource manager, what an appliance uses.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
 /// First bytes of the TPM key file.
 const KEY_FILE_MAGIC: &[u8; 8] = b"MDMTKEY1";
+/// The key file of a data key bound to PCRs (see [`KeyFile`]).
+const POLICY_KEY_FILE_MAGIC: &[u8; 8] = b"MDMTKEY2";
+/// PCRs of a PC-client TPM: 0-23.
+const PCR_COUNT: u8 = 24;
 /// Far above any real file (a TPM2B_PRIVATE and a TPM2B_PUBLIC are each well under 1 KiB);
 /// only bounds what is read from a wrong file.
 const KEY_FILE_MAX_LEN: u64 = 8 * 1024;
 
 // TPM 2.0 response codes (TPM 2.0 Library, Part 2, section 6.6) this module explains.
-const RC_FMT1: u32 = 0x080;
-const RC_PARAMETER: u32 = 0x040;
+pub(crate) const RC_FMT1: u32 = 0x080;
+pub(crate) const RC_PARAMETER: u32 = 0x040;
 const RC_WARN: u32 = 0x900;
 const RC_LOCKOUT: u32 = RC_WARN + 0x021;
 const RC_AUTH_FAIL: u32 = RC_FMT1 + 0x00E;
 const RC_POLICY_FAIL: u32 = RC_FMT1 + 0x01D;
-const RC_INTEGRITY: u32 = RC_FMT1 + 0x01F;
+pub(crate) const RC_INTEGRITY: u32 = RC_FMT1 + 0x01F;
 const RC_BAD_AUTH: u32 = RC_FMT1 + 0x022;
 // The TSS layer (bits 16..24 of a response code, `tss2_common.h`): the TPM itself, the TPM
 // relayed by a resource manager, and the transport.
@@ -74,7 +80,11 @@ pub struct TpmSealer {
     path: PathBuf,
     storage_key_name: Vec<u8>,
     properties: Properties,
-    key: DataKey,
+    key: KeyRing,
+    /// Serializes rotations (key file rewrites).
+    rotation: Mutex<()>,
+    /// The PCRs (SHA-256 bank) the sealed data key is bound to; empty for no policy.
+    pcrs: Vec<u8>,
 }
 
 impl TpmSealer {
@@ -86,6 +96,25 @@ impl TpmSealer {
     /// Takes tens of milliseconds (a few TPM commands); the TPM connection is closed before it
     /// returns.
     pub fn open_or_create(tcti: &str, key_file: &Path) -> Result<Self, KeystoreError> {
+        Self::open_with_pcrs(tcti, key_file, None)
+    }
+
+    /// [`open_or_create`](Self::open_or_create), binding the data key to the current values of
+    /// `pcrs` (PCR indices 0-23 of the SHA-256 bank; empty for no binding): from then on the
+    /// TPM unseals it only while those PCRs hold the same values (a PCR policy, TPM2_PolicyPCR).
+    /// `None` keeps whatever binding the key file has (none for a new file).
+    ///
+    /// When the key file is bound to other PCRs than asked, it is unsealed under its own
+    /// policy and sealed again under the new one (the file is replaced atomically). When the
+    /// platform state no longer satisfies the file's policy, opening fails with
+    /// [`KeystoreError::TpmPolicyMismatch`] and the file is left as it is: the data key is then
+    /// recovered from an encrypted backup.
+    pub fn open_with_pcrs(
+        tcti: &str,
+        key_file: &Path,
+        pcrs: Option<&[u8]>,
+    ) -> Result<Self, KeystoreError> {
+        let wanted = pcrs.map(normalize_pcrs).transpose()?;
         let started = Instant::now();
         let conf =
             TctiNameConf::from_str(tcti).map_err(|_| KeystoreError::TpmInterfaceInvalid {
@@ -100,18 +129,39 @@ impl TpmSealer {
         let existing = read_key_file(key_file)?;
         let mut tpm = Tpm::connect(&target, conf)?;
         let storage = tpm.storage_key()?;
-        let (sealer, created) = match existing {
+        let (mut sealer, created) = match existing {
             Some(file) => (
                 Self::unseal_file(&mut tpm, &storage, key_file, &file)?,
                 false,
             ),
-            None => Self::create(&mut tpm, &storage, key_file)?,
+            None => Self::create(
+                &mut tpm,
+                &storage,
+                key_file,
+                wanted.as_deref().unwrap_or(&[]),
+            )?,
         };
+        if let Some(wanted) = wanted.filter(|w| *w != sealer.pcrs) {
+            let keys = sealer.key.file_keys();
+            let mut data = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_LEN));
+            for key in &keys {
+                data.extend_from_slice(&key[..]);
+            }
+            let file = tpm.seal_checked(&storage, key_file, &data, &wanted)?;
+            replace(key_file, &file.encode())?;
+            tracing::warn!(
+                path = %key_file.display(),
+                from = %pcr_list(&sealer.pcrs),
+                to = %pcr_list(&wanted),
+                "the TPM-sealed master key is now bound to other PCRs"
+            );
+            sealer.pcrs = wanted;
+        }
         drop(tpm);
         tracing::info!(
             tcti,
             path = %key_file.display(),
-            key_id = %hex(sealer.key_id()),
+            key_id = %hex(&sealer.key_id()),
             created,
             elapsed_ms = started.elapsed().as_millis(),
             "TPM keystore opened"
@@ -153,17 +203,17 @@ impl TpmSealer {
         }
         let mut tpm = Tpm::connect(&target, conf)?;
         let storage = tpm.storage_key()?;
-        let file = tpm.seal_checked(&storage, key_file, &key)?;
+        let file = tpm.seal_checked(&storage, key_file, &key[..], &[])?;
         match publish_new(key_file, &file.encode())? {
             Published::Created => {}
             Published::AlreadyExisted => return Err(exists()),
         }
-        let sealer = Self::from_parts(&tpm, key_file, storage.name.clone(), key);
+        let sealer = Self::from_parts(&tpm, key_file, storage.name.clone(), vec![key], Vec::new());
         drop(tpm);
         tracing::warn!(
             tcti,
             path = %key_file.display(),
-            key_id = %hex(sealer.key_id()),
+            key_id = %hex(&sealer.key_id()),
             "sealed a master key restored from a backup under this TPM"
         );
         Ok(sealer)
@@ -191,7 +241,7 @@ impl TpmSealer {
 
     /// The id recorded in every blob this sealer makes (derived from the data key; reveals
     /// nothing about it). Shown in diagnostics to tell keys apart.
-    pub fn key_id(&self) -> &[u8] {
+    pub fn key_id(&self) -> Vec<u8> {
         self.key.key_id()
     }
 
@@ -206,28 +256,71 @@ impl TpmSealer {
     /// as the TPM reported them when the sealer was opened (no TPM command is sent here).
     pub fn tpm_info(&self) -> TpmInfo {
         let p = &self.properties;
-        TpmInfo::from_properties(
+        let mut info = TpmInfo::from_properties(
             &self.tcti,
             p.manufacturer,
             &p.vendor_strings,
             p.firmware,
             hex(&self.storage_key_name),
-        )
+        );
+        info.policy_pcrs = self.pcrs.clone();
+        info
+    }
+
+    /// The PCRs (SHA-256 bank) the data key is bound to; empty when it is not.
+    pub fn pcrs(&self) -> &[u8] {
+        &self.pcrs
     }
 
     fn from_parts(
         tpm: &Tpm<'_>,
         path: &Path,
         storage_key_name: Vec<u8>,
-        key: Zeroizing<[u8; KEY_LEN]>,
+        mut keys: Vec<Zeroizing<[u8; KEY_LEN]>>,
+        pcrs: Vec<u8>,
     ) -> Self {
+        // `Tpm::unseal` and the creators always give at least one key.
+        let current = if keys.is_empty() {
+            Zeroizing::new([0u8; KEY_LEN])
+        } else {
+            keys.remove(0)
+        };
         Self {
             tcti: tpm.target.tcti.to_owned(),
             path: path.to_owned(),
             storage_key_name,
             properties: tpm.properties.clone(),
-            key: DataKey::new(Backend::Tpm, key),
+            key: KeyRing::new(Backend::Tpm, current, keys),
+            rotation: Mutex::new(()),
+            pcrs,
         }
+    }
+
+    /// Seals `keys` (current first) under this TPM and replaces the key file with them.
+    fn write_ring(&self, keys: &[Zeroizing<[u8; KEY_LEN]>]) -> Result<(), KeystoreError> {
+        let conf =
+            TctiNameConf::from_str(&self.tcti).map_err(|_| KeystoreError::TpmInterfaceInvalid {
+                tcti: self.tcti.clone(),
+            })?;
+        let target = Target {
+            tcti: &self.tcti,
+            library: tcti_library(&conf),
+        };
+        let mut tpm = Tpm::connect(&target, conf)?;
+        let storage = tpm.storage_key()?;
+        if storage.name != self.storage_key_name {
+            return Err(KeystoreError::TpmKeyFileFromOtherTpm {
+                path: self.path.clone(),
+                file_storage_key: hex(&self.storage_key_name),
+                tpm_storage_key: hex(&storage.name),
+            });
+        }
+        let mut data = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_LEN));
+        for key in keys {
+            data.extend_from_slice(&key[..]);
+        }
+        let file = tpm.seal_checked(&storage, &self.path, &data, &self.pcrs)?;
+        replace(&self.path, &file.encode())
     }
 
     fn unseal_file(
@@ -245,8 +338,14 @@ impl TpmSealer {
                 tpm_storage_key: hex(&storage.name),
             });
         }
-        let key = tpm.unseal(storage, path, file)?;
-        Ok(Self::from_parts(tpm, path, storage.name.clone(), key))
+        let keys = tpm.unseal(storage, path, file)?;
+        Ok(Self::from_parts(
+            tpm,
+            path,
+            storage.name.clone(),
+            keys,
+            file.pcrs.clone(),
+        ))
     }
 
     /// Returns the sealer and whether this call created the key file.
@@ -254,6 +353,7 @@ impl TpmSealer {
         tpm: &mut Tpm<'_>,
         storage: &StorageKey,
         path: &Path,
+        pcrs: &[u8],
     ) -> Result<(Self, bool), KeystoreError> {
         // The first boot of a fresh appliance image is when the kernel's entropy is weakest;
         // mixing in the TPM's generator costs one command, and the key is as strong as the
@@ -263,7 +363,7 @@ impl TpmSealer {
         for (k, t) in key.iter_mut().zip(tpm_random.iter()) {
             *k ^= t;
         }
-        let file = tpm.seal_checked(storage, path, &key)?;
+        let file = tpm.seal_checked(storage, path, &key[..], pcrs)?;
         match publish_new(path, &file.encode())? {
             Published::Created => {}
             Published::AlreadyExisted => {
@@ -273,10 +373,10 @@ impl TpmSealer {
                 return Ok((Self::unseal_file(tpm, storage, path, &theirs)?, false));
             }
         }
-        let sealer = Self::from_parts(tpm, path, storage.name.clone(), key);
+        let sealer = Self::from_parts(tpm, path, storage.name.clone(), vec![key], pcrs.to_vec());
         tracing::warn!(
             path = %path.display(),
-            key_id = %hex(sealer.key_id()),
+            key_id = %hex(&sealer.key_id()),
             "created a new TPM-sealed master key; only this TPM can unseal it: replacing the TPM \
              or clearing its owner hierarchy makes every secret sealed under it unrecoverable"
         );
@@ -308,10 +408,80 @@ impl Sealer for TpmSealer {
     fn describe(&self) -> KeystoreInfo {
         KeystoreInfo {
             backend: Backend::Tpm,
-            key_id: Some(hex(self.key_id())),
+            key_id: Some(hex(&self.key_id())),
+            previous_key_ids: self.key.previous_key_ids().iter().map(|k| hex(k)).collect(),
             key_file: Some(self.path.clone()),
             tpm: Some(self.tpm_info()),
         }
+    }
+
+    fn begin_rotation(&self) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.key.previous_key_ids().is_empty() {
+            return Ok(());
+        }
+        // Mixed with the TPM's generator like the first key would be; the kernel's pool is
+        // well seeded by now, so the system generator alone is enough here.
+        let new: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
+        let mut keys = vec![Zeroizing::new(*new)];
+        keys.extend(self.key.file_keys());
+        self.write_ring(&keys)?;
+        self.key.push_current(new);
+        tracing::warn!(
+            path = %self.path.display(),
+            key_id = %hex(&self.key.key_id()),
+            "data key rotation begun: new secrets are sealed under a new key"
+        );
+        Ok(())
+    }
+
+    fn finish_rotation(&self) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = self.key.file_keys();
+        let Some(current) = keys.first() else {
+            return Ok(());
+        };
+        if keys.len() > 1 {
+            self.write_ring(std::slice::from_ref(current))?;
+            self.key.retire_previous();
+            tracing::warn!(
+                path = %self.path.display(),
+                key_id = %hex(&self.key.key_id()),
+                "data key rotation finished: older keys removed from the key file"
+            );
+        }
+        Ok(())
+    }
+
+    fn reseal_blob(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {
+        self.key.reseal(blob)
+    }
+
+    /// A new RSA-2048 key created inside the TPM ([`KeyResidence::Tpm`](crate::KeyResidence)).
+    fn create_rsa_key(&self, purpose: &str) -> Result<HeldKey, KeystoreError> {
+        resident::create(self, purpose)
+    }
+
+    fn rsa_public_key(&self, purpose: &str, key_blob: &[u8]) -> Result<Vec<u8>, KeystoreError> {
+        resident::public_key(self, purpose, key_blob)
+    }
+
+    fn rsa_decrypt(
+        &self,
+        purpose: &str,
+        key_blob: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        resident::decrypt(self, purpose, key_blob, ciphertext)
+    }
+
+    fn rsa_sign_sha256(
+        &self,
+        purpose: &str,
+        key_blob: &[u8],
+        message: &[u8],
+    ) -> Result<Vec<u8>, KeystoreError> {
+        resident::sign(self, purpose, key_blob, message)
     }
 }
 
@@ -321,13 +491,13 @@ impl fmt::Debug for TpmSealer {
             .field("tcti", &self.tcti)
             .field("path", &self.path)
             .field("storage_key_name", &hex(&self.storage_key_name))
-            .field("key_id", &hex(self.key.key_id()))
+            .field("key_id", &hex(&self.key.key_id()))
             .finish_non_exhaustive()
     }
 }
 
 /// The TCTI library a TCTI string needs, with its Debian package, for error messages.
-fn tcti_library(conf: &TctiNameConf) -> &'static str {
+pub(crate) fn tcti_library(conf: &TctiNameConf) -> &'static str {
     match conf {
         TctiNameConf::Device(_) => "libtss2-tcti-device.so.0 (Debian package libtss2-tcti-device0)",
         TctiNameConf::Swtpm(_) => "libtss2-tcti-swtpm.so.0 (Debian package libtss2-tcti-swtpm0)",
@@ -337,6 +507,41 @@ fn tcti_library(conf: &TctiNameConf) -> &'static str {
              running)"
         }
     }
+}
+
+/// Sorted, distinct PCR indices, each below 24; `Err` says what is wrong.
+pub(crate) fn normalize_pcrs(pcrs: &[u8]) -> Result<Vec<u8>, KeystoreError> {
+    if let Some(bad) = pcrs.iter().find(|p| **p >= PCR_COUNT) {
+        return Err(KeystoreError::PcrPolicyInvalid {
+            reason: format!("PCR {bad} does not exist (a TPM has PCRs 0 to 23)"),
+        });
+    }
+    let mut out = pcrs.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `7` or `0, 2, 7`, for messages.
+pub(crate) fn pcr_list(pcrs: &[u8]) -> String {
+    if pcrs.is_empty() {
+        return "none".to_owned();
+    }
+    pcrs.iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The SHA-256 bank selection of `pcrs`.
+fn pcr_selection(pcrs: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+    let slots = pcrs
+        .iter()
+        .map(|p| PcrSlot::try_from(1u32 << p))
+        .collect::<tss_esapi::Result<Vec<_>>>()?;
+    PcrSelectionList::builder()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
 }
 
 /// The storage key template: the usual ECC P-256 storage root key, as
@@ -374,18 +579,20 @@ fn storage_key_template() -> tss_esapi::Result<Public> {
 /// decrypt, usable with an empty password and no policy (PCR binding is later work), and
 /// noDA because an empty password has nothing to guess: a dictionary-attack lockout caused by
 /// some other TPM user must not stop the appliance.
-fn sealed_object_template() -> tss_esapi::Result<Public> {
+fn sealed_object_template(policy: Option<Digest>) -> tss_esapi::Result<Public> {
+    // With a policy, userWithAuth is off: the (empty) password must not open what the policy
+    // guards, only a session that satisfied the policy can.
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
-        .with_user_with_auth(true)
+        .with_user_with_auth(policy.is_none())
         .with_no_da(true)
         .build()?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::KeyedHash)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attributes)
-        .with_auth_policy(Digest::default())
+        .with_auth_policy(policy.unwrap_or_default())
         .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()
@@ -399,16 +606,25 @@ fn sealed_object_template() -> tss_esapi::Result<Public> {
 /// ```
 ///
 /// (Each TPM2B is a big-endian u16 length and that many bytes, to the end of the file.)
+///
+/// A data key bound to PCRs has a second layout, which lists them (indices into the SHA-256
+/// bank, ascending):
+///
+/// ```text
+/// "MDMTKEY2" | TPM2B_NAME storage key name | count u8 | PCR indices | TPM2B_PUBLIC | TPM2B_PRIVATE
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyFile {
     storage_key_name: Vec<u8>,
+    /// The PCRs the sealed object's policy covers; empty for none (the first layout).
+    pcrs: Vec<u8>,
     /// A marshalled TPMT_PUBLIC.
     public: Vec<u8>,
     /// The contents of a TPM2B_PRIVATE: encrypted and integrity-protected by the storage key.
     private: Vec<u8>,
 }
 
-fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) {
     // Every field comes from the TPM or from `decode`, both bounded far below 64 KiB; the
     // saturation only keeps this function total.
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
@@ -421,8 +637,16 @@ impl KeyFile {
         let mut out = Vec::with_capacity(
             KEY_FILE_MAGIC.len() + 6 + self.storage_key_name.len() + self.public.len(),
         );
-        out.extend_from_slice(KEY_FILE_MAGIC);
-        push_tpm2b(&mut out, &self.storage_key_name);
+        if self.pcrs.is_empty() {
+            out.extend_from_slice(KEY_FILE_MAGIC);
+            push_tpm2b(&mut out, &self.storage_key_name);
+        } else {
+            out.extend_from_slice(POLICY_KEY_FILE_MAGIC);
+            push_tpm2b(&mut out, &self.storage_key_name);
+            // At most 24 PCRs (`normalize_pcrs`).
+            out.push(u8::try_from(self.pcrs.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(&self.pcrs);
+        }
         push_tpm2b(&mut out, &self.public);
         push_tpm2b(&mut out, &self.private);
         out
@@ -430,10 +654,30 @@ impl KeyFile {
 
     /// Structural parsing; `Err` holds the reason for [`KeystoreError::KeyFileCorrupt`].
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let rest = bytes
-            .strip_prefix(&KEY_FILE_MAGIC[..])
-            .ok_or("it does not start with the TPM key file marker")?;
-        let (storage_key_name, rest) = take_tpm2b(rest, "storage key name")?;
+        let (bound, rest) = if let Some(rest) = bytes.strip_prefix(&KEY_FILE_MAGIC[..]) {
+            (false, rest)
+        } else if let Some(rest) = bytes.strip_prefix(&POLICY_KEY_FILE_MAGIC[..]) {
+            (true, rest)
+        } else {
+            return Err("it does not start with the TPM key file marker".to_owned());
+        };
+        let (storage_key_name, mut rest) = take_tpm2b(rest, "storage key name")?;
+        let mut pcrs = Vec::new();
+        if bound {
+            let (count, after) = rest
+                .split_first()
+                .ok_or("it is truncated in the PCR list")?;
+            let count = usize::from(*count);
+            if after.len() < count {
+                return Err("it is truncated in the PCR list".to_owned());
+            }
+            let (list, after) = after.split_at(count);
+            pcrs = normalize_pcrs(list).map_err(|e| format!("its PCR list is invalid: {e}"))?;
+            if pcrs.as_slice() != list || pcrs.is_empty() {
+                return Err("its PCR list is not a sorted list of distinct PCRs".to_owned());
+            }
+            rest = after;
+        }
         let (public, rest) = take_tpm2b(rest, "sealed object's public area")?;
         let (private, rest) = take_tpm2b(rest, "sealed object's private area")?;
         if !rest.is_empty() {
@@ -444,13 +688,14 @@ impl KeyFile {
         }
         Ok(Self {
             storage_key_name: storage_key_name.to_vec(),
+            pcrs,
             public: public.to_vec(),
             private: private.to_vec(),
         })
     }
 }
 
-fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+pub(crate) fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
     let truncated = || format!("it is truncated in the {what}");
     let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(truncated)?;
     let len = usize::from(u16::from_be_bytes(*len));
@@ -470,16 +715,16 @@ fn read_key_file(path: &Path) -> Result<Option<KeyFile>, KeystoreError> {
 }
 
 /// Where the TPM is, for error messages.
-struct Target<'a> {
-    tcti: &'a str,
-    library: &'static str,
+pub(crate) struct Target<'a> {
+    pub(crate) tcti: &'a str,
+    pub(crate) library: &'static str,
 }
 
 /// The TSS response code inside an error from the TPM stack.
 ///
 /// tss-esapi 7 does not expose the raw code, only its `Display` ("Response code value:
 /// 0x…"), which is parsed here; the unit tests pin that format.
-fn response_code(e: &tss_esapi::Error) -> Option<u32> {
+pub(crate) fn response_code(e: &tss_esapi::Error) -> Option<u32> {
     let text = match e {
         tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
         tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
@@ -492,7 +737,7 @@ fn response_code(e: &tss_esapi::Error) -> Option<u32> {
 /// The TPM's own response code (TPM_RC_*) inside a TSS code, when it came from the TPM. For
 /// format-one codes the handle/session/parameter number is dropped, so `0x99d` (POLICY_FAIL in
 /// session 1) becomes `0x09d`.
-fn tpm_rc(code: u32) -> Option<u32> {
+pub(crate) fn tpm_rc(code: u32) -> Option<u32> {
     let layer = code >> 16;
     if layer != LAYER_TPM && layer != LAYER_RESMGR_TPM {
         return None;
@@ -566,7 +811,7 @@ fn describe(e: &tss_esapi::Error) -> (Option<u32>, String) {
 
 impl Target<'_> {
     /// Turns a TPM stack error into the error an operator can act on.
-    fn error(&self, operation: &'static str, e: tss_esapi::Error) -> KeystoreError {
+    pub(crate) fn error(&self, operation: &'static str, e: tss_esapi::Error) -> KeystoreError {
         let (code, detail) = describe(&e);
         let Some(raw) = code else {
             return KeystoreError::Tpm {
@@ -670,9 +915,9 @@ fn read_properties(
 }
 
 /// The storage key, loaded.
-struct StorageKey {
-    handle: KeyHandle,
-    name: Vec<u8>,
+pub(crate) struct StorageKey {
+    pub(crate) handle: KeyHandle,
+    pub(crate) name: Vec<u8>,
 }
 
 /// The fixed TPM properties shown by [`TpmSealer::tpm_info`], as the TPM reported them.
@@ -685,9 +930,9 @@ struct Properties {
 }
 
 /// One connection to the TPM. Dropping it flushes every object and session it loaded.
-struct Tpm<'a> {
-    target: &'a Target<'a>,
-    context: Context,
+pub(crate) struct Tpm<'a> {
+    pub(crate) target: &'a Target<'a>,
+    pub(crate) context: Context,
     /// Read right after connecting, so every sealer can say which TPM it is on.
     properties: Properties,
     /// The HMAC session, salted to the storage key, that encrypts the data key on the wire.
@@ -695,7 +940,10 @@ struct Tpm<'a> {
 }
 
 impl<'a> Tpm<'a> {
-    fn connect(target: &'a Target<'a>, conf: TctiNameConf) -> Result<Self, KeystoreError> {
+    pub(crate) fn connect(
+        target: &'a Target<'a>,
+        conf: TctiNameConf,
+    ) -> Result<Self, KeystoreError> {
         let mut context = Context::new(conf).map_err(|e| KeystoreError::TpmUnavailable {
             tcti: target.tcti.to_owned(),
             library: target.library,
@@ -710,7 +958,7 @@ impl<'a> Tpm<'a> {
         })
     }
 
-    fn storage_key(&mut self) -> Result<StorageKey, KeystoreError> {
+    pub(crate) fn storage_key(&mut self) -> Result<StorageKey, KeystoreError> {
         const OP: &str = "create its storage key under the owner hierarchy";
         let template = storage_key_template().map_err(|e| self.target.error(OP, e))?;
         // The owner hierarchy's authorization is its password, empty on an appliance; nothing
@@ -737,7 +985,7 @@ impl<'a> Tpm<'a> {
     /// encryption both ways: the data key goes to the TPM inside Create and comes back from
     /// Unseal encrypted under a session key only this TPM can derive, so someone listening on
     /// the TPM bus or the swtpm socket sees neither.
-    fn session(&mut self, storage: &StorageKey) -> Result<AuthSession, KeystoreError> {
+    pub(crate) fn session(&mut self, storage: &StorageKey) -> Result<AuthSession, KeystoreError> {
         if let Some(session) = self.session {
             return Ok(session);
         }
@@ -796,11 +1044,17 @@ impl<'a> Tpm<'a> {
     fn seal(
         &mut self,
         storage: &StorageKey,
-        key: &Zeroizing<[u8; KEY_LEN]>,
+        keys: &[u8],
+        pcrs: &[u8],
     ) -> Result<KeyFile, KeystoreError> {
         const OP: &str = "seal a new master key";
-        let template = sealed_object_template().map_err(|e| self.target.error(OP, e))?;
-        let data = SensitiveData::try_from(&key[..]).map_err(|e| self.target.error(OP, e))?;
+        let policy = if pcrs.is_empty() {
+            None
+        } else {
+            Some(self.pcr_policy_digest(pcrs)?)
+        };
+        let template = sealed_object_template(policy).map_err(|e| self.target.error(OP, e))?;
+        let data = SensitiveData::try_from(keys).map_err(|e| self.target.error(OP, e))?;
         let session = self.session(storage)?;
         let created = self
             .context
@@ -814,9 +1068,89 @@ impl<'a> Tpm<'a> {
             .map_err(|e| self.target.error(OP, e))?;
         Ok(KeyFile {
             storage_key_name: storage.name.clone(),
+            pcrs: pcrs.to_vec(),
             public,
             private: created.out_private.value().to_vec(),
         })
+    }
+
+    /// The policy digest of TPM2_PolicyPCR over the current values of `pcrs`, from a trial
+    /// session (which computes the digest without authorizing anything).
+    fn pcr_policy_digest(&mut self, pcrs: &[u8]) -> Result<Digest, KeystoreError> {
+        const OP: &str = "compute the PCR policy";
+        let selection = pcr_selection(pcrs).map_err(|e| self.target.error(OP, e))?;
+        let trial = self
+            .context
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Trial,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| self.target.error(OP, e))?
+            .ok_or_else(|| KeystoreError::Tpm {
+                operation: OP,
+                code: None,
+                detail: "the TPM returned no session".to_owned(),
+            })?;
+        let digest = PolicySession::try_from(trial).and_then(|policy| {
+            self.context
+                .policy_pcr(policy, Digest::default(), selection)?;
+            self.context.policy_get_digest(policy)
+        });
+        let _ = self
+            .context
+            .flush_context(SessionHandle::from(trial).into());
+        digest.map_err(|e| self.target.error(OP, e))
+    }
+
+    /// A policy session, salted to the storage key with response encryption, that has
+    /// satisfied TPM2_PolicyPCR for `pcrs` (the TPM checks their values when the session is
+    /// used, not here).
+    fn pcr_session(
+        &mut self,
+        storage: &StorageKey,
+        pcrs: &[u8],
+    ) -> Result<AuthSession, KeystoreError> {
+        const OP: &str = "start a PCR policy session";
+        let selection = pcr_selection(pcrs).map_err(|e| self.target.error(OP, e))?;
+        let session = self
+            .context
+            .start_auth_session(
+                Some(storage.handle),
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| self.target.error(OP, e))?
+            .ok_or_else(|| KeystoreError::Tpm {
+                operation: OP,
+                code: None,
+                detail: "the TPM returned no session".to_owned(),
+            })?;
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(true)
+            .with_encrypt(true)
+            .build();
+        let ready = self
+            .context
+            .tr_sess_set_attributes(session, attributes, mask)
+            .and_then(|()| PolicySession::try_from(session))
+            .and_then(|policy| {
+                self.context
+                    .policy_pcr(policy, Digest::default(), selection)
+            });
+        if let Err(e) = ready {
+            let _ = self
+                .context
+                .flush_context(SessionHandle::from(session).into());
+            return Err(self.target.error(OP, e));
+        }
+        Ok(session)
     }
 
     /// Seals `key` and unseals the result once before it is published: a file that could not
@@ -825,11 +1159,12 @@ impl<'a> Tpm<'a> {
         &mut self,
         storage: &StorageKey,
         path: &Path,
-        key: &Zeroizing<[u8; KEY_LEN]>,
+        keys: &[u8],
+        pcrs: &[u8],
     ) -> Result<KeyFile, KeystoreError> {
-        let file = self.seal(storage, key)?;
+        let file = self.seal(storage, keys, pcrs)?;
         let back = self.unseal(storage, path, &file)?;
-        if back[..] != key[..] {
+        if !back.iter().flat_map(|k| k.iter()).eq(keys.iter()) {
             return Err(KeystoreError::Tpm {
                 operation: "unseal the master key it just sealed",
                 code: None,
@@ -844,7 +1179,7 @@ impl<'a> Tpm<'a> {
         storage: &StorageKey,
         path: &Path,
         file: &KeyFile,
-    ) -> Result<Zeroizing<[u8; KEY_LEN]>, KeystoreError> {
+    ) -> Result<Vec<Zeroizing<[u8; KEY_LEN]>>, KeystoreError> {
         let public = Public::unmarshall(&file.public).map_err(|e| {
             corrupt(
                 path,
@@ -886,26 +1221,60 @@ impl<'a> Tpm<'a> {
                     _ => self.target.error("load the sealed master key", e),
                 }
             })?;
-        let data = self
-            .context
-            .execute_with_session(Some(session), |ctx| ctx.unseal(loaded.into()))
-            .map_err(|e| self.target.error("unseal the master key", e));
+        let data = if file.pcrs.is_empty() {
+            self.context
+                .execute_with_session(Some(session), |ctx| ctx.unseal(loaded.into()))
+                .map_err(|e| self.target.error("unseal the master key", e))
+        } else {
+            match self.pcr_session(storage, &file.pcrs) {
+                Ok(policy) => {
+                    let data = self
+                        .context
+                        .execute_with_session(Some(policy), |ctx| ctx.unseal(loaded.into()))
+                        .map_err(|e| {
+                            let raw = response_code(&e).unwrap_or(0);
+                            if tpm_rc(raw) == Some(RC_POLICY_FAIL) {
+                                KeystoreError::TpmPolicyMismatch {
+                                    path: path.to_owned(),
+                                    pcrs: pcr_list(&file.pcrs),
+                                }
+                            } else {
+                                self.target.error("unseal the master key", e)
+                            }
+                        });
+                    let _ = self
+                        .context
+                        .flush_context(SessionHandle::from(policy).into());
+                    data
+                }
+                Err(e) => Err(e),
+            }
+        };
         // Flushed right away rather than when the connection closes: a TPM holds only a
         // handful of loaded objects.
         let _ = self.context.flush_context(loaded.into());
         let data = data?;
-        if data.len() != KEY_LEN {
+        // The current data key, then (only while a rotation is under way) older ones.
+        let count = data.len() / KEY_LEN;
+        if data.len() % KEY_LEN != 0 || count == 0 || count > MAX_RING {
             return Err(corrupt(
                 path,
                 format!(
-                    "the TPM unsealed {} bytes from it, not a {KEY_LEN}-byte key",
+                    "the TPM unsealed {} bytes from it, not 1 to {MAX_RING} keys of {KEY_LEN} \
+                     bytes",
                     data.len()
                 ),
             ));
         }
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(data.value());
-        Ok(key)
+        Ok(data
+            .value()
+            .chunks_exact(KEY_LEN)
+            .map(|chunk| {
+                let mut key = Zeroizing::new([0u8; KEY_LEN]);
+                key.copy_from_slice(chunk);
+                key
+            })
+            .collect())
     }
 }
 
@@ -1029,6 +1398,7 @@ mod tests {
     fn sample_file() -> KeyFile {
         KeyFile {
             storage_key_name: [&[0x00, 0x0b][..], &[0x5a; 32]].concat(),
+            pcrs: Vec::new(),
             public: vec![0x00, 0x08, 0x00, 0x0b, 1, 2, 3],
             private: vec![0x77; 126],
         }
@@ -1041,6 +1411,38 @@ mod tests {
         assert!(bytes.starts_with(b"MDMTKEY1\x00\x22\x00\x0b"));
         assert_eq!(bytes.len(), 8 + 2 + 34 + 2 + 7 + 2 + 126);
         assert_eq!(KeyFile::decode(&bytes).unwrap(), file);
+
+        let bound = KeyFile {
+            pcrs: vec![0, 7],
+            ..sample_file()
+        };
+        let bytes = bound.encode();
+        assert!(bytes.starts_with(b"MDMTKEY2\x00\x22\x00\x0b"));
+        assert_eq!(bytes[8 + 2 + 34..8 + 2 + 34 + 3], [2, 0, 7]);
+        assert_eq!(KeyFile::decode(&bytes).unwrap(), bound);
+        for cut in 0..bytes.len() {
+            assert!(KeyFile::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // Unsorted, repeated, out of range or empty PCR lists are refused.
+        for list in [&[7u8, 0][..], &[7, 7], &[24], &[]] {
+            let mut bad = bytes[..8 + 2 + 34].to_vec();
+            bad.push(list.len() as u8);
+            bad.extend_from_slice(list);
+            bad.extend_from_slice(&bytes[8 + 2 + 34 + 3..]);
+            assert!(KeyFile::decode(&bad).is_err(), "{list:?}");
+        }
+    }
+
+    #[test]
+    fn pcr_lists_are_checked_and_named() {
+        assert_eq!(normalize_pcrs(&[7, 0, 7]).unwrap(), vec![0, 7]);
+        assert!(matches!(
+            normalize_pcrs(&[24]),
+            Err(KeystoreError::PcrPolicyInvalid { .. })
+        ));
+        assert_eq!(pcr_list(&[0, 7]), "0, 7");
+        assert_eq!(pcr_list(&[]), "none");
+        assert!(pcr_selection(&[7]).is_ok());
     }
 
     #[test]
@@ -1070,8 +1472,11 @@ mod tests {
             Public::Ecc { .. }
         ));
         assert!(matches!(
-            sealed_object_template().unwrap(),
+            sealed_object_template(None).unwrap(),
             Public::KeyedHash { .. }
         ));
+        let bound = sealed_object_template(Some(Digest::try_from(vec![1u8; 32]).unwrap())).unwrap();
+        assert!(!bound.object_attributes().user_with_auth());
+        assert_eq!(bound.auth_policy().value(), &[1u8; 32][..]);
     }
 }

@@ -27,7 +27,7 @@ fn software_sealer_describes_its_key() {
     let dynamic: Arc<dyn Sealer> = Arc::new(SoftSealer::open_or_create(&path).unwrap());
     let info = dynamic.describe();
     assert_eq!(info.backend, Backend::Software);
-    assert_eq!(info.key_id.as_deref(), Some(hex(sealer.key_id()).as_str()));
+    assert_eq!(info.key_id.as_deref(), Some(hex(&sealer.key_id()).as_str()));
     assert_eq!(
         info.key_id.as_ref().unwrap().len(),
         sealer.key_id().len() * 2
@@ -56,7 +56,7 @@ fn tpm_sealer_describes_the_tpm() {
     };
     let key_file = dir.path().join("tpm.key");
     let sealer = TpmSealer::open_or_create(&tpm.tcti(), &key_file).unwrap();
-    let key_id = hex(sealer.key_id());
+    let key_id = hex(&sealer.key_id());
     let dynamic: Arc<dyn Sealer> = Arc::new(sealer);
     let info = dynamic.describe();
     assert_eq!(info.backend, Backend::Tpm);

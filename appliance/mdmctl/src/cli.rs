@@ -158,6 +158,10 @@ pub enum Action {
 pub enum KeystoreCommand {
     /// Show the backend, data key id, key file and, for a TPM, its manufacturer and firmware
     Status,
+    /// Rotate the data key: re-seal every stored secret under a new key and remove the old
+    /// key from the key file (or finish a rotation left unfinished). Make a new backup after
+    /// it: older backups carry the old key
+    Rotate,
 }
 
 /// `mdmctl ca ...`

@@ -134,6 +134,25 @@ pub async fn execute(
                 Output::text(render::keystore(&v))
             })
         }
+        Action::Keystore {
+            command: KeystoreCommand::Rotate,
+        } => {
+            // A large database takes a while to re-seal; the daemon finishes the rotation even
+            // if this call gives up waiting.
+            let v = client
+                .json_within(
+                    Method::POST,
+                    &format!("{API_PREFIX}/keystore/rotate"),
+                    RequestBody::Empty,
+                    std::time::Duration::from_secs(30 * 60),
+                )
+                .await?;
+            Ok(if json {
+                Output::json(&v)
+            } else {
+                Output::text(render::rotation(&v))
+            })
+        }
         Action::Abm { command } => abm::execute(client, command, json).await,
         Action::Backup { command } => backup::backup(client, command, json).await,
         Action::Push { device } => {

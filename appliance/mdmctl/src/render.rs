@@ -525,6 +525,19 @@ pub fn keystore(v: &Value) -> String {
         ("Key ID", text(v, &["key_id"])),
         ("Key file", text(v, &["key_file"])),
     ];
+    let previous: Vec<&str> = at(v, &["previous_key_ids"])
+        .and_then(Value::as_array)
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !previous.is_empty() {
+        rows.push((
+            "Rotation",
+            format!(
+                "UNFINISHED: older key(s) {} still in the key file; run `mdmctl keystore rotate`",
+                previous.join(", ")
+            ),
+        ));
+    }
     if at(v, &["tpm"]).is_some_and(Value::is_object) {
         let firmware = match at(v, &["tpm", "firmware_version_raw"]).and_then(Value::as_array) {
             Some(raw) => {
@@ -552,6 +565,26 @@ pub fn keystore(v: &Value) -> String {
         ]);
     }
     key_values(&rows)
+}
+
+/// The answer of `POST /keystore/rotate`.
+pub fn rotation(v: &Value) -> String {
+    let mut out = key_values(&[
+        ("Previous key", text(v, &["previous_key_id"])),
+        ("Key ID", text(v, &["key_id"])),
+        ("Resumed", text(v, &["resumed"])),
+        ("Records read", text(v, &["records"])),
+        ("Secrets found", text(v, &["blobs"])),
+        ("Re-sealed", text(v, &["resealed"])),
+        ("Passes", text(v, &["passes"])),
+        ("Took (ms)", text(v, &["elapsed_ms"])),
+    ]);
+    out.push_str(
+        "\nThe old key is gone from the key file. Backups made before now still carry it: make \
+         a new backup (`mdmctl backup create`) and destroy the older ones if the old key may \
+         have leaked.\n",
+    );
+    out
 }
 
 #[cfg(test)]

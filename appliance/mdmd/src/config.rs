@@ -227,6 +227,11 @@ pub struct Keystore {
     /// How to reach the TPM (a tpm2-tss TCTI string).
     #[serde(default = "default_tcti")]
     pub tcti: String,
+    /// PCRs (SHA-256 bank, 0-23) the TPM-sealed data key is bound to; empty (the default)
+    /// for no binding. `[7]` (the Secure Boot state) survives kernel updates; see the
+    /// operator guide for the recovery path before turning it on.
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
 }
 
 impl Default for Keystore {
@@ -234,6 +239,7 @@ impl Default for Keystore {
         Keystore {
             backend: default_backend(),
             tcti: default_tcti(),
+            pcrs: Vec::new(),
         }
     }
 }
@@ -441,6 +447,7 @@ impl Config {
             keystore: Keystore {
                 backend: KeystoreBackend::Software,
                 tcti: default_tcti(),
+                pcrs: Vec::new(),
             },
             enrollment: Enrollment::default(),
             ade: Ade::default(),
@@ -468,6 +475,14 @@ impl Config {
         }
         if self.server.listen.is_empty() {
             bail!("server.listen: give at least one address");
+        }
+        if let Some(bad) = self.keystore.pcrs.iter().find(|p| **p > 23) {
+            bail!("keystore.pcrs: PCR {bad} does not exist (a TPM has PCRs 0 to 23)");
+        }
+        if !self.keystore.pcrs.is_empty() && self.keystore.backend != KeystoreBackend::Tpm {
+            bail!(
+                "keystore.pcrs: a PCR policy needs the TPM keystore (keystore.backend = \"tpm\")"
+            );
         }
         if self.keystore.backend == KeystoreBackend::Software && !self.development {
             bail!(

@@ -268,9 +268,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
         KeystoreBackend::Tpm => {
             let tcti = &cfg.keystore.tcti;
-            let s = TpmSealer::open_or_create(tcti, &data_dir.join(TPM_KEY_FILE))
+            let pcrs = &cfg.keystore.pcrs;
+            let s = TpmSealer::open_with_pcrs(tcti, &data_dir.join(TPM_KEY_FILE), Some(pcrs))
                 .map_err(|e| anyhow::anyhow!("TPM keystore ({tcti}): {e}"))?;
-            info!(tcti = %tcti, "keystore: TPM backend, data key sealed by the TPM");
+            info!(tcti = %tcti, pcrs = ?pcrs, "keystore: TPM backend, data key sealed by the TPM");
             Arc::new(s)
         }
     };
@@ -292,14 +293,35 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(ca_sha256 = %hex::encode(authority.ca.cert.sha256()), "appliance CA loaded");
 
+    // GetToken answers, by TokenServiceType: `com.apple.maid` is signed with the key of the
+    // ABM connection that lists the device.
+    let mut token_providers: HashMap<String, Arc<dyn mdm_service::TokenProvider>> = HashMap::new();
+    token_providers.insert(
+        mdm_service::abm::maid::MAID_SERVICE_TYPE.to_string(),
+        Arc::new(mdm_service::abm::maid::MaidTokenProvider::new(
+            store.clone(),
+            Arc::clone(&sealer),
+        )),
+    );
     let service = MdmService::new(
         store.clone(),
         Arc::clone(&sealer),
         authority.clone(),
         service_config(&cfg)?,
-        HashMap::new(),
+        token_providers,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // A data-key rotation a crash cut short is finished in the background: until then the
+    // key file keeps both keys, so every secret opens while it runs.
+    if !service.keystore().previous_key_ids.is_empty() {
+        let resuming = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = resuming.resume_rotation().await {
+                tracing::error!(code = e.code, error = %e.message, "cannot finish the data key rotation");
+            }
+        });
+    }
 
     // First start: an admin token for the CLI, readable only by the daemon's user.
     if store
@@ -354,7 +376,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             enrollment_body: cfg.limits.enrollment_body_bytes,
             api_body: cfg.limits.api_body_bytes,
         },
-        sealer.describe(),
     ));
     let opts = ServeOptions {
         max_connections: cfg.limits.max_connections,

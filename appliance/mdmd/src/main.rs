@@ -97,6 +97,11 @@ struct RestoreArgs {
     /// Replace an appliance already in the data directory (its files are moved aside).
     #[arg(long)]
     force: bool,
+    /// Recover only the key file of the appliance in the data directory (for example when
+    /// its TPM PCR policy no longer matches): the backup's data key is sealed again under this
+    /// machine's keystore and the database is kept. The old key file is moved aside.
+    #[arg(long, conflicts_with = "force")]
+    key_only: bool,
     /// Only print what the backup says about itself (no passphrase needed), then exit.
     #[arg(long)]
     show: bool,
@@ -145,9 +150,20 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         keystore: args.keystore,
         tcti: args.tcti.clone(),
         force: args.force,
+        key_only: args.key_only,
     })?;
     for old in &report.moved_aside {
         println!("moved aside: {}", old.display());
+    }
+    if args.key_only {
+        println!(
+            "recovered the key file {} from the backup made {} by {}; the database in {} was kept",
+            report.key_file.display(),
+            report.meta["created_at"].as_str().unwrap_or("?"),
+            report.meta["created_by"].as_str().unwrap_or("?"),
+            data_dir.display(),
+        );
+        return Ok(());
     }
     println!(
         "restored into {}: database {} bytes, key file {} (backup made {} by {})",

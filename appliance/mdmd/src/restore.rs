@@ -5,6 +5,11 @@
 //! verified, the database opens, and the new key file works: the database and key file are
 //! written under temporary names and renamed into place last. With `force`, what the
 //! directory held is moved aside (`*.before-restore-TIME`), never deleted.
+//!
+//! With `key_only` (the recovery path of a TPM key file that no longer opens, e.g. after the
+//! PCRs it was bound to changed), only the backup's data key is used: it is sealed again under
+//! this machine's keystore, checked against the database already in the directory (which
+//! stays as it is), and the old key file is moved aside.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,8 @@ pub struct RestoreOptions {
     pub tcti: String,
     /// Replace an appliance already in `data_dir` (moved aside, not deleted).
     pub force: bool,
+    /// Recover only the key file of the appliance in `data_dir`, keeping its database.
+    pub key_only: bool,
 }
 
 /// What a restore did.
@@ -83,7 +90,14 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
         .map(|f| dir.join(f))
         .filter(|p| p.exists())
         .collect();
-    if !existing.is_empty() && !opts.force {
+    if opts.key_only && !dir.join(DB_FILE).exists() {
+        bail!(
+            "{} holds no database: --key-only recovers the key file of an existing appliance; \
+             to restore the whole backup, leave --key-only out",
+            dir.display()
+        );
+    }
+    if !existing.is_empty() && !opts.force && !opts.key_only {
         bail!(
             "{} already holds an appliance ({}); restore into an empty directory, or pass --force to replace it (its files are moved aside, not deleted)",
             dir.display(),
@@ -111,6 +125,10 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     while let Some(entry) = backup.next_entry()? {
         match entry.name.as_str() {
             DATA_KEY_ENTRY => key = Some(backup.read_entry(DATA_KEY_LEN)?),
+            DATABASE_ENTRY if opts.key_only => {
+                // Read to the end all the same: the whole backup must verify.
+                database_bytes = Some(backup.copy_entry_to(&mut std::io::sink())?);
+            }
             DATABASE_ENTRY => {
                 let mut out = fs::OpenOptions::new()
                     .write(true)
@@ -146,11 +164,13 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     };
 
     // The database must open with this version (schema, recovery after the live copy).
-    let store = mdm_store::RedbStore::open(&tmp_db, mdm_store::StoreOptions::default())
-        .map_err(|e| anyhow::anyhow!("the restored database does not open: {e}"))?;
-    store
-        .close()
-        .map_err(|e| anyhow::anyhow!("the restored database does not close: {e}"))?;
+    if !opts.key_only {
+        let store = mdm_store::RedbStore::open(&tmp_db, mdm_store::StoreOptions::default())
+            .map_err(|e| anyhow::anyhow!("the restored database does not open: {e}"))?;
+        store
+            .close()
+            .map_err(|e| anyhow::anyhow!("the restored database does not close: {e}"))?;
+    }
 
     // Seal the data key under this machine's keystore, and prove it opens what it sealed.
     let sealer: Box<dyn Sealer> = match opts.keystore {
@@ -173,6 +193,11 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     if back.as_slice() != b"restore" {
         bail!("the new keystore does not give back what it sealed");
     }
+    if opts.key_only {
+        check_key_opens_database(sealer.as_ref(), &dir.join(DB_FILE))?;
+        drop(sealer);
+        return put_key_file_in_place(opts, &tmp_key, meta, database_bytes, &mut staged);
+    }
     drop(sealer);
 
     let stamp = mdm_service::ports::Timestamp::now()
@@ -193,6 +218,77 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
         .with_context(|| format!("cannot put {} in place", key_file.display()))?;
     fs::rename(&tmp_db, dir.join(DB_FILE))
         .with_context(|| format!("cannot put {} in place", DB_FILE))?;
+    staged.0.clear();
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(RestoreReport {
+        meta,
+        database_bytes,
+        key_file,
+        moved_aside,
+    })
+}
+
+/// The settings entry holding the appliance CA's sealed key: in every appliance's database,
+/// sealed under its data key since the first start.
+const CA_KEY_SETTING: &str = "pki/ca.key.sealed";
+
+/// Proves that `sealer` holds the data key the database at `db` is sealed under, by opening
+/// the CA key (the database must not be in use: the daemon is stopped).
+fn check_key_opens_database(sealer: &dyn Sealer, db: &Path) -> anyhow::Result<()> {
+    use mdm_service::ports::SettingsStore as _;
+    let store =
+        mdm_store::RedbStore::open(db, mdm_store::StoreOptions::default()).map_err(|e| {
+            anyhow::anyhow!(
+                "the database {} does not open (stop the appliance first): {e}",
+                db.display()
+            )
+        })?;
+    let sealed = store
+        .setting(CA_KEY_SETTING)
+        .map_err(|e| anyhow::anyhow!("cannot read the database: {e}"))?;
+    store
+        .close()
+        .map_err(|e| anyhow::anyhow!("the database does not close: {e}"))?;
+    let sealed = sealed
+        .context("the database holds no appliance CA key; it is not an appliance database")?;
+    let blob = mdm_keystore::SealedBlob::from_bytes(&sealed)
+        .map_err(|e| anyhow::anyhow!("the database's CA key is not a sealed blob: {e}"))?;
+    sealer.unseal("ca-key", &blob).map_err(|e| {
+        anyhow::anyhow!(
+            "the backup's data key does not open this database ({e}); use a backup made after \
+             the database's last data-key rotation"
+        )
+    })?;
+    Ok(())
+}
+
+/// `--key-only`: the checked key file replaces the one in the directory (moved aside).
+fn put_key_file_in_place(
+    opts: &RestoreOptions,
+    tmp_key: &Path,
+    meta: serde_json::Value,
+    database_bytes: u64,
+    staged: &mut Staged,
+) -> anyhow::Result<RestoreReport> {
+    let dir = &opts.data_dir;
+    let stamp = mdm_service::ports::Timestamp::now()
+        .to_rfc3339()
+        .replace([':', '-'], "");
+    let mut moved_aside = Vec::new();
+    for name in [SOFT_KEY_FILE, TPM_KEY_FILE] {
+        let old = dir.join(name);
+        if old.exists() {
+            let aside = dir.join(format!("{name}.before-recover-{stamp}"));
+            fs::rename(&old, &aside)
+                .with_context(|| format!("cannot move {} aside", old.display()))?;
+            moved_aside.push(aside);
+        }
+    }
+    let key_file = dir.join(key_file_name(opts.keystore));
+    fs::rename(tmp_key, &key_file)
+        .with_context(|| format!("cannot put {} in place", key_file.display()))?;
     staged.0.clear();
     fs::File::open(dir)
         .and_then(|d| d.sync_all())

@@ -23,7 +23,7 @@ use x509_cert::time::{Time, Validity};
 
 use crate::asn1::{self, any_to_string};
 use crate::error::PkiError;
-use crate::key::PrivateKey;
+use crate::key::PrivateKeyOps;
 use crate::oid;
 
 /// A parsed X.509 certificate together with the exact DER it was parsed from.
@@ -603,8 +603,12 @@ impl CertificateParams {
     }
 }
 
-/// Creates a self-signed certificate for `key`.
-pub fn self_signed(params: &CertificateParams, key: &PrivateKey) -> Result<Certificate, PkiError> {
+/// Creates a self-signed certificate for `key` (a [`crate::PrivateKey`], or a key a keystore
+/// holds: the signature is made by `key.sign_sha256`).
+pub fn self_signed(
+    params: &CertificateParams,
+    key: &dyn PrivateKeyOps,
+) -> Result<Certificate, PkiError> {
     let spki = SubjectPublicKeyInfoOwned::from_der(&key.public_key_der())
         .map_err(PkiError::asn1("public key"))?;
     let subject = subject_name(params)?;
@@ -622,7 +626,7 @@ pub fn issue(
     params: &CertificateParams,
     subject_public_key_der: &[u8],
     issuer: &Certificate,
-    issuer_key: &PrivateKey,
+    issuer_key: &dyn PrivateKeyOps,
 ) -> Result<Certificate, PkiError> {
     if issuer_key.public_key_der() != issuer.public_key_der() {
         return Err(PkiError::invalid(
@@ -713,7 +717,7 @@ fn build(
     subject: x509_cert::name::Name,
     issuer: x509_cert::name::Name,
     issuer_key_id: Vec<u8>,
-    signer: &PrivateKey,
+    signer: &dyn PrivateKeyOps,
 ) -> Result<Certificate, PkiError> {
     if params.not_after < params.not_before {
         return Err(PkiError::invalid(
@@ -779,10 +783,11 @@ fn build(
         },
     )?);
 
+    let signature_algorithm = signer.signature_algorithm()?;
     let tbs = TbsCertificate {
         version: Version::V3,
         serial_number: serial(params)?,
-        signature: signer.signature_algorithm(),
+        signature: signature_algorithm.clone(),
         issuer,
         validity: Validity {
             not_before: x509_time(params.not_before)?,
@@ -796,9 +801,24 @@ fn build(
     };
     let tbs_der = tbs.to_der().map_err(PkiError::asn1("TBSCertificate"))?;
     let signature = signer.sign_sha256(&tbs_der)?;
+    // A key held elsewhere (keystore, TPM) could sign with another key than the public key it
+    // reports; a certificate nobody can verify must not leave here.
+    crate::key::verify_signature(
+        &signer.public_key_der(),
+        &signature_algorithm,
+        None,
+        &tbs_der,
+        &signature,
+    )
+    .map_err(|_| {
+        PkiError::invalid(
+            "signer",
+            "the key's signature does not verify with the public key it reports",
+        )
+    })?;
     let cert = x509_cert::Certificate {
         tbs_certificate: tbs,
-        signature_algorithm: signer.signature_algorithm(),
+        signature_algorithm,
         signature: BitString::from_bytes(&signature).map_err(PkiError::asn1("signature"))?,
     };
     let der = cert.to_der().map_err(PkiError::asn1("certificate"))?;
@@ -840,7 +860,7 @@ mod tests {
     fn absurd_lifetimes_clamp_to_the_last_expressible_second() {
         let params = CertificateParams::leaf(Name::new("forever"), Duration::MAX, Duration::MAX);
         assert_eq!(params.not_after, no_expiry());
-        let key = PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256).unwrap();
+        let key = crate::PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256).unwrap();
         let cert = self_signed(&params, &key).unwrap();
         assert_eq!(cert.not_after(), no_expiry());
         assert!(matches!(

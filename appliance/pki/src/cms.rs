@@ -36,7 +36,7 @@ use crate::asn1;
 use crate::ber::{ber_to_der, Node};
 use crate::cert::{x509_time, Certificate};
 use crate::error::PkiError;
-use crate::key::{verify_signature, Hash, PrivateKey};
+use crate::key::{verify_signature, Hash, PrivateKey, PrivateKeyOps};
 use crate::oid;
 
 /// How [`sign`] builds its SignedData.
@@ -583,13 +583,19 @@ pub fn envelope(
 /// Decrypt EnvelopedData (DER or BER) addressed to `recipient` (match by issuerAndSerial or
 /// SKI; if no RecipientInfo matches, error). AES-128/192/256-CBC and DES-EDE3-CBC.
 ///
-/// A failed key-transport decryption is not reported as such: a random content key is used
-/// instead and the content decryption then fails with the same [`PkiError::Decryption`], so
-/// that the reply does not tell an attacker whether the PKCS#1 padding was valid.
+/// `key` is the recipient's private key: a [`PrivateKey`] in memory or a key a keystore holds
+/// ([`PrivateKeyOps`]).
+///
+/// A failed key-transport decryption ([`PkiError::Decryption`] from the key, or a content key
+/// of the wrong length) is not reported as such: a random content key is used instead and the
+/// content decryption then fails with the same [`PkiError::Decryption`], so that the reply
+/// does not tell an attacker whether the PKCS#1 padding was valid. Any other error of the key
+/// (not RSA, [`PkiError::KeyUnavailable`]) says nothing about the message and is returned as
+/// it is, so that an unreachable key is not mistaken for a damaged message.
 pub fn open_envelope(
     enveloped: &[u8],
     recipient: &Certificate,
-    key: &PrivateKey,
+    key: &dyn PrivateKeyOps,
 ) -> Result<(Zeroizing<Vec<u8>>, ContentCipher), PkiError> {
     if key.public_key_der() != recipient.public_key_der() {
         return Err(PkiError::invalid(
@@ -648,8 +654,8 @@ pub fn open_envelope(
 
     let (cek, key_ok) = match key.rsa_decrypt_pkcs1(ktri.enc_key.as_bytes()) {
         Ok(k) if k.len() == cipher.key_len() => (k, true),
-        Err(PkiError::NotRsa(kind)) => return Err(PkiError::NotRsa(kind)),
-        _ => (cipher.random_key()?, false),
+        Ok(_) | Err(PkiError::Decryption) => (cipher.random_key()?, false),
+        Err(other) => return Err(other),
     };
     let plaintext = cipher.decrypt(&cek, iv.as_bytes(), ciphertext.as_bytes());
     match plaintext {

@@ -102,6 +102,12 @@ pub enum PkiError {
     #[error("the enveloped data could not be decrypted (wrong key or corrupted message)")]
     Decryption,
 
+    /// The private key could not be used at all: the keystore or TPM holding it failed or
+    /// cannot be reached, or its key blob is unusable there. Unlike [`PkiError::Decryption`]
+    /// this says nothing about the data, so it is reported as it is.
+    #[error("the private key could not be used: {0}")]
+    KeyUnavailable(String),
+
     /// Encryption failed inside the crypto library.
     #[error("the crypto library failed to encrypt")]
     Encryption,

@@ -1,4 +1,8 @@
 //! Private keys, signing, RSA key transport decryption and signature verification.
+//!
+//! [`PrivateKeyOps`] is what certificate building and CMS decryption need from a private key;
+//! [`PrivateKey`] (a key in memory) implements it, and so can a key held elsewhere (a TPM,
+//! through the appliance's keystore) that never hands its private half out.
 
 use std::fmt;
 
@@ -214,14 +218,8 @@ impl PrivateKey {
     /// (NULL parameters) or ecdsa-with-SHA256 (parameters absent).
     pub fn signature_algorithm(&self) -> AlgorithmIdentifierOwned {
         match self.inner {
-            Inner::Rsa(_) => AlgorithmIdentifierOwned {
-                oid: oid::SHA256_WITH_RSA,
-                parameters: Some(Any::null()),
-            },
-            Inner::Ec(_) => AlgorithmIdentifierOwned {
-                oid: oid::ECDSA_WITH_SHA256,
-                parameters: None,
-            },
+            Inner::Rsa(_) => rsa_sha256_algorithm(),
+            Inner::Ec(_) => ecdsa_sha256_algorithm(),
         }
     }
 
@@ -243,6 +241,94 @@ impl PrivateKey {
             .len();
         out.truncate(len);
         Ok(out)
+    }
+}
+
+/// The operations this crate performs with a private key, for keys that live in memory
+/// ([`PrivateKey`]) and keys that do not (a keystore or TPM that signs and decrypts on the
+/// caller's behalf).
+///
+/// Errors: a key-transport block that does not decrypt must come back as
+/// [`PkiError::Decryption`] and nothing else, whatever the reason, so that
+/// [`crate::cms::open_envelope`] can hide padding failures; a key that cannot be reached or
+/// used at all (a TPM that does not answer, a key blob from another TPM) comes back as
+/// [`PkiError::KeyUnavailable`], which callers pass on as such.
+pub trait PrivateKeyOps {
+    /// The public key as a DER `SubjectPublicKeyInfo`.
+    fn public_key_der(&self) -> Vec<u8>;
+
+    /// The AlgorithmIdentifier matching [`PrivateKeyOps::sign_sha256`]. The default derives
+    /// it from the public key: sha256WithRSAEncryption (NULL parameters) for RSA,
+    /// ecdsa-with-SHA256 (parameters absent) for EC.
+    fn signature_algorithm(&self) -> Result<AlgorithmIdentifierOwned, PkiError> {
+        let spki = SubjectPublicKeyInfoOwned::from_der(&self.public_key_der()).map_err(|e| {
+            PkiError::InvalidPublicKey(format!("malformed SubjectPublicKeyInfo: {e}"))
+        })?;
+        match spki.algorithm.oid {
+            oid::RSA_ENCRYPTION => Ok(rsa_sha256_algorithm()),
+            oid::EC_PUBLIC_KEY => Ok(ecdsa_sha256_algorithm()),
+            other => Err(PkiError::UnsupportedAlgorithm {
+                oid: other.to_string(),
+                purpose: "signing keys",
+            }),
+        }
+    }
+
+    /// Signs `msg` with SHA-256: RSASSA-PKCS1-v1_5, or ECDSA with a DER `Ecdsa-Sig-Value`.
+    fn sign_sha256(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError>;
+
+    /// Decrypts an RSAES-PKCS1-v1_5 key-transport block (a CMS `encryptedKey`).
+    fn rsa_decrypt_pkcs1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, PkiError>;
+}
+
+fn rsa_sha256_algorithm() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: oid::SHA256_WITH_RSA,
+        parameters: Some(Any::null()),
+    }
+}
+
+fn ecdsa_sha256_algorithm() -> AlgorithmIdentifierOwned {
+    AlgorithmIdentifierOwned {
+        oid: oid::ECDSA_WITH_SHA256,
+        parameters: None,
+    }
+}
+
+impl PrivateKeyOps for PrivateKey {
+    fn public_key_der(&self) -> Vec<u8> {
+        PrivateKey::public_key_der(self)
+    }
+
+    fn signature_algorithm(&self) -> Result<AlgorithmIdentifierOwned, PkiError> {
+        Ok(PrivateKey::signature_algorithm(self))
+    }
+
+    fn sign_sha256(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        PrivateKey::sign_sha256(self, msg)
+    }
+
+    fn rsa_decrypt_pkcs1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+        PrivateKey::rsa_decrypt_pkcs1(self, ciphertext)
+    }
+}
+
+/// Shared keys (`Arc<PrivateKey>`, as services keep them) sign and decrypt like the key.
+impl<K: PrivateKeyOps + ?Sized> PrivateKeyOps for std::sync::Arc<K> {
+    fn public_key_der(&self) -> Vec<u8> {
+        (**self).public_key_der()
+    }
+
+    fn signature_algorithm(&self) -> Result<AlgorithmIdentifierOwned, PkiError> {
+        (**self).signature_algorithm()
+    }
+
+    fn sign_sha256(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        (**self).sign_sha256(msg)
+    }
+
+    fn rsa_decrypt_pkcs1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+        (**self).rsa_decrypt_pkcs1(ciphertext)
     }
 }
 

@@ -18,6 +18,8 @@
 //! - Signed bytes are never re-encoded before verification: TBSCertificate, CSR info and
 //!   CMS signed attributes are cut out of the input as received.
 //! - BER from streaming encoders is normalised to DER first ([`ber_to_der`]).
+//! - Certificates are signed and enveloped data opened through [`PrivateKeyOps`], so a key
+//!   that never leaves a keystore or TPM serves as well as a [`PrivateKey`] in memory.
 //!
 //! # Not (yet) supported
 //!
@@ -27,6 +29,8 @@
 //!   enveloped data, CRLs and OCSP.
 //! - [`verify_chain`] is a straightforward chain walk, not an RFC 5280 path builder: no
 //!   revocation, policies or name constraints (see its documentation).
+//! - CMS signing ([`cms::sign`]) and the SCEP responder still take a [`PrivateKey`] in
+//!   memory, not any [`PrivateKeyOps`].
 //! - SCEP GetNextCACert; CertPoll, GetCert and GetCRL are parsed but answering them beyond
 //!   PENDING/FAILURE is left to the caller.
 
@@ -46,7 +50,7 @@ pub use cert::{issue, self_signed, Certificate, CertificateParams, KeyUsages, Na
 pub use chain::verify_chain;
 pub use csr::CertificationRequest;
 pub use error::{ChainError, PkiError};
-pub use key::{verify_signature, KeyAlgorithm, PrivateKey};
+pub use key::{verify_signature, KeyAlgorithm, PrivateKey, PrivateKeyOps};
 
 /// PEM armour (RFC 7468) with 64-character lines and LF line endings.
 pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {

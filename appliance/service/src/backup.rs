@@ -73,6 +73,10 @@ impl<S: Store> MdmService<S> {
                 "this appliance has no state directory configured for backups",
             ));
         };
+        // A rotation re-seals the database under a new key: a backup waits for it, and one
+        // left unfinished must be finished first (a backup carries a single data key).
+        let _maintenance = self.maintenance().await;
+        self.refuse_during_rotation("a backup")?;
         let key = self.sealer().export_data_key().ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::Unavailable,

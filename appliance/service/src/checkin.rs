@@ -447,7 +447,7 @@ impl<S: Store> MdmService<S> {
                         format!("no token provider for TokenServiceType {service}"),
                     )
                 })?;
-                let data = provider.token(&id, g.token_parameters.as_ref())?;
+                let data = provider.token(&id, g.token_parameters.as_ref()).await?;
                 let body = mdm_proto::GetTokenResponse { token_data: data }
                     .to_plist()
                     .map_err(|e| ServiceError::internal("PLIST_ENCODING_FAILED", e.to_string()))?;

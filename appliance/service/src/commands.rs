@@ -9,6 +9,36 @@ use crate::ports::{
 };
 use crate::MdmService;
 
+/// A command plist as the admin API shows it: any embedded data (an InstallProfile's profile,
+/// which can hold Wi-Fi passwords and private keys; certificates; tokens) is replaced by a
+/// note of its size. Devices get the plist as queued; readers of the API, auditors included,
+/// get what it does without what it carries.
+fn redacted_for_display(plist_bytes: &[u8]) -> Vec<u8> {
+    fn redact(value: &mut plist::Value) {
+        match value {
+            plist::Value::Data(data) => {
+                *value = plist::Value::String(format!("({} bytes of data, not shown)", data.len()));
+            }
+            plist::Value::Dictionary(dict) => dict.values_mut().for_each(redact),
+            plist::Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    match plist::Value::from_reader(std::io::Cursor::new(plist_bytes)) {
+        Ok(mut value) => {
+            redact(&mut value);
+            let mut out = Vec::new();
+            match value.to_writer_xml(&mut out) {
+                Ok(()) => out,
+                Err(_) => b"(the command could not be shown)".to_vec(),
+            }
+        }
+        // Every queued payload was built or checked as a plist; should one not parse, its
+        // bytes are still not shown (they may hold a secret).
+        Err(_) => b"(the command could not be shown)".to_vec(),
+    }
+}
+
 /// Most targets one enqueue call may name; larger fan-outs are split by the caller.
 pub const MAX_TARGETS: usize = 10_000;
 /// The keystore purpose of stored command payloads. Every payload is sealed: an InstallProfile
@@ -187,6 +217,12 @@ impl<S: Store> MdmService<S> {
             ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}"))
         })?;
         let deliveries = self.store().deliveries(uuid)?;
+        let mut command = command;
+        if command.sealed {
+            let plain = self.unseal(COMMAND_PURPOSE, &command.payload)?;
+            command.payload = redacted_for_display(&plain);
+            command.sealed = false;
+        }
         Ok(CommandView {
             command,
             deliveries,

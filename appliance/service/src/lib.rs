@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod ports;
 pub mod profiles;
 pub mod push;
+pub mod rotation;
 pub mod scep;
 pub mod settings;
 
@@ -41,15 +42,22 @@ pub use checkin::{ConnectionScratch, DeviceReply, DeviceRequest};
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 use ports::{RetentionPolicy, Store};
 
+/// What [`TokenProvider::token`] returns: the token bytes, once made.
+pub type TokenFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ServiceResult<Vec<u8>>> + Send + 'a>>;
+
 /// Answers a `GetToken` check-in for one `TokenServiceType` (e.g. `com.apple.maid`, provided by
-/// the ABM integration). Providers are registered at start-up.
+/// the ABM integration: [`abm::maid::MaidTokenProvider`]). Providers are registered at
+/// start-up. Asynchronous because a token may be signed by a key inside the TPM, which takes
+/// longer than a request handler should block.
 pub trait TokenProvider: Send + Sync + 'static {
-    /// The token bytes returned to the device as `TokenData`.
-    fn token(
-        &self,
-        enrollment_id: &str,
-        parameters: Option<&plist::Dictionary>,
-    ) -> ServiceResult<Vec<u8>>;
+    /// The token bytes returned to the device as `TokenData`, for the (bound) enrollment
+    /// `enrollment_id`.
+    fn token<'a>(
+        &'a self,
+        enrollment_id: &'a str,
+        parameters: Option<&'a plist::Dictionary>,
+    ) -> TokenFuture<'a>;
 }
 
 /// ADE (Automated Device Enrollment) settings.
@@ -134,6 +142,9 @@ struct Inner<S> {
     /// from the same state.
     profile_lock: tokio::sync::Mutex<()>,
     accounts: accounts::setup::Accounts,
+    /// Held by a backup and by a data-key rotation: a backup carries one data key, so it must
+    /// not copy a database that a rotation is re-sealing.
+    maintenance: tokio::sync::Mutex<()>,
 }
 
 /// The MDM service. Cheap to clone.
@@ -177,6 +188,7 @@ impl<S: Store> MdmService<S> {
                 catalog: RwLock::new(catalog),
                 profile_lock: tokio::sync::Mutex::new(()),
                 accounts: accounts::setup::Accounts::default(),
+                maintenance: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -208,6 +220,17 @@ impl<S: Store> MdmService<S> {
 
     fn sealer(&self) -> &dyn Sealer {
         self.inner.sealer.as_ref()
+    }
+
+    /// The keystore, for work moved off the async threads (keys held in a TPM).
+    fn shared_sealer(&self) -> Arc<dyn Sealer> {
+        Arc::clone(&self.inner.sealer)
+    }
+
+    /// What the keystore is now (backend, current data key, a rotation under way), for
+    /// status pages. Costs no I/O.
+    pub fn keystore(&self) -> mdm_keystore::KeystoreInfo {
+        self.inner.sealer.describe()
     }
 }
 

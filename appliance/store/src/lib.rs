@@ -30,6 +30,7 @@ mod lifecycle;
 mod misc;
 mod profiles;
 mod records;
+mod reseal;
 mod schema;
 mod users;
 mod writer;
@@ -46,9 +47,9 @@ use mdm_service::ports::{
     DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord, InstallRecord,
     InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord, LinkStore,
     NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
-    PruneStats, PushRecord, QueuedCommand, ResultOutcome, RetentionPolicy, SettingsStore,
-    StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord, UserChange,
-    UserRecord, UserStore,
+    PruneStats, PushRecord, QueuedCommand, ResealReport, ResultOutcome, RetentionPolicy, Rewrap,
+    SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+    UserChange, UserRecord, UserStore,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
@@ -169,6 +170,18 @@ impl RedbStore {
             Ok(db) => db.close().backend("cannot close the database"),
             Err(_) => Ok(()),
         }
+    }
+
+    /// The names of the tables in the file.
+    #[cfg(test)]
+    pub(crate) fn table_names(&self) -> StoreResult<Vec<String>> {
+        use redb::TableHandle as _;
+        Ok(self
+            .read()?
+            .list_tables()
+            .backend("cannot list tables")?
+            .map(|t| t.name().to_owned())
+            .collect())
     }
 
     fn read(&self) -> StoreResult<ReadTransaction> {
@@ -516,6 +529,10 @@ fn copy_file(src: &Path, dest: &Path) -> StoreResult<u64> {
 impl BackupStore for RedbStore {
     fn copy_to(&self, dest: &Path) -> impl Future<Output = StoreResult<u64>> + Send {
         RedbStore::copy_to(self, dest)
+    }
+
+    fn reseal_all(&self, rewrap: Rewrap) -> impl Future<Output = StoreResult<ResealReport>> + Send {
+        RedbStore::reseal_all(self, rewrap)
     }
 }
 

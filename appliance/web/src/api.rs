@@ -431,7 +431,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                     "push_certificate": push_cert,
                     "push": svc.push_queue().provider_status(),
                     "ca_sha256": hex::encode(svc.authority().ca.cert.sha256()),
-                    "keystore": self.keystore.label(),
+                    "keystore": svc.keystore().label(),
                     "abm": self.abm.connections().unwrap_or_default().iter().map(|c| {
                         let st = self.abm.status_of(c);
                         json!({"name": c.name, "state": st.state, "reason": st.reason, "action": st.action})
@@ -439,7 +439,31 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                     "caller": {"name": caller.name, "role": caller.role},
                 })))
             }
-            (Method::GET, ["keystore"]) => Ok(json(&self.keystore)),
+            (Method::GET, ["keystore"]) => Ok(json(&svc.keystore())),
+            (Method::POST, ["keystore", "rotate"]) => {
+                need(Role::Admin, caller.role)?;
+                /// The call takes no options; an empty body or `{}`.
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct EmptyRequest {}
+                let body = body_or_error(req.into_body(), self.limits.api_body).await?;
+                if !body.iter().all(u8::is_ascii_whitespace) {
+                    let _: EmptyRequest = parse_json(&body)?;
+                }
+                // A task of its own: a caller that stops waiting does not cut the rotation short.
+                let rotating = svc.clone();
+                let by = caller.name.clone();
+                let report = tokio::spawn(async move { rotating.rotate_data_key(&by).await })
+                    .await
+                    .map_err(|e| {
+                        api_error(&mdm_service::ServiceError::internal(
+                            "KEYSTORE_ROTATION_FAILED",
+                            format!("the rotation task failed: {e}"),
+                        ))
+                    })?
+                    .map_err(|e| api_error(&e))?;
+                Ok(json(&report))
+            }
             (Method::POST, ["backup"]) => {
                 need(Role::Admin, caller.role)?;
                 #[derive(serde::Deserialize)]

@@ -10,7 +10,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use mdm_keystore::KeystoreInfo;
 use mdm_service::abm::AbmService;
 use mdm_service::accounts::setup::WebEnrollment;
 use mdm_service::ports::{AbmConnector, Store};
@@ -46,25 +45,15 @@ pub struct App<S, C: AbmConnector> {
     pub(crate) service: MdmService<S>,
     pub(crate) abm: AbmService<S, C>,
     pub(crate) limits: Limits,
-    /// Shown by `/api/v1/keystore` (and as a label by `/api/v1/status`).
-    pub(crate) keystore: KeystoreInfo,
 }
 
 impl<S: Store, C: AbmConnector> App<S, C> {
-    /// `keystore` describes the sealer `service` was built with ([`Sealer::describe`]).
-    ///
-    /// [`Sealer::describe`]: mdm_keystore::Sealer::describe
-    pub fn new(
-        service: MdmService<S>,
-        abm: AbmService<S, C>,
-        limits: Limits,
-        keystore: KeystoreInfo,
-    ) -> Self {
+    /// The application over `service` and `abm`.
+    pub fn new(service: MdmService<S>, abm: AbmService<S, C>, limits: Limits) -> Self {
         App {
             service,
             abm,
             limits,
-            keystore,
         }
     }
 }

@@ -214,6 +214,26 @@ pub fn connection(v: &Value, now: OffsetDateTime) -> String {
         (false, true) => "the current token's".to_owned(),
         (false, false) => NONE.to_owned(),
     };
+    // Where the private keys live; a `sealed` current key on a TPM appliance was made before
+    // keys could live in the TPM, and `--new` moves the connection to one that does.
+    let storage: Vec<String> = [("key_storage", "current"), ("staged_key_storage", "staged")]
+        .into_iter()
+        .filter_map(|(field, which)| {
+            opt_str(v, &[field]).map(|s| {
+                let place = match s {
+                    "tpm" => "in the TPM".to_owned(),
+                    "sealed" => "sealed by the keystore".to_owned(),
+                    other => clean(other),
+                };
+                format!("{place} ({which})")
+            })
+        })
+        .collect();
+    let storage = if storage.is_empty() {
+        NONE.to_owned()
+    } else {
+        storage.join(", ")
+    };
     let problem = match object(v, &["problem"]) {
         Some(p) => format!(
             "{}: {} (since {}, last {})",
@@ -259,6 +279,7 @@ pub fn connection(v: &Value, now: OffsetDateTime) -> String {
             expiry_text(v, &["token", "expires_at"], now),
         ),
         ("Key pair", key),
+        ("Key storage", storage),
         ("Problem", problem),
         ("Last OK", time_text(v, &["last_ok_at"])),
         ("Sync", interval),
@@ -608,7 +629,7 @@ mod tests {
             "state": "expiring_soon",
             "reason": "the server token expires on 2024-05-20T00:00:00Z",
             "action": "in Apple Business Manager, open the MDM server, download a new token",
-            "key_staged": false,
+            "key_staged": false, "key_storage": "tpm", "staged_key_storage": null,
             "token": {"consumer_key": "CK_1", "expires_at": "2024-05-20T00:00:00Z",
                       "uploaded_at": "2023-05-20T00:00:00Z", "generation": 2},
             "account": {"org_name": "Example School", "org_id": "1234", "org_email": "it@example.org",
@@ -673,6 +694,7 @@ mod tests {
             "Token            CK_1, generation 2, uploaded 2023-05-20T00:00:00Z\n",
             "Token expires    2024-05-20T00:00:00Z (18 days left)\n",
             "Key pair         the current token's\n",
+            "Key storage      in the TPM (current)\n",
             "Problem          none\n",
             "Sync             every 15 min\n",
             "Sync phase       incremental\n",
@@ -688,6 +710,8 @@ mod tests {
         failing["state"] = json!("terms_not_accepted");
         failing["interval_seconds"] = json!(0);
         failing["key_staged"] = json!(true);
+        failing["key_storage"] = json!("sealed");
+        failing["staged_key_storage"] = json!("tpm");
         failing["default_profile"] = Value::Null;
         failing["sync_running"] = json!(true);
         failing["devices_due"] = json!("2024-05-02T00:00:00Z");
@@ -703,6 +727,7 @@ mod tests {
             "State            terms not accepted\n",
             "Token expires    2024-04-30T00:00:00Z (EXPIRED)\n",
             "Key pair         new key pair staged: upload a token made for its public key",
+            "Key storage      sealed by the keystore (current), in the TPM (staged)\n",
             "Problem          ABM_TERMS_NOT_SIGNED: accept the terms (since 2024-05-01T09:00:00Z, last 2024-05-01T09:30:00Z)\n",
             "Sync             off: sync with `mdmctl abm sync north`\n",
             "Sync phase       incremental, running now\n",
@@ -722,6 +747,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("Token            none\n"), "{out}");
+        assert!(out.contains("Key storage      -\n"), "{out}");
         assert!(out.contains("Token expires    -\n"), "{out}");
         assert!(out.contains("Action           none needed\n"), "{out}");
         assert!(

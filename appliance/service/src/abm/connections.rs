@@ -1,13 +1,19 @@
 //! ABM connections: creation, the public key to upload to ABM, server-token upload and
 //! renewal, settings, and the token state shown to admins.
 
-use mdm_pki::{Certificate, PrivateKey};
+use mdm_keystore::{KeyResidence, Sealer};
+use mdm_pki::{Certificate, PkiError};
+use mdm_proto::abm::ServerToken;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::token::{decrypt_server_token, new_token_key_pair, TokenError};
-use super::{abm_failure, validate_name, AbmService, KEY_PURPOSE, TOKEN_PURPOSE};
-use crate::error::{ServiceError, ServiceResult};
+use super::token::{
+    decrypt_server_token, new_token_key_pair, KeyPairError, KeystoreKey, TokenError,
+};
+use super::{
+    abm_failure, key_failure, validate_name, AbmService, KeyFault, KEY_PURPOSE, TOKEN_PURPOSE,
+};
+use crate::error::{ErrorKind, ServiceError, ServiceResult};
 use crate::ports::{
     AbmBatch, AbmClient, AbmConnectionRecord, AbmConnector, AbmEndpoint, AbmError, AbmKeyRecord,
     AbmProblem, AbmSyncState, AbmTokenRecord, Store, Timestamp,
@@ -192,11 +198,12 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             },
         };
         let now = Timestamp::now();
+        let staged_key = self.new_key(&req.name, now).await?;
         let rec = AbmConnectionRecord {
             name: req.name.clone(),
             created_at: now,
             endpoint,
-            staged_key: Some(self.new_key(&req.name, now)?),
+            staged_key: Some(staged_key),
             current_key: None,
             token: None,
             account: None,
@@ -215,17 +222,44 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         Ok(rec)
     }
 
-    fn new_key(&self, name: &str, now: Timestamp) -> ServiceResult<AbmKeyRecord> {
-        let (cert, key) = new_token_key_pair(name).map_err(|e| {
+    /// A new key pair held by the keystore (made inside the TPM on a TPM keystore, which can
+    /// take seconds: it runs off the async threads).
+    async fn new_key(&self, name: &str, now: Timestamp) -> ServiceResult<AbmKeyRecord> {
+        let sealer = self.mdm().shared_sealer();
+        let connection = name.to_string();
+        let made = tokio::task::spawn_blocking(move || {
+            new_token_key_pair(sealer.as_ref(), KEY_PURPOSE, &connection)
+        })
+        .await
+        .map_err(|e| {
             ServiceError::internal(
                 "ABM_KEY_FAILED",
                 format!("cannot create the ABM key pair: {e}"),
             )
         })?;
-        let key_sealed = self.mdm().seal(KEY_PURPOSE, &key.to_pkcs8_der())?;
+        let (cert, held) = made.map_err(|e| {
+            let unavailable = match &e {
+                KeyPairError::Keystore(k) => KeyFault::of(k) == KeyFault::Unavailable,
+                KeyPairError::Certificate(PkiError::KeyUnavailable(_)) => true,
+                KeyPairError::Certificate(_) => false,
+            };
+            if unavailable {
+                ServiceError::new(
+                    ErrorKind::Unavailable,
+                    "ABM_KEY_UNAVAILABLE",
+                    format!("cannot create the ABM key pair: {e}; the keystore must work again first (`mdmctl keystore status` shows it)"),
+                )
+            } else {
+                ServiceError::internal(
+                    "ABM_KEY_FAILED",
+                    format!("cannot create the ABM key pair: {e}"),
+                )
+            }
+        })?;
+        info!(connection = %name, key_storage = held.residence.as_str(), "ABM key pair created");
         Ok(AbmKeyRecord {
             cert_der: cert.der().to_vec(),
-            key_sealed,
+            key_sealed: held.blob,
             created_at: now,
         })
     }
@@ -240,7 +274,7 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             (Some(staged), _, false) => staged.clone(),
             (None, Some(current), false) => current.clone(),
             _ => {
-                let key = self.new_key(name, Timestamp::now())?;
+                let key = self.new_key(name, Timestamp::now()).await?;
                 rec.staged_key = Some(key.clone());
                 self.write_connection(rec).await?;
                 info!(connection = %name, "ABM key pair staged");
@@ -251,17 +285,6 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             ServiceError::internal("ABM_KEY_UNREADABLE", format!("stored certificate: {e}"))
         })?;
         Ok(cert.to_pem())
-    }
-
-    fn open_key(&self, key: &AbmKeyRecord) -> ServiceResult<(Certificate, PrivateKey)> {
-        let cert = Certificate::from_der(&key.cert_der).map_err(|e| {
-            ServiceError::internal("ABM_KEY_UNREADABLE", format!("stored certificate: {e}"))
-        })?;
-        let pkcs8 = self.mdm().unseal(KEY_PURPOSE, &key.key_sealed)?;
-        let private = PrivateKey::from_pkcs8_der(&pkcs8).map_err(|e| {
-            ServiceError::internal("ABM_KEY_UNREADABLE", format!("stored key: {e}"))
-        })?;
-        Ok((cert, private))
     }
 
     /// Uploads a server token (`.p7m`). It must decrypt with the staged or the current key;
@@ -276,31 +299,19 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
     ) -> ServiceResult<AbmConnectionRecord> {
         let _busy = self.lock(name).await;
         let mut rec = self.connection_record(name)?;
-        let mut opened = None;
-        let mut last_err = None;
-        for (staged, key) in [(true, &rec.staged_key), (false, &rec.current_key)] {
-            let Some(key) = key else { continue };
-            let (cert, private) = self.open_key(key)?;
-            match decrypt_server_token(p7m, &cert, &private) {
-                Ok(t) => {
-                    opened = Some((staged, t));
-                    break;
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        let (staged, token) = match (opened, last_err) {
-            (Some(o), _) => o,
-            (None, Some(TokenError::WrongKey)) | (None, None) => {
-                return Err(ServiceError::bad_request(
-                    "ABM_TOKEN_WRONG_KEY",
-                    format!("this token was not made for the public key of connection {name:?}: upload the public key shown by `mdmctl abm public-key {name}` to the MDM server in Apple Business Manager and download its token again"),
-                ))
-            }
-            (None, Some(e)) => {
-                return Err(ServiceError::bad_request("ABM_TOKEN_INVALID", e.to_string()))
-            }
-        };
+        let keys: Vec<(bool, AbmKeyRecord)> = [(true, &rec.staged_key), (false, &rec.current_key)]
+            .into_iter()
+            .filter_map(|(staged, key)| key.clone().map(|k| (staged, k)))
+            .collect();
+        let sealer = self.mdm().shared_sealer();
+        let connection = name.to_string();
+        let file = p7m.to_vec();
+        // The keystore decrypts (inside the TPM for a TPM-resident key): off the async threads.
+        let (staged, token) = tokio::task::spawn_blocking(move || {
+            open_token(sealer.as_ref(), &connection, &keys, &file)
+        })
+        .await
+        .map_err(|e| ServiceError::internal("ABM_TOKEN_INVALID", e.to_string()))??;
         let expires_at = Timestamp::parse_rfc3339(&token.access_token_expiry).ok_or_else(|| {
             ServiceError::bad_request(
                 "ABM_TOKEN_INVALID",
@@ -479,6 +490,61 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
     }
 }
 
+/// Opens a token file with the first of `keys` (staged first) it was made for; `true` with
+/// the token when that was the staged key.
+///
+/// A key the keystore cannot use for good (made under another TPM) is skipped, so that a
+/// token for the other key still opens; when no key opens the token, that failure is the
+/// answer, since the token was probably made for it. A keystore that does not answer stops
+/// at once: nothing can be concluded about the token.
+fn open_token(
+    sealer: &dyn Sealer,
+    connection: &str,
+    keys: &[(bool, AbmKeyRecord)],
+    p7m: &[u8],
+) -> ServiceResult<(bool, ServerToken)> {
+    let mut last_err = None;
+    let mut unusable_key = None;
+    for (staged, key) in keys {
+        let cert = Certificate::from_der(&key.cert_der).map_err(|e| {
+            ServiceError::internal("ABM_KEY_UNREADABLE", format!("stored certificate: {e}"))
+        })?;
+        let private = match KeystoreKey::open(sealer, KEY_PURPOSE, &key.key_sealed) {
+            Ok(k) => k,
+            Err(e) if KeyFault::of(&e) == KeyFault::Unusable => {
+                warn!(connection = %connection, staged, error = %e, "the keystore cannot use this ABM key");
+                unusable_key = Some(key_failure(connection, &e));
+                continue;
+            }
+            Err(e) => return Err(key_failure(connection, &e)),
+        };
+        match decrypt_server_token(p7m, &cert, &private) {
+            Ok(t) => return Ok((*staged, t)),
+            Err(TokenError::KeyUnavailable(why)) => {
+                return Err(ServiceError::new(
+                    ErrorKind::Unavailable,
+                    "ABM_KEY_UNAVAILABLE",
+                    TokenError::KeyUnavailable(why).to_string(),
+                ))
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match (last_err, unusable_key) {
+        (Some(TokenError::WrongKey) | None, Some(unusable)) => Err(unusable),
+        (Some(TokenError::WrongKey) | None, None) => Err(ServiceError::bad_request(
+            "ABM_TOKEN_WRONG_KEY",
+            format!("this token was not made for the public key of connection {connection:?}: upload the public key shown by `mdmctl abm public-key {connection}` to the MDM server in Apple Business Manager and download its token again"),
+        )),
+        (Some(e), _) => Err(ServiceError::bad_request("ABM_TOKEN_INVALID", e.to_string())),
+    }
+}
+
+/// Where a stored key's private half lives (`tpm` or `sealed`), from its blob alone.
+pub fn key_storage(key: &AbmKeyRecord) -> &'static str {
+    KeyResidence::of_blob(&key.key_sealed).as_str()
+}
+
 /// Records a failed call on the connection (kept until a call succeeds).
 pub(crate) fn note_problem(rec: &mut AbmConnectionRecord, e: &AbmError, now: Timestamp) {
     let code = e.code().to_string();
@@ -622,5 +688,150 @@ mod tests {
         );
         assert!(validate_base_url("http://abm.lan").is_err());
         assert!(validate_base_url("https://u:p@abm.lan").is_err());
+    }
+
+    /// A software keystore in a temp dir, removed on drop.
+    struct Keystore {
+        dir: std::path::PathBuf,
+        sealer: mdm_keystore::SoftSealer,
+    }
+
+    impl Keystore {
+        fn new() -> Self {
+            let mut rnd = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut rnd).unwrap();
+            let dir = std::env::temp_dir().join(format!("abm-conn-{}", hex::encode(rnd)));
+            std::fs::create_dir(&dir).unwrap();
+            let sealer = mdm_keystore::SoftSealer::open_or_create(&dir.join("master.key")).unwrap();
+            Keystore { dir, sealer }
+        }
+
+        fn key(&self, name: &str) -> (Certificate, AbmKeyRecord) {
+            let (cert, held) = new_token_key_pair(&self.sealer, KEY_PURPOSE, name).unwrap();
+            let rec = AbmKeyRecord {
+                cert_der: cert.der().to_vec(),
+                key_sealed: held.blob,
+                created_at: Timestamp(0),
+            };
+            (cert, rec)
+        }
+    }
+
+    impl Drop for Keystore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn token_for(cert: &Certificate, consumer_key: &str) -> Vec<u8> {
+        let json = format!(
+            r#"{{"consumer_key":"{consumer_key}","consumer_secret":"CS_1","access_token":"AT_1","access_secret":"AS_1","access_token_expiry":"2030-01-01T00:00:00Z"}}"#
+        );
+        let msg = format!("-----BEGIN MESSAGE-----\n{json}\n-----END MESSAGE-----\n");
+        mdm_pki::cms::envelope(msg.as_bytes(), cert, mdm_pki::cms::ContentCipher::Aes128Cbc)
+            .unwrap()
+    }
+
+    #[test]
+    fn tokens_open_with_the_key_they_were_made_for() {
+        let ks = Keystore::new();
+        let (staged_cert, staged) = ks.key("north");
+        let (current_cert, current) = ks.key("north");
+        let keys = [(true, staged), (false, current)];
+
+        let (is_staged, t) = open_token(
+            &ks.sealer,
+            "north",
+            &keys,
+            &token_for(&current_cert, "CK_cur"),
+        )
+        .unwrap();
+        assert!(!is_staged);
+        assert_eq!(t.consumer_key, "CK_cur");
+        let (is_staged, t) = open_token(
+            &ks.sealer,
+            "north",
+            &keys,
+            &token_for(&staged_cert, "CK_new"),
+        )
+        .unwrap();
+        assert!(is_staged);
+        assert_eq!(t.consumer_key, "CK_new");
+
+        let (stranger, _) = ks.key("elsewhere");
+        let err =
+            open_token(&ks.sealer, "north", &keys, &token_for(&stranger, "CK_x")).unwrap_err();
+        assert_eq!(err.code, "ABM_TOKEN_WRONG_KEY");
+        let err = open_token(&ks.sealer, "north", &keys, b"not a token").unwrap_err();
+        assert_eq!(err.code, "ABM_TOKEN_INVALID");
+    }
+
+    #[test]
+    fn a_key_from_another_keystore_asks_for_a_new_key_pair() {
+        // The current key was made by another keystore (data moved to new hardware); a new
+        // key pair was staged here.
+        let old = Keystore::new();
+        let (old_cert, current) = old.key("north");
+        let here = Keystore::new();
+        let (staged_cert, staged) = here.key("north");
+        let keys = [(true, staged), (false, current)];
+
+        // The token for the staged key still opens.
+        let (is_staged, _) =
+            open_token(&here.sealer, "north", &keys, &token_for(&staged_cert, "CK")).unwrap();
+        assert!(is_staged);
+        // One for the old key says what to do.
+        let err =
+            open_token(&here.sealer, "north", &keys, &token_for(&old_cert, "CK")).unwrap_err();
+        assert_eq!(err.code, "ABM_KEY_UNUSABLE");
+        assert_eq!(err.kind, ErrorKind::Conflict);
+        for step in [
+            "mdmctl abm public-key north --new",
+            "upload the new public key",
+            "mdmctl abm token upload north",
+        ] {
+            assert!(err.message.contains(step), "{step}: {err}");
+        }
+    }
+
+    /// A keystore whose TPM does not answer.
+    struct Unreachable;
+
+    fn unreachable() -> mdm_keystore::KeystoreError {
+        mdm_keystore::KeystoreError::TpmUnavailable {
+            tcti: "device:/dev/tpmrm0".into(),
+            library: "libtss2-tcti-device0",
+            detail: "Connection refused".into(),
+        }
+    }
+
+    impl Sealer for Unreachable {
+        fn backend(&self) -> mdm_keystore::Backend {
+            mdm_keystore::Backend::Tpm
+        }
+        fn seal(
+            &self,
+            _purpose: &str,
+            _plaintext: &[u8],
+        ) -> Result<mdm_keystore::SealedBlob, mdm_keystore::KeystoreError> {
+            Err(unreachable())
+        }
+        fn unseal(
+            &self,
+            _purpose: &str,
+            _blob: &mdm_keystore::SealedBlob,
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, mdm_keystore::KeystoreError> {
+            Err(unreachable())
+        }
+    }
+
+    #[test]
+    fn an_unreachable_keystore_stops_the_upload_at_once() {
+        let ks = Keystore::new();
+        let (cert, key) = ks.key("north");
+        let keys = [(false, key)];
+        let err = open_token(&Unreachable, "north", &keys, &token_for(&cert, "CK")).unwrap_err();
+        assert_eq!(err.code, "ABM_KEY_UNAVAILABLE");
+        assert_eq!(err.kind, ErrorKind::Unavailable);
     }
 }

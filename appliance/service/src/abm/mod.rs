@@ -1,9 +1,12 @@
 //! Automated Device Enrollment through Apple Business Manager: connections and their server
 //! tokens, device sync, enrollment profiles and their assignment.
 //!
-//! - **Connections** ([`connections`]): each has its own RSA key pair (sealed), server token
-//!   (sealed) and state. A key pair is *staged* when its certificate is handed out and becomes
-//!   *current* only once a token decrypts with it.
+//! - **Connections** ([`connections`]): each has its own RSA key pair (the private key held by
+//!   the keystore: inside the TPM on a TPM keystore), server token (sealed) and state. A key
+//!   pair is *staged* when its certificate is handed out and becomes *current* only once a
+//!   token decrypts with it.
+//! - **`com.apple.maid` tokens** ([`maid`]): the `GetToken` answer for Managed Apple Account
+//!   sign-in, a JWT signed with the current key of the connection that lists the device.
 //! - **Sync** ([`sync`]): a full fetch, then incremental syncs; every page's device rows and the
 //!   cursor that follows them are committed in one transaction, so a crash resumes from the last
 //!   page on disk and never skips an event.
@@ -19,6 +22,7 @@
 
 pub mod assign;
 pub mod connections;
+pub mod maid;
 pub mod profiles;
 pub mod scheduler;
 pub mod sync;
@@ -41,7 +45,7 @@ use crate::MdmService;
 /// Apple's production ABM API.
 pub const APPLE_ABM_URL: &str = "https://mdmenrollment.apple.com";
 
-/// Sealing purposes of ABM secrets.
+/// Keystore purposes of ABM secrets: the held token key, and the sealed OAuth credentials.
 pub(crate) const KEY_PURPOSE: &str = "abm-key";
 pub(crate) const TOKEN_PURPOSE: &str = "abm-token";
 
@@ -356,10 +360,123 @@ pub(crate) fn abm_failure(connection: &str, e: &AbmError) -> ServiceError {
     )
 }
 
+/// Whether a keystore failure with a connection's key is the key's (the blob cannot be used
+/// by this keystore, for good) or the keystore's (it may work again once the TPM does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyFault {
+    /// The blob was made by another TPM or keystore, for another purpose, or is damaged: only
+    /// a new key pair helps.
+    Unusable,
+    /// The keystore failed or could not be reached (TPM missing, locked out, busy).
+    Unavailable,
+}
+
+impl KeyFault {
+    pub(crate) fn of(e: &mdm_keystore::KeystoreError) -> KeyFault {
+        use mdm_keystore::KeystoreError as K;
+        match e {
+            K::WrongPurpose { .. }
+            | K::NotASealedBlob
+            | K::CorruptBlob { .. }
+            | K::Unauthentic { .. }
+            | K::WrongKey { .. }
+            | K::WrongBackend { .. }
+            | K::UnsupportedVersion { .. }
+            | K::HeldKeyFromOtherTpm { .. } => KeyFault::Unusable,
+            _ => KeyFault::Unavailable,
+        }
+    }
+}
+
+/// A keystore failure with the private key of `connection` as the admin sees it: a key this
+/// appliance cannot use (made under another TPM, say after moving the data to new hardware)
+/// needs a new key pair registered with ABM; a keystore that does not answer needs fixing.
+pub(crate) fn key_failure(connection: &str, e: &mdm_keystore::KeystoreError) -> ServiceError {
+    use crate::error::ErrorKind;
+    let why = match e {
+        // The keystore's own sentence names the steps with a placeholder: say them for this
+        // connection instead.
+        mdm_keystore::KeystoreError::HeldKeyFromOtherTpm {
+            key_storage_key,
+            tpm_storage_key,
+            ..
+        } => format!(
+            "it was created inside another TPM (storage key {key_storage_key}, this TPM's is \
+             {tpm_storage_key}): the appliance was restored onto new hardware or this TPM was \
+             cleared, and a key made inside a TPM never leaves it"
+        ),
+        other => format!("{other}; it was made under another TPM or keystore"),
+    };
+    match KeyFault::of(e) {
+        KeyFault::Unusable => ServiceError::conflict(
+            "ABM_KEY_UNUSABLE",
+            format!(
+                "the private key of ABM connection {connection:?} cannot be used by this \
+                 appliance's keystore: {why}. Run `mdmctl abm public-key {connection} \
+                 --new`, upload the new public key to the MDM server in Apple Business \
+                 Manager, then download the server's new token and upload it with `mdmctl abm \
+                 token upload {connection} FILE.p7m`"
+            ),
+        ),
+        KeyFault::Unavailable => ServiceError::new(
+            ErrorKind::Unavailable,
+            "ABM_KEY_UNAVAILABLE",
+            format!(
+                "the private key of ABM connection {connection:?} could not be used: {e}; the \
+                 keystore must work again first (`mdmctl keystore status` shows it)"
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ports::Timestamp;
+
+    #[test]
+    fn key_failures_say_what_to_do() {
+        use mdm_keystore::KeystoreError as K;
+        let other = K::WrongBackend {
+            blob: mdm_keystore::Backend::Software,
+            sealer: mdm_keystore::Backend::Tpm,
+        };
+        let e = key_failure("north", &other);
+        assert_eq!(e.code, "ABM_KEY_UNUSABLE");
+        assert_eq!(e.kind, crate::error::ErrorKind::Conflict);
+        assert!(
+            e.message.contains("mdmctl abm public-key north --new"),
+            "{e}"
+        );
+        assert!(e.message.contains("mdmctl abm token upload north"), "{e}");
+
+        let moved = K::HeldKeyFromOtherTpm {
+            purpose: KEY_PURPOSE.into(),
+            key_storage_key: "000b1111".into(),
+            tpm_storage_key: "000b2222".into(),
+        };
+        let e = key_failure("north", &moved);
+        assert_eq!(e.code, "ABM_KEY_UNUSABLE");
+        assert!(e.message.contains("inside another TPM"), "{e}");
+        assert!(e.message.contains("000b1111"), "{e}");
+        assert!(
+            e.message.contains("mdmctl abm public-key north --new"),
+            "{e}"
+        );
+        assert!(!e.message.contains("NAME"), "{e}");
+        assert!(!e.message.contains("  "), "{e}");
+
+        let down = K::TpmUnavailable {
+            tcti: "device:/dev/tpmrm0".into(),
+            library: "libtss2-tcti-device0",
+            detail: "No such file or directory".into(),
+        };
+        let e = key_failure("north", &down);
+        assert_eq!(e.code, "ABM_KEY_UNAVAILABLE");
+        assert_eq!(e.kind, crate::error::ErrorKind::Unavailable);
+        assert!(e.message.contains("could not reach the TPM"), "{e}");
+        assert!(!e.message.contains("--new"), "{e}");
+    }
 
     #[test]
     fn names() {

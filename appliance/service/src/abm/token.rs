@@ -8,14 +8,20 @@
 //! Decrypted, it is a small MIME text whose body frames the OAuth credentials as JSON between
 //! `-----BEGIN MESSAGE-----` and `-----END MESSAGE-----`.
 //!
+//! The key pair's private key is a keystore *held key* ([`mdm_keystore::HeldKey`], purpose
+//! `abm-key`): created inside the TPM on a TPM keystore, a sealed PKCS#8 key on the software
+//! keystore (and for connections made before the keystore could hold keys). The service never
+//! sees it: [`KeystoreKey`] hands the keystore's decrypt and sign operations to `mdm-pki`, so
+//! the certificate is signed and the token's content key decrypted where the key lives.
+//!
 //! Decrypted bytes stay in [`Zeroizing`] buffers and never reach an error message or a log.
 
 use std::time::Duration;
 
 use base64::Engine as _;
+use mdm_keystore::{HeldKey, KeystoreError, Sealer};
 use mdm_pki::{
-    self_signed, Certificate, CertificateParams, KeyAlgorithm, KeyUsages, Name, PkiError,
-    PrivateKey,
+    self_signed, Certificate, CertificateParams, KeyUsages, Name, PkiError, PrivateKeyOps,
 };
 use mdm_proto::abm::ServerToken;
 use serde::Deserialize;
@@ -54,40 +60,143 @@ pub enum TokenError {
     },
     /// The connection's own key pair cannot open tokens (not RSA, or key and certificate
     /// do not belong together).
-    #[error("the connection's key pair cannot open server tokens: {0}; create a new key pair with `mdmctl abm public-key NAME --rotate`")]
+    #[error("the connection's key pair cannot open server tokens: {0}; create a new key pair with `mdmctl abm public-key NAME --new`")]
     KeyPair(#[source] PkiError),
+    /// The keystore holding the connection's private key failed or could not be reached
+    /// while decrypting (the TPM did not answer, for instance): nothing is known about the
+    /// token.
+    #[error("the connection's private key could not be used, so the token was not checked: {0}; fix the keystore (see `mdmctl keystore status`) and upload the token again")]
+    KeyUnavailable(String),
 }
 
-/// A fresh key pair for a connection: RSA-2048 and a self-signed certificate with only a
-/// common name (`<connection_name> ABM token`), keyEncipherment and digitalSignature. The
-/// admin uploads the certificate to the MDM server in ABM; ABM encrypts the token to it, and
-/// the same key later signs the `com.apple.maid` JWT, hence both usages.
-pub fn new_token_key_pair(connection_name: &str) -> Result<(Certificate, PrivateKey), PkiError> {
-    let key = PrivateKey::generate(KeyAlgorithm::Rsa2048)?;
+/// A private key the keystore holds ([`Sealer::create_rsa_key`]), used through
+/// [`PrivateKeyOps`]: signing and decryption happen in the keystore (inside the TPM for a
+/// TPM-resident key), the caller only holds the opaque blob and the public key.
+///
+/// Keystore errors become [`PkiError`]s: [`KeystoreError::RsaDecryption`] is
+/// [`PkiError::Decryption`] (so CMS keeps its padding-oracle defence), anything else
+/// [`PkiError::KeyUnavailable`] with the keystore's sentence.
+pub struct KeystoreKey<'a> {
+    sealer: &'a dyn Sealer,
+    purpose: &'a str,
+    blob: &'a [u8],
+    public_key_der: Vec<u8>,
+}
+
+impl<'a> KeystoreKey<'a> {
+    /// A held key whose public key the caller already has (from [`HeldKey::public_key_der`]).
+    pub fn new(
+        sealer: &'a dyn Sealer,
+        purpose: &'a str,
+        blob: &'a [u8],
+        public_key_der: Vec<u8>,
+    ) -> Self {
+        KeystoreKey {
+            sealer,
+            purpose,
+            blob,
+            public_key_der,
+        }
+    }
+
+    /// A stored held key, its public key read from the keystore. This is where a blob the
+    /// keystore cannot use (another TPM's, another purpose's, damaged) is refused.
+    pub fn open(
+        sealer: &'a dyn Sealer,
+        purpose: &'a str,
+        blob: &'a [u8],
+    ) -> Result<Self, KeystoreError> {
+        let public_key_der = sealer.rsa_public_key(purpose, blob)?;
+        Ok(Self::new(sealer, purpose, blob, public_key_der))
+    }
+}
+
+impl std::fmt::Debug for KeystoreKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoreKey")
+            .field("purpose", &self.purpose)
+            .field("residence", &mdm_keystore::KeyResidence::of_blob(self.blob))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A keystore error as `mdm-pki` reports key failures.
+pub fn pki_error(e: KeystoreError) -> PkiError {
+    match e {
+        KeystoreError::RsaDecryption => PkiError::Decryption,
+        other => PkiError::KeyUnavailable(other.to_string()),
+    }
+}
+
+impl PrivateKeyOps for KeystoreKey<'_> {
+    fn public_key_der(&self) -> Vec<u8> {
+        self.public_key_der.clone()
+    }
+
+    fn sign_sha256(&self, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+        self.sealer
+            .rsa_sign_sha256(self.purpose, self.blob, msg)
+            .map_err(pki_error)
+    }
+
+    fn rsa_decrypt_pkcs1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+        self.sealer
+            .rsa_decrypt(self.purpose, self.blob, ciphertext)
+            .map_err(pki_error)
+    }
+}
+
+/// Why a new token key pair could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPairError {
+    /// The keystore could not create the key (the TPM did not answer, for instance).
+    #[error("the keystore could not create the ABM token key: {0}")]
+    Keystore(#[source] KeystoreError),
+    /// The certificate could not be made (or signed by the new key).
+    #[error("the ABM token certificate could not be made: {0}")]
+    Certificate(#[source] PkiError),
+}
+
+/// A fresh key pair for a connection: an RSA-2048 key held by `sealer` for `purpose`
+/// (inside the TPM on a TPM keystore) and a self-signed certificate, signed by that key where
+/// it lives, with only a common name (`<connection_name> ABM token`), keyEncipherment and
+/// digitalSignature. The admin uploads the certificate to the MDM server in ABM; ABM encrypts
+/// the token to it, and the same key later signs the `com.apple.maid` JWT, hence both usages.
+pub fn new_token_key_pair(
+    sealer: &dyn Sealer,
+    purpose: &str,
+    connection_name: &str,
+) -> Result<(Certificate, HeldKey), KeyPairError> {
+    let held = sealer
+        .create_rsa_key(purpose)
+        .map_err(KeyPairError::Keystore)?;
+    let key = KeystoreKey::new(sealer, purpose, &held.blob, held.public_key_der.clone());
     let mut params = CertificateParams::leaf(
         Name::new(format!("{connection_name} ABM token")),
         KEY_PAIR_LIFETIME,
         KEY_PAIR_BACKDATE,
     );
     params.key_usage = KeyUsages::SIGN_AND_ENCRYPT;
-    let cert = self_signed(&params, &key)?;
-    Ok((cert, key))
+    let cert = self_signed(&params, &key).map_err(KeyPairError::Certificate)?;
+    Ok((cert, held))
 }
 
-/// Opens a server token file with the connection's key pair.
+/// Opens a server token file with the connection's key pair: `cert` and its private key
+/// (a [`KeystoreKey`], or any [`PrivateKeyOps`]).
 ///
 /// `p7m` may be the S/MIME message ABM hands out (CRLF or LF line breaks), bare base64 of
 /// the CMS message (optionally PEM-armoured), or the DER/BER CMS message itself.
 pub fn decrypt_server_token(
     p7m: &[u8],
     cert: &Certificate,
-    key: &PrivateKey,
+    key: &dyn PrivateKeyOps,
 ) -> Result<ServerToken, TokenError> {
     let cms = cms_message(p7m)?;
     let (plain, _cipher): (Zeroizing<Vec<u8>>, _) = mdm_pki::cms::open_envelope(&cms, cert, key)
         .map_err(|e| match e {
             PkiError::NoMatchingRecipient => TokenError::WrongKey,
             PkiError::Decryption => TokenError::Damaged,
+            PkiError::KeyUnavailable(why) => TokenError::KeyUnavailable(why),
             PkiError::NotRsa(_) => TokenError::KeyPair(e),
             PkiError::Invalid {
                 context: "recipient",
@@ -313,9 +422,11 @@ mod tests {
     use std::process::Command;
     use std::time::SystemTime;
 
+    use mdm_keystore::{KeyResidence, SoftSealer};
     use mdm_pki::cms::ContentCipher;
 
     use super::*;
+    use crate::abm::KEY_PURPOSE;
 
     const TOKEN_JSON: &str = r#"{"consumer_key":"CK_3a1b2c","consumer_secret":"CS_secret-consumer","access_token":"AT_O1234567890","access_secret":"AS_secret-access","access_token_expiry":"2027-11-21T10:00:00Z"}"#;
 
@@ -346,6 +457,28 @@ mod tests {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A software keystore (the development backend) in a temp dir.
+    struct Keystore {
+        _dir: TempDir,
+        sealer: SoftSealer,
+    }
+
+    impl Keystore {
+        fn new() -> Self {
+            let dir = TempDir::new();
+            let sealer = SoftSealer::open_or_create(&dir.path("master.key")).unwrap();
+            Keystore { _dir: dir, sealer }
+        }
+
+        fn pair(&self, name: &str) -> (Certificate, HeldKey) {
+            new_token_key_pair(&self.sealer, KEY_PURPOSE, name).unwrap()
+        }
+
+        fn key<'a>(&'a self, held: &'a HeldKey) -> KeystoreKey<'a> {
+            KeystoreKey::open(&self.sealer, KEY_PURPOSE, &held.blob).unwrap()
         }
     }
 
@@ -429,9 +562,12 @@ mod tests {
 
     #[test]
     fn the_key_pair_is_what_abm_expects() {
-        let (cert, key) = new_token_key_pair("district-1").unwrap();
-        assert_eq!(key.algorithm(), KeyAlgorithm::Rsa2048);
-        assert_eq!(cert.public_key_der(), key.public_key_der());
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("district-1");
+        assert_eq!(held.residence, KeyResidence::Sealed);
+        assert_eq!(KeyResidence::of_blob(&held.blob), KeyResidence::Sealed);
+        assert_eq!(cert.public_key_der(), held.public_key_der);
+        assert_eq!(cert.public_key_der(), ks.key(&held).public_key_der());
         assert_eq!(cert.subject(), "CN=district-1 ABM token");
         assert_eq!(cert.subject(), cert.issuer());
         let usage = cert.key_usage().unwrap();
@@ -446,7 +582,7 @@ mod tests {
             / (365 * 24 * 3600);
         assert!(years >= 4, "valid for {years} years");
         // Two pairs are distinct.
-        let (other, _) = new_token_key_pair("district-1").unwrap();
+        let (other, _) = ks.pair("district-1");
         assert_ne!(cert.public_key_der(), other.public_key_der());
 
         if have_openssl() {
@@ -464,6 +600,17 @@ mod tests {
                 text.contains("Digital Signature, Key Encipherment"),
                 "{text}"
             );
+            // The self-signature, made by the held key through the keystore, verifies.
+            let out = Command::new("openssl")
+                .args(["verify", "-check_ss_sig", "-partial_chain", "-CAfile"])
+                .args([path_str(&path), path_str(&path)])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -472,7 +619,9 @@ mod tests {
         if !have_openssl() {
             return;
         }
-        let (cert, key) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
         for cipher in ["-des3", "-aes128", "-aes256"] {
             let p7m = smime_token(&cert, &message(TOKEN_JSON), cipher);
             let text = String::from_utf8(p7m.clone()).unwrap();
@@ -496,7 +645,9 @@ mod tests {
         if !have_openssl() {
             return;
         }
-        let (cert, key) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
         let ber = ber_token(&cert, &message(TOKEN_JSON));
         // Indefinite-length outer SEQUENCE: really BER, not DER.
         assert_eq!(&ber[..2], &[0x30, 0x80]);
@@ -527,15 +678,18 @@ mod tests {
         if !have_openssl() {
             return;
         }
-        let (cert, key) = new_token_key_pair("c1").unwrap();
-        let (other_cert, _) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
+        let (other_cert, _) = ks.pair("c1");
         let p7m = smime_token(&other_cert, &message(TOKEN_JSON), "-aes256");
         let err = decrypt_server_token(&p7m, &cert, &key).unwrap_err();
         assert!(matches!(err, TokenError::WrongKey), "{err}");
         assert!(err.to_string().contains("mdmctl abm public-key"), "{err}");
 
         // A key that is not the certificate's is a key-pair problem, not the token's.
-        let (_, other_key) = new_token_key_pair("c1").unwrap();
+        let (_, other_held) = ks.pair("c1");
+        let other_key = ks.key(&other_held);
         let p7m = smime_token(&cert, &message(TOKEN_JSON), "-aes256");
         let err = decrypt_server_token(&p7m, &cert, &other_key).unwrap_err();
         assert!(matches!(err, TokenError::KeyPair(_)), "{err}");
@@ -543,7 +697,9 @@ mod tests {
 
     #[test]
     fn a_damaged_token_is_named() {
-        let (cert, key) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
         // A flipped bit in the last ciphertext block breaks its padding, except in the rare
         // case (about 1 in 256) where the garbled block happens to end in valid padding: then
         // the frame is garbled instead. Several envelopes make a `Damaged` certain.
@@ -568,7 +724,9 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_token() {
-        let (cert, key) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
         let cases: [&[u8]; 8] = [
             b"",
             b"   \n",
@@ -591,7 +749,9 @@ mod tests {
 
     #[test]
     fn malformed_content_names_what_is_missing_and_no_secret() {
-        let (cert, key) = new_token_key_pair("c1").unwrap();
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let key = ks.key(&held);
         let open = |content: &str| {
             let der = mdm_pki::cms::envelope(content.as_bytes(), &cert, ContentCipher::Aes128Cbc)
                 .unwrap();
@@ -650,5 +810,126 @@ mod tests {
         let err = open(&format!("-----BEGIN MESSAGE-----\n{TOKEN_JSON}\n")).unwrap_err();
         assert!(err.to_string().contains("END MESSAGE"), "{err}");
         no_secret(&err);
+    }
+
+    /// A keystore whose TPM stops answering for decryption (public keys still come back).
+    struct TpmGone(SoftSealer);
+
+    fn tpm_gone() -> KeystoreError {
+        KeystoreError::TpmUnavailable {
+            tcti: "device:/dev/tpmrm0".into(),
+            library: "libtss2-tcti-device0",
+            detail: "Connection refused".into(),
+        }
+    }
+
+    impl Sealer for TpmGone {
+        fn backend(&self) -> mdm_keystore::Backend {
+            self.0.backend()
+        }
+        fn seal(
+            &self,
+            purpose: &str,
+            plaintext: &[u8],
+        ) -> Result<mdm_keystore::SealedBlob, KeystoreError> {
+            self.0.seal(purpose, plaintext)
+        }
+        fn unseal(
+            &self,
+            purpose: &str,
+            blob: &mdm_keystore::SealedBlob,
+        ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+            self.0.unseal(purpose, blob)
+        }
+        fn rsa_decrypt(
+            &self,
+            _purpose: &str,
+            _key_blob: &[u8],
+            _ciphertext: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+            Err(tpm_gone())
+        }
+        fn rsa_sign_sha256(
+            &self,
+            _purpose: &str,
+            _key_blob: &[u8],
+            _message: &[u8],
+        ) -> Result<Vec<u8>, KeystoreError> {
+            Err(tpm_gone())
+        }
+    }
+
+    #[test]
+    fn keystore_errors_map_to_pki_errors() {
+        assert!(matches!(
+            pki_error(KeystoreError::RsaDecryption),
+            PkiError::Decryption
+        ));
+        match pki_error(tpm_gone()) {
+            PkiError::KeyUnavailable(why) => {
+                assert!(why.contains("could not reach the TPM"), "{why}")
+            }
+            other => panic!("expected KeyUnavailable, got {other}"),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_keystore_is_not_a_damaged_token() {
+        let ks = Keystore::new();
+        let (cert, held) = ks.pair("c1");
+        let der = mdm_pki::cms::envelope(
+            message(TOKEN_JSON).as_bytes(),
+            &cert,
+            ContentCipher::Aes256Cbc,
+        )
+        .unwrap();
+        let gone = TpmGone(ks.sealer);
+        let key = KeystoreKey::open(&gone, KEY_PURPOSE, &held.blob).unwrap();
+        let err = decrypt_server_token(&der, &cert, &key).unwrap_err();
+        assert!(matches!(err, TokenError::KeyUnavailable(_)), "{err}");
+        assert!(err.to_string().contains("could not reach the TPM"), "{err}");
+        // Nor can it make a key pair: the certificate would need a signature.
+        match new_token_key_pair(&gone, KEY_PURPOSE, "c2") {
+            Err(KeyPairError::Certificate(PkiError::KeyUnavailable(_))) => {}
+            other => panic!("expected an unavailable key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_sealed_before_keys_were_held_still_opens_tokens() {
+        // What connections made before the keystore held keys stored: a PKCS#8 key sealed
+        // under `abm-key`, and a certificate signed in memory.
+        let ks = Keystore::new();
+        let legacy = mdm_pki::PrivateKey::generate(mdm_pki::KeyAlgorithm::Rsa2048).unwrap();
+        let mut params = CertificateParams::leaf(
+            Name::new("old ABM token"),
+            KEY_PAIR_LIFETIME,
+            KEY_PAIR_BACKDATE,
+        );
+        params.key_usage = KeyUsages::SIGN_AND_ENCRYPT;
+        let cert = self_signed(&params, &legacy).unwrap();
+        let blob = ks
+            .sealer
+            .seal(KEY_PURPOSE, &legacy.to_pkcs8_der())
+            .unwrap()
+            .to_bytes();
+        assert_eq!(KeyResidence::of_blob(&blob), KeyResidence::Sealed);
+        let key = KeystoreKey::open(&ks.sealer, KEY_PURPOSE, &blob).unwrap();
+        assert_eq!(key.public_key_der(), legacy.public_key_der());
+        let der = mdm_pki::cms::envelope(
+            message(TOKEN_JSON).as_bytes(),
+            &cert,
+            ContentCipher::DesEde3Cbc,
+        )
+        .unwrap();
+        assert_expected(&decrypt_server_token(&der, &cert, &key).unwrap());
+
+        // Another keystore (another appliance's data key) cannot use it.
+        let elsewhere = Keystore::new();
+        let err = KeystoreKey::open(&elsewhere.sealer, KEY_PURPOSE, &blob).unwrap_err();
+        assert!(matches!(err, KeystoreError::WrongKey { .. }), "{err}");
+        // Nor is it usable under another purpose.
+        let err = KeystoreKey::open(&ks.sealer, "tls-key", &blob).unwrap_err();
+        assert!(matches!(err, KeystoreError::WrongPurpose { .. }), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::connections::{TokenState, TokenStatus};
+use super::connections::{key_storage, TokenState, TokenStatus};
 use super::sync::Planner;
 use super::AbmService;
 use crate::error::{ServiceError, ServiceResult};
@@ -93,6 +93,12 @@ pub struct ConnectionView {
     pub action: Option<String>,
     /// A key pair whose certificate was handed out and awaits its token.
     pub key_staged: bool,
+    /// Where the current key pair's private key lives: `tpm` (made inside the TPM, never
+    /// leaves it) or `sealed` (sealed by the keystore, unsealed into memory for each use);
+    /// `None` before the first token.
+    pub key_storage: Option<&'static str>,
+    /// The same for the staged key pair; `None` when none is staged.
+    pub staged_key_storage: Option<&'static str>,
     pub token: Option<TokenView>,
     pub account: Option<AccountView>,
     pub problem: Option<ProblemView>,
@@ -212,6 +218,8 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
             reason,
             action,
             key_staged: rec.staged_key.is_some(),
+            key_storage: rec.current_key.as_ref().map(key_storage),
+            staged_key_storage: rec.staged_key.as_ref().map(key_storage),
             token: rec.token.as_ref().map(|t| TokenView {
                 consumer_key: t.consumer_key.clone(),
                 expires_at: ts(t.expires_at),

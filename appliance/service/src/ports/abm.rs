@@ -151,14 +151,18 @@ pub trait AbmConnector: Send + Sync + 'static {
 // ---------------------------------------------------------------------------------------------
 // Stored state
 
-/// An RSA key pair of a connection: the certificate the admin uploads to ABM and the sealed
-/// private key that decrypts server tokens.
+/// An RSA key pair of a connection: the certificate the admin uploads to ABM and the private
+/// key, held by the keystore, that decrypts server tokens and signs `com.apple.maid` tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbmKeyRecord {
     /// The self-signed certificate, DER.
     #[serde(with = "bytes_b64")]
     pub cert_der: Vec<u8>,
-    /// The PKCS#8 private key, sealed (see `mdm-keystore`, purpose `abm-key`).
+    /// The keystore's blob of the private key (`mdm_keystore::HeldKey::blob`, purpose
+    /// `abm-key`): a TPM-resident key's wrapping, or a sealed PKCS#8 key (the software
+    /// keystore's form, and that of every key made before keys could live in the TPM; the
+    /// keystore accepts both, `mdm_keystore::KeyResidence::of_blob` tells them apart). No
+    /// usable key material outside this appliance's keystore.
     #[serde(with = "bytes_b64")]
     pub key_sealed: Vec<u8>,
     pub created_at: Timestamp,

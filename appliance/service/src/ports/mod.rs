@@ -646,11 +646,34 @@ pub trait SettingsStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
-/// A consistent copy of the whole store, for backups.
+/// Whole-file maintenance: a consistent copy for backups, and re-sealing every stored secret
+/// for a data-key rotation.
 pub trait BackupStore: Send + Sync + 'static {
     /// Writes the store's file as of the last commit to `dest` (which must not exist).
     /// Returns the bytes written.
     fn copy_to(&self, dest: &std::path::Path) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Data-key rotation: passes every sealed blob stored anywhere in the file to `rewrap` and
+    /// writes back what it re-seals, in batches of ordinary writes. A failure of `rewrap`
+    /// stops the pass with [`StoreError::Corrupt`] naming the table and key; what was written
+    /// before stays written (the keystore still opens both).
+    fn reseal_all(&self, rewrap: Rewrap) -> impl Future<Output = StoreResult<ResealReport>> + Send;
+}
+
+/// Re-seals one stored blob (its bytes) under the keystore's current data key; `Ok(None)` when
+/// it already is. The error is a sentence for the operator.
+pub type Rewrap =
+    std::sync::Arc<dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + Sync + 'static>;
+
+/// What a [`BackupStore::reseal_all`] pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResealReport {
+    /// Records read.
+    pub records: u64,
+    /// Sealed blobs found in them.
+    pub blobs: u64,
+    /// Blobs re-sealed (the others already were under the current key).
+    pub resealed: u64,
 }
 
 /// Everything the MDM service needs from storage.
