@@ -28,13 +28,21 @@
 //! enters a new key file (on another machine, under another TPM) through
 //! `create_with_data_key`, so the database's blobs open there unchanged.
 //!
-//! What it cannot do yet: bind the TPM-sealed key to a PCR policy (measured boot), so any
-//! process with access to the TPM and the key file can unseal it; use an owner hierarchy that
-//! has a password; keep private keys inside the TPM (the ABM token's RSA key, for instance, is
-//! unsealed into memory to be used); move blobs between backends (blobs record theirs, so a
-//! data key from a TPM keystore serves a TPM keystore, not a software one); re-seal blobs under
-//! a new data key (key rotation); check that key files are owned by the service user (only
-//! their mode is checked). Unix only.
+//! Held keys ([`HeldKey`]): RSA keys the keystore uses for the caller (decrypt, sign) without
+//! handing them out; on the TPM backend they are created inside the TPM.
+//!
+//! Rotation: [`Sealer::begin_rotation`], [`Sealer::reseal_blob`] and
+//! [`Sealer::finish_rotation`] replace the data key while every blob stays readable; the key
+//! file lists the old key until the caller has re-sealed every stored blob.
+//!
+//! Platform binding: [`TpmSealer::open_with_pcrs`] binds the TPM-sealed data key to PCR values
+//! (TPM2_PolicyPCR); the recovery path when they change is the data key from a backup.
+//!
+//! What it cannot do yet: a signed PCR policy (PolicyAuthorize), so binding to PCRs that change
+//! with updates is impractical; use an owner hierarchy that has a password; move blobs between
+//! backends (blobs record theirs, so a data key from a TPM keystore serves a TPM keystore, not
+//! a software one); check that key files are owned by the service user (only their mode is
+//! checked). Unix only.
 
 mod aead;
 mod backup;

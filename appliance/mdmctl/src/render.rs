@@ -562,9 +562,23 @@ pub fn keystore(v: &Value) -> String {
             ("Vendor string", text(v, &["tpm", "vendor"])),
             ("Firmware", firmware),
             ("Storage key", text(v, &["tpm", "storage_key_name"])),
+            ("PCR policy", pcr_policy(v)),
         ]);
     }
     key_values(&rows)
+}
+
+/// The PCRs a TPM keystore's data key is bound to, or `none`.
+fn pcr_policy(v: &Value) -> String {
+    let pcrs: Vec<String> = at(v, &["tpm", "policy_pcrs"])
+        .and_then(Value::as_array)
+        .map(|p| p.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    if pcrs.is_empty() {
+        "none".to_owned()
+    } else {
+        pcrs.join(", ")
+    }
 }
 
 /// The answer of `POST /keystore/rotate`.
@@ -641,9 +655,13 @@ mod tests {
             "key_file": "/var/lib/mdm/keystore-tpm.key",
             "tpm": {"tcti": "device:/dev/tpmrm0", "manufacturer": "IFX", "vendor": "SLB9670",
                     "firmware_version": "7.85.4555.0", "firmware_version_raw": [458837, 298516480],
-                    "storage_key_name": "000b12"},
+                    "storage_key_name": "000b12", "policy_pcrs": [7]},
+            "previous_key_ids": ["0011223344556677"],
         });
         let out = keystore(&v);
+        assert!(out.contains("PCR policy     7\n"), "{out}");
+        assert!(out.contains("UNFINISHED"), "{out}");
+        assert!(out.contains("0011223344556677"), "{out}");
         assert!(out.contains("Backend        TPM\n"), "{out}");
         assert!(out.contains("Key ID         4bcbf512f81dbde7\n"), "{out}");
         assert!(out.contains("Manufacturer   IFX\n"), "{out}");
