@@ -423,7 +423,7 @@ pub enum KeystoreError {
          {key_storage_key}, this TPM's is {tpm_storage_key}): the appliance was restored onto \
          new hardware, or this TPM's owner hierarchy was cleared. A TPM-resident key never \
          leaves the TPM that made it, so it cannot be used here: create a new key pair. For \
-         the ABM server token, run `mdmctl abm public-key NAME --rotate`, upload the new \
+         the ABM server token, run `mdmctl abm public-key NAME --new`, upload the new \
          public key to the MDM server in Apple Business Manager, then download its new token \
          and upload it to the appliance"
     )]

@@ -57,9 +57,9 @@ const DEFAULT_EXPONENT: u32 = 65_537;
 // of range or its padding is wrong (VALUE), or it is not the modulus' size (SIZE).
 const RC_VALUE: u32 = RC_FMT1 + 0x004;
 const RC_SIZE: u32 = RC_FMT1 + 0x015;
-/// TPM_RC_FAILURE: the TPM is in failure mode. libtpms before 0.9.7 and 0.10 (swtpm on Debian
-/// 12 among them) also answers a block with bad padding with it, without entering failure
-/// mode; see [`decryption_refused`].
+/// TPM_RC_FAILURE: the TPM is in failure mode. libtpms releases older than mid-2024 (swtpm on
+/// Debian 12 among them) also answer a block with bad padding with it, without entering
+/// failure mode; see [`decryption_refused`].
 const RC_FAILURE: u32 = 0x101;
 
 /// One held-key operation at a time in this process. Each needs the storage key, a session
@@ -600,16 +600,21 @@ mod tests {
     fn public_area_to_spki_matches_aws_lc() {
         let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
         let expected: PublicKeyX509Der<'static> = pair.public_key().as_der().unwrap();
-        let modulus = pair
-            .public_key()
-            .modulus()
-            .big_endian_without_leading_zero();
+        // An RSA-2048 SPKI with exponent 65537 (RFC 5280, RFC 8017): SEQUENCE { SEQUENCE {
+        // rsaEncryption, NULL }, BIT STRING { SEQUENCE { INTEGER n (0x00 | 256 bytes),
+        // INTEGER 65537 } } }.
+        let der = expected.as_ref();
+        assert_eq!(der.len(), 294);
         assert_eq!(
-            pair.public_key()
-                .exponent()
-                .big_endian_without_leading_zero(),
-            &[1, 0, 1]
+            &der[..33],
+            &[
+                0x30, 0x82, 0x01, 0x22, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d,
+                0x01, 0x01, 0x01, 0x05, 0x00, 0x03, 0x82, 0x01, 0x0f, 0x00, 0x30, 0x82, 0x01, 0x0a,
+                0x02, 0x82, 0x01, 0x01, 0x00
+            ]
         );
+        assert_eq!(&der[289..], &[0x02, 0x03, 0x01, 0x00, 0x01]);
+        let modulus = &der[33..289];
         let template = rsa_key_template().unwrap();
         let Public::Rsa {
             object_attributes,

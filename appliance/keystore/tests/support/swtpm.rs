@@ -80,7 +80,17 @@ impl Swtpm {
 
     fn spawn(state: &Path, port: u16) -> Option<Self> {
         let log = std::fs::File::create(log_path(state)).unwrap();
-        let mut child = Command::new("swtpm")
+        // Through a shell that first closes every descriptor above 2: libtss2 opens its TPM
+        // sockets without close-on-exec, so a swtpm started while another test holds a TPM
+        // connection would inherit that socket and keep the other test's TPM waiting.
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(
+                "for fd in /proc/$$/fd/*; do fd=${fd##*/}; \
+                 if [ \"$fd\" -gt 2 ]; then eval \"exec $fd>&-\" 2>/dev/null; fi; done; \
+                 exec swtpm \"$@\"",
+            )
+            .arg("swtpm")
             .args(["socket", "--tpm2"])
             .arg("--server")
             .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
