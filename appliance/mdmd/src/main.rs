@@ -236,6 +236,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // it sees READY, and a signal arriving before the handler exists would kill the daemon
     // with the default action instead of a clean stop.
     let signals = StopSignals::install();
+    // The daemon holds the unsealed data key and the appliance's private keys in memory: no
+    // core dump may write them to disk, and no process of the same user may ptrace it. (Swap
+    // is kept out by the unit's MemorySwapMax=0; mlockall would make the whole daemon's memory
+    // count against RLIMIT_MEMLOCK and fail allocations beyond it.)
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "cannot mark the daemon non-dumpable; a core dump could hold its keys");
+    }
     let running = match mdmd::start(cfg).await {
         Ok(r) => r,
         Err(e) => {
