@@ -2,6 +2,8 @@
 //! data directory cannot be opened with another TPM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../appliance/keystore/tests/support/pcr.rs"]
+mod pcr;
 #[path = "../../appliance/keystore/tests/support/swtpm.rs"]
 mod swtpm;
 
@@ -107,25 +109,6 @@ async fn the_appliance_runs_on_a_tpm_keystore() {
     drop(tpm);
 }
 
-/// Extends PCR 7 of the TPM behind `tcti`, as a Secure Boot change does at the next boot.
-fn extend_pcr7(tcti: &str) {
-    use std::str::FromStr as _;
-    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-    let mut ctx =
-        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap())
-            .unwrap();
-    let mut values = tss_esapi::structures::DigestValues::new();
-    values.set(
-        HashingAlgorithm::Sha256,
-        tss_esapi::structures::Digest::try_from(vec![0x5a; 32]).unwrap(),
-    );
-    ctx.execute_with_session(
-        Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
-        |c| c.pcr_extend(tss_esapi::handles::PcrHandle::Pcr7, values),
-    )
-    .unwrap();
-}
-
 /// `keystore.pcrs = [7]`: the appliance runs and restarts while PCR 7 holds its value; once it
 /// changes the daemon refuses to start with the reason and the recovery command, and
 /// `mdmd restore --key-only` with an encrypted backup brings the same appliance back (database
@@ -177,7 +160,7 @@ async fn a_pcr_bound_appliance_refuses_a_changed_platform_and_recovers_from_its_
     app.stop().await;
     let key_file = app.data_dir().join(mdmd::TPM_KEY_FILE);
     let key_before = std::fs::read(&key_file).unwrap();
-    extend_pcr7(&tcti);
+    pcr::extend_pcr7(&tcti);
     let err = app.try_restart().await.unwrap_err();
     assert!(err.contains("PCR 7"), "{err}");
     assert!(err.contains("restore --key-only"), "{err}");

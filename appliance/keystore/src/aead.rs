@@ -9,7 +9,8 @@ use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand;
 use zeroize::Zeroizing;
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::Path;
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::blob::{associated_data, hex, validate_purpose, BLOB_VERSION};
 use crate::{Backend, KeystoreError, SealedBlob};
@@ -171,12 +172,25 @@ impl DataKey {
 pub(crate) struct KeyRing {
     backend: Backend,
     keys: RwLock<Ring>,
+    /// Serializes rotations (key file rewrites).
+    rotation: Mutex<()>,
 }
 
 struct Ring {
     current: DataKey,
     previous: Vec<DataKey>,
     retired: Vec<DataKey>,
+}
+
+impl Ring {
+    /// The key with this id, or the current one (which then reports `WrongKey`).
+    fn key_for(&self, key_id: &[u8]) -> &DataKey {
+        std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .chain(self.retired.iter())
+            .find(|k| k.key_id[..] == *key_id)
+            .unwrap_or(&self.current)
+    }
 }
 
 impl KeyRing {
@@ -197,6 +211,7 @@ impl KeyRing {
                     .collect(),
                 retired: Vec::new(),
             }),
+            rotation: Mutex::new(()),
         }
     }
 
@@ -237,20 +252,61 @@ impl KeyRing {
             .collect()
     }
 
-    /// Makes `new` the current key; the old current key becomes a previous one. The caller
-    /// has already written the key file listing both.
-    pub(crate) fn push_current(&self, new: Zeroizing<[u8; KEY_LEN]>) {
-        let mut ring = self.write();
-        let old = std::mem::replace(&mut ring.current, DataKey::new(self.backend, new));
-        ring.previous.insert(0, old);
+    /// [`Sealer::begin_rotation`](crate::Sealer::begin_rotation) for a backend whose key file
+    /// (at `path`, for the log) `write` replaces with the keys it is given, current first. The
+    /// new key seals nothing before `write` succeeded; a rotation under way is left as it is.
+    pub(crate) fn begin_rotation(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&[Zeroizing<[u8; KEY_LEN]>]) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.previous_key_ids().is_empty() {
+            return Ok(());
+        }
+        let new: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
+        let mut keys = vec![Zeroizing::new(*new)];
+        keys.extend(self.file_keys());
+        write(&keys)?;
+        {
+            let mut ring = self.write();
+            let old = std::mem::replace(&mut ring.current, DataKey::new(self.backend, new));
+            ring.previous.insert(0, old);
+        }
+        tracing::warn!(
+            path = %path.display(),
+            key_id = %hex(&self.key_id()),
+            "data key rotation begun: new secrets are sealed under a new key"
+        );
+        Ok(())
     }
 
-    /// Moves every previous key to the retired ones (in memory only). The caller has already
-    /// written the key file without them.
-    pub(crate) fn retire_previous(&self) {
-        let mut ring = self.write();
-        let previous = std::mem::take(&mut ring.previous);
-        ring.retired.extend(previous);
+    /// [`Sealer::finish_rotation`](crate::Sealer::finish_rotation): `write` replaces the key
+    /// file with the current key only; the previous keys are then retired (kept in memory).
+    pub(crate) fn finish_rotation(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&[Zeroizing<[u8; KEY_LEN]>]) -> Result<(), KeystoreError>,
+    ) -> Result<(), KeystoreError> {
+        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = self.file_keys();
+        let Some(current) = keys.first() else {
+            return Ok(());
+        };
+        if keys.len() > 1 {
+            write(std::slice::from_ref(current))?;
+            {
+                let mut ring = self.write();
+                let previous = std::mem::take(&mut ring.previous);
+                ring.retired.extend(previous);
+            }
+            tracing::warn!(
+                path = %path.display(),
+                key_id = %hex(&self.key_id()),
+                "data key rotation finished: older keys removed from the key file"
+            );
+        }
+        Ok(())
     }
 
     pub(crate) fn seal(
@@ -267,11 +323,7 @@ impl KeyRing {
         blob: &SealedBlob,
     ) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
         let ring = self.read();
-        let key = std::iter::once(&ring.current)
-            .chain(ring.previous.iter())
-            .chain(ring.retired.iter())
-            .find(|k| k.key_id[..] == *blob.key_id())
-            .unwrap_or(&ring.current);
+        let key = ring.key_for(blob.key_id());
         key.unseal(purpose, blob)
     }
 
@@ -283,11 +335,7 @@ impl KeyRing {
         if blob.key_id() == ring.current.key_id {
             return Ok(None);
         }
-        let key = std::iter::once(&ring.current)
-            .chain(ring.previous.iter())
-            .chain(ring.retired.iter())
-            .find(|k| k.key_id[..] == *blob.key_id())
-            .unwrap_or(&ring.current);
+        let key = ring.key_for(blob.key_id());
         let plaintext = key.unseal(blob.purpose(), &blob)?;
         Ok(Some(
             ring.current.seal(blob.purpose(), &plaintext)?.to_bytes(),

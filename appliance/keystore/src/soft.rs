@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 
 use zeroize::Zeroizing;
 
@@ -74,8 +73,6 @@ fn decode_key_file(contents: &[u8]) -> Result<Vec<Zeroizing<[u8; KEY_LEN]>>, Str
 pub struct SoftSealer {
     path: PathBuf,
     key: KeyRing,
-    /// Serializes rotations (key file rewrites).
-    rotation: Mutex<()>,
 }
 
 impl SoftSealer {
@@ -148,7 +145,6 @@ impl SoftSealer {
         Self {
             path: path.to_owned(),
             key: KeyRing::new(Backend::Software, current, previous),
-            rotation: Mutex::new(()),
         }
     }
 
@@ -214,39 +210,15 @@ impl Sealer for SoftSealer {
     }
 
     fn begin_rotation(&self) -> Result<(), KeystoreError> {
-        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
-        if !self.key.previous_key_ids().is_empty() {
-            return Ok(());
-        }
-        let new: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
-        let mut keys = vec![Zeroizing::new(*new)];
-        keys.extend(self.key.file_keys());
-        replace(&self.path, &encode_key_file(&keys))?;
-        self.key.push_current(new);
-        tracing::warn!(
-            path = %self.path.display(),
-            key_id = %hex(&self.key.key_id()),
-            "data key rotation begun: new secrets are sealed under a new key"
-        );
-        Ok(())
+        self.key.begin_rotation(&self.path, |keys| {
+            replace(&self.path, &encode_key_file(keys))
+        })
     }
 
     fn finish_rotation(&self) -> Result<(), KeystoreError> {
-        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
-        let keys = self.key.file_keys();
-        let Some(current) = keys.first() else {
-            return Ok(());
-        };
-        if keys.len() > 1 {
-            replace(&self.path, &encode_key_file(std::slice::from_ref(current)))?;
-            self.key.retire_previous();
-            tracing::warn!(
-                path = %self.path.display(),
-                key_id = %hex(&self.key.key_id()),
-                "data key rotation finished: older keys removed from the key file"
-            );
-        }
-        Ok(())
+        self.key.finish_rotation(&self.path, |keys| {
+            replace(&self.path, &encode_key_file(keys))
+        })
     }
 
     fn reseal_blob(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {

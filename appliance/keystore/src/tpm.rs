@@ -6,7 +6,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
@@ -81,8 +80,6 @@ pub struct TpmSealer {
     storage_key_name: Vec<u8>,
     properties: Properties,
     key: KeyRing,
-    /// Serializes rotations (key file rewrites).
-    rotation: Mutex<()>,
     /// The PCRs (SHA-256 bank) the sealed data key is bound to; empty for no policy.
     pcrs: Vec<u8>,
 }
@@ -142,11 +139,7 @@ impl TpmSealer {
             )?,
         };
         if let Some(wanted) = wanted.filter(|w| *w != sealer.pcrs) {
-            let keys = sealer.key.file_keys();
-            let mut data = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_LEN));
-            for key in &keys {
-                data.extend_from_slice(&key[..]);
-            }
+            let data = ring_bytes(&sealer.key.file_keys());
             let file = tpm.seal_checked(&storage, key_file, &data, &wanted)?;
             replace(key_file, &file.encode())?;
             tracing::warn!(
@@ -291,7 +284,6 @@ impl TpmSealer {
             storage_key_name,
             properties: tpm.properties.clone(),
             key: KeyRing::new(Backend::Tpm, current, keys),
-            rotation: Mutex::new(()),
             pcrs,
         }
     }
@@ -315,11 +307,7 @@ impl TpmSealer {
                 tpm_storage_key: hex(&storage.name),
             });
         }
-        let mut data = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_LEN));
-        for key in keys {
-            data.extend_from_slice(&key[..]);
-        }
-        let file = tpm.seal_checked(&storage, &self.path, &data, &self.pcrs)?;
+        let file = tpm.seal_checked(&storage, &self.path, &ring_bytes(keys), &self.pcrs)?;
         replace(&self.path, &file.encode())
     }
 
@@ -416,41 +404,13 @@ impl Sealer for TpmSealer {
     }
 
     fn begin_rotation(&self) -> Result<(), KeystoreError> {
-        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
-        if !self.key.previous_key_ids().is_empty() {
-            return Ok(());
-        }
-        // Mixed with the TPM's generator like the first key would be; the kernel's pool is
-        // well seeded by now, so the system generator alone is enough here.
-        let new: Zeroizing<[u8; KEY_LEN]> = random("generate a master key")?;
-        let mut keys = vec![Zeroizing::new(*new)];
-        keys.extend(self.key.file_keys());
-        self.write_ring(&keys)?;
-        self.key.push_current(new);
-        tracing::warn!(
-            path = %self.path.display(),
-            key_id = %hex(&self.key.key_id()),
-            "data key rotation begun: new secrets are sealed under a new key"
-        );
-        Ok(())
+        self.key
+            .begin_rotation(&self.path, |keys| self.write_ring(keys))
     }
 
     fn finish_rotation(&self) -> Result<(), KeystoreError> {
-        let _one = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
-        let keys = self.key.file_keys();
-        let Some(current) = keys.first() else {
-            return Ok(());
-        };
-        if keys.len() > 1 {
-            self.write_ring(std::slice::from_ref(current))?;
-            self.key.retire_previous();
-            tracing::warn!(
-                path = %self.path.display(),
-                key_id = %hex(&self.key.key_id()),
-                "data key rotation finished: older keys removed from the key file"
-            );
-        }
-        Ok(())
+        self.key
+            .finish_rotation(&self.path, |keys| self.write_ring(keys))
     }
 
     fn reseal_blob(&self, blob: &[u8]) -> Result<Option<Vec<u8>>, KeystoreError> {
@@ -507,6 +467,15 @@ pub(crate) fn tcti_library(conf: &TctiNameConf) -> &'static str {
              running)"
         }
     }
+}
+
+/// The sealed data of a key file: its keys, current first, 32 bytes each.
+fn ring_bytes(keys: &[Zeroizing<[u8; KEY_LEN]>]) -> Zeroizing<Vec<u8>> {
+    let mut data = Zeroizing::new(Vec::with_capacity(keys.len() * KEY_LEN));
+    for key in keys {
+        data.extend_from_slice(&key[..]);
+    }
+    data
 }
 
 /// Sorted, distinct PCR indices, each below 24; `Err` says what is wrong.
@@ -990,22 +959,7 @@ impl<'a> Tpm<'a> {
             return Ok(session);
         }
         const OP: &str = "start an encrypted session";
-        let session = self
-            .context
-            .start_auth_session(
-                Some(storage.handle),
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| self.target.error(OP, e))?
-            .ok_or_else(|| KeystoreError::Tpm {
-                operation: OP,
-                code: None,
-                detail: "the TPM returned no session".to_owned(),
-            })?;
+        let session = self.start_session(OP, Some(storage), SessionType::Hmac)?;
         let (attributes, mask) = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .with_decrypt(true)
@@ -1074,27 +1028,38 @@ impl<'a> Tpm<'a> {
         })
     }
 
+    /// Starts a session of `kind` (AES-128-CFB parameter encryption available, SHA-256),
+    /// salted to `salt` when given (ESAPI encrypts a random salt to that key, so only this TPM
+    /// derives the session key). `operation` names what it is for in errors.
+    fn start_session(
+        &mut self,
+        operation: &'static str,
+        salt: Option<&StorageKey>,
+        kind: SessionType,
+    ) -> Result<AuthSession, KeystoreError> {
+        self.context
+            .start_auth_session(
+                salt.map(|s| s.handle),
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| self.target.error(operation, e))?
+            .ok_or_else(|| KeystoreError::Tpm {
+                operation,
+                code: None,
+                detail: "the TPM returned no session".to_owned(),
+            })
+    }
+
     /// The policy digest of TPM2_PolicyPCR over the current values of `pcrs`, from a trial
     /// session (which computes the digest without authorizing anything).
     fn pcr_policy_digest(&mut self, pcrs: &[u8]) -> Result<Digest, KeystoreError> {
         const OP: &str = "compute the PCR policy";
         let selection = pcr_selection(pcrs).map_err(|e| self.target.error(OP, e))?;
-        let trial = self
-            .context
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Trial,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| self.target.error(OP, e))?
-            .ok_or_else(|| KeystoreError::Tpm {
-                operation: OP,
-                code: None,
-                detail: "the TPM returned no session".to_owned(),
-            })?;
+        let trial = self.start_session(OP, None, SessionType::Trial)?;
         let digest = PolicySession::try_from(trial).and_then(|policy| {
             self.context
                 .policy_pcr(policy, Digest::default(), selection)?;
@@ -1116,22 +1081,7 @@ impl<'a> Tpm<'a> {
     ) -> Result<AuthSession, KeystoreError> {
         const OP: &str = "start a PCR policy session";
         let selection = pcr_selection(pcrs).map_err(|e| self.target.error(OP, e))?;
-        let session = self
-            .context
-            .start_auth_session(
-                Some(storage.handle),
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| self.target.error(OP, e))?
-            .ok_or_else(|| KeystoreError::Tpm {
-                operation: OP,
-                code: None,
-                detail: "the TPM returned no session".to_owned(),
-            })?;
+        let session = self.start_session(OP, Some(storage), SessionType::Policy)?;
         let (attributes, mask) = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .with_encrypt(true)

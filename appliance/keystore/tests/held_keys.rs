@@ -12,8 +12,6 @@
 mod swtpm;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -644,50 +642,6 @@ fn tpm2_tools_load_and_use_the_key() {
     assert_eq!(fs::read(fx.path("cek.bin")).unwrap(), cek);
 }
 
-/// Forwards the swtpm TCTI's two ports (commands, and control on the next port) to a TPM's,
-/// recording every byte both ways. Returns the first of the two proxy ports.
-fn recording_proxy(upstream: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (command, control) = loop {
-        let Some(port) = swtpm::free_port_pair() else {
-            continue;
-        };
-        if let (Ok(a), Ok(b)) = (
-            TcpListener::bind(("127.0.0.1", port)),
-            TcpListener::bind(("127.0.0.1", port + 1)),
-        ) {
-            break (a, b);
-        }
-    };
-    let port = command.local_addr().unwrap().port();
-    for (listener, target) in [(command, upstream), (control, upstream + 1)] {
-        let record = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let record = Arc::clone(&record);
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                            record.lock().unwrap().extend_from_slice(&buf[..n]);
-                        }
-                        let _ = to.shutdown(Shutdown::Write);
-                    });
-                }
-            }
-        });
-    }
-    (port, seen)
-}
-
 /// Whatever listens on the TPM's bus (here: the swtpm socket) does not see what the key
 /// decrypts: the session encrypts the response.
 #[test]
@@ -696,7 +650,7 @@ fn a_decrypted_key_never_crosses_the_wire_in_clear() {
     let Some(fx) = Fixture::new() else { return };
     let tcti = fx.tpm.tcti();
     let upstream: u16 = tcti.rsplit_once("port=").unwrap().1.parse().unwrap();
-    let (port, seen) = recording_proxy(upstream);
+    let (port, seen) = swtpm::recording_proxy(upstream);
     let via_proxy = format!("swtpm:host=127.0.0.1,port={port}");
     let sealer = TpmSealer::open_or_create(&via_proxy, &fx.key_path()).unwrap();
     let key = sealer.create_rsa_key(PURPOSE).unwrap();

@@ -4,33 +4,15 @@
 //! data key from a backup sealed again under the current state.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/pcr.rs"]
+mod pcr;
 #[path = "support/swtpm.rs"]
 mod swtpm;
 
 use std::fs;
-use std::str::FromStr;
 
 use mdm_keystore::{KeystoreError, SealedBlob, Sealer, TpmSealer};
-use tss_esapi::handles::PcrHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Digest, DigestValues};
-use tss_esapi::tcti_ldr::TctiNameConf;
-use tss_esapi::Context;
-
-/// Extends PCR 7 of the TPM behind `tcti` (what a Secure Boot change does at the next boot).
-fn extend_pcr7(tcti: &str) {
-    let mut ctx = Context::new(TctiNameConf::from_str(tcti).unwrap()).unwrap();
-    let mut values = DigestValues::new();
-    values.set(
-        HashingAlgorithm::Sha256,
-        Digest::try_from(vec![0xab; 32]).unwrap(),
-    );
-    ctx.execute_with_session(Some(AuthSession::Password), |c| {
-        c.pcr_extend(PcrHandle::Pcr7, values)
-    })
-    .unwrap();
-}
+use pcr::extend_pcr7;
 
 #[test]
 fn a_pcr_bound_key_opens_until_the_pcr_changes_and_is_recovered_from_its_backup_copy() {

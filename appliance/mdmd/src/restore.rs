@@ -230,14 +230,9 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     })
 }
 
-/// The settings entry holding the appliance CA's sealed key: in every appliance's database,
-/// sealed under its data key since the first start.
-const CA_KEY_SETTING: &str = "pki/ca.key.sealed";
-
 /// Proves that `sealer` holds the data key the database at `db` is sealed under, by opening
 /// the CA key (the database must not be in use: the daemon is stopped).
 fn check_key_opens_database(sealer: &dyn Sealer, db: &Path) -> anyhow::Result<()> {
-    use mdm_service::ports::SettingsStore as _;
     let store =
         mdm_store::RedbStore::open(db, mdm_store::StoreOptions::default()).map_err(|e| {
             anyhow::anyhow!(
@@ -245,23 +240,17 @@ fn check_key_opens_database(sealer: &dyn Sealer, db: &Path) -> anyhow::Result<()
                 db.display()
             )
         })?;
-    let sealed = store
-        .setting(CA_KEY_SETTING)
-        .map_err(|e| anyhow::anyhow!("cannot read the database: {e}"))?;
+    let opened = mdm_service::authority::sealer_opens_store(&store, sealer);
     store
         .close()
         .map_err(|e| anyhow::anyhow!("the database does not close: {e}"))?;
-    let sealed = sealed
-        .context("the database holds no appliance CA key; it is not an appliance database")?;
-    let blob = mdm_keystore::SealedBlob::from_bytes(&sealed)
-        .map_err(|e| anyhow::anyhow!("the database's CA key is not a sealed blob: {e}"))?;
-    sealer.unseal("ca-key", &blob).map_err(|e| {
+    opened.map_err(|e| {
         anyhow::anyhow!(
-            "the backup's data key does not open this database ({e}); use a backup made after \
-             the database's last data-key rotation"
+            "the backup's data key does not open this database ({}); use a backup made after \
+             the database's last data-key rotation",
+            e.message
         )
-    })?;
-    Ok(())
+    })
 }
 
 /// `--key-only`: the checked key file replaces the one in the directory (moved aside).

@@ -119,6 +119,19 @@ fn load<S: SettingsStore>(
     }))
 }
 
+/// Checks that `sealer` opens the appliance CA's key stored in `store`, which every appliance
+/// database holds from its first start: proof that `sealer` has the data key the database is
+/// sealed under (`mdmd restore --key-only` checks a recovered key this way).
+pub fn sealer_opens_store<S: SettingsStore>(store: &S, sealer: &dyn Sealer) -> ServiceResult<()> {
+    match load(store, sealer, Role::Ca)? {
+        Some(_) => Ok(()),
+        None => Err(ServiceError::not_found(
+            "CA_KEY_MISSING",
+            "the database holds no appliance CA key; it is not an appliance database",
+        )),
+    }
+}
+
 fn seal_entries(
     sealer: &dyn Sealer,
     role: Role,

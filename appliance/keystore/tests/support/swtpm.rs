@@ -5,10 +5,12 @@
 // Each includer uses a different part of it.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
+use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -165,4 +167,48 @@ impl Drop for Swtpm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Forwards the swtpm TCTI's two ports (commands, and control on the next port) to a TPM's,
+/// recording every byte both ways. Returns the first of the two proxy ports.
+pub fn recording_proxy(upstream: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (command, control) = loop {
+        let Some(port) = free_port_pair() else {
+            continue;
+        };
+        if let (Ok(a), Ok(b)) = (
+            TcpListener::bind(("127.0.0.1", port)),
+            TcpListener::bind(("127.0.0.1", port + 1)),
+        ) {
+            break (a, b);
+        }
+    };
+    let port = command.local_addr().unwrap().port();
+    for (listener, target) in [(command, upstream), (control, upstream + 1)] {
+        let record = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let record = Arc::clone(&record);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+    }
+    (port, seen)
 }
