@@ -18,7 +18,7 @@ use crate::ports::{
 };
 use crate::{sha256_hex, MdmService};
 
-/// How stale `last_seen_at` may get before an Idle writes it again.
+/// How stale `last_seen_at` may get before an Idle or a command report writes it again.
 const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
 
 /// One request from a device, as the web layer received it.
@@ -511,6 +511,8 @@ impl<S: Store> MdmService<S> {
                             raw: report.raw.clone(),
                             error_chain_json: error_chain_json.clone(),
                             at: now,
+                            touch: now.0.saturating_sub(rec.last_seen_at.0)
+                                >= LAST_SEEN_GRANULARITY_MS,
                         },
                     )
                     .await?;

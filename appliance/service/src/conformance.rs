@@ -204,6 +204,7 @@ fn report(uuid: &str, status: DeliveryStatus, at: Timestamp) -> CommandResult {
         error_chain_json: (status == DeliveryStatus::Error)
             .then(|| r#"[{"ErrorCode":12021,"ErrorDomain":"MCMDMErrorDomain"}]"#.to_owned()),
         at,
+        touch: true,
     }
 }
 
@@ -632,6 +633,20 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         )
     );
     assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(8));
+
+    // Without `touch` the report is recorded and the last-seen time stays.
+    queue(store, "c2", &["D"], t(9)).await;
+    let quiet = CommandResult {
+        touch: false,
+        ..report("c2", DeliveryStatus::Acknowledged, t(10))
+    };
+    let outcome = store.record_result("D", quiet).await.unwrap();
+    assert_eq!(outcome, ResultOutcome::Recorded);
+    assert_eq!(
+        delivery(store, "c2", "D").status,
+        DeliveryStatus::Acknowledged
+    );
+    assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(8));
 }
 
 /// Re-authentication cancels what was queued for the device and its user channels only
@@ -1041,6 +1056,7 @@ pub async fn push_results_and_owed_pushes<S: Store>(store: &S) {
         raw: Vec::new(),
         error_chain_json: None,
         at: t(10),
+        touch: true,
     };
     store.record_result("PC", done).await.unwrap();
     assert_eq!(store.enrollments_with_queued(None, 10).unwrap(), ["PA"]);
@@ -1154,10 +1170,14 @@ pub async fn prune_by_age<S: Store>(store: &S) {
     assert_eq!(again.deliveries_removed + again.commands_removed, 0);
 }
 
-/// At most `max_finished_per_enrollment` finished deliveries stay per enrollment, oldest go.
+/// At most `max_finished_per_enrollment` finished deliveries stay per enrollment, oldest go;
+/// a delivery still queued (here one the device answered NotNow, older than all the others)
+/// neither counts nor goes.
 pub async fn prune_by_count<S: Store>(store: &S) {
     enrolled(store, "D", t(0)).await;
     enrolled(store, "E", t(0)).await;
+    queue(store, "c0-held", &["D"], t(0)).await;
+    answer(store, "D", "c0-held", DeliveryStatus::NotNow, t(50)).await;
     for i in 1..=5 {
         let uuid = format!("c{i}");
         queue(store, &uuid, &["D"], t(i)).await;
@@ -1174,7 +1194,7 @@ pub async fn prune_by_count<S: Store>(store: &S) {
     assert!(!stats.more);
     assert_eq!(
         uuids(&store.enrollment_deliveries("D", 10).unwrap()),
-        ["c-queued", "c5", "c4"]
+        ["c-queued", "c5", "c4", "c0-held"]
     );
     assert_eq!(
         uuids(&store.enrollment_deliveries("E", 10).unwrap()),

@@ -6,7 +6,7 @@
 //! device records written with their connection record (one `abm_write` each), then the
 //! assignment job's loop (`abm_devices_due` 1000 at a time, write them back assigned).
 //!
-//! Run with `cargo bench -p mdm-store`; the database lives in a temporary directory (set
+//! Run with `cargo bench -p mdm-store` (`-- --queue-only` skips the ABM part); the database lives in a temporary directory (set
 //! `TMPDIR` to measure a particular disk). Figures are printed, not asserted.
 
 use std::collections::HashSet;
@@ -24,7 +24,7 @@ const ENROLLMENTS: usize = 10_000;
 const TASKS: usize = 64;
 /// Commands queued per enrollment: enough that no task runs out during a run.
 const COMMANDS: usize = 3;
-const CONCURRENT_ROUND_TRIPS: usize = 6_000;
+const CONCURRENT_ROUND_TRIPS: usize = 20_000;
 const SEQUENTIAL_ROUND_TRIPS: usize = 600;
 
 fn enrollment_id(i: usize) -> String {
@@ -109,6 +109,7 @@ async fn round_trip(store: &RedbStore, id: &str, skip: &HashSet<String>) -> Resu
                 raw: vec![b'r'; 300],
                 error_chain_json: None,
                 at: Timestamp::now(),
+                touch: false,
             },
         )
         .await?;
@@ -133,8 +134,10 @@ async fn run(
             let skip = HashSet::new();
             for n in 0..per_task {
                 // Spread over all enrollments; each (task, n) pair hits a distinct one until
-                // they wrap around, after which the next queued command is acknowledged.
-                let id = enrollment_id((first + t + n * tasks) % ENROLLMENTS);
+                // they wrap around, after which the next queued command is acknowledged. The
+                // multiplier (a prime that does not divide ENROLLMENTS) scatters neighbours over
+                // the key space, as devices' random UDIDs do.
+                let id = enrollment_id((first + t + n * tasks) * 7919 % ENROLLMENTS);
                 round_trip(&store, &id, &skip).await?;
             }
             Ok::<(), anyhow::Error>(())
@@ -146,15 +149,59 @@ async fn run(
     Ok((per_task * tasks, start.elapsed()))
 }
 
-fn report(label: &str, n: usize, elapsed: Duration, before: StoreStats, after: StoreStats) {
-    let commits = after.commits - before.commits;
-    let writes = after.writes - before.writes;
+/// This process's CPU time (user + system, all threads) and bytes handed to `write`-family
+/// calls, from `/proc/self/stat` and `/proc/self/io`.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    written: u64,
+}
+
+impl Usage {
+    fn now() -> Result<Usage> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("/proc/self/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let io = std::fs::read_to_string("/proc/self/io")?;
+        let written = io
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .context("/proc/self/io has no wchar")?
+            .trim()
+            .parse()?;
+        // USER_HZ is 100 on every Linux this runs on.
+        Ok(Usage {
+            cpu: Duration::from_millis(ticks * 10),
+            written,
+        })
+    }
+}
+
+fn report(
+    label: &str,
+    n: usize,
+    elapsed: Duration,
+    before: (StoreStats, Usage),
+    after: (StoreStats, Usage),
+) {
+    let commits = after.0.commits - before.0.commits;
+    let writes = after.0.writes - before.0.writes;
     let per_sec = n as f64 / elapsed.as_secs_f64();
+    let cpu = (after.1.cpu - before.1.cpu).as_secs_f64();
+    let written = after.1.written - before.1.written;
     println!(
         "{label:<28} {n:>6} round trips in {:>8.3} s = {per_sec:>9.0}/s; \
-         {writes} writes in {commits} commits (commits/writes = {:.3})",
+         {writes} writes in {commits} commits (commits/writes = {:.3}); \
+         CPU {:.1} µs per round trip; {:.0} KiB written per commit",
         elapsed.as_secs_f64(),
         commits as f64 / writes.max(1) as f64,
+        cpu * 1e6 / n.max(1) as f64,
+        written as f64 / 1024.0 / commits.max(1) as f64,
     );
 }
 
@@ -320,16 +367,25 @@ fn main() -> Result<()> {
             store.stats()
         );
 
-        let before = store.stats();
+        let before = (store.stats(), Usage::now()?);
         let (n, elapsed) = run(&store, 1, SEQUENTIAL_ROUND_TRIPS, 0).await?;
-        report("sequential (1 task)", n, elapsed, before, store.stats());
+        report(
+            "sequential (1 task)",
+            n,
+            elapsed,
+            before,
+            (store.stats(), Usage::now()?),
+        );
 
-        let before = store.stats();
+        let before = (store.stats(), Usage::now()?);
         let first = SEQUENTIAL_ROUND_TRIPS;
         let (n, elapsed) = run(&store, TASKS, CONCURRENT_ROUND_TRIPS, first).await?;
         let label = format!("concurrent ({TASKS} tasks)");
-        report(&label, n, elapsed, before, store.stats());
+        report(&label, n, elapsed, before, (store.stats(), Usage::now()?));
         store.close()?;
+        if std::env::args().any(|a| a == "--queue-only") {
+            return Ok(());
+        }
 
         let store = RedbStore::open(&dir.path().join("abm.redb"), StoreOptions::default())?;
         abm(&store).await?;

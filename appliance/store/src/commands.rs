@@ -2,9 +2,15 @@
 //!
 //! A delivery (one command for one enrollment) gets a sequence number from one global counter
 //! when it is queued. While it is not final it has a `queue` entry; it always has a `history`
-//! entry; once final it has entries in both finished indexes. All of these are keyed by that
-//! sequence number, so FIFO order, newest-first listing and "oldest first" pruning are plain
-//! range scans.
+//! entry (counted per enrollment in `history_count`); once final it has a `finished_by_age`
+//! entry and its report is kept in its own value. All of these are keyed by that sequence
+//! number, so FIFO order, newest-first listing and "oldest first" pruning are plain range
+//! scans.
+//!
+//! Recording a result is the write devices make most, so it touches as few records as it can:
+//! the delivery (with the report), its queue entry, and one entry appended to the by-age index.
+//! Each table a write touches costs at least one page in the group commit it shares, and the
+//! per-enrollment pages are scattered by the devices' random ids.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -15,13 +21,14 @@ use mdm_service::ports::{
 };
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
-use crate::codec::{colon_prefix_range, dangling, decode, encode, successor, BackendExt};
+use crate::codec::{colon_prefix_range, dangling, successor, BackendExt};
 use crate::enrollments::touch;
-use crate::records::{get_json, put_json, StoredCommand, StoredDelivery};
+use crate::records::{
+    decode_delivery, encode_delivery, get_json, put_json, StoredCommand, StoredDelivery,
+};
 use crate::schema::{
     open, open_read, CHALLENGES, CHALLENGE_EXPIRY, COMMANDS, COMMAND_PAYLOADS, DELIVERIES,
-    DELIVERY_RESULTS, ENROLLMENTS, FINISHED_BY_AGE, FINISHED_BY_ENROLLMENT, FINISHED_COUNT,
-    HISTORY, META, NEXT_SEQ, QUEUE,
+    DELIVERY_RESULTS, ENROLLMENTS, FINISHED_BY_AGE, HISTORY, HISTORY_COUNT, META, NEXT_SEQ, QUEUE,
 };
 
 type StrU64Table<'t, V> = Table<'t, (&'static str, u64), V>;
@@ -31,8 +38,6 @@ pub(crate) struct QueueTables<'t> {
     queue: StrU64Table<'t, &'static str>,
     deliveries: Table<'t, (&'static str, &'static str), &'static [u8]>,
     finished_by_age: Table<'t, (i64, u64), (&'static str, &'static str)>,
-    finished_by_enrollment: StrU64Table<'t, (i64, &'static str)>,
-    finished_count: Table<'t, &'static str, u64>,
 }
 
 impl<'t> QueueTables<'t> {
@@ -41,36 +46,38 @@ impl<'t> QueueTables<'t> {
             queue: open(txn, QUEUE)?,
             deliveries: open(txn, DELIVERIES)?,
             finished_by_age: open(txn, FINISHED_BY_AGE)?,
-            finished_by_enrollment: open(txn, FINISHED_BY_ENROLLMENT)?,
-            finished_count: open(txn, FINISHED_COUNT)?,
         })
     }
 
+    /// The delivery's record, without its report.
     fn delivery(&self, uuid: &str, enrollment_id: &str) -> StoreResult<Option<StoredDelivery>> {
         let guard = self
             .deliveries
             .get((uuid, enrollment_id))
             .backend("cannot read a delivery")?;
         guard
-            .map(|g| decode("deliveries", &DeliveryKey(uuid, enrollment_id), g.value()))
+            .map(|g| decode_delivery(&DeliveryKey(uuid, enrollment_id), g.value()).map(|(d, _)| d))
             .transpose()
     }
 
+    /// Writes a delivery's record, with the device's report once it is final.
     fn put_delivery(
         &mut self,
         uuid: &str,
         enrollment_id: &str,
         delivery: &StoredDelivery,
+        report: Option<&[u8]>,
     ) -> StoreResult<()> {
         let key = DeliveryKey(uuid, enrollment_id);
-        let bytes = encode("deliveries", &key, delivery)?;
+        let bytes = encode_delivery(&key, delivery, report)?;
         self.deliveries
             .insert((uuid, enrollment_id), bytes.as_slice())
             .backend("cannot write a delivery")?;
         Ok(())
     }
 
-    /// Indexes a delivery that just became final at `at`.
+    /// Indexes a delivery that just became final at `at`. The key grows with time, so the
+    /// entries of one commit share the index's last pages.
     fn index_finished(
         &mut self,
         enrollment_id: &str,
@@ -78,21 +85,9 @@ impl<'t> QueueTables<'t> {
         seq: u64,
         at: Timestamp,
     ) -> StoreResult<()> {
-        let what = "cannot index a finished delivery";
         self.finished_by_age
             .insert((at.0, seq), (uuid, enrollment_id))
-            .backend(what)?;
-        self.finished_by_enrollment
-            .insert((enrollment_id, seq), (at.0, uuid))
-            .backend(what)?;
-        let count = self
-            .finished_count
-            .get(enrollment_id)
-            .backend(what)?
-            .map_or(0, |g| g.value());
-        self.finished_count
-            .insert(enrollment_id, count.saturating_add(1))
-            .backend(what)?;
+            .backend("cannot index a finished delivery")?;
         Ok(())
     }
 
@@ -131,7 +126,7 @@ impl<'t> QueueTables<'t> {
                 .ok_or_else(|| dangling("queue", &QueueKey(&enrollment_id, seq), "delivery"))?;
             delivery.status = DeliveryStatus::Canceled;
             delivery.updated_at = at;
-            self.put_delivery(&uuid, &enrollment_id, &delivery)?;
+            self.put_delivery(&uuid, &enrollment_id, &delivery, None)?;
             self.index_finished(&enrollment_id, &uuid, seq, at)?;
         }
         Ok(())
@@ -219,6 +214,7 @@ pub(crate) fn enqueue(
     let first = allocate_seq(txn, n)?;
     let mut tables = QueueTables::open(txn)?;
     let mut history = open(txn, HISTORY)?;
+    let mut history_count = open(txn, HISTORY_COUNT)?;
     for (seq, target) in (first..).zip(&outcome.queued) {
         let key = (target.as_str(), seq);
         tables
@@ -228,6 +224,7 @@ pub(crate) fn enqueue(
         history
             .insert(key, cmd.uuid.as_str())
             .backend("cannot write command history")?;
+        add_history_count(&mut history_count, target, 1)?;
         let delivery = StoredDelivery {
             request_type: cmd.request_type.clone(),
             status: DeliveryStatus::Queued,
@@ -236,9 +233,52 @@ pub(crate) fn enqueue(
             updated_at: cmd.created_at,
             error_chain_json: None,
         };
-        tables.put_delivery(&cmd.uuid, target, &delivery)?;
+        tables.put_delivery(&cmd.uuid, target, &delivery, None)?;
     }
     Ok(outcome)
+}
+
+/// Adds `delta` (which may be negative) to an enrollment's history count; a count that
+/// reaches zero is removed.
+fn add_history_count(
+    counts: &mut Table<'_, &'static str, u64>,
+    enrollment_id: &str,
+    delta: i64,
+) -> StoreResult<()> {
+    let what = "cannot count command history";
+    let count = counts
+        .get(enrollment_id)
+        .backend(what)?
+        .map_or(0, |g| g.value());
+    let new = count.saturating_add_signed(delta);
+    if new == 0 {
+        counts.remove(enrollment_id).backend(what)?;
+    } else {
+        counts.insert(enrollment_id, new).backend(what)?;
+    }
+    Ok(())
+}
+
+/// Fills `history_count` from `history` (schema version 6).
+pub(crate) fn backfill_history_count(txn: &WriteTransaction) -> StoreResult<()> {
+    let what = "cannot count command history";
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    {
+        let history = open(txn, HISTORY)?;
+        for entry in history.iter().backend(what)? {
+            let (k, _) = entry.backend(what)?;
+            let (enrollment_id, _) = k.value();
+            match counts.last_mut() {
+                Some((last, n)) if last.as_str() == enrollment_id => *n += 1,
+                _ => counts.push((enrollment_id.to_owned(), 1)),
+            }
+        }
+    }
+    let mut table = open(txn, HISTORY_COUNT)?;
+    for (enrollment_id, n) in &counts {
+        table.insert(enrollment_id.as_str(), *n).backend(what)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn record_result(
@@ -246,7 +286,9 @@ pub(crate) fn record_result(
     enrollment_id: &str,
     result: &CommandResult,
 ) -> StoreResult<ResultOutcome> {
-    touch(txn, enrollment_id, result.at)?;
+    if result.touch {
+        touch(txn, enrollment_id, result.at)?;
+    }
     let mut tables = QueueTables::open(txn)?;
     let uuid = result.uuid.as_str();
     let Some(mut delivery) = tables.delivery(uuid, enrollment_id)? else {
@@ -274,11 +316,9 @@ pub(crate) fn record_result(
             .error_chain_json
             .clone_from(&result.error_chain_json);
         tables.index_finished(enrollment_id, uuid, delivery.seq, result.at)?;
-        open(txn, DELIVERY_RESULTS)?
-            .insert((uuid, enrollment_id), result.raw.as_slice())
-            .backend("cannot write a command result")?;
     }
-    tables.put_delivery(uuid, enrollment_id, &delivery)?;
+    let report = result.status.is_final().then_some(result.raw.as_slice());
+    tables.put_delivery(uuid, enrollment_id, &delivery, report)?;
     Ok(ResultOutcome::Recorded)
 }
 
@@ -331,20 +371,22 @@ pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<C
     }))
 }
 
-/// Turns a stored delivery into the port record, attaching its final report if any.
+/// Turns a stored delivery value into the port record with its final report, if any: the one
+/// kept in the value, else (recorded before schema version 6) the one in `delivery_results`.
 fn delivery_record(
     results: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     uuid: &str,
     enrollment_id: &str,
-    stored: StoredDelivery,
+    value: &[u8],
 ) -> StoreResult<DeliveryRecord> {
-    let result = if stored.status.is_final() {
-        results
+    let (stored, report) = decode_delivery(&DeliveryKey(uuid, enrollment_id), value)?;
+    let result = match report {
+        Some(report) => Some(report.to_vec()),
+        None if stored.status.is_final() => results
             .get((uuid, enrollment_id))
             .backend("cannot read a command result")?
-            .map(|g| g.value().to_vec())
-    } else {
-        None
+            .map(|g| g.value().to_vec()),
+        None => None,
     };
     Ok(stored.into_record(uuid, enrollment_id, result))
 }
@@ -358,9 +400,7 @@ pub(crate) fn deliveries(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Vec<D
     for entry in table.range((uuid, "")..(end.as_str(), "")).backend(what)? {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
-        let stored: StoredDelivery =
-            decode("deliveries", &DeliveryKey(uuid, enrollment_id), v.value())?;
-        out.push(delivery_record(&results, uuid, enrollment_id, stored)?);
+        out.push(delivery_record(&results, uuid, enrollment_id, v.value())?);
     }
     Ok(out)
 }
@@ -383,15 +423,18 @@ pub(crate) fn enrollment_deliveries(
     {
         let (k, v) = entry.backend(what)?;
         let uuid = v.value();
-        let key = DeliveryKey(uuid, enrollment_id);
         let guard = table
             .get((uuid, enrollment_id))
             .backend(what)?
             .ok_or_else(|| {
                 dangling("history", &QueueKey(enrollment_id, k.value().1), "delivery")
             })?;
-        let stored: StoredDelivery = decode("deliveries", &key, guard.value())?;
-        out.push(delivery_record(&results, uuid, enrollment_id, stored)?);
+        out.push(delivery_record(
+            &results,
+            uuid,
+            enrollment_id,
+            guard.value(),
+        )?);
     }
     Ok(out)
 }
@@ -485,37 +528,53 @@ pub(crate) fn plan_prune(
             .push((uuid.to_owned(), enrollment_id.to_owned(), seq));
     }
 
+    // An enrollment has more finished deliveries than it may keep only if its history (queued
+    // and finished) is longer than that; for those, finished = history - queued, and the
+    // oldest finished ones are found by walking the history from its start.
     let max_kept = u64::try_from(policy.max_finished_per_enrollment).unwrap_or(u64::MAX);
-    let counts = open_read(rtx, FINISHED_COUNT)?;
-    let by_enrollment = open_read(rtx, FINISHED_BY_ENROLLMENT)?;
+    let counts = open_read(rtx, HISTORY_COUNT)?;
+    let history = open_read(rtx, HISTORY)?;
+    let deliveries = open_read(rtx, DELIVERIES)?;
     for entry in counts.iter().backend(what)? {
         let (k, v) = entry.backend(what)?;
         let enrollment_id = k.value();
+        if v.value() <= max_kept {
+            continue;
+        }
         let already = chosen_per_enrollment
             .get(enrollment_id)
             .copied()
             .unwrap_or(0);
-        let mut excess = v.value().saturating_sub(max_kept).saturating_sub(already);
-        if excess == 0 {
-            continue;
-        }
-        for finished in by_enrollment
+        let queued = queued_count(rtx, enrollment_id)?;
+        let mut excess = v
+            .value()
+            .saturating_sub(queued)
+            .saturating_sub(max_kept)
+            .saturating_sub(already);
+        for kept in history
             .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
             .backend(what)?
         {
             if excess == 0 {
                 break;
             }
-            let (fk, fv) = finished.backend(what)?;
-            let (_, seq) = fk.value();
+            let (hk, hv) = kept.backend(what)?;
+            let (_, seq) = hk.value();
             if chosen.contains(&seq) {
+                continue;
+            }
+            let uuid = hv.value();
+            let Some(value) = deliveries.get((uuid, enrollment_id)).backend(what)? else {
+                continue;
+            };
+            let (delivery, _) = decode_delivery(&DeliveryKey(uuid, enrollment_id), value.value())?;
+            if !delivery.status.is_final() {
                 continue;
             }
             if plan.full(limit) {
                 plan.more = true;
                 return Ok(plan);
             }
-            let (_, uuid) = fv.value();
             plan.deliveries
                 .push((uuid.to_owned(), enrollment_id.to_owned(), seq));
             excess -= 1;
@@ -557,6 +616,7 @@ pub(crate) fn apply_prune(
         let mut tables = QueueTables::open(txn)?;
         let mut results = open(txn, DELIVERY_RESULTS)?;
         let mut history = open(txn, HISTORY)?;
+        let mut history_count = open(txn, HISTORY_COUNT)?;
         let what = "cannot delete a finished delivery";
         for (uuid, enrollment_id, seq) in &plan.deliveries {
             let Some(delivery) = tables.delivery(uuid, enrollment_id)? else {
@@ -569,31 +629,13 @@ pub(crate) fn apply_prune(
             let index_key = (enrollment_id.as_str(), *seq);
             tables.deliveries.remove(key).backend(what)?;
             results.remove(key).backend(what)?;
-            history.remove(index_key).backend(what)?;
-            tables
-                .finished_by_enrollment
-                .remove(index_key)
-                .backend(what)?;
+            if history.remove(index_key).backend(what)?.is_some() {
+                add_history_count(&mut history_count, enrollment_id, -1)?;
+            }
             tables
                 .finished_by_age
                 .remove((delivery.updated_at.0, *seq))
                 .backend(what)?;
-            let count = tables
-                .finished_count
-                .get(enrollment_id.as_str())
-                .backend(what)?
-                .map_or(0, |g| g.value());
-            if count <= 1 {
-                tables
-                    .finished_count
-                    .remove(enrollment_id.as_str())
-                    .backend(what)?;
-            } else {
-                tables
-                    .finished_count
-                    .insert(enrollment_id.as_str(), count - 1)
-                    .backend(what)?;
-            }
             stats.deliveries_removed += 1;
             touched_commands.insert(uuid.as_str());
         }

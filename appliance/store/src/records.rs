@@ -1,8 +1,9 @@
 //! Stored shapes that differ from the port types, and the JSON helpers for `&str`-keyed tables.
 //!
-//! Commands and deliveries are stored without their byte payloads (those sit raw in their own
-//! tables: JSON would spell each byte as a decimal number), and a delivery carries the
-//! sequence number that locates its queue, history and finished-index entries.
+//! Commands are stored without their byte payloads (those sit raw in their own table: JSON would
+//! spell each byte as a decimal number). A delivery carries the sequence number that locates
+//! its queue, history and finished-index entries, and once final its report follows the JSON
+//! raw (see [`encode_delivery`]).
 
 use mdm_service::ports::{DeliveryRecord, DeliveryStatus, StoreResult, Timestamp};
 use redb::{ReadableTable, Table, TableHandle};
@@ -22,7 +23,8 @@ pub(crate) struct StoredCommand {
     pub sealed: bool,
 }
 
-/// One command's state for one enrollment; a final report is in `delivery_results`.
+/// One command's state for one enrollment; a final report follows it in the same value (or,
+/// for reports recorded before schema version 6, is in `delivery_results`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoredDelivery {
     pub request_type: String,
@@ -55,6 +57,40 @@ impl StoredDelivery {
             error_chain_json: self.error_chain_json,
         }
     }
+}
+
+/// Separates a delivery's JSON from the report that follows it. JSON text never contains a NUL
+/// byte (serde_json escapes control characters), so the first NUL ends the record.
+const REPORT_SEPARATOR: u8 = 0;
+
+/// A delivery's stored value: its JSON, then for a final delivery a NUL byte and the device's
+/// report exactly as sent. Keeping the report in the delivery's own value means recording a
+/// result rewrites one record instead of two in different tables, which halves the pages a
+/// result dirties in the commit it shares with its neighbours.
+pub(crate) fn encode_delivery(
+    key: &dyn std::fmt::Display,
+    delivery: &StoredDelivery,
+    report: Option<&[u8]>,
+) -> StoreResult<Vec<u8>> {
+    let mut bytes = encode("deliveries", key, delivery)?;
+    if let Some(report) = report {
+        bytes.reserve(1 + report.len());
+        bytes.push(REPORT_SEPARATOR);
+        bytes.extend_from_slice(report);
+    }
+    Ok(bytes)
+}
+
+/// Splits a stored delivery value into its record and the report kept with it, if any.
+pub(crate) fn decode_delivery<'v>(
+    key: &dyn std::fmt::Display,
+    bytes: &'v [u8],
+) -> StoreResult<(StoredDelivery, Option<&'v [u8]>)> {
+    let (json, report) = match bytes.iter().position(|b| *b == REPORT_SEPARATOR) {
+        Some(at) => (&bytes[..at], Some(&bytes[at + 1..])),
+        None => (bytes, None),
+    };
+    Ok((decode("deliveries", key, json)?, report))
 }
 
 /// Reads and decodes a JSON record from a `&str → bytes` table (read or write side).

@@ -28,10 +28,13 @@ pub(crate) const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Command uuid → the command plist as it will be sent.
 pub(crate) const COMMAND_PAYLOADS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("command_payloads");
-/// (command uuid, enrollment id) → `StoredDelivery` (JSON).
+/// (command uuid, enrollment id) → `StoredDelivery` (JSON), followed once the delivery is
+/// final by a NUL byte and the device's report (`records::encode_delivery`).
 pub(crate) const DELIVERIES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("deliveries");
-/// (command uuid, enrollment id) → the device's final report plist.
+/// (command uuid, enrollment id) → the device's final report plist, for reports recorded
+/// before schema version 6 (later ones are kept in the delivery's own value). Read as a
+/// fallback and emptied by retention; nothing new is written here.
 pub(crate) const DELIVERY_RESULTS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("delivery_results");
 /// (enrollment id, seq) → command uuid, for deliveries that are not final: the FIFO queue.
@@ -41,14 +44,18 @@ pub(crate) const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::
 /// (finished at ms, seq) → (command uuid, enrollment id): finished deliveries by age.
 pub(crate) const FINISHED_BY_AGE: TableDefinition<(i64, u64), (&str, &str)> =
     TableDefinition::new("finished_by_age");
-/// (enrollment id, seq) → (finished at ms, command uuid): an enrollment's finished deliveries,
-/// oldest first.
+/// Until schema version 5: (enrollment id, seq) → (finished at ms, command uuid). Dropped by
+/// version 6, which counts [`HISTORY`] entries instead ([`HISTORY_COUNT`]) so that a result
+/// no longer writes two per-enrollment index entries.
 pub(crate) const FINISHED_BY_ENROLLMENT: TableDefinition<(&str, u64), (i64, &str)> =
     TableDefinition::new("finished_by_enrollment");
-/// Enrollment id → how many entries it has in [`FINISHED_BY_ENROLLMENT`]; lets pruning find
-/// the enrollments over their limit without counting ranges.
+/// Until schema version 5: enrollment id → its number of [`FINISHED_BY_ENROLLMENT`] entries.
 pub(crate) const FINISHED_COUNT: TableDefinition<&str, u64> =
     TableDefinition::new("finished_count");
+/// Enrollment id → how many [`HISTORY`] entries it has (deliveries kept, queued or final).
+/// Written when commands are queued and when retention deletes, never when a result arrives;
+/// lets pruning find the enrollments that may be over their limit without counting ranges.
+pub(crate) const HISTORY_COUNT: TableDefinition<&str, u64> = TableDefinition::new("history_count");
 /// Challenge SHA-256 → `ChallengeRecord` (JSON).
 pub(crate) const CHALLENGES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenges");
 /// (expires at ms, challenge SHA-256) → (): challenges by expiry, for pruning.
@@ -138,8 +145,9 @@ pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[create_v1, create_v2, create_v3, create_v4, create_v5];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    create_v1, create_v2, create_v3, create_v4, create_v5, create_v6,
+];
 
 /// The schema version this binary writes.
 pub(crate) const CURRENT_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -212,6 +220,18 @@ fn create_v4(txn: &WriteTransaction) -> StoreResult<()> {
 /// Version 5: local user accounts.
 fn create_v5(txn: &WriteTransaction) -> StoreResult<()> {
     create_table(txn, USERS)
+}
+
+/// Version 6: per-enrollment history counts replace the finished-by-enrollment index and its
+/// counts (reports recorded from now on are kept in the delivery's own value; older ones stay
+/// in `delivery_results`).
+fn create_v6(txn: &WriteTransaction) -> StoreResult<()> {
+    crate::commands::backfill_history_count(txn)?;
+    txn.delete_table(FINISHED_BY_ENROLLMENT)
+        .backend("cannot drop table `finished_by_enrollment`")?;
+    txn.delete_table(FINISHED_COUNT)
+        .backend("cannot drop table `finished_count`")?;
+    Ok(())
 }
 
 /// Creates a table (if missing) without keeping it open.
@@ -480,6 +500,124 @@ mod tests {
             rtx.open_table(def),
             Err(redb::TableError::TableDoesNotExist(_))
         )
+    }
+
+    /// A version-5 file, whose reports sit in `delivery_results` and whose finished deliveries
+    /// are indexed per enrollment: after the move to version 6 the reports still read, the
+    /// history is counted, the two per-enrollment tables are gone, and retention by count
+    /// deletes the oldest finished delivery with its old-style report.
+    #[tokio::test]
+    async fn v5_file_keeps_its_reports_and_counts_its_history() {
+        use crate::records::{StoredCommand, StoredDelivery};
+        use mdm_service::ports::{CommandQueue, DeliveryStatus, RetentionPolicy};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(prepare(&db, &MIGRATIONS[..5]).unwrap(), 5);
+            let txn = db.begin_write().unwrap();
+            {
+                let d = enrollment("D", Channel::Device, Some("SER-D"));
+                let bytes = encode("enrollments", &"D", &d).unwrap();
+                txn.open_table(ENROLLMENTS)
+                    .unwrap()
+                    .insert("D", bytes.as_slice())
+                    .unwrap();
+                let mut commands = txn.open_table(COMMANDS).unwrap();
+                let mut payloads = txn.open_table(COMMAND_PAYLOADS).unwrap();
+                let mut deliveries = txn.open_table(DELIVERIES).unwrap();
+                let mut results = txn.open_table(DELIVERY_RESULTS).unwrap();
+                let mut history = txn.open_table(HISTORY).unwrap();
+                let mut queue = txn.open_table(QUEUE).unwrap();
+                let mut by_age = txn.open_table(FINISHED_BY_AGE).unwrap();
+                let mut by_enrollment = txn.open_table(FINISHED_BY_ENROLLMENT).unwrap();
+                let mut counts = txn.open_table(FINISHED_COUNT).unwrap();
+                for (seq, uuid, done) in [(1u64, "c1", true), (2, "c2", true), (3, "c3", false)] {
+                    let command = StoredCommand {
+                        request_type: "ProfileList".into(),
+                        created_at: Timestamp(10),
+                        created_by: "admin".into(),
+                        sealed: false,
+                    };
+                    let bytes = encode("commands", &uuid, &command).unwrap();
+                    commands.insert(uuid, bytes.as_slice()).unwrap();
+                    payloads.insert(uuid, b"<plist/>".as_slice()).unwrap();
+                    let at = Timestamp(100 + i64::try_from(seq).unwrap());
+                    let delivery = StoredDelivery {
+                        request_type: "ProfileList".into(),
+                        status: if done {
+                            DeliveryStatus::Acknowledged
+                        } else {
+                            DeliveryStatus::Queued
+                        },
+                        seq,
+                        queued_at: Timestamp(10),
+                        updated_at: if done { at } else { Timestamp(10) },
+                        error_chain_json: None,
+                    };
+                    let bytes = encode("deliveries", &uuid, &delivery).unwrap();
+                    deliveries.insert((uuid, "D"), bytes.as_slice()).unwrap();
+                    history.insert(("D", seq), uuid).unwrap();
+                    if done {
+                        let report = format!("report {uuid}");
+                        results.insert((uuid, "D"), report.as_bytes()).unwrap();
+                        by_age.insert((at.0, seq), (uuid, "D")).unwrap();
+                        by_enrollment.insert(("D", seq), (at.0, uuid)).unwrap();
+                    } else {
+                        queue.insert(("D", seq), uuid).unwrap();
+                    }
+                }
+                counts.insert("D", 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
+        let c1 = store.deliveries("c1").unwrap();
+        assert_eq!(c1.len(), 1);
+        assert_eq!(c1[0].result.as_deref(), Some(b"report c1".as_slice()));
+        let history = store.enrollment_deliveries("D", 10).unwrap();
+        let uuids: Vec<&str> = history.iter().map(|d| d.command_uuid.as_str()).collect();
+        assert_eq!(uuids, ["c3", "c2", "c1"]);
+        assert_eq!(history[0].result, None, "c3 is still queued");
+
+        // Keep one finished delivery per enrollment: c1 (the older) goes, c3 (queued) stays.
+        let policy = RetentionPolicy {
+            max_age: std::time::Duration::from_secs(3_650 * 24 * 3600),
+            max_finished_per_enrollment: 1,
+            batch_limit: 100,
+        };
+        let stats = store.prune(policy, Timestamp(1_000)).await.unwrap();
+        assert_eq!(stats.deliveries_removed, 1, "{stats:?}");
+        assert!(store.deliveries("c1").unwrap().is_empty());
+        let left: Vec<String> = store
+            .enrollment_deliveries("D", 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.command_uuid)
+            .collect();
+        assert_eq!(left, ["c3", "c2"]);
+        let stats = store.prune(policy, Timestamp(1_000)).await.unwrap();
+        assert_eq!(
+            stats.deliveries_removed, 0,
+            "nothing more is over the limit"
+        );
+        store.close().unwrap();
+
+        let db = Database::create(&path).unwrap();
+        assert_eq!(version(&db).unwrap(), CURRENT_VERSION);
+        assert!(txn_has_no_table(&db, FINISHED_BY_ENROLLMENT));
+        assert!(txn_has_no_table(&db, FINISHED_COUNT));
+        let rtx = db.begin_read().unwrap();
+        let counts = rtx.open_table(HISTORY_COUNT).unwrap();
+        assert_eq!(counts.get("D").unwrap().unwrap().value(), 2);
+        let results = rtx.open_table(DELIVERY_RESULTS).unwrap();
+        assert!(
+            results.get(("c1", "D")).unwrap().is_none(),
+            "pruned with c1"
+        );
+        assert!(results.get(("c2", "D")).unwrap().is_some());
     }
 
     #[test]

@@ -320,6 +320,10 @@ pub struct CommandResult {
     /// ErrorChain items as JSON (empty when none), kept parsed for display.
     pub error_chain_json: Option<String>,
     pub at: Timestamp,
+    /// Also move the enrollment's `last_seen_at` to `at`. The service leaves it out when the
+    /// device was heard from within the last minute: rewriting the enrollment record with
+    /// every report would double the pages each result commits, for a time kept for humans.
+    pub touch: bool,
 }
 
 /// What happened when a result was recorded.
@@ -548,8 +552,9 @@ pub trait CommandQueue: Send + Sync + 'static {
         enrollment_id: &str,
         skip: &HashSet<String>,
     ) -> StoreResult<Option<QueuedCommand>>;
-    /// Record a device's answer (and `touch` the enrollment). A final status removes the
-    /// command from the queue; NotNow keeps it.
+    /// Record a device's answer (and, with [`CommandResult::touch`], `touch` the enrollment,
+    /// whether or not the command was queued for it). A final status removes the command from
+    /// the queue; NotNow keeps it.
     fn record_result(
         &self,
         enrollment_id: &str,
