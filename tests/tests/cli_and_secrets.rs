@@ -67,7 +67,20 @@ fn start_daemon() -> (
     std::process::Child,
     Cli,
 ) {
-    let dir = tempfile::tempdir().unwrap();
+    start_daemon_in(tempfile::tempdir().unwrap())
+}
+
+/// [`start_daemon`] with its data directory (`DIR/data`) prepared by the caller.
+fn start_daemon_in(
+    dir: tempfile::TempDir,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    std::net::SocketAddr,
+    PathBuf,
+    std::process::Child,
+    Cli,
+) {
     let data = dir.path().join("data");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log_path = dir.path().join("mdmd.log");
@@ -251,6 +264,97 @@ async fn cli_drives_the_daemon_and_no_secret_leaks() {
             "{what} (base64) is in the log"
         );
     }
+}
+
+/// A command sent to more devices than one page of the command view holds: the counts cover
+/// every delivery, and `mdmctl command show` reads every page.
+#[tokio::test]
+async fn a_site_wide_command_is_shown_in_pages() {
+    use mdm_service::ports::{
+        AuthenticateRecord, DeviceFacts, EnrollmentStore as _, PushTarget, Timestamp,
+        TokenUpdateRecord,
+    };
+    use std::os::unix::fs::DirBuilderExt as _;
+    const DEVICES: usize = 1_050;
+
+    // Enrollments written straight into the database before the first start, as the two
+    // check-ins of each device would have left them.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .unwrap();
+    let ids: Vec<String> = (0..DEVICES)
+        .map(|i| format!("00008120-PAGE{i:011}"))
+        .collect();
+    {
+        let store =
+            mdm_store::RedbStore::open(&data.join(mdmd::DB_FILE), Default::default()).unwrap();
+        let at = Timestamp::now();
+        for (i, id) in ids.iter().enumerate() {
+            let identity_sha256 = format!("{i:064x}");
+            store
+                .authenticate(AuthenticateRecord {
+                    id: id.clone(),
+                    identity_sha256: identity_sha256.clone(),
+                    topic: Some(appliance_tests::TOPIC.into()),
+                    facts: DeviceFacts::default(),
+                    source: None,
+                    at,
+                })
+                .await
+                .unwrap();
+            store
+                .token_update(TokenUpdateRecord {
+                    id: id.clone(),
+                    device_id: id.clone(),
+                    user_id: None,
+                    user_short_name: None,
+                    identity_sha256,
+                    push: PushTarget {
+                        token_hex: format!("{i:064x}"),
+                        push_magic: "magic".into(),
+                        topic: appliance_tests::TOPIC.into(),
+                    },
+                    unlock_token_sealed: None,
+                    awaiting_configuration: false,
+                    at,
+                })
+                .await
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    let (_dir, _data, _addr, _log, mut child, cli) = start_daemon_in(dir);
+
+    let mut args = vec!["command", "send"];
+    for id in &ids {
+        args.extend(["--device", id.as_str()]);
+    }
+    args.push("ProfileList");
+    let uuid = cli.ok(&args).trim().to_string();
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["--json", "command", "show", &uuid])).unwrap();
+    assert_eq!(shown["total_deliveries"], DEVICES);
+    assert_eq!(shown["delivery_counts"]["Queued"], DEVICES);
+    let listed: Vec<&str> = shown["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["enrollment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "every page, in enrollment-id order");
+    assert!(shown["next"].is_null());
+    let text = cli.ok(&["command", "show", &uuid]);
+    assert!(
+        text.contains(&format!("Deliveries  {DEVICES} ({DEVICES} queued)")),
+        "{text}"
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

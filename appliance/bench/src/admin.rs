@@ -199,21 +199,26 @@ impl Admin {
 
     /// For one command: how many deliveries are `Acknowledged`, out of how many.
     pub async fn acknowledged(&self, uuid: &str) -> Result<(u64, u64), BenchError> {
-        let path = format!("/api/v1/commands/{uuid}");
+        // One delivery is enough: the counts cover them all.
+        let path = format!("/api/v1/commands/{uuid}?limit=1");
         let v = self
             .call(Method::GET, &path, "application/json", Vec::new())
             .await?;
-        let deliveries = v["deliveries"]
-            .as_array()
-            .ok_or_else(|| BenchError::ApiAnswer {
-                path: path.clone(),
-                reason: "no deliveries array".into(),
-            })?;
-        let acked = deliveries
-            .iter()
-            .filter(|d| d["status"] == "Acknowledged")
-            .count();
-        Ok((acked as u64, deliveries.len() as u64))
+        let missing = |what: &str| BenchError::ApiAnswer {
+            path: path.clone(),
+            reason: format!("no {what}"),
+        };
+        let total = v["total_deliveries"]
+            .as_u64()
+            .ok_or_else(|| missing("total_deliveries"))?;
+        let counts = v["delivery_counts"]
+            .as_object()
+            .ok_or_else(|| missing("delivery_counts"))?;
+        let acked = counts
+            .get("Acknowledged")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Ok((acked, total))
     }
 
     /// `POST /api/v1/abm`: creates ABM connection `name` against `base_url` (trusting

@@ -111,11 +111,7 @@ pub async fn execute(
         Action::Command {
             command: MdmCommand::Show { uuid },
         } => {
-            let v = get(
-                client,
-                &format!("/commands/{}", segment(uuid, "command UUID")?),
-            )
-            .await?;
+            let v = command_with_every_delivery(client, &segment(uuid, "command UUID")?).await?;
             Ok(if json {
                 Output::json(&v)
             } else {
@@ -177,6 +173,29 @@ pub async fn execute(
             }
         }
     }
+}
+
+/// `GET /commands/{uuid}`, following its pages until every delivery is in the one answer.
+async fn command_with_every_delivery(
+    client: &mut ApiClient,
+    uuid: &str,
+) -> Result<Value, CliError> {
+    let base = format!("/commands/{uuid}?limit=1000");
+    let mut v = get(client, &base).await?;
+    let mut next = v["next"].as_str().map(str::to_owned);
+    while let Some(after) = next {
+        let page = get(client, &format!("{base}&after={}", encode_query(&after))).await?;
+        let more = page["deliveries"].as_array().cloned().unwrap_or_default();
+        if more.is_empty() {
+            break;
+        }
+        if let Some(all) = v["deliveries"].as_array_mut() {
+            all.extend(more);
+        }
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    v["next"] = Value::Null;
+    Ok(v)
 }
 
 async fn get(client: &mut ApiClient, path: &str) -> Result<Value, CliError> {

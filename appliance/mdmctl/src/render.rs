@@ -376,6 +376,26 @@ pub fn command_queued_notes(v: &Value) -> Vec<String> {
 }
 
 /// `mdmctl command show`.
+/// "5 (3 Acknowledged, 2 Queued)" from a command view's counts.
+fn delivery_counts(v: &Value) -> String {
+    let total = at(v, &["total_deliveries"])
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let parts: Vec<String> = at(v, &["delivery_counts"])
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(status, n)| format!("{} {}", n.as_u64().unwrap_or(0), words(status)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", parts.join(", "))
+    }
+}
+
 pub fn command(v: &Value) -> String {
     let mut out = key_values(&[
         ("Command", text(v, &["command_uuid"])),
@@ -388,6 +408,7 @@ pub fn command(v: &Value) -> String {
                 text(v, &["created_by"])
             ),
         ),
+        ("Deliveries", delivery_counts(v)),
     ]);
     let deliveries = at(v, &["deliveries"])
         .and_then(Value::as_array)
@@ -814,6 +835,7 @@ mod tests {
         let v = json!({
         "command_uuid": "C1", "request_type": "DeviceInformation",
         "created_at": "2024-05-01T10:00:00.000Z", "created_by": "admin",
+        "total_deliveries": 2, "delivery_counts": {"Acknowledged": 1, "NotNow": 1},
         "deliveries": [
             {"enrollment_id": "U1", "status": "Acknowledged", "updated_at": "2024-05-01T10:00:05Z",
              "result_plist": result, "result_base64": null},
@@ -822,9 +844,10 @@ mod tests {
         ]});
         assert_eq!(
             command(&v),
-            "Command  C1\n\
-             Type     DeviceInformation\n\
-             Created  2024-05-01T10:00:00Z by admin\n\
+            "Command     C1\n\
+             Type        DeviceInformation\n\
+             Created     2024-05-01T10:00:00Z by admin\n\
+             Deliveries  2 (1 acknowledged, 1 not now)\n\
              \n\
              ENROLLMENT  STATUS        UPDATED\n\
              U1          acknowledged  2024-05-01T10:00:05Z\n\

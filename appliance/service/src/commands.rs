@@ -5,7 +5,8 @@ use tracing::info;
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
-    CommandRecord, DeliveryRecord, EnrollmentRecord, NewCommand, PruneStats, Store, Timestamp,
+    CommandRecord, DeliveryRecord, DeliveryStatus, EnrollmentRecord, NewCommand, PruneStats, Store,
+    Timestamp,
 };
 use crate::MdmService;
 
@@ -67,12 +68,21 @@ pub struct Enqueued {
     pub refused: Vec<String>,
 }
 
-/// A command with its per-enrollment state.
+/// A command with one page of its per-enrollment state and counts over all of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandView {
     pub command: CommandRecord,
+    /// Deliveries in enrollment-id order, at most the page size asked for.
     pub deliveries: Vec<DeliveryRecord>,
+    /// How many deliveries are in each status, over every page.
+    pub counts: Vec<(DeliveryStatus, u64)>,
+    /// The enrollment id to continue after, when the page was full.
+    pub next: Option<String>,
 }
+
+/// The largest page of deliveries a command view holds: a command sent to every device of a
+/// large site has that many deliveries, each with the device's whole report.
+pub const MAX_DELIVERIES_PER_PAGE: usize = 1000;
 
 /// An enrollment with what waits for it.
 #[derive(Debug, Clone, Serialize)]
@@ -211,12 +221,23 @@ impl<S: Store> MdmService<S> {
         })
     }
 
-    /// A command and every enrollment's delivery of it.
-    pub fn command_view(&self, uuid: &str) -> ServiceResult<CommandView> {
+    /// A command, the deliveries after enrollment `after` (at most `limit`, capped at
+    /// [`MAX_DELIVERIES_PER_PAGE`]) and the counts of all its deliveries by status.
+    pub fn command_view(
+        &self,
+        uuid: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> ServiceResult<CommandView> {
         let command = self.store().command(uuid)?.ok_or_else(|| {
             ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}"))
         })?;
-        let deliveries = self.store().deliveries(uuid)?;
+        let limit = limit.clamp(1, MAX_DELIVERIES_PER_PAGE);
+        let deliveries = self.store().deliveries(uuid, after, limit)?;
+        let counts = self.store().delivery_counts(uuid)?;
+        let next = (deliveries.len() == limit)
+            .then(|| deliveries.last().map(|d| d.enrollment_id.clone()))
+            .flatten();
         let mut command = command;
         if command.sealed {
             let plain = self.unseal(COMMAND_PURPOSE, &command.payload)?;
@@ -226,6 +247,8 @@ impl<S: Store> MdmService<S> {
         Ok(CommandView {
             command,
             deliveries,
+            counts,
+            next,
         })
     }
 

@@ -56,6 +56,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(not_now_keeps_command_queued);
     case!(final_statuses_dequeue);
     case!(unknown_command_writes_nothing_but_touches);
+    case!(deliveries_page_in_enrollment_order_and_count_by_status);
     case!(authenticate_cancels_queue_of_device_and_user_channels);
     case!(check_out_device_and_user_channels);
     case!(enqueue_refuses_unknown_and_checked_out);
@@ -230,7 +231,7 @@ fn next<S: Store>(store: &S, id: &str, skip: &[&str]) -> Option<String> {
 
 fn delivery<S: Store>(store: &S, uuid: &str, id: &str) -> DeliveryRecord {
     store
-        .deliveries(uuid)
+        .deliveries(uuid, None, usize::MAX)
         .expect("deliveries")
         .into_iter()
         .find(|d| d.enrollment_id == id)
@@ -595,7 +596,10 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(outcome, ResultOutcome::UnknownCommand);
     assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(5));
-    assert!(store.deliveries("never-queued").unwrap().is_empty());
+    assert!(store
+        .deliveries("never-queued", None, usize::MAX)
+        .unwrap()
+        .is_empty());
     assert!(store.command("never-queued").unwrap().is_none());
 
     let outcome = store
@@ -607,7 +611,7 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         ResultOutcome::UnknownCommand,
         "c1 was not queued for E"
     );
-    let all = store.deliveries("c1").unwrap();
+    let all = store.deliveries("c1", None, usize::MAX).unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].status, DeliveryStatus::Queued);
 
@@ -647,6 +651,53 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         DeliveryStatus::Acknowledged
     );
     assert_eq!(store.enrollment("D").unwrap().unwrap().last_seen_at, t(8));
+}
+
+/// A command's deliveries come in pages in enrollment-id order, each with its report; the
+/// counts cover every delivery whatever the page.
+pub async fn deliveries_page_in_enrollment_order_and_count_by_status<S: Store>(store: &S) {
+    for id in ["D3", "D1", "D5", "D2", "D4"] {
+        enrolled(store, id, t(0)).await;
+    }
+    queue(store, "c1", &["D3", "D1", "D5", "D2", "D4"], t(1)).await;
+    answer(store, "D2", "c1", DeliveryStatus::Acknowledged, t(2)).await;
+    answer(store, "D4", "c1", DeliveryStatus::Error, t(3)).await;
+    answer(store, "D5", "c1", DeliveryStatus::NotNow, t(4)).await;
+
+    let ids = |page: &[DeliveryRecord]| -> Vec<String> {
+        page.iter().map(|d| d.enrollment_id.clone()).collect()
+    };
+    let first = store.deliveries("c1", None, 2).unwrap();
+    assert_eq!(ids(&first), ["D1", "D2"]);
+    assert_eq!(
+        first[1].result.as_deref(),
+        Some(
+            report("c1", DeliveryStatus::Acknowledged, t(2))
+                .raw
+                .as_slice()
+        )
+    );
+    let second = store.deliveries("c1", Some("D2"), 2).unwrap();
+    assert_eq!(ids(&second), ["D3", "D4"]);
+    assert_eq!(second[1].status, DeliveryStatus::Error);
+    let last = store.deliveries("c1", Some("D4"), 2).unwrap();
+    assert_eq!(ids(&last), ["D5"]);
+    assert_eq!(last[0].result, None, "NotNow keeps no report");
+    assert!(store.deliveries("c1", Some("D5"), 2).unwrap().is_empty());
+    assert!(store.deliveries("c1", None, 0).unwrap().is_empty());
+
+    let mut counts = store.delivery_counts("c1").unwrap();
+    counts.sort_by_key(|(status, _)| format!("{status:?}"));
+    assert_eq!(
+        counts,
+        [
+            (DeliveryStatus::Acknowledged, 1),
+            (DeliveryStatus::Error, 1),
+            (DeliveryStatus::NotNow, 1),
+            (DeliveryStatus::Queued, 2),
+        ]
+    );
+    assert!(store.delivery_counts("never-queued").unwrap().is_empty());
 }
 
 /// Re-authentication cancels what was queued for the device and its user channels only
@@ -754,7 +805,7 @@ pub async fn enqueue_refuses_unknown_and_checked_out<S: Store>(store: &S) {
         "authenticated-only enrollments accept commands"
     );
     assert_eq!(outcome.refused, ["UNKNOWN", "X"]);
-    assert_eq!(store.deliveries("c1").unwrap().len(), 2);
+    assert_eq!(store.deliveries("c1", None, usize::MAX).unwrap().len(), 2);
 
     let outcome = store
         .enqueue(cmd("c2", t(3)), vec!["UNKNOWN".into()])
@@ -763,7 +814,7 @@ pub async fn enqueue_refuses_unknown_and_checked_out<S: Store>(store: &S) {
     assert!(outcome.queued.is_empty());
     assert_eq!(outcome.refused, ["UNKNOWN"]);
     assert!(store.command("c2").unwrap().is_none());
-    assert!(store.deliveries("c2").unwrap().is_empty());
+    assert!(store.deliveries("c2", None, usize::MAX).unwrap().is_empty());
 
     let outcome = store.enqueue(cmd("c3", t(4)), Vec::new()).await.unwrap();
     assert!(outcome.queued.is_empty() && outcome.refused.is_empty());
@@ -1149,12 +1200,15 @@ pub async fn prune_by_age<S: Store>(store: &S) {
     assert_eq!(stats.commands_removed, 1);
     assert!(!stats.more);
     assert!(store.command("c-old").unwrap().is_none());
-    assert!(store.deliveries("c-old").unwrap().is_empty());
+    assert!(store
+        .deliveries("c-old", None, usize::MAX)
+        .unwrap()
+        .is_empty());
     assert!(
         store.command("c-shared").unwrap().is_some(),
         "E still has it queued"
     );
-    let shared = store.deliveries("c-shared").unwrap();
+    let shared = store.deliveries("c-shared", None, usize::MAX).unwrap();
     assert_eq!(shared.len(), 1);
     assert_eq!(shared[0].enrollment_id, "E");
     assert_eq!(
@@ -1332,7 +1386,7 @@ pub async fn delivery_history_newest_first<S: Store>(store: &S) {
 
     queue(store, "c5", &["D", "E"], t(20)).await;
     let mut targets: Vec<String> = store
-        .deliveries("c5")
+        .deliveries("c5", None, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|d| d.enrollment_id)

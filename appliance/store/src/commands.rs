@@ -13,6 +13,7 @@
 //! per-enrollment pages are scattered by the devices' random ids.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 
 use mdm_service::ports::{
     CommandRecord, CommandResult, DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord,
@@ -391,18 +392,52 @@ fn delivery_record(
     Ok(stored.into_record(uuid, enrollment_id, result))
 }
 
-pub(crate) fn deliveries(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Vec<DeliveryRecord>> {
+pub(crate) fn deliveries(
+    rtx: &ReadTransaction,
+    uuid: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<DeliveryRecord>> {
     let table = open_read(rtx, DELIVERIES)?;
     let results = open_read(rtx, DELIVERY_RESULTS)?;
     let end = successor(uuid);
+    let start = match after {
+        Some(id) => Bound::Excluded((uuid, id)),
+        None => Bound::Included((uuid, "")),
+    };
     let what = "cannot read deliveries";
     let mut out = Vec::new();
-    for entry in table.range((uuid, "")..(end.as_str(), "")).backend(what)? {
+    for entry in table
+        .range::<(&str, &str)>((start, Bound::Excluded((end.as_str(), ""))))
+        .backend(what)?
+        .take(limit)
+    {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
         out.push(delivery_record(&results, uuid, enrollment_id, v.value())?);
     }
     Ok(out)
+}
+
+/// How many deliveries of `uuid` are in each status. Reads only the records, never a report.
+pub(crate) fn delivery_counts(
+    rtx: &ReadTransaction,
+    uuid: &str,
+) -> StoreResult<Vec<(DeliveryStatus, u64)>> {
+    let table = open_read(rtx, DELIVERIES)?;
+    let end = successor(uuid);
+    let what = "cannot count deliveries";
+    let mut counts: Vec<(DeliveryStatus, u64)> = Vec::new();
+    for entry in table.range((uuid, "")..(end.as_str(), "")).backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let (_, enrollment_id) = k.value();
+        let (delivery, _) = decode_delivery(&DeliveryKey(uuid, enrollment_id), v.value())?;
+        match counts.iter_mut().find(|(s, _)| *s == delivery.status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((delivery.status, 1)),
+        }
+    }
+    Ok(counts)
 }
 
 pub(crate) fn enrollment_deliveries(

@@ -44,9 +44,9 @@ use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
     ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord, BackupStore,
     ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
-    DeliveryRecord, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord, InstallRecord,
-    InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord, LinkStore,
-    NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
+    DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord,
+    InstallRecord, InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord,
+    LinkStore, NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
     PruneStats, PushRecord, QueuedCommand, ResealReport, ResultOutcome, RetentionPolicy, Rewrap,
     SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
     UserChange, UserRecord, UserStore,
@@ -319,8 +319,17 @@ impl CommandQueue for RedbStore {
         commands::command(&self.read()?, uuid)
     }
 
-    fn deliveries(&self, uuid: &str) -> StoreResult<Vec<DeliveryRecord>> {
-        commands::deliveries(&self.read()?, uuid)
+    fn deliveries(
+        &self,
+        uuid: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        commands::deliveries(&self.read()?, uuid, after, limit)
+    }
+
+    fn delivery_counts(&self, uuid: &str) -> StoreResult<Vec<(DeliveryStatus, u64)>> {
+        commands::delivery_counts(&self.read()?, uuid)
     }
 
     fn enrollment_deliveries(

@@ -574,7 +574,7 @@ mod tests {
         }
 
         let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
-        let c1 = store.deliveries("c1").unwrap();
+        let c1 = store.deliveries("c1", None, 10).unwrap();
         assert_eq!(c1.len(), 1);
         assert_eq!(c1[0].result.as_deref(), Some(b"report c1".as_slice()));
         let history = store.enrollment_deliveries("D", 10).unwrap();
@@ -590,7 +590,7 @@ mod tests {
         };
         let stats = store.prune(policy, Timestamp(1_000)).await.unwrap();
         assert_eq!(stats.deliveries_removed, 1, "{stats:?}");
-        assert!(store.deliveries("c1").unwrap().is_empty());
+        assert!(store.deliveries("c1", None, 10).unwrap().is_empty());
         let left: Vec<String> = store
             .enrollment_deliveries("D", 10)
             .unwrap()

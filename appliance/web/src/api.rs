@@ -103,13 +103,22 @@ pub(crate) fn delivery_json(d: &DeliveryRecord) -> serde_json::Value {
 }
 
 fn command_json(v: &CommandView) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    let mut total = 0;
+    for (status, n) in &v.counts {
+        counts.insert(json!(status).as_str().unwrap_or("?").to_owned(), json!(n));
+        total += n;
+    }
     json!({
         "command_uuid": v.command.uuid,
         "request_type": v.command.request_type,
         "created_at": v.command.created_at.to_rfc3339(),
         "created_by": v.command.created_by,
         "payload_plist": String::from_utf8_lossy(&v.command.payload),
+        "total_deliveries": total,
+        "delivery_counts": counts,
         "deliveries": v.deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
+        "next": v.next,
     })
 }
 
@@ -622,7 +631,13 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                     .map(|q| json_status(StatusCode::CREATED, &q)))
             }
             (Method::GET, ["commands", uuid]) => {
-                ok(svc.command_view(uuid).map(|v| json(&command_json(&v))))
+                let limit = query_get(&pairs, "limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(100);
+                let after = query_get(&pairs, "after");
+                ok(svc
+                    .command_view(uuid, after.as_deref(), limit)
+                    .map(|v| json(&command_json(&v))))
             }
             (Method::GET, ["tokens"]) => {
                 need(Role::Admin, caller.role)?;

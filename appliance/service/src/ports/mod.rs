@@ -561,8 +561,15 @@ pub trait CommandQueue: Send + Sync + 'static {
         result: CommandResult,
     ) -> impl Future<Output = StoreResult<ResultOutcome>> + Send;
     fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>>;
-    /// Every enrollment's delivery of one command.
-    fn deliveries(&self, uuid: &str) -> StoreResult<Vec<DeliveryRecord>>;
+    /// One command's deliveries in enrollment-id order: those after `after`, at most `limit`.
+    fn deliveries(
+        &self,
+        uuid: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// How many deliveries one command has in each status (statuses with none left out).
+    fn delivery_counts(&self, uuid: &str) -> StoreResult<Vec<(DeliveryStatus, u64)>>;
     /// An enrollment's deliveries, newest first, at most `limit`.
     fn enrollment_deliveries(
         &self,
