@@ -694,7 +694,7 @@ fn main() -> BenchResult<()> {
         let recs: Vec<PreenrollRecord> = keys
             .iter()
             .take(n)
-            .filter_map(|k| dir.get(k).and_then(|f| f.preenroll))
+            .filter_map(|k| dir.get(k).and_then(|f| f.preenroll).map(|r| *r))
             .enumerate()
             .map(|(i, mut r)| {
                 r.name = Some(format!("Renamed Person {n} {i}"));

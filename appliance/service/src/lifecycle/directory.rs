@@ -200,6 +200,13 @@ struct Collation {
 }
 
 impl Collation {
+    fn shrink_to_fit(&mut self) {
+        self.texts.shrink_to_fit();
+        self.refs.shrink_to_fit();
+        self.ranks.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
+
     fn text(&self, id: u32) -> Option<&str> {
         self.texts.get(id as usize).map(|t| &**t)
     }
@@ -318,6 +325,12 @@ const NO_SPAN: (usize, usize) = (usize::MAX, 0);
 const SEARCH_COMPACT_MIN: usize = 1 << 16;
 
 impl SearchTexts {
+    fn shrink_to_fit(&mut self) {
+        self.buf.shrink_to_fit();
+        self.spans.shrink_to_fit();
+        self.owners.shrink_to_fit();
+    }
+
     fn text(&self, slot: usize) -> &str {
         self.spans
             .get(slot)
@@ -551,6 +564,17 @@ fn connection_bits(f: &DeviceFacts, connections: &mut Vec<String>) -> u64 {
 }
 
 impl State {
+    /// Gives back what the vectors reserved beyond their length: after the start-up load
+    /// they hold every device, and doubling growth may have left up to half of them spare.
+    fn shrink_to_fit(&mut self) {
+        self.rows.shrink_to_fit();
+        self.facts.shrink_to_fit();
+        self.search.shrink_to_fit();
+        self.names.shrink_to_fit();
+        self.models.shrink_to_fit();
+        self.by_enrollment.shrink_to_fit();
+    }
+
     /// See [`DeviceDirectory::resolve`].
     fn resolve(&self, key: &str) -> Option<String> {
         if self.keys.contains_key(key) {
@@ -1193,6 +1217,7 @@ impl DeviceDirectory {
                 dir.put_enrollment(rec);
             }
         }
+        dir.write().shrink_to_fit();
         Ok(dir)
     }
 
@@ -1212,7 +1237,7 @@ impl DeviceDirectory {
         for rec in recs {
             let slot = st.slot_or_insert(&rec.serial);
             if let Some(f) = st.facts.get_mut(slot) {
-                f.preenroll = Some(rec);
+                f.preenroll = Some(Box::new(rec));
             }
             st.reindex(slot);
         }
@@ -1300,7 +1325,7 @@ impl DeviceDirectory {
                 old.id == facts.id || old.authenticated_at <= facts.authenticated_at
             });
             if replace {
-                device.enrollment = Some(facts);
+                device.enrollment = Some(Box::new(facts));
             }
         }
         st.reindex(slot);

@@ -525,7 +525,7 @@ impl<S: Store> MdmService<S> {
         };
         Ok(DeviceDetail {
             summary,
-            preenroll: f.preenroll.clone(),
+            preenroll: f.preenroll.as_deref().cloned(),
             abm,
             enrollment: enrollment_rec,
             queued_commands,

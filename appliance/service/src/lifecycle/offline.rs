@@ -325,7 +325,7 @@ mod tests {
     fn device(last_seen: i64, last_push: Option<i64>, state: EnrollmentState) -> DeviceFacts {
         DeviceFacts {
             serial: "C02OFFLINE1".into(),
-            enrollment: Some(EnrollmentFacts {
+            enrollment: Some(Box::new(EnrollmentFacts {
                 id: "E".into(),
                 state,
                 ade: false,
@@ -340,7 +340,7 @@ mod tests {
                 last_seen_at: Timestamp(last_seen),
                 last_push_at: last_push.map(Timestamp),
                 push_invalid: None,
-            }),
+            })),
             ..DeviceFacts::default()
         }
     }

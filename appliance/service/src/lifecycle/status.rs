@@ -149,10 +149,13 @@ pub struct EnrollmentFacts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
     pub serial: String,
-    pub preenroll: Option<PreenrollRecord>,
+    /// Boxed, like `enrollment`: the directory keeps one `DeviceFacts` per device in one
+    /// vector, and most devices lack one or the other, so inline they would cost every device
+    /// a few hundred bytes (tens of MB at 100,000 devices).
+    pub preenroll: Option<Box<PreenrollRecord>>,
     /// Every ABM connection that lists (or listed) the serial.
     pub abm: Vec<AbmFacts>,
-    pub enrollment: Option<EnrollmentFacts>,
+    pub enrollment: Option<Box<EnrollmentFacts>>,
 }
 
 impl DeviceFacts {
@@ -579,7 +582,7 @@ mod tests {
             serial: "C02X".into(),
             preenroll: None,
             abm: abm_.into_iter().collect(),
-            enrollment: enr,
+            enrollment: enr.map(Box::new),
         }
     }
 

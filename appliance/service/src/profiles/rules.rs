@@ -206,7 +206,7 @@ mod tests {
     fn device() -> DeviceFacts {
         DeviceFacts {
             serial: "C02ABC".into(),
-            preenroll: Some(PreenrollRecord {
+            preenroll: Some(Box::new(PreenrollRecord {
                 serial: "C02ABC".into(),
                 name: None,
                 email: None,
@@ -218,7 +218,7 @@ mod tests {
                 created_at: Timestamp(0),
                 updated_at: Timestamp(0),
                 updated_by: "t".into(),
-            }),
+            })),
             abm: vec![AbmFacts {
                 connection: "main".into(),
                 model: "iPad Air".into(),
@@ -233,7 +233,7 @@ mod tests {
                 first_seen_at: Timestamp(0),
                 updated_at: Timestamp(0),
             }],
-            enrollment: Some(EnrollmentFacts {
+            enrollment: Some(Box::new(EnrollmentFacts {
                 id: "E".into(),
                 state: EnrollmentState::Enrolled,
                 ade: true,
@@ -248,7 +248,7 @@ mod tests {
                 last_seen_at: Timestamp(0),
                 last_push_at: None,
                 push_invalid: None,
-            }),
+            })),
         }
     }
 
