@@ -139,6 +139,8 @@ impl Daemon {
             .arg(addr.to_string())
             // As systemd/mdmd.service runs it.
             .env("MALLOC_ARENA_MAX", "2")
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
+            .env("MALLOC_TRIM_THRESHOLD_", "131072")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

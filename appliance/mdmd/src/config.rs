@@ -407,7 +407,7 @@ fn default_drain() -> u64 {
     20
 }
 fn default_db_cache() -> usize {
-    64 * 1024 * 1024
+    48 * 1024 * 1024
 }
 
 impl Config {
