@@ -21,6 +21,13 @@ use crate::{sha256_hex, MdmService};
 /// How stale `last_seen_at` may get before an Idle or a command report writes it again.
 const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
 
+/// Whether a request at `now` should write the enrollment's last-seen time: only when the
+/// stored one is at least [`LAST_SEEN_GRANULARITY_MS`] old. Last-seen times are for humans,
+/// and each write is a page in a group commit shared with others.
+fn last_seen_is_stale(rec: &EnrollmentRecord, now: Timestamp) -> bool {
+    now.0.saturating_sub(rec.last_seen_at.0) >= LAST_SEEN_GRANULARITY_MS
+}
+
 /// One request from a device, as the web layer received it.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceRequest<'a> {
@@ -473,9 +480,7 @@ impl<S: Store> MdmService<S> {
             CommandStatus::NotNow => Some(DeliveryStatus::NotNow),
         };
         match (status, report.command_uuid.as_deref()) {
-            // An Idle needs no write when the device was heard from within the last minute:
-            // last-seen times are for humans, a write is an fsync shared with others.
-            (None, _) if now.0.saturating_sub(rec.last_seen_at.0) < LAST_SEEN_GRANULARITY_MS => {}
+            (None, _) if !last_seen_is_stale(&rec, now) => {}
             (None, _) => self.touch(&id, &rec.device_id, now).await?,
             (Some(_), None) => {
                 return Err(ServiceError::bad_request(
@@ -511,8 +516,7 @@ impl<S: Store> MdmService<S> {
                             raw: report.raw.clone(),
                             error_chain_json: error_chain_json.clone(),
                             at: now,
-                            touch: now.0.saturating_sub(rec.last_seen_at.0)
-                                >= LAST_SEEN_GRANULARITY_MS,
+                            touch: last_seen_is_stale(&rec, now),
                         },
                     )
                     .await?;
