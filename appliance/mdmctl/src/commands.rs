@@ -175,24 +175,32 @@ pub async fn execute(
     }
 }
 
-/// `GET /commands/{uuid}`, following its pages until every delivery is in the one answer.
+/// The largest page of deliveries the command view answers.
+const DELIVERIES_PER_PAGE: u64 = 1000;
+
+/// `GET /commands/{uuid}`, with the deliveries of every later page added to the first
+/// answer's.
 async fn command_with_every_delivery(
     client: &mut ApiClient,
     uuid: &str,
 ) -> Result<Value, CliError> {
-    let base = format!("/commands/{uuid}?limit=1000");
-    let mut v = get(client, &base).await?;
-    let mut next = v["next"].as_str().map(str::to_owned);
-    while let Some(after) = next {
-        let page = get(client, &format!("{base}&after={}", encode_query(&after))).await?;
-        let more = page["deliveries"].as_array().cloned().unwrap_or_default();
-        if more.is_empty() {
-            break;
-        }
+    let path = format!("/commands/{uuid}");
+    let first = page_query(Some(DELIVERIES_PER_PAGE), None);
+    let mut v = get(client, &format!("{path}{}", first.text())).await?;
+    if let Some(after) = v["next"].as_str().map(str::to_owned) {
+        let rest = pages_of(
+            client,
+            &path,
+            &Query::default(),
+            "deliveries",
+            Some(DELIVERIES_PER_PAGE),
+            Some(&after),
+            true,
+        )
+        .await?;
         if let Some(all) = v["deliveries"].as_array_mut() {
-            all.extend(more);
+            all.extend(rest.items);
         }
-        next = page["next"].as_str().map(str::to_owned);
     }
     v["next"] = Value::Null;
     Ok(v)
@@ -528,6 +536,19 @@ async fn list_pages(
     after: Option<&str>,
     all: bool,
 ) -> Result<Pages, CliError> {
+    pages_of(client, collection, base, "items", limit, after, all).await
+}
+
+/// [`list_pages`] for an answer whose page is in the list `key`.
+async fn pages_of(
+    client: &mut ApiClient,
+    collection: &str,
+    base: &Query,
+    key: &str,
+    limit: Option<u64>,
+    after: Option<&str>,
+    all: bool,
+) -> Result<Pages, CliError> {
     let mut pages = Pages::default();
     let mut after = after.map(str::to_owned);
     loop {
@@ -536,11 +557,11 @@ async fn list_pages(
         let path = format!("{collection}{}", query.text());
         let page = get(client, &path).await?;
         let page_items =
-            page.get("items")
+            page.get(key)
                 .and_then(Value::as_array)
                 .ok_or_else(|| CliError::BadResponse {
                     url: format!("{}{API_PREFIX}{path}", client.origin()),
-                    reason: "the answer has no \"items\" list".into(),
+                    reason: format!("the answer has no \"{key}\" list"),
                 })?;
         pages.items.extend(page_items.iter().cloned());
         // The count can move while paging; the last page's is the freshest.
