@@ -4,8 +4,6 @@
 //! (`enrollment_serials`); that is the only write that sets a device channel's facts, so it is
 //! the only one that maintains the index.
 
-use std::ops::Bound;
-
 use mdm_service::ports::{
     AuthenticateRecord, Channel, EnrollmentRecord, EnrollmentState, PushFailure, PushRecord,
     StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
@@ -15,7 +13,7 @@ use serde::Deserialize;
 
 use crate::codec::{colon_prefix_range, dangling, decode, encode, successor, BackendExt, PairKey};
 use crate::commands::QueueTables;
-use crate::records::{get_json, put_json};
+use crate::records::{get_json, page_json, put_json};
 use crate::schema::{open, open_read, ENROLLMENTS, ENROLLMENT_SERIALS};
 
 /// The part of a stored enrollment the serial index depends on: decoding only this skips the
@@ -364,19 +362,7 @@ pub(crate) fn list_enrollments(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<EnrollmentRecord>> {
-    let table = open_read(rtx, ENROLLMENTS)?;
-    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let what = "cannot list enrollments";
-    let mut out = Vec::new();
-    for entry in table
-        .range::<&str>((start, Bound::Unbounded))
-        .backend(what)?
-        .take(limit)
-    {
-        let (k, v) = entry.backend(what)?;
-        out.push(decode("enrollments", &k.value(), v.value())?);
-    }
-    Ok(out)
+    page_json(&open_read(rtx, ENROLLMENTS)?, after, limit)
 }
 
 pub(crate) fn count_enrollments(rtx: &ReadTransaction) -> StoreResult<u64> {

@@ -4,15 +4,13 @@
 //! counter, with two indexes: by target (a device's timeline) and by time (retention and time
 //! filters). Nothing rewrites an entry; pruning deletes the oldest by age.
 
-use std::ops::Bound;
-
 use mdm_service::ports::{
     ActivityQuery, ActivityRecord, NewActivity, PreenrollRecord, StoreError, StoreResult, Timestamp,
 };
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::codec::{decode, encode, BackendExt};
-use crate::records::get_json;
+use crate::records::{get_json, page_json};
 use crate::schema::{
     open, open_read, ACTIVITY, ACTIVITY_BY_TARGET, ACTIVITY_BY_TIME, META, PREENROLLED,
 };
@@ -78,21 +76,7 @@ pub(crate) fn list_preenrolled(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<PreenrollRecord>> {
-    let table = open_read(rtx, PREENROLLED)?;
-    let what = "cannot read table `preenrolled`";
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut out = Vec::new();
-    for entry in table
-        .range::<&str>((lower, Bound::Unbounded))
-        .backend(what)?
-    {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = entry.backend(what)?;
-        out.push(decode("preenrolled", &k.value(), v.value())?);
-    }
-    Ok(out)
+    page_json(&open_read(rtx, PREENROLLED)?, after, limit)
 }
 
 pub(crate) fn count_preenrolled(rtx: &ReadTransaction) -> StoreResult<u64> {

@@ -5,6 +5,8 @@
 //! its queue, history and finished-index entries, and once final its report follows the JSON
 //! raw (see [`encode_delivery`]).
 
+use std::ops::Bound;
+
 use mdm_service::ports::{DeliveryRecord, DeliveryStatus, StoreResult, Timestamp};
 use redb::{ReadableTable, Table, TableHandle};
 use serde::de::DeserializeOwned;
@@ -119,6 +121,27 @@ pub(crate) fn put_json<T: Serialize>(
 }
 
 /// Decodes every record of a `&str → bytes` table in key order.
+/// Decodes the records of a `&str → bytes` table whose keys follow `after`, at most `limit`,
+/// in key order: one page of a listing.
+pub(crate) fn page_json<T: DeserializeOwned>(
+    table: &(impl ReadableTable<&'static str, &'static [u8]> + TableHandle),
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let what = format!("cannot read table `{}`", table.name());
+    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::new();
+    for entry in table
+        .range::<&str>((lower, Bound::Unbounded))
+        .backend(&what)?
+        .take(limit)
+    {
+        let (k, v) = entry.backend(&what)?;
+        out.push(decode(table.name(), &k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn all_json<T: DeserializeOwned>(
     table: &(impl ReadableTable<&'static str, &'static [u8]> + TableHandle),
 ) -> StoreResult<Vec<T>> {

@@ -1,13 +1,11 @@
 //! Local user accounts, one JSON record per lowercase username.
 
-use std::ops::Bound;
-
 use mdm_service::ports::{StoreResult, UserChange, UserRecord};
 use redb::{ReadTransaction, ReadableTableMetadata, WriteTransaction};
 
-use crate::codec::{decode, BackendExt};
+use crate::codec::BackendExt;
 use crate::lifecycle::{append_activity, EncodedActivity};
-use crate::records::{get_json, put_json};
+use crate::records::{get_json, page_json, put_json};
 use crate::schema::{open, open_read, USERS};
 
 pub(crate) fn user(rtx: &ReadTransaction, username: &str) -> StoreResult<Option<UserRecord>> {
@@ -19,21 +17,7 @@ pub(crate) fn list_users(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<UserRecord>> {
-    let table = open_read(rtx, USERS)?;
-    let what = "cannot read table `users`";
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-    let mut out = Vec::new();
-    for entry in table
-        .range::<&str>((lower, Bound::Unbounded))
-        .backend(what)?
-    {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = entry.backend(what)?;
-        out.push(decode("users", &k.value(), v.value())?);
-    }
-    Ok(out)
+    page_json(&open_read(rtx, USERS)?, after, limit)
 }
 
 pub(crate) fn count_users(rtx: &ReadTransaction) -> StoreResult<u64> {
