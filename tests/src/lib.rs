@@ -186,14 +186,32 @@ impl Appliance {
         path: &str,
         body: Vec<u8>,
     ) -> (u16, Value) {
+        let resp = self.request_as(token, method, path, body).await;
+        (resp.status, body_json(&resp))
+    }
+
+    /// `POST /api/v1/backup` with `passphrase`, answered as it came (the backup is the body).
+    pub async fn backup(&self, passphrase: &str) -> HttpResponse {
+        let body = json!({ "passphrase": passphrase }).to_string().into_bytes();
+        self.request_as(&self.token, "POST", "/api/v1/backup", body)
+            .await
+    }
+
+    /// An admin API request with `token`, the answer as it came.
+    async fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> HttpResponse {
         let auth = format!("Bearer {token}");
         let h = headers(&[
             ("authorization", &auth),
             ("content-type", "application/json"),
         ])
         .unwrap();
-        let resp = self
-            .admin
+        self.admin
             .request(
                 method.parse().unwrap(),
                 &format!("{}{path}", self.base_url),
@@ -201,8 +219,32 @@ impl Appliance {
                 body,
             )
             .await
-            .unwrap();
-        (resp.status, body_json(&resp))
+            .unwrap()
+    }
+
+    /// Defines enrollment profile `staff` ("Staff") on ABM connection `name`, makes it the
+    /// connection's default and runs the assignment job: every synced device is assigned it.
+    pub async fn assign_staff_profile(&self, name: &str) {
+        let (st, v) = self
+            .api(
+                "PUT",
+                &format!("/api/v1/abm/{name}/profiles/staff"),
+                Some(json!({"profile_name": "Staff"})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = self
+            .api(
+                "PATCH",
+                &format!("/api/v1/abm/{name}"),
+                Some(json!({"default_profile": "staff"})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = self
+            .api("POST", &format!("/api/v1/abm/{name}/assign"), None)
+            .await;
+        assert_eq!(st, 200, "{v}");
     }
 
     /// Create an enrollment link and return its URL.

@@ -101,21 +101,7 @@ async fn backup_and_restore(
     assert_eq!(st, 403);
 
     // The backup, as the admin downloads it.
-    let h = mdm_sim::http::headers(&[
-        ("authorization", &format!("Bearer {}", app.token)),
-        ("content-type", "application/json"),
-    ])
-    .unwrap();
-    let resp = app
-        .admin
-        .request(
-            "POST".parse().unwrap(),
-            &format!("{}/api/v1/backup", app.base_url),
-            h,
-            json!({"passphrase": PASSPHRASE}).to_string().into_bytes(),
-        )
-        .await
-        .unwrap();
+    let resp = app.backup(PASSPHRASE).await;
     assert_eq!(resp.status, 200);
     assert!(resp.headers["content-disposition"]
         .to_str()

@@ -165,24 +165,7 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
         5,
         Duration::from_secs(1),
     );
-    let (st, p) = app
-        .api(
-            "PUT",
-            "/api/v1/abm/north/profiles/staff",
-            Some(json!({"profile_name": "Staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{p}");
-    let (st, v) = app
-        .api(
-            "PATCH",
-            "/api/v1/abm/north",
-            Some(json!({"default_profile": "staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = app.api("POST", "/api/v1/abm/north/assign", None).await;
-    assert_eq!(st, 200, "{v}");
+    app.assign_staff_profile("north").await;
     let v = app.device_view(&serials[0]).await;
     assert_eq!(v["status"], "assigned", "{v}");
     let v = app.device_view(&serials[4]).await;

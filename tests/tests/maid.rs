@@ -119,24 +119,7 @@ fn check_maid_jwt(token: &[u8], server_uuid: &str, rsa_public_key: &[u8]) -> Str
 async fn ade_device(app: &Appliance, sim: &AbmSimulator, serial: &str) -> SimDevice {
     let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = app
-        .api(
-            "PUT",
-            "/api/v1/abm/north/profiles/staff",
-            Some(json!({"profile_name": "Staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = app
-        .api(
-            "PATCH",
-            "/api/v1/abm/north",
-            Some(json!({"default_profile": "staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = app.api("POST", "/api/v1/abm/north/assign", None).await;
-    assert_eq!(st, 200, "{v}");
+    app.assign_staff_profile("north").await;
     let mut d = ade_device_builder(sim, serial).build();
     app.enroll_ade(&mut d).await;
     d.run_until_idle().await.unwrap();
@@ -290,21 +273,7 @@ async fn a_key_left_in_another_tpm_asks_for_a_new_key_pair() {
     let token = d.get_token("com.apple.maid").await.unwrap();
     check_maid_jwt(&token, &server_uuid, &public_key);
 
-    let h = mdm_sim::http::headers(&[
-        ("authorization", &format!("Bearer {}", app.token)),
-        ("content-type", "application/json"),
-    ])
-    .unwrap();
-    let resp = app
-        .admin
-        .request(
-            "POST".parse().unwrap(),
-            &format!("{}/api/v1/backup", app.base_url),
-            h,
-            json!({"passphrase": PASSPHRASE}).to_string().into_bytes(),
-        )
-        .await
-        .unwrap();
+    let resp = app.backup(PASSPHRASE).await;
     assert_eq!(resp.status, 200);
     let backup = dir.path().join("appliance.mdmbackup");
     std::fs::write(&backup, &resp.body).unwrap();

@@ -80,24 +80,7 @@ async fn ade_device(app: &Appliance, sim: &AbmSimulator) -> SimDevice {
     app.connect_abm(sim, "north", SERVER).await;
     let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = app
-        .api(
-            "PUT",
-            "/api/v1/abm/north/profiles/staff",
-            Some(json!({"profile_name": "Staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = app
-        .api(
-            "PATCH",
-            "/api/v1/abm/north",
-            Some(json!({"default_profile": "staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = app.api("POST", "/api/v1/abm/north/assign", None).await;
-    assert_eq!(st, 200, "{v}");
+    app.assign_staff_profile("north").await;
     let mut d = ade_device_builder(sim, &serial).build();
     app.enroll_ade(&mut d).await;
     // Held in Setup Assistant until DeviceConfigured: answer it, so that the device counts

@@ -136,23 +136,7 @@ async fn a_pcr_bound_appliance_refuses_a_changed_platform_and_recovers_from_its_
     app.restart().await;
 
     // The admin's encrypted backup: the recovery path.
-    let h = mdm_sim::http::headers(&[
-        ("authorization", &format!("Bearer {}", app.token)),
-        ("content-type", "application/json"),
-    ])
-    .unwrap();
-    let resp = app
-        .admin
-        .request(
-            "POST".parse().unwrap(),
-            &format!("{}/api/v1/backup", app.base_url),
-            h,
-            serde_json::json!({"passphrase": "correct horse battery staple"})
-                .to_string()
-                .into_bytes(),
-        )
-        .await
-        .unwrap();
+    let resp = app.backup("correct horse battery staple").await;
     assert_eq!(resp.status, 200);
     let backup = dir.path().join("appliance.mdmbackup");
     std::fs::write(&backup, &resp.body).unwrap();
