@@ -13,7 +13,7 @@ use crate::error::{ErrorKind, ServiceError, ServiceResult};
 use crate::lifecycle::activity::entry;
 use crate::ports::ActivityOutcome;
 use crate::ports::{
-    AuthenticateRecord, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentRecord,
+    AuthenticateRecord, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentBinding,
     EnrollmentState, PushTarget, ResultOutcome, Store, Timestamp, TokenUpdateRecord,
 };
 use crate::{sha256_hex, MdmService};
@@ -24,7 +24,7 @@ const LAST_SEEN_GRANULARITY_MS: i64 = 60_000;
 /// Whether a request at `now` should write the enrollment's last-seen time: only when the
 /// stored one is at least [`LAST_SEEN_GRANULARITY_MS`] old. Last-seen times are for humans,
 /// and each write is a page in a group commit shared with others.
-fn last_seen_is_stale(rec: &EnrollmentRecord, now: Timestamp) -> bool {
+fn last_seen_is_stale(rec: &EnrollmentBinding, now: Timestamp) -> bool {
     now.0.saturating_sub(rec.last_seen_at.0) >= LAST_SEEN_GRANULARITY_MS
 }
 
@@ -161,13 +161,16 @@ impl<S: Store> MdmService<S> {
         &self,
         enrollment_id: &str,
         id: &Identity,
-    ) -> ServiceResult<EnrollmentRecord> {
-        let mut rec = self.store().enrollment(enrollment_id)?.ok_or_else(|| {
-            unauthorized(
-                "ENROLLMENT_UNKNOWN",
-                format!("no enrollment {enrollment_id}; the device must enroll again"),
-            )
-        })?;
+    ) -> ServiceResult<EnrollmentBinding> {
+        let mut rec = self
+            .store()
+            .enrollment_binding(enrollment_id)?
+            .ok_or_else(|| {
+                unauthorized(
+                    "ENROLLMENT_UNKNOWN",
+                    format!("no enrollment {enrollment_id}; the device must enroll again"),
+                )
+            })?;
         if rec.state == EnrollmentState::CheckedOut {
             return Err(unauthorized(
                 "ENROLLMENT_CHECKED_OUT",
@@ -426,9 +429,13 @@ impl<S: Store> MdmService<S> {
                 Ok(DeviceReply::Empty)
             }
             CheckinMessage::GetBootstrapToken(_) => {
-                let rec = self.bound_enrollment(&id, &identity).await?;
+                self.bound_enrollment(&id, &identity).await?;
                 self.touch(&id, &eref.device_id, now).await?;
-                let token = match rec.bootstrap_token_sealed {
+                let sealed = self
+                    .store()
+                    .enrollment(&id)?
+                    .and_then(|rec| rec.bootstrap_token_sealed);
+                let token = match sealed {
                     Some(sealed) => Some(self.unseal("bootstrap-token", &sealed)?),
                     None => None,
                 };
@@ -580,7 +587,7 @@ impl<S: Store> MdmService<S> {
     /// held in Setup Assistant may be released (or has been).
     async fn after_result(
         &self,
-        rec: &crate::ports::EnrollmentRecord,
+        rec: &EnrollmentBinding,
         uuid: &str,
         status: DeliveryStatus,
         error_chain_json: Option<&str>,

@@ -31,11 +31,11 @@ use crate::ports::{
     AbmKeyRecord, AbmProblem, AbmProfileRecord, AbmRuleMatch, AbmRuleRecord, AbmSyncRun,
     AbmSyncState, AbmTokenRecord, ActivityOutcome, ActivityQuery, ApiTokenRecord, Assignments,
     AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult, DeliveryRecord,
-    DeliveryStatus, DeviceFacts, EnrollmentSource, EnrollmentState, GroupKind, GroupRecord,
-    InstallRecord, InstallResult, InstallState, IssuedCertRecord, LinkRecord, NewActivity,
-    NewCommand, PreenrollRecord, PreenrollSource, ProfileBatch, ProfileRecord, PushRecord,
-    PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord,
-    UserChange, UserRecord,
+    DeliveryStatus, DeviceFacts, EnrollmentBinding, EnrollmentSource, EnrollmentState, GroupKind,
+    GroupRecord, InstallRecord, InstallResult, InstallState, IssuedCertRecord, LinkRecord,
+    NewActivity, NewCommand, PreenrollRecord, PreenrollSource, ProfileBatch, ProfileRecord,
+    PushRecord, PushTarget, ResultOutcome, RetentionPolicy, Role, Store, Timestamp,
+    TokenUpdateRecord, UserChange, UserRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -50,6 +50,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(enrollment_lifecycle);
     case!(token_update_requires_known_device);
     case!(user_channel_created_by_token_update);
+    case!(binding_follows_the_enrollment_record);
     case!(rebind_identity_moves_device_and_user_channels);
     case!(list_enrollments_pages_in_id_order);
     case!(commands_come_out_in_fifo_order);
@@ -426,6 +427,51 @@ pub async fn user_channel_created_by_token_update<S: Store>(store: &S) {
         ids(&store.list_enrollments(None, 10).unwrap()),
         ["D2", "D2:U1"]
     );
+}
+
+/// The binding read on every device request holds what the full record holds, through each
+/// write that changes one of its fields.
+pub async fn binding_follows_the_enrollment_record<S: Store>(store: &S) {
+    fn same<S: Store>(store: &S, id: &str) -> EnrollmentBinding {
+        let rec = store.enrollment(id).unwrap().expect("enrollment");
+        let binding = store.enrollment_binding(id).unwrap().expect("binding");
+        assert_eq!(binding, EnrollmentBinding::from(&rec), "binding of {id}");
+        binding
+    }
+    assert_eq!(store.enrollment_binding("D7").unwrap(), None);
+
+    store.authenticate(auth("D7", t(0))).await.unwrap();
+    let b = same(store, "D7");
+    assert_eq!(b.state, EnrollmentState::Authenticated);
+    assert_eq!(b.identity_sha256, "identity-of-D7");
+
+    let mut first = token("D7", t(5));
+    first.awaiting_configuration = true;
+    store.token_update(first).await.unwrap().unwrap();
+    assert!(same(store, "D7").awaiting_configuration);
+    store
+        .token_update(token("D7:U1", t(6)))
+        .await
+        .unwrap()
+        .unwrap();
+    let user = same(store, "D7:U1");
+    assert_eq!(
+        (user.channel, user.device_id.as_str()),
+        (Channel::User, "D7")
+    );
+
+    assert!(store.set_configured("D7", t(7)).await.unwrap());
+    assert!(!same(store, "D7").awaiting_configuration);
+    store.touch("D7", t(90_000)).await.unwrap();
+    assert_eq!(same(store, "D7").last_seen_at, t(90_000));
+    assert!(store
+        .rebind_identity("D7", "identity-of-D7", "renewed", t(90_001))
+        .await
+        .unwrap());
+    assert_eq!(same(store, "D7:U1").identity_sha256, "renewed");
+    store.check_out("D7", t(90_002)).await.unwrap();
+    assert_eq!(same(store, "D7").state, EnrollmentState::CheckedOut);
+    assert_eq!(same(store, "D7:U1").state, EnrollmentState::CheckedOut);
 }
 
 /// A renewed identity moves the device and its user channels, only from the bound hash.

@@ -357,7 +357,7 @@ fn get_pair<T: DeserializeOwned>(
     let key = PairKey(connection, name);
     let guard = table
         .get((connection, name))
-        .backend(&format!("cannot read `{table_name}` record `{key}`"))?;
+        .backend_with(|| format!("cannot read `{table_name}` record `{key}`"))?;
     guard
         .map(|g| decode(table_name, &key, g.value()))
         .transpose()

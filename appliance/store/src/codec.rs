@@ -10,11 +10,18 @@ use serde::Serialize;
 /// saying what the store was doing when it happened.
 pub(crate) trait BackendExt<T> {
     fn backend(self, what: &str) -> StoreResult<T>;
+    /// Like `backend`, for a message that names the record: it is only formatted on failure,
+    /// because these calls sit on every request's path.
+    fn backend_with(self, what: impl FnOnce() -> String) -> StoreResult<T>;
 }
 
 impl<T, E: Display> BackendExt<T> for Result<T, E> {
     fn backend(self, what: &str) -> StoreResult<T> {
         self.map_err(|e| StoreError::Backend(format!("{what}: {e}")))
+    }
+
+    fn backend_with(self, what: impl FnOnce() -> String) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Backend(format!("{}: {e}", what())))
     }
 }
 

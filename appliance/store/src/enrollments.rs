@@ -5,8 +5,8 @@
 //! the only one that maintains the index.
 
 use mdm_service::ports::{
-    AuthenticateRecord, Channel, EnrollmentRecord, EnrollmentState, PushFailure, PushRecord,
-    StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
+    AuthenticateRecord, Channel, EnrollmentBinding, EnrollmentRecord, EnrollmentState, PushFailure,
+    PushRecord, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Deserialize;
@@ -74,10 +74,9 @@ pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> 
     let bytes = encode("enrollments", &rec.id, &record)?;
     let old_serial = {
         let mut table = open(txn, ENROLLMENTS)?;
-        let what = format!("cannot write `enrollments` record `{}`", rec.id);
         let old = table
             .insert(rec.id.as_str(), bytes.as_slice())
-            .backend(&what)?;
+            .backend_with(|| format!("cannot write `enrollments` record `{}`", rec.id))?;
         match old.map(|g| decode::<SerialView>("enrollments", &rec.id, g.value())) {
             None => None,
             Some(Ok(view)) => view.indexed_serial(),
@@ -354,6 +353,15 @@ pub(crate) fn touch(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreRes
 }
 
 pub(crate) fn enrollment(rtx: &ReadTransaction, id: &str) -> StoreResult<Option<EnrollmentRecord>> {
+    get_json(&open_read(rtx, ENROLLMENTS)?, id)
+}
+
+/// The binding fields alone: the record is decoded into the smaller type, so the facts,
+/// push target and sealed tokens are skipped over rather than built.
+pub(crate) fn enrollment_binding(
+    rtx: &ReadTransaction,
+    id: &str,
+) -> StoreResult<Option<EnrollmentBinding>> {
     get_json(&open_read(rtx, ENROLLMENTS)?, id)
 }
 

@@ -44,12 +44,12 @@ use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
     ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord, BackupStore,
     ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
-    DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord, EnrollmentStore, GroupRecord,
-    InstallRecord, InstallResult, IssuedCertRecord, IssuedCertStore, LifecycleStore, LinkRecord,
-    LinkStore, NewActivity, NewCommand, PreenrollRecord, ProfileBatch, ProfileRecord, ProfileStore,
-    PruneStats, PushRecord, QueuedCommand, ResealReport, ResultOutcome, RetentionPolicy, Rewrap,
-    SettingsStore, StoreError, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
-    UserChange, UserRecord, UserStore,
+    DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentBinding, EnrollmentRecord,
+    EnrollmentStore, GroupRecord, InstallRecord, InstallResult, IssuedCertRecord, IssuedCertStore,
+    LifecycleStore, LinkRecord, LinkStore, NewActivity, NewCommand, PreenrollRecord, ProfileBatch,
+    ProfileRecord, ProfileStore, PruneStats, PushRecord, QueuedCommand, ResealReport,
+    ResultOutcome, RetentionPolicy, Rewrap, SettingsStore, StoreError, StoreResult, Timestamp,
+    TokenUpdateOutcome, TokenUpdateRecord, UserChange, UserRecord, UserStore,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
@@ -123,7 +123,7 @@ impl RedbStore {
         }
         let db = builder
             .create(path)
-            .backend(&format!("cannot open the database {}", path.display()))?;
+            .backend_with(|| format!("cannot open the database {}", path.display()))?;
         schema::prepare(&db, schema::MIGRATIONS)?;
         let db = Arc::new(db);
         let writer = Writer::start(Arc::clone(&db), opts.max_batch)?;
@@ -270,6 +270,10 @@ impl EnrollmentStore for RedbStore {
 
     fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>> {
         enrollments::enrollment(&self.read()?, id)
+    }
+
+    fn enrollment_binding(&self, id: &str) -> StoreResult<Option<EnrollmentBinding>> {
+        enrollments::enrollment_binding(&self.read()?, id)
     }
 
     fn list_enrollments(

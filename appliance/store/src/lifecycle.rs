@@ -54,12 +54,12 @@ pub(crate) fn write_preenrolled(
     for (serial, json) in &batch.put {
         table
             .insert(serial.as_str(), json.as_slice())
-            .backend(&format!("cannot write `preenrolled` record `{serial}`"))?;
+            .backend_with(|| format!("cannot write `preenrolled` record `{serial}`"))?;
     }
     for serial in &batch.delete {
         table
             .remove(serial.as_str())
-            .backend(&format!("cannot delete `preenrolled` record `{serial}`"))?;
+            .backend_with(|| format!("cannot delete `preenrolled` record `{serial}`"))?;
     }
     Ok(())
 }

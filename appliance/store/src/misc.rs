@@ -207,7 +207,7 @@ pub(crate) fn list_api_tokens(rtx: &ReadTransaction) -> StoreResult<Vec<ApiToken
 pub(crate) fn setting(rtx: &ReadTransaction, key: &str) -> StoreResult<Option<Vec<u8>>> {
     Ok(open_read(rtx, SETTINGS)?
         .get(key)
-        .backend(&format!("cannot read setting `{key}`"))?
+        .backend_with(|| format!("cannot read setting `{key}`"))?
         .map(|g| g.value().to_vec()))
 }
 
@@ -219,7 +219,7 @@ pub(crate) fn put_settings(
     for (key, value) in values {
         settings
             .insert(key.as_str(), value.as_slice())
-            .backend(&format!("cannot write setting `{key}`"))?;
+            .backend_with(|| format!("cannot write setting `{key}`"))?;
     }
     Ok(())
 }

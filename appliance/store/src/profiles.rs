@@ -55,7 +55,7 @@ pub(crate) fn profiles(rtx: &ReadTransaction) -> StoreResult<Vec<ProfileRecord>>
 pub(crate) fn profile_file(rtx: &ReadTransaction, id: &str) -> StoreResult<Option<Vec<u8>>> {
     Ok(open_read(rtx, PROFILE_FILES)?
         .get(id)
-        .backend(&format!("cannot read the file of profile `{id}`"))?
+        .backend_with(|| format!("cannot read the file of profile `{id}`"))?
         .map(|g| g.value().to_vec()))
 }
 
@@ -169,12 +169,12 @@ pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec
         for (id, json) in &b.groups {
             groups
                 .insert(id.as_str(), json.as_slice())
-                .backend(&format!("cannot write group `{id}`"))?;
+                .backend_with(|| format!("cannot write group `{id}`"))?;
         }
         for id in &b.delete_groups {
             groups
                 .remove(id.as_str())
-                .backend(&format!("cannot delete group `{id}`"))?;
+                .backend_with(|| format!("cannot delete group `{id}`"))?;
         }
     }
     {
@@ -210,20 +210,20 @@ pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec
         for (id, json, file) in &b.profiles {
             profiles
                 .insert(id.as_str(), json.as_slice())
-                .backend(&format!("cannot write profile `{id}`"))?;
+                .backend_with(|| format!("cannot write profile `{id}`"))?;
             if let Some(file) = file {
                 files
                     .insert(id.as_str(), file.as_slice())
-                    .backend(&format!("cannot write the file of profile `{id}`"))?;
+                    .backend_with(|| format!("cannot write the file of profile `{id}`"))?;
             }
         }
         for id in &b.delete_profiles {
             profiles
                 .remove(id.as_str())
-                .backend(&format!("cannot delete profile `{id}`"))?;
+                .backend_with(|| format!("cannot delete profile `{id}`"))?;
             files
                 .remove(id.as_str())
-                .backend(&format!("cannot delete the file of profile `{id}`"))?;
+                .backend_with(|| format!("cannot delete the file of profile `{id}`"))?;
         }
     }
     let mut outcomes = Vec::with_capacity(b.commands.len());

@@ -102,7 +102,7 @@ pub(crate) fn get_json<T: DeserializeOwned>(
 ) -> StoreResult<Option<T>> {
     let guard = table
         .get(key)
-        .backend(&format!("cannot read `{}` record `{key}`", table.name()))?;
+        .backend_with(|| format!("cannot read `{}` record `{key}`", table.name()))?;
     guard
         .map(|g| decode(table.name(), &key, g.value()))
         .transpose()
@@ -115,8 +115,8 @@ pub(crate) fn put_json<T: Serialize>(
     value: &T,
 ) -> StoreResult<()> {
     let bytes = encode(table.name(), &key, value)?;
-    let what = format!("cannot write `{}` record `{key}`", table.name());
-    table.insert(key, bytes.as_slice()).backend(&what)?;
+    let written = table.insert(key, bytes.as_slice()).map(drop);
+    written.backend_with(|| format!("cannot write `{}` record `{key}`", table.name()))?;
     Ok(())
 }
 

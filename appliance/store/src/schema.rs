@@ -248,7 +248,7 @@ pub(crate) fn open<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
     def: TableDefinition<K, V>,
 ) -> StoreResult<Table<'t, K, V>> {
     txn.open_table(def)
-        .backend(&format!("cannot open table `{}`", def.name()))
+        .backend_with(|| format!("cannot open table `{}`", def.name()))
 }
 
 /// Opens a table in a read transaction. Opening a file migrates it to the current schema, so
@@ -258,7 +258,7 @@ pub(crate) fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
     def: TableDefinition<K, V>,
 ) -> StoreResult<ReadOnlyTable<K, V>> {
     rtx.open_table(def)
-        .backend(&format!("cannot open table `{}`", def.name()))
+        .backend_with(|| format!("cannot open table `{}`", def.name()))
 }
 
 /// Brings the file to the version `migrations` lead to, or refuses a file from a newer

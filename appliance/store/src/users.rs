@@ -37,7 +37,7 @@ pub(crate) fn write_user(
         UserChange::Delete(name) => {
             users
                 .remove(name.as_str())
-                .backend(&format!("cannot delete user `{name}`"))?;
+                .backend_with(|| format!("cannot delete user `{name}`"))?;
         }
     }
     drop(users);

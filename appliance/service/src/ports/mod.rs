@@ -207,6 +207,36 @@ pub struct EnrollmentRecord {
     pub push_invalid: Option<PushFailure>,
 }
 
+/// The part of an enrollment record that every device request is checked against: whether it
+/// may still speak, the certificate it is bound to, and what its command results set off.
+/// Stores read it without the rest of the record (facts, push target, sealed tokens), which
+/// no command round trip needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnrollmentBinding {
+    pub id: String,
+    pub device_id: String,
+    pub channel: Channel,
+    pub state: EnrollmentState,
+    /// SHA-256 (hex) of the identity certificate bound at `Authenticate`.
+    pub identity_sha256: String,
+    pub awaiting_configuration: bool,
+    pub last_seen_at: Timestamp,
+}
+
+impl From<&EnrollmentRecord> for EnrollmentBinding {
+    fn from(rec: &EnrollmentRecord) -> Self {
+        EnrollmentBinding {
+            id: rec.id.clone(),
+            device_id: rec.device_id.clone(),
+            channel: rec.channel,
+            state: rec.state,
+            identity_sha256: rec.identity_sha256.clone(),
+            awaiting_configuration: rec.awaiting_configuration,
+            last_seen_at: rec.last_seen_at,
+        }
+    }
+}
+
 /// Why an enrollment cannot be pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushFailure {
@@ -520,6 +550,8 @@ pub trait EnrollmentStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>>;
+    /// The binding fields of an enrollment, as `enrollment` would return them.
+    fn enrollment_binding(&self, id: &str) -> StoreResult<Option<EnrollmentBinding>>;
     /// Enrollments in id order after `after`, at most `limit`.
     fn list_enrollments(
         &self,
