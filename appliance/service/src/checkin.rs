@@ -28,15 +28,40 @@ fn last_seen_is_stale(rec: &EnrollmentBinding, now: Timestamp) -> bool {
     now.0.saturating_sub(rec.last_seen_at.0) >= LAST_SEEN_GRANULARITY_MS
 }
 
+/// A TLS client certificate with the hash identities are bound by, made once per connection
+/// (a device sends several requests on one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    der: Vec<u8>,
+    sha256: String,
+}
+
+impl PeerCertificate {
+    pub fn new(der: Vec<u8>) -> Self {
+        let sha256 = sha256_hex(&der);
+        PeerCertificate { der, sha256 }
+    }
+
+    /// The leaf certificate, DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// SHA-256 of the DER, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
 /// One request from a device, as the web layer received it.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceRequest<'a> {
     pub body: &'a [u8],
     /// The `Mdm-Signature` header, if any.
     pub mdm_signature: Option<&'a str>,
-    /// The TLS client certificate (leaf DER), if the device presented one. The TLS layer has
-    /// already verified that it chains to the appliance CA.
-    pub tls_certificate: Option<&'a [u8]>,
+    /// The TLS client certificate, if the device presented one. The TLS layer has already
+    /// verified that it chains to the appliance CA.
+    pub tls_certificate: Option<&'a PeerCertificate>,
 }
 
 /// A successful answer to a device.
@@ -59,17 +84,18 @@ pub trait ConnectionScratch {
 
 /// The identity a request proved. The certificate is parsed only when a new binding needs it
 /// (Authenticate, renewal): the hash is all an established enrollment is checked against.
-struct Identity {
+struct Identity<'a> {
     sha256: String,
-    cert: CertSource,
+    cert: CertSource<'a>,
 }
 
-enum CertSource {
+enum CertSource<'a> {
     Parsed(Box<Certificate>),
-    Der(Vec<u8>),
+    /// The TLS client certificate, borrowed from the connection.
+    Der(&'a [u8]),
 }
 
-impl Identity {
+impl Identity<'_> {
     fn certificate(&self) -> Option<Certificate> {
         match &self.cert {
             CertSource::Parsed(c) => Some(c.as_ref().clone()),
@@ -84,8 +110,8 @@ fn unauthorized(code: &'static str, msg: impl Into<String>) -> ServiceError {
 
 impl<S: Store> MdmService<S> {
     /// Establish which certificate signed (or carried) this request.
-    fn identify(&self, req: &DeviceRequest<'_>) -> ServiceResult<Identity> {
-        let tls = req.tls_certificate.map(sha256_hex);
+    fn identify<'r>(&self, req: &DeviceRequest<'r>) -> ServiceResult<Identity<'r>> {
+        let tls = req.tls_certificate.map(PeerCertificate::sha256);
         match req.mdm_signature {
             Some(sig) => {
                 let der = base64::engine::general_purpose::STANDARD
@@ -114,9 +140,9 @@ impl<S: Store> MdmService<S> {
                 })
             }
             None => match (tls, req.tls_certificate) {
-                (Some(sha), Some(der)) => Ok(Identity {
-                    sha256: sha,
-                    cert: CertSource::Der(der.to_vec()),
+                (Some(sha), Some(cert)) => Ok(Identity {
+                    sha256: sha.to_owned(),
+                    cert: CertSource::Der(cert.der()),
                 }),
                 _ => Err(unauthorized(
                     "IDENTITY_MISSING",
@@ -127,7 +153,10 @@ impl<S: Store> MdmService<S> {
     }
 
     /// Check that a certificate presented for a new binding was issued by this appliance.
-    fn check_issued_here(&self, id: &Identity) -> ServiceResult<crate::ports::IssuedCertRecord> {
+    fn check_issued_here(
+        &self,
+        id: &Identity<'_>,
+    ) -> ServiceResult<crate::ports::IssuedCertRecord> {
         let cert = id.certificate().ok_or_else(|| {
             unauthorized(
                 "IDENTITY_INVALID",
@@ -160,7 +189,7 @@ impl<S: Store> MdmService<S> {
     async fn bound_enrollment(
         &self,
         enrollment_id: &str,
-        id: &Identity,
+        id: &Identity<'_>,
     ) -> ServiceResult<EnrollmentBinding> {
         let mut rec = self
             .store()
@@ -241,7 +270,7 @@ impl<S: Store> MdmService<S> {
 
     async fn handle_checkin(
         &self,
-        identity: Identity,
+        identity: Identity<'_>,
         msg: CheckinMessage,
     ) -> ServiceResult<DeviceReply> {
         let now = Timestamp::now();
@@ -472,7 +501,7 @@ impl<S: Store> MdmService<S> {
 
     async fn handle_report(
         &self,
-        identity: Identity,
+        identity: Identity<'_>,
         report: CommandReport,
         scratch: &(dyn ConnectionScratch + Sync),
     ) -> ServiceResult<DeviceReply> {

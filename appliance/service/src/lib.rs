@@ -38,7 +38,7 @@ use mdm_keystore::Sealer;
 use mdm_pki::Certificate;
 
 pub use authority::{Authority, TlsNames};
-pub use checkin::{ConnectionScratch, DeviceReply, DeviceRequest};
+pub use checkin::{ConnectionScratch, DeviceReply, DeviceRequest, PeerCertificate};
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 use ports::{RetentionPolicy, Store};
 

@@ -144,7 +144,7 @@ impl<S: Store, C: AbmConnector> App<S, C> {
         let dreq = DeviceRequest {
             body: &body,
             mdm_signature: signature.as_deref(),
-            tls_certificate: conn.peer_certificate.as_deref().map(Vec::as_slice),
+            tls_certificate: conn.peer_certificate.as_ref(),
         };
         if checkin_only {
             reply(self.service.checkin(dreq).await)

@@ -8,6 +8,7 @@
 //! Limits that protect the appliance: a handshake timeout, a request-header timeout (HTTP/1.1),
 //! an idle timeout, a cap on open connections, and [`read_body`] for bounded request bodies.
 
+use mdm_service::PeerCertificate;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,9 +54,9 @@ pub struct ConnectionInfo {
     pub id: u64,
     /// The peer's address.
     pub remote_addr: SocketAddr,
-    /// DER of the leaf certificate the client presented in the TLS handshake, if any. When
-    /// present it has already been verified to chain to the appliance CA.
-    pub peer_certificate: Option<Arc<Vec<u8>>>,
+    /// The leaf certificate the client presented in the TLS handshake, if any. When present
+    /// it has already been verified to chain to the appliance CA.
+    pub peer_certificate: Option<PeerCertificate>,
     /// Whether the connection speaks HTTP/2 (negotiated with ALPN).
     pub alpn_h2: bool,
     /// Per-connection scratch space the MDM layer uses (e.g. the set of command UUIDs a device
@@ -75,7 +76,7 @@ impl ConnectionInfo {
         Self {
             id,
             remote_addr,
-            peer_certificate: peer_certificate.map(Arc::new),
+            peer_certificate: peer_certificate.map(PeerCertificate::new),
             alpn_h2,
             state: Arc::new(Mutex::new(ConnState::default())),
         }
@@ -411,7 +412,7 @@ async fn run_connection<H: Handler>(shared: Arc<Shared<H>>, accepted: Accepted) 
     let peer_certificate = session
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .map(|leaf| Arc::new(leaf.as_ref().to_vec()));
+        .map(|leaf| PeerCertificate::new(leaf.as_ref().to_vec()));
     debug!(
         conn = id,
         remote = %remote_addr,

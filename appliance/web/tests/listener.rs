@@ -291,8 +291,8 @@ impl Handler for TestHandler {
             "/peer" => text(
                 StatusCode::OK,
                 conn.peer_certificate
-                    .as_deref()
-                    .cloned()
+                    .as_ref()
+                    .map(|c| c.der().to_vec())
                     .unwrap_or_default(),
             ),
             "/body" => match read_body(req.into_body(), BODY_LIMIT).await {
@@ -470,13 +470,20 @@ struct Client {
     sender: Sender,
     driver: JoinHandle<()>,
     server_leaf: Vec<u8>,
+    handshake: Option<rustls::HandshakeKind>,
 }
 
 impl Client {
     async fn connect(addr: SocketAddr, pki: &Pki, spec: ClientSpec<'_>) -> Result<Self, BoxError> {
-        let tls = tls_connect(addr, client_config(pki, &spec)).await?;
+        Self::connect_with(addr, client_config(pki, &spec)).await
+    }
+
+    /// Connects with `config`, whose session store lets a later connection resume this one.
+    async fn connect_with(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Self, BoxError> {
+        let tls = tls_connect(addr, config).await?;
         let (_, session) = tls.get_ref();
         let server_leaf = session.peer_certificates().unwrap()[0].to_vec();
+        let handshake = session.handshake_kind();
         let h2 = session.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         let (sender, driver) = if h2 {
@@ -501,6 +508,7 @@ impl Client {
             sender,
             driver,
             server_leaf,
+            handshake,
         })
     }
 
@@ -698,6 +706,46 @@ async fn client_certificate_from_the_appliance_ca_reaches_the_handler() {
         assert_eq!(
             body.as_ref(),
             pki.client.cert.as_slice(),
+            "tls12_only={tls12_only}"
+        );
+    }
+    server.stop().await;
+}
+
+/// A device that comes back resumes its TLS session, and its certificate still reaches the
+/// handler (the session carries it). Each handshake hands out the ticket for the next one.
+#[tokio::test]
+async fn resumed_sessions_keep_the_client_certificate() {
+    let Some(pki) = pki() else { return };
+    let server = Server::start(pki, Arc::default(), opts()).await;
+
+    for tls12_only in [false, true] {
+        let config = client_config(
+            pki,
+            &ClientSpec {
+                identity: Some(&pki.client),
+                tls12_only,
+                ..ClientSpec::h1()
+            },
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut client = Client::connect_with(server.addr, Arc::clone(&config))
+                .await
+                .unwrap();
+            let (status, _, body) = client.get("/peer").await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                body.as_ref(),
+                pki.client.cert.as_slice(),
+                "tls12_only={tls12_only}"
+            );
+            kinds.push(client.handshake);
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(
+            kinds,
+            [Some(Full), Some(Resumed), Some(Resumed)],
             "tls12_only={tls12_only}"
         );
     }
