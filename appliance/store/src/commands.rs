@@ -31,6 +31,7 @@ use crate::schema::{
     open, open_read, CHALLENGES, CHALLENGE_EXPIRY, COMMANDS, COMMAND_PAYLOADS, DELIVERIES,
     DELIVERY_RESULTS, ENROLLMENTS, FINISHED_BY_AGE, HISTORY, HISTORY_COUNT, META, NEXT_SEQ, QUEUE,
 };
+use crate::writer::Batch;
 
 type StrU64Table<'t, V> = Table<'t, (&'static str, u64), V>;
 
@@ -283,14 +284,14 @@ pub(crate) fn backfill_history_count(txn: &WriteTransaction) -> StoreResult<()> 
 }
 
 pub(crate) fn record_result(
-    txn: &WriteTransaction,
+    batch: &mut Batch<'_>,
     enrollment_id: &str,
     result: &CommandResult,
 ) -> StoreResult<ResultOutcome> {
     if result.touch {
-        touch(txn, enrollment_id, result.at)?;
+        touch(batch.txn(), enrollment_id, result.at)?;
     }
-    let mut tables = QueueTables::open(txn)?;
+    let tables = batch.queue_tables()?;
     let uuid = result.uuid.as_str();
     let Some(mut delivery) = tables.delivery(uuid, enrollment_id)? else {
         return Ok(ResultOutcome::UnknownCommand);

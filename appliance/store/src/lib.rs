@@ -56,7 +56,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::BackendExt;
 pub use crate::writer::StoreStats;
-use crate::writer::{Request, Writer};
+use crate::writer::{Batch, Request, Writer};
 
 /// The schema version this build writes (and the newest it can open).
 pub const SCHEMA_VERSION: u64 = schema::CURRENT_VERSION;
@@ -193,10 +193,19 @@ impl RedbStore {
 
     /// Runs `op` on the writer thread and waits until it is durably committed. `op` may run
     /// twice (see [`writer`]), so it must only read what it captured.
-    async fn write<R, F>(&self, op: F) -> StoreResult<R>
+    async fn write<R, F>(&self, mut op: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> StoreResult<R> + Send + 'static,
+    {
+        self.write_in_batch(move |batch| op(batch.txn())).await
+    }
+
+    /// Like `write`, for an operation that uses the tables a batch keeps open.
+    async fn write_in_batch<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Batch<'_>) -> StoreResult<R> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.inner
@@ -316,7 +325,7 @@ impl CommandQueue for RedbStore {
         result: CommandResult,
     ) -> impl Future<Output = StoreResult<ResultOutcome>> + Send {
         let enrollment_id = enrollment_id.to_owned();
-        self.write(move |txn| commands::record_result(txn, &enrollment_id, &result))
+        self.write_in_batch(move |batch| commands::record_result(batch, &enrollment_id, &result))
     }
 
     fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>> {

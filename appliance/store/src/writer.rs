@@ -18,6 +18,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::codec::BackendExt;
+use crate::commands::QueueTables;
 
 /// Write activity since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,10 +49,41 @@ impl Counters {
     }
 }
 
+/// The transaction a batch's operations run in, with the queue tables kept open from one
+/// command result to the next: opening a redb table costs a lookup and a type check, and
+/// closing it writes its root back, and results are most of the writes a busy appliance makes.
+pub(crate) struct Batch<'t> {
+    txn: &'t WriteTransaction,
+    queue: Option<QueueTables<'t>>,
+}
+
+impl<'t> Batch<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
+        Batch { txn, queue: None }
+    }
+
+    /// The transaction, for an operation that opens tables itself. The shared tables are
+    /// closed first: redb refuses to open a table that is already open.
+    pub(crate) fn txn(&mut self) -> &'t WriteTransaction {
+        self.queue = None;
+        self.txn
+    }
+
+    /// The queue tables, opened by the first operation that asks for them.
+    pub(crate) fn queue_tables(&mut self) -> StoreResult<&mut QueueTables<'t>> {
+        if self.queue.is_none() {
+            self.queue = Some(QueueTables::open(self.txn)?);
+        }
+        self.queue
+            .as_mut()
+            .ok_or_else(|| StoreError::Backend("the queue tables did not open".into()))
+    }
+}
+
 /// A write waiting for the writer thread, with its result type erased.
 pub(crate) trait Pending: Send {
-    /// Runs the operation in `txn`, keeping its result; false if it failed.
-    fn apply(&mut self, txn: &WriteTransaction) -> bool;
+    /// Runs the operation in `batch`, keeping its result; false if it failed.
+    fn apply(&mut self, batch: &mut Batch<'_>) -> bool;
     /// Answers the caller: with `failure` if given (the commit failed), else with the result
     /// `apply` kept.
     fn complete(self: Box<Self>, failure: Option<StoreError>);
@@ -77,10 +109,10 @@ impl<R, F> Request<R, F> {
 impl<R, F> Pending for Request<R, F>
 where
     R: Send,
-    F: FnMut(&WriteTransaction) -> StoreResult<R> + Send,
+    F: FnMut(&mut Batch<'_>) -> StoreResult<R> + Send,
 {
-    fn apply(&mut self, txn: &WriteTransaction) -> bool {
-        let outcome = (self.op)(txn);
+    fn apply(&mut self, batch: &mut Batch<'_>) -> bool {
+        let outcome = (self.op)(batch);
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
         ok
@@ -250,11 +282,14 @@ impl std::fmt::Display for BatchFailure {
 
 fn apply_all(db: &Database, batch: &mut [Box<dyn Pending>]) -> Result<(), BatchFailure> {
     let txn = begin(db).map_err(BatchFailure::Backend)?;
-    for (i, p) in batch.iter_mut().enumerate() {
-        if !p.apply(&txn) {
-            abort(txn);
-            return Err(BatchFailure::Operation(i));
-        }
+    let failed = {
+        let mut shared = Batch::new(&txn);
+        batch.iter_mut().position(|p| !p.apply(&mut shared))
+        // The shared tables close here, before the commit or abort.
+    };
+    if let Some(i) = failed {
+        abort(txn);
+        return Err(BatchFailure::Operation(i));
     }
     txn.commit()
         .backend("cannot commit")
@@ -265,7 +300,8 @@ fn process_one(db: &Database, mut p: Box<dyn Pending>, counters: &Counters) {
     let failure = match begin(db) {
         Err(e) => Some(e),
         Ok(txn) => {
-            if p.apply(&txn) {
+            let applied = p.apply(&mut Batch::new(&txn));
+            if applied {
                 match txn.commit().backend("cannot commit") {
                     Ok(()) => {
                         counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -302,8 +338,8 @@ mod tests {
         fail: bool,
     ) -> (Box<dyn Pending>, oneshot::Receiver<StoreResult<u64>>) {
         let (tx, rx) = oneshot::channel();
-        let f = move |txn: &WriteTransaction| -> StoreResult<u64> {
-            let mut t = txn.open_table(T).backend("open")?;
+        let f = move |batch: &mut Batch<'_>| -> StoreResult<u64> {
+            let mut t = batch.txn().open_table(T).backend("open")?;
             t.insert(key, 1).backend("insert")?;
             if fail {
                 return Err(StoreError::Conflict(format!("{key} refused")));
@@ -377,6 +413,38 @@ mod tests {
                 replayed_batches: 1
             }
         );
+    }
+
+    #[test]
+    fn shared_tables_close_before_an_operation_opens_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("w.redb")).unwrap();
+        let counters = Counters::default();
+        let shared = || {
+            let (tx, rx) = oneshot::channel();
+            let f = |batch: &mut Batch<'_>| batch.queue_tables().map(drop);
+            (Box::new(Request::new(f, tx)) as Box<dyn Pending>, rx)
+        };
+        let own = || {
+            let (tx, rx) = oneshot::channel();
+            let f = |batch: &mut Batch<'_>| {
+                let mut queue = batch
+                    .txn()
+                    .open_table(crate::schema::QUEUE)
+                    .backend("open")?;
+                queue.insert(("E", 1), "cmd").backend("insert").map(drop)
+            };
+            (Box::new(Request::new(f, tx)) as Box<dyn Pending>, rx)
+        };
+        let (ops, rxs): (Vec<_>, Vec<_>) = vec![shared(), own(), shared(), shared(), own()]
+            .into_iter()
+            .unzip();
+        process(&db, ops, &counters);
+        for mut rx in rxs {
+            rx.try_recv().unwrap().unwrap();
+        }
+        assert_eq!(counters.snapshot().commits, 1, "one transaction, no replay");
+        assert_eq!(counters.snapshot().replayed_batches, 0);
     }
 
     #[tokio::test]
