@@ -502,7 +502,7 @@ impl<S: Store> MdmService<S> {
     async fn handle_report(
         &self,
         identity: Identity<'_>,
-        report: CommandReport,
+        mut report: CommandReport,
         scratch: &(dyn ConnectionScratch + Sync),
     ) -> ServiceResult<DeviceReply> {
         let id = report.enrollment.id();
@@ -549,7 +549,7 @@ impl<S: Store> MdmService<S> {
                         CommandResult {
                             uuid: uuid.to_string(),
                             status,
-                            raw: report.raw.clone(),
+                            raw: std::mem::take(&mut report.raw),
                             error_chain_json: error_chain_json.clone(),
                             at: now,
                             touch: last_seen_is_stale(&rec, now),

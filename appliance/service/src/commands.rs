@@ -5,8 +5,8 @@ use tracing::info;
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::ports::{
-    CommandRecord, DeliveryRecord, DeliveryStatus, EnrollmentRecord, NewCommand, PruneStats, Store,
-    Timestamp,
+    CommandRecord, DeliveryPage, DeliveryRecord, DeliveryStatus, EnrollmentRecord, NewCommand,
+    PruneStats, Store, Timestamp,
 };
 use crate::MdmService;
 
@@ -233,8 +233,7 @@ impl<S: Store> MdmService<S> {
             ServiceError::not_found("COMMAND_NOT_FOUND", format!("no command {uuid}"))
         })?;
         let limit = limit.clamp(1, MAX_DELIVERIES_PER_PAGE);
-        let deliveries = self.store().deliveries(uuid, after, limit)?;
-        let counts = self.store().delivery_counts(uuid)?;
+        let DeliveryPage { deliveries, counts } = self.store().delivery_page(uuid, after, limit)?;
         let next = (deliveries.len() == limit)
             .then(|| deliveries.last().map(|d| d.enrollment_id.clone()))
             .flatten();

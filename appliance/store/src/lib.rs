@@ -44,7 +44,7 @@ use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, AbmStore,
     ActivityQuery, ActivityRecord, ApiTokenRecord, ApiTokenStore, AuthenticateRecord, BackupStore,
     ChallengeOutcome, ChallengeRecord, ChallengeStore, CommandQueue, CommandRecord, CommandResult,
-    DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentBinding, EnrollmentRecord,
+    DeliveryPage, DeliveryRecord, EnqueueOutcome, EnrollmentBinding, EnrollmentRecord,
     EnrollmentStore, GroupRecord, InstallRecord, InstallResult, IssuedCertRecord, IssuedCertStore,
     LifecycleStore, LinkRecord, LinkStore, NewActivity, NewCommand, PreenrollRecord, ProfileBatch,
     ProfileRecord, ProfileStore, PruneStats, PushRecord, QueuedCommand, ResealReport,
@@ -341,8 +341,17 @@ impl CommandQueue for RedbStore {
         commands::deliveries(&self.read()?, uuid, after, limit)
     }
 
-    fn delivery_counts(&self, uuid: &str) -> StoreResult<Vec<(DeliveryStatus, u64)>> {
-        commands::delivery_counts(&self.read()?, uuid)
+    fn delivery_page(
+        &self,
+        uuid: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<DeliveryPage> {
+        let rtx = self.read()?;
+        Ok(DeliveryPage {
+            deliveries: commands::deliveries(&rtx, uuid, after, limit)?,
+            counts: commands::delivery_counts(&rtx, uuid)?,
+        })
     }
 
     fn enrollment_deliveries(

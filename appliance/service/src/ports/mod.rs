@@ -237,6 +237,13 @@ impl From<&EnrollmentRecord> for EnrollmentBinding {
     }
 }
 
+/// One page of a command's deliveries and its counts by status over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryRecord>,
+    pub counts: Vec<(DeliveryStatus, u64)>,
+}
+
 /// Why an enrollment cannot be pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushFailure {
@@ -600,8 +607,15 @@ pub trait CommandQueue: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<DeliveryRecord>>;
-    /// How many deliveries one command has in each status (statuses with none left out).
-    fn delivery_counts(&self, uuid: &str) -> StoreResult<Vec<(DeliveryStatus, u64)>>;
+    /// One page of a command's deliveries, as `deliveries` returns it, with how many
+    /// deliveries the command has in each status (statuses with none left out), both read
+    /// from the same snapshot so that the page and the counts agree.
+    fn delivery_page(
+        &self,
+        uuid: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<DeliveryPage>;
     /// An enrollment's deliveries, newest first, at most `limit`.
     fn enrollment_deliveries(
         &self,
