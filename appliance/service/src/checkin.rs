@@ -560,14 +560,20 @@ impl<S: Store> MdmService<S> {
                     ResultOutcome::UnknownCommand => {
                         warn!(enrollment = %id, command = uuid, "report for a command that is not queued for this device; ignored");
                     }
-                    ResultOutcome::Recorded => {
+                    ResultOutcome::Recorded { request_type } => {
                         debug!(enrollment = %id, command = uuid, ?status, "command report");
                         self.devices().touch(&rec.device_id, now);
                         if status == DeliveryStatus::NotNow {
                             scratch.add_not_now(&id, uuid);
                         }
-                        self.after_result(&rec, uuid, status, error_chain_json.as_deref())
-                            .await?;
+                        self.after_result(
+                            &rec,
+                            uuid,
+                            &request_type,
+                            status,
+                            error_chain_json.as_deref(),
+                        )
+                        .await?;
                     }
                 }
             }
@@ -618,10 +624,14 @@ impl<S: Store> MdmService<S> {
         &self,
         rec: &EnrollmentBinding,
         uuid: &str,
+        request_type: &str,
         status: DeliveryStatus,
         error_chain_json: Option<&str>,
     ) -> ServiceResult<()> {
-        if rec.channel == crate::ports::Channel::Device {
+        // Only the profile commands the appliance queued itself move an install state; other
+        // results need not read the device's installs.
+        let profile_command = matches!(request_type, "InstallProfile" | "RemoveProfile");
+        if rec.channel == crate::ports::Channel::Device && profile_command {
             self.profile_result(&rec.id, uuid, status, error_chain_json)
                 .await?;
         }
@@ -632,11 +642,6 @@ impl<S: Store> MdmService<S> {
         if !failed && !rec.awaiting_configuration {
             return Ok(());
         }
-        let request_type = self
-            .store()
-            .command(uuid)?
-            .map(|c| c.request_type)
-            .unwrap_or_default();
         if failed {
             self.log_activity(entry(
                 "device",

@@ -217,7 +217,9 @@ async fn answer<S: Store>(store: &S, id: &str, uuid: &str, status: DeliveryStatu
         .expect("record_result");
     assert_eq!(
         outcome,
-        ResultOutcome::Recorded,
+        ResultOutcome::Recorded {
+            request_type: format!("Request-{uuid}")
+        },
         "{status:?} from {id} for {uuid}"
     );
 }
@@ -691,7 +693,12 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         ..report("c2", DeliveryStatus::Acknowledged, t(10))
     };
     let outcome = store.record_result("D", quiet).await.unwrap();
-    assert_eq!(outcome, ResultOutcome::Recorded);
+    assert_eq!(
+        outcome,
+        ResultOutcome::Recorded {
+            request_type: "Request-c2".into()
+        }
+    );
     assert_eq!(
         delivery(store, "c2", "D").status,
         DeliveryStatus::Acknowledged

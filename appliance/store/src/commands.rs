@@ -321,7 +321,9 @@ pub(crate) fn record_result(
     }
     let report = result.status.is_final().then_some(result.raw.as_slice());
     tables.put_delivery(uuid, enrollment_id, &delivery, report)?;
-    Ok(ResultOutcome::Recorded)
+    Ok(ResultOutcome::Recorded {
+        request_type: delivery.request_type,
+    })
 }
 
 pub(crate) fn next_command(

@@ -364,10 +364,11 @@ pub struct CommandResult {
 }
 
 /// What happened when a result was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultOutcome {
-    /// Stored (and, for a final status, removed from the queue).
-    Recorded,
+    /// Stored (and, for a final status, removed from the queue). The command's type tells
+    /// the service which follow-up a result may need without reading the command.
+    Recorded { request_type: String },
     /// This enrollment has no such command queued: nothing was written.
     UnknownCommand,
 }
