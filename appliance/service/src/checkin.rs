@@ -515,8 +515,11 @@ impl<S: Store> MdmService<S> {
             CommandStatus::CommandFormatError => Some(DeliveryStatus::CommandFormatError),
             CommandStatus::NotNow => Some(DeliveryStatus::NotNow),
         };
+        // The last-seen time moves at most once a minute, in the store and in the directory
+        // alike (see `last_seen_is_stale`).
+        let stale = last_seen_is_stale(&rec, now);
         match (status, report.command_uuid.as_deref()) {
-            (None, _) if !last_seen_is_stale(&rec, now) => {}
+            (None, _) if !stale => {}
             (None, _) => self.touch(&id, &rec.device_id, now).await?,
             (Some(_), None) => {
                 return Err(ServiceError::bad_request(
@@ -552,7 +555,7 @@ impl<S: Store> MdmService<S> {
                             raw: std::mem::take(&mut report.raw),
                             error_chain_json: error_chain_json.clone(),
                             at: now,
-                            touch: last_seen_is_stale(&rec, now),
+                            touch: stale,
                         },
                     )
                     .await?;
@@ -562,7 +565,9 @@ impl<S: Store> MdmService<S> {
                     }
                     ResultOutcome::Recorded { request_type } => {
                         debug!(enrollment = %id, command = uuid, ?status, "command report");
-                        self.devices().touch(&rec.device_id, now);
+                        if stale {
+                            self.devices().touch(&rec.device_id, now);
+                        }
                         if status == DeliveryStatus::NotNow {
                             scratch.add_not_now(&id, uuid);
                         }
