@@ -2402,3 +2402,50 @@ async fn walk_groups_and_profiles(w: &mut Walk<'_>, ade: &mut SimDevice, serial:
     )
     .await;
 }
+
+/// A documented path asked with a method the document does not give it answers
+/// `405 METHOD_NOT_ALLOWED` with an `Allow` header naming the documented methods, so a client
+/// can tell a wrong method from a wrong path; an undocumented path stays 404.
+#[tokio::test]
+async fn a_documented_path_with_another_method_answers_405_and_allow() {
+    let app = Appliance::start().await;
+    let doc: Value = serde_json::from_str(&doc_text()).unwrap();
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let documented: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|m| m.to_ascii_uppercase())
+            .filter(|m| methods.contains(&m.as_str()))
+            .collect();
+        let Some(other) = methods.iter().find(|m| !documented.contains(**m)) else {
+            continue;
+        };
+        let path = fill(template, "x");
+        let resp = app
+            .admin
+            .request(
+                other.parse().unwrap(),
+                &format!("{}{path}", app.base_url),
+                headers(&[("authorization", &format!("Bearer {}", app.token))]).unwrap(),
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 405, "{other} {path}");
+        let allow: BTreeSet<String> = resp
+            .header("allow")
+            .unwrap_or_else(|| panic!("{other} {path}: no Allow header"))
+            .split(", ")
+            .map(str::to_string)
+            .collect();
+        assert_eq!(allow, documented, "{other} {path}");
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} paths checked");
+
+    let (status, body) = app.api("DELETE", "/api/v1/no-such-thing", None).await;
+    assert_eq!(status, 404, "{body}");
+}

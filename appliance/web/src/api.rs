@@ -409,6 +409,9 @@ impl<S: Store, C: AbmConnector> App<S, C> {
                 "this appliance serves /api/v1",
             ));
         }
+        if let Some(resp) = crate::openapi::method_not_allowed(&method, &segs) {
+            return Err(resp);
+        }
         if method != Method::GET {
             need(Role::Operator, caller.role)?;
         }
