@@ -190,6 +190,23 @@ impl Appliance {
         (resp.status, body_json(&resp))
     }
 
+    /// A new API token with `role` (`Admin`, `Operator` or `Auditor`), created with the admin
+    /// token; returns the secret.
+    pub async fn new_token(&self, name: &str, role: &str) -> String {
+        let (st, v) = self
+            .api(
+                "POST",
+                "/api/v1/tokens",
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(st, 201, "creating token {name}: {v}");
+        v["token"]
+            .as_str()
+            .expect("the new token's secret")
+            .to_owned()
+    }
+
     /// `POST /api/v1/backup` with `passphrase`, answered as it came (the backup is the body).
     pub async fn backup(&self, passphrase: &str) -> HttpResponse {
         let body = json!({ "passphrase": passphrase }).to_string().into_bytes();

@@ -82,17 +82,10 @@ async fn backup_and_restore(
         .await;
     assert_eq!(st, 400, "{e}");
     assert_eq!(e["error"]["code"], "BACKUP_PASSPHRASE_POLICY");
-    let (st, op) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ops", "role": "Operator"})),
-        )
-        .await;
-    assert_eq!(st, 201);
+    let op = app.new_token("ops", "Operator").await;
     let (st, _) = app
         .api_as(
-            op["token"].as_str().unwrap(),
+            &op,
             "POST",
             "/api/v1/backup",
             json!({"passphrase": PASSPHRASE}).to_string().into_bytes(),

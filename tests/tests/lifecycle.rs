@@ -288,22 +288,8 @@ async fn preenroll_sync_assign_enroll_release_and_the_restriction() {
         .as_str()
         .unwrap()
         .starts_with("PATCH /api/v1/settings -> 400")));
-    let (st, op) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ops", "role": "Operator"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{op}");
-    let (st, e) = app
-        .api_as(
-            op["token"].as_str().unwrap(),
-            "GET",
-            "/api/v1/activity",
-            Vec::new(),
-        )
-        .await;
+    let op = app.new_token("ops", "Operator").await;
+    let (st, e) = app.api_as(&op, "GET", "/api/v1/activity", Vec::new()).await;
     assert_eq!(st, 403, "{e}");
     let resp = app
         .admin

@@ -245,15 +245,7 @@ async fn offline_devices_are_unenrolled_and_invited_back() {
     }
 
     // The link is for operators and admins, not auditors.
-    let (st, v) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "audit", "role": "Auditor"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    let auditor = v["token"].as_str().unwrap().to_string();
+    let auditor = app.new_token("audit", "Auditor").await;
     let invitation_path = format!("/api/v1/devices/{}/invitation", manual.serial);
     let (st, e) = app
         .api_as(&auditor, "GET", &invitation_path, Vec::new())

@@ -890,18 +890,6 @@ async fn call(
     }
 }
 
-async fn new_token(app: &Appliance, name: &str, role: &str) -> String {
-    let (st, v) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": name, "role": role})),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
 /// 404 with one of the codes the routers answer for a path they do not know.
 fn no_such_route(a: &Answer) -> bool {
     a.status == 404
@@ -1290,8 +1278,8 @@ fn fill(template: &str, value: &str) -> String {
 async fn documented_routes_answer_and_enforce_their_roles() {
     let app = Appliance::start().await;
     let doc = load_doc();
-    let auditor = new_token(&app, "openapi-auditor", "Auditor").await;
-    let operator = new_token(&app, "openapi-operator", "Operator").await;
+    let auditor = app.new_token("openapi-auditor", "Auditor").await;
+    let operator = app.new_token("openapi-operator", "Operator").await;
     let mut problems = Vec::new();
 
     // Every GET without path parameters, as an auditor: the route exists, the answer is

@@ -552,15 +552,8 @@ async fn groups_profiles_baseline_release_and_sync() {
     );
 
     // Roles: an operator assigns but cannot upload or read files back.
-    let (st, op) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ops", "role": "Operator"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{op}");
-    let op = op["token"].as_str().unwrap();
+    let op = app.new_token("ops", "Operator").await;
+    let op = op.as_str();
     let (st, _) = app
         .api_as(
             op,

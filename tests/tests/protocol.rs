@@ -387,15 +387,7 @@ async fn malformed_unknown_and_oversized_bodies() {
 #[tokio::test]
 async fn admin_api_roles_and_push_topic_guard() {
     let app = Appliance::start().await;
-    let (s, v) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "audit", "role": "Auditor"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let auditor = v["token"].as_str().unwrap().to_string();
+    let auditor = app.new_token("audit", "Auditor").await;
     let (s, _) = app
         .api_as(&auditor, "GET", "/api/v1/enrollments", Vec::new())
         .await;

@@ -67,21 +67,9 @@ async fn rotate_everything(tpm: Option<String>) {
     assert_eq!(before["previous_key_ids"], json!([]));
 
     // Only an admin may rotate.
-    let (st, op) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "ops", "role": "Operator"})),
-        )
-        .await;
-    assert_eq!(st, 201);
+    let op = app.new_token("ops", "Operator").await;
     let (st, _) = app
-        .api_as(
-            op["token"].as_str().unwrap(),
-            "POST",
-            "/api/v1/keystore/rotate",
-            Vec::new(),
-        )
+        .api_as(&op, "POST", "/api/v1/keystore/rotate", Vec::new())
         .await;
     assert_eq!(st, 403);
     let (st, e) = app

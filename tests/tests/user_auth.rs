@@ -128,15 +128,7 @@ async fn setup_assistant_sign_in_links_the_device_to_its_user() {
         .await;
     assert_eq!(st, 409, "{e}");
     assert_eq!(e["error"]["code"], "USER_EXISTS");
-    let (st, op) = app
-        .api(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"name": "helpdesk", "role": "Operator"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{op}");
-    let op = op["token"].as_str().unwrap().to_string();
+    let op = app.new_token("helpdesk", "Operator").await;
     let (st, _) = app
         .api_as(
             &op,
