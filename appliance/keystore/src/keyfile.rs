@@ -8,7 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
@@ -79,6 +79,47 @@ pub(crate) fn read_existing(
     Ok(Some(contents))
 }
 
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `contents` to a new file (mode 0600) beside `path` under a random temporary name
+/// and syncs it, for the caller to publish by link or rename. A failed write removes the
+/// temporary file and fails with `action`.
+fn write_temporary(
+    path: &Path,
+    contents: &[u8],
+    action: &'static str,
+) -> Result<PathBuf, KeystoreError> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| corrupt(path, "the path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let suffix: Zeroizing<[u8; 8]> = random("name a temporary file")?;
+    let tmp = parent_of(path).join(format!(".{file_name}.{}.tmp", hex(&suffix[..])));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err(action, path)(e))
+        }
+    }
+}
+
 /// What [`publish_new`] found.
 pub(crate) enum Published {
     /// The file now exists with the given contents.
@@ -92,40 +133,16 @@ pub(crate) enum Published {
 /// The parent directory must exist; it is not created, because its ownership and mode are
 /// the service's business (systemd's `StateDirectory`).
 pub(crate) fn publish_new(path: &Path, contents: &[u8]) -> Result<Published, KeystoreError> {
-    let parent = match path.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new("."),
-        Some(p) => p,
-        None => Path::new("."),
-    };
+    let parent = parent_of(path);
     if !parent.is_dir() {
         return Err(KeystoreError::ParentMissing {
             path: path.to_owned(),
         });
     }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| corrupt(path, "the path has no file name"))?
-        .to_string_lossy()
-        .into_owned();
-    let suffix: Zeroizing<[u8; 8]> = random("name a temporary file")?;
-    let tmp = parent.join(format!(".{file_name}.{}.tmp", hex(&suffix[..])));
-
     // Write the whole file under a temporary name, then publish it with link(2), which
     // (unlike rename) fails if the target exists: a crash never leaves a half-written key
     // file, and a concurrent creator's key is never overwritten.
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("write a new master key file next to", path)(e));
-    }
+    let tmp = write_temporary(path, contents, "write a new master key file next to")?;
     let linked = fs::hard_link(&tmp, path);
     // The temporary name is only a staging step; failing to remove it leaves a 0600 file
     // that is not used.
@@ -148,29 +165,9 @@ pub(crate) fn publish_new(path: &Path, contents: &[u8]) -> Result<Published, Key
 /// Only data-key rotation rewrites a key file, and only with contents that still open every
 /// blob the old file opened (rotation adds a key before it removes one).
 pub(crate) fn replace(path: &Path, contents: &[u8]) -> Result<(), KeystoreError> {
-    let parent = match path.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new("."),
-        Some(p) => p,
-        None => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| corrupt(path, "the path has no file name"))?
-        .to_string_lossy()
-        .into_owned();
-    let suffix: Zeroizing<[u8; 8]> = random("name a temporary file")?;
-    let tmp = parent.join(format!(".{file_name}.{}.tmp", hex(&suffix[..])));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
+    let parent = parent_of(path);
+    let tmp = write_temporary(path, contents, "replace the master key file")?;
+    if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(io_err("replace the master key file", path)(e));
     }
