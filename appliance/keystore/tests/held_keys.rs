@@ -565,34 +565,8 @@ fn tpm2_tools_load_and_use_the_key() {
     fs::write(fx.path("key.pub"), &key.blob[public.clone()]).unwrap();
     fs::write(fx.path("key.priv"), &key.blob[private]).unwrap();
 
-    let tpm2 = |tool: &str, args: &[&str]| -> String {
-        let mut all = vec!["-T".to_owned(), fx.tpm.tcti()];
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let out = run_ok(fx.dir.path(), tool, &all);
-        // swtpm has no resource manager: flush what the tool left loaded.
-        run_ok(
-            fx.dir.path(),
-            "tpm2_flushcontext",
-            &["-T", &fx.tpm.tcti(), "-t"],
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    tpm2(
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "primary.ctx",
-        ],
-    );
+    let tpm2 = |tool: &str, args: &[&str]| fx.tpm.tool_ok(fx.dir.path(), tool, args);
+    tpm2("tpm2_createprimary", swtpm::STORAGE_PRIMARY);
     tpm2(
         "tpm2_load",
         &[

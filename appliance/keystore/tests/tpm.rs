@@ -73,33 +73,11 @@ fn have_tpm2_tools() -> bool {
 
 /// Runs a tpm2-tools command against the fixture's TPM.
 fn tpm2(fx: &Fixture, tool: &str, args: &[&str]) -> Output {
-    let run = |tool: &str, args: &[&str]| {
-        Command::new(tool)
-            .arg("-T")
-            .arg(fx.tpm.tcti())
-            .args(args)
-            .current_dir(fx.dir.path())
-            .env("TSS2_LOG", "all+none")
-            .output()
-            .unwrap()
-    };
-    let out = run(tool, args);
-    // swtpm has no resource manager in front of it: the objects a tool loads stay loaded
-    // until flushed, and the TPM holds only three. The tools keep them in context files.
-    let flushed = run("tpm2_flushcontext", &["-t"]);
-    assert!(flushed.status.success(), "{flushed:?}");
-    out
+    fx.tpm.tool(fx.dir.path(), tool, args)
 }
 
 fn tpm2_ok(fx: &Fixture, tool: &str, args: &[&str]) -> String {
-    let out = tpm2(fx, tool, args);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    fx.tpm.tool_ok(fx.dir.path(), tool, args)
 }
 
 #[test]
@@ -339,22 +317,7 @@ fn the_key_file_holds_the_data_key_only_sealed() {
     fs::write(fx.dir.path().join("sealed.pub"), fields[1]).unwrap();
     fs::write(fx.dir.path().join("sealed.priv"), fields[2]).unwrap();
 
-    tpm2_ok(
-        &fx,
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "primary.ctx",
-        ],
-    );
+    tpm2_ok(&fx, "tpm2_createprimary", swtpm::STORAGE_PRIMARY);
     let public = tpm2_ok(&fx, "tpm2_readpublic", &["-c", "primary.ctx"]);
     assert!(
         public
@@ -439,20 +402,7 @@ fn the_data_key_never_crosses_the_wire_in_clear() {
     let (public, private) = file[at..].split_at(2 + pub_len);
     fs::write(fx.dir.path().join("sealed.pub"), public).unwrap();
     fs::write(fx.dir.path().join("sealed.priv"), private).unwrap();
-    tpm2_ok(
-        &fx,
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-G",
-            "ecc256:aes128cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "primary.ctx",
-        ],
-    );
+    tpm2_ok(&fx, "tpm2_createprimary", swtpm::STORAGE_PRIMARY);
     tpm2_ok(
         &fx,
         "tpm2_load",

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
@@ -22,6 +22,22 @@ pub fn quiet_tss() {
     // wait until it is done, so nothing reads the environment while it is being written.
     ONCE.call_once(|| std::env::set_var("TSS2_LOG", "all+none"));
 }
+
+/// `tpm2_createprimary` arguments that derive the keystore's storage key into `primary.ctx`:
+/// the same template as the keystore's own (`tpm2_createprimary -C o -G ecc256:aes128cfb`,
+/// with noDA), so objects the keystore made load under it.
+pub const STORAGE_PRIMARY: &[&str] = &[
+    "-C",
+    "o",
+    "-g",
+    "sha256",
+    "-G",
+    "ecc256:aes128cfb",
+    "-a",
+    "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+    "-c",
+    "primary.ctx",
+];
 
 /// A running swtpm. Killed when dropped.
 pub struct Swtpm {
@@ -128,6 +144,38 @@ impl Swtpm {
     /// The TCTI string for [`mdm_keystore::TpmSealer::open_or_create`] and tpm2-tools.
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Runs a tpm2-tools command against this TPM in `dir`, then flushes the transient
+    /// objects it left loaded: swtpm has no resource manager in front of it, the TPM holds
+    /// only three, and the tools keep their objects in context files anyway.
+    pub fn tool(&self, dir: &Path, tool: &str, args: &[&str]) -> Output {
+        let run = |tool: &str, args: &[&str]| {
+            Command::new(tool)
+                .arg("-T")
+                .arg(self.tcti())
+                .args(args)
+                .current_dir(dir)
+                .env("TSS2_LOG", "all+none")
+                .output()
+                .unwrap()
+        };
+        let out = run(tool, args);
+        let flushed = run("tpm2_flushcontext", &["-t"]);
+        assert!(flushed.status.success(), "{flushed:?}");
+        out
+    }
+
+    /// [`Self::tool`] that must succeed; its standard output.
+    pub fn tool_ok(&self, dir: &Path, tool: &str, args: &[&str]) -> String {
+        let out = self.tool(dir, tool, args);
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// Shuts the TPM down the orderly way (as at power-off: swtpm saves its state and exits).
