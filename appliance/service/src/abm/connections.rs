@@ -200,22 +200,14 @@ impl<S: Store, C: AbmConnector> AbmService<S, C> {
         let now = Timestamp::now();
         let staged_key = self.new_key(&req.name, now).await?;
         let rec = AbmConnectionRecord {
-            name: req.name.clone(),
-            created_at: now,
-            endpoint,
             staged_key: Some(staged_key),
-            current_key: None,
-            token: None,
-            account: None,
-            problem: None,
-            last_ok_at: None,
             sync: AbmSyncState {
                 interval_seconds: req
                     .interval_seconds
                     .unwrap_or(self.config().default_interval_seconds),
                 ..AbmSyncState::default()
             },
-            default_profile: None,
+            ..AbmConnectionRecord::new(req.name.clone(), endpoint, now)
         };
         self.write_connection(rec.clone()).await?;
         info!(connection = %rec.name, base_url = %rec.endpoint.base_url, "ABM connection created");
@@ -604,26 +596,10 @@ fn validate_ca_pem(pem: &str) -> ServiceResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::AbmSyncState;
     use std::time::Duration;
 
     fn rec() -> AbmConnectionRecord {
-        AbmConnectionRecord {
-            name: "north".into(),
-            created_at: Timestamp(0),
-            endpoint: AbmEndpoint {
-                base_url: "https://abm.test".into(),
-                ca_pem: None,
-            },
-            staged_key: None,
-            current_key: None,
-            token: None,
-            account: None,
-            problem: None,
-            last_ok_at: None,
-            sync: AbmSyncState::default(),
-            default_profile: None,
-        }
+        crate::abm::test_connection("north")
     }
 
     const DAY: i64 = 86_400_000;

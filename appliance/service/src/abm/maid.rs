@@ -239,7 +239,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::ports::{AbmEndpoint, AbmKeyRecord, AbmSyncState, AbmTokenRecord};
+    use crate::ports::{AbmKeyRecord, AbmTokenRecord};
 
     struct TempDir(PathBuf);
 
@@ -372,22 +372,7 @@ mod tests {
     }
 
     fn connection() -> AbmConnectionRecord {
-        AbmConnectionRecord {
-            name: "north".into(),
-            created_at: Timestamp(0),
-            endpoint: AbmEndpoint {
-                base_url: "https://abm.test".into(),
-                ca_pem: None,
-            },
-            staged_key: None,
-            current_key: None,
-            token: None,
-            account: None,
-            problem: None,
-            last_ok_at: None,
-            sync: AbmSyncState::default(),
-            default_profile: None,
-        }
+        crate::abm::test_connection("north")
     }
 
     #[test]

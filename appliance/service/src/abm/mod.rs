@@ -429,6 +429,19 @@ pub(crate) fn key_failure(connection: &str, e: &mdm_keystore::KeystoreError) -> 
     }
 }
 
+/// A connection as created, with a test endpoint, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_connection(name: &str) -> AbmConnectionRecord {
+    AbmConnectionRecord::new(
+        name,
+        crate::ports::AbmEndpoint {
+            base_url: "https://abm.test".into(),
+            ca_pem: None,
+        },
+        crate::ports::Timestamp(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,18 +122,10 @@ pub async fn run_abm_scheduler<S: Store, C: AbmConnector>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{AbmEndpoint, AbmProblem, AbmSyncRun, AbmSyncState, AbmTokenRecord};
+    use crate::ports::{AbmProblem, AbmSyncRun, AbmSyncState, AbmTokenRecord};
 
     fn rec(interval: u64) -> AbmConnectionRecord {
         AbmConnectionRecord {
-            name: "c".into(),
-            created_at: Timestamp(0),
-            endpoint: AbmEndpoint {
-                base_url: "https://abm.test".into(),
-                ca_pem: None,
-            },
-            staged_key: None,
-            current_key: None,
             token: Some(AbmTokenRecord {
                 consumer_key: "CK".into(),
                 credentials_sealed: vec![],
@@ -141,14 +133,11 @@ mod tests {
                 uploaded_at: Timestamp(0),
                 generation: 1,
             }),
-            account: None,
-            problem: None,
-            last_ok_at: None,
             sync: AbmSyncState {
                 interval_seconds: interval,
                 ..AbmSyncState::default()
             },
-            default_profile: None,
+            ..crate::abm::test_connection("c")
         }
     }
 

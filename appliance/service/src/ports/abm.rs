@@ -245,6 +245,25 @@ pub struct AbmConnectionRecord {
     pub default_profile: Option<String>,
 }
 
+impl AbmConnectionRecord {
+    /// A connection as it is created: no key pair, token, account or sync yet.
+    pub fn new(name: impl Into<String>, endpoint: AbmEndpoint, created_at: Timestamp) -> Self {
+        AbmConnectionRecord {
+            name: name.into(),
+            created_at,
+            endpoint,
+            staged_key: None,
+            current_key: None,
+            token: None,
+            account: None,
+            problem: None,
+            last_ok_at: None,
+            sync: AbmSyncState::default(),
+            default_profile: None,
+        }
+    }
+}
+
 /// Our last assignment attempt for a device, with Apple's per-serial answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AbmAssignOutcome {
