@@ -200,28 +200,11 @@ pub fn restore(opts: &RestoreOptions) -> anyhow::Result<RestoreReport> {
     }
     drop(sealer);
 
-    let stamp = mdm_service::ports::Timestamp::now()
-        .to_rfc3339()
-        .replace([':', '-'], "");
-    let mut moved_aside = Vec::new();
-    for old in &existing {
-        let name = old
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let aside = dir.join(format!("{name}.before-restore-{stamp}"));
-        fs::rename(old, &aside).with_context(|| format!("cannot move {} aside", old.display()))?;
-        moved_aside.push(aside);
-    }
-    let key_file = dir.join(key_file_name(opts.keystore));
-    fs::rename(&tmp_key, &key_file)
-        .with_context(|| format!("cannot put {} in place", key_file.display()))?;
+    let moved_aside = move_aside(&existing, "before-restore")?;
+    let key_file = place_key_file(opts, &tmp_key)?;
     fs::rename(&tmp_db, dir.join(DB_FILE))
         .with_context(|| format!("cannot put {} in place", DB_FILE))?;
-    staged.0.clear();
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    settle(dir, &mut staged)?;
     Ok(RestoreReport {
         meta,
         database_bytes,
@@ -262,30 +245,54 @@ fn put_key_file_in_place(
     staged: &mut Staged,
 ) -> anyhow::Result<RestoreReport> {
     let dir = &opts.data_dir;
-    let stamp = mdm_service::ports::Timestamp::now()
-        .to_rfc3339()
-        .replace([':', '-'], "");
-    let mut moved_aside = Vec::new();
-    for name in [SOFT_KEY_FILE, TPM_KEY_FILE] {
-        let old = dir.join(name);
-        if old.exists() {
-            let aside = dir.join(format!("{name}.before-recover-{stamp}"));
-            fs::rename(&old, &aside)
-                .with_context(|| format!("cannot move {} aside", old.display()))?;
-            moved_aside.push(aside);
-        }
-    }
-    let key_file = dir.join(key_file_name(opts.keystore));
-    fs::rename(tmp_key, &key_file)
-        .with_context(|| format!("cannot put {} in place", key_file.display()))?;
-    staged.0.clear();
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    let old_keys: Vec<PathBuf> = [SOFT_KEY_FILE, TPM_KEY_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|p| p.exists())
+        .collect();
+    let moved_aside = move_aside(&old_keys, "before-recover")?;
+    let key_file = place_key_file(opts, tmp_key)?;
+    settle(dir, staged)?;
     Ok(RestoreReport {
         meta,
         database_bytes,
         key_file,
         moved_aside,
     })
+}
+
+/// Renames each of `paths` to `<name>.<label>-<time>` beside it, so that nothing an earlier
+/// appliance wrote is deleted; returns where they went.
+fn move_aside(paths: &[PathBuf], label: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let stamp = mdm_service::ports::Timestamp::now()
+        .to_rfc3339()
+        .replace([':', '-'], "");
+    let mut moved = Vec::new();
+    for old in paths {
+        let name = old
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = old.with_file_name(format!("{name}.{label}-{stamp}"));
+        fs::rename(old, &aside).with_context(|| format!("cannot move {} aside", old.display()))?;
+        moved.push(aside);
+    }
+    Ok(moved)
+}
+
+/// Moves the checked key file to the name its keystore backend opens.
+fn place_key_file(opts: &RestoreOptions, tmp_key: &Path) -> anyhow::Result<PathBuf> {
+    let key_file = opts.data_dir.join(key_file_name(opts.keystore));
+    fs::rename(tmp_key, &key_file)
+        .with_context(|| format!("cannot put {} in place", key_file.display()))?;
+    Ok(key_file)
+}
+
+/// Once every file is in place: nothing staged is left to remove, and the directory is
+/// synced so that the renames survive a power cut.
+fn settle(dir: &Path, staged: &mut Staged) -> anyhow::Result<()> {
+    staged.0.clear();
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
 }
