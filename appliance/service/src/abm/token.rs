@@ -437,6 +437,11 @@ mod tests {
         )
     }
 
+    /// The test token, framed as ABM frames it and enveloped for `cert` with `cipher` (DER).
+    fn token_envelope(cert: &Certificate, cipher: ContentCipher) -> Vec<u8> {
+        mdm_pki::cms::envelope(message(TOKEN_JSON).as_bytes(), cert, cipher).unwrap()
+    }
+
     /// A directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
 
@@ -664,12 +669,7 @@ mod tests {
         assert_expected(&decrypt_server_token(armoured.as_bytes(), &cert, &key).unwrap());
 
         // DER made by our own encoder, triple DES.
-        let der = mdm_pki::cms::envelope(
-            message(TOKEN_JSON).as_bytes(),
-            &cert,
-            ContentCipher::DesEde3Cbc,
-        )
-        .unwrap();
+        let der = token_envelope(&cert, ContentCipher::DesEde3Cbc);
         assert_expected(&decrypt_server_token(&der, &cert, &key).unwrap());
     }
 
@@ -706,12 +706,7 @@ mod tests {
         // (Flipping a byte of the last block itself garbles that whole block, whose padding is
         // then valid about once in 256 tries.)
         for _ in 0..8 {
-            let mut der = mdm_pki::cms::envelope(
-                message(TOKEN_JSON).as_bytes(),
-                &cert,
-                ContentCipher::Aes256Cbc,
-            )
-            .unwrap();
+            let mut der = token_envelope(&cert, ContentCipher::Aes256Cbc);
             let in_the_block_before_the_last = der.len() - 1 - 16;
             der[in_the_block_before_the_last] ^= 0x55;
             match decrypt_server_token(&der, &cert, &key) {
@@ -876,12 +871,7 @@ mod tests {
     fn an_unreachable_keystore_is_not_a_damaged_token() {
         let ks = Keystore::new();
         let (cert, held) = ks.pair("c1");
-        let der = mdm_pki::cms::envelope(
-            message(TOKEN_JSON).as_bytes(),
-            &cert,
-            ContentCipher::Aes256Cbc,
-        )
-        .unwrap();
+        let der = token_envelope(&cert, ContentCipher::Aes256Cbc);
         let gone = TpmGone(ks.sealer);
         let key = KeystoreKey::open(&gone, KEY_PURPOSE, &held.blob).unwrap();
         let err = decrypt_server_token(&der, &cert, &key).unwrap_err();
@@ -915,12 +905,7 @@ mod tests {
         assert_eq!(KeyResidence::of_blob(&blob), KeyResidence::Sealed);
         let key = KeystoreKey::open(&ks.sealer, KEY_PURPOSE, &blob).unwrap();
         assert_eq!(key.public_key_der(), legacy.public_key_der());
-        let der = mdm_pki::cms::envelope(
-            message(TOKEN_JSON).as_bytes(),
-            &cert,
-            ContentCipher::DesEde3Cbc,
-        )
-        .unwrap();
+        let der = token_envelope(&cert, ContentCipher::DesEde3Cbc);
         assert_expected(&decrypt_server_token(&der, &cert, &key).unwrap());
 
         // Another keystore (another appliance's data key) cannot use it.
