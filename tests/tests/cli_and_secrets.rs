@@ -58,29 +58,24 @@ fn wait_for_file(p: &Path) {
     panic!("{} never appeared", p.display());
 }
 
-/// The daemon as a process with its JSON debug log captured, and a CLI pinned to its CA.
-fn start_daemon() -> (
+/// What [`start_daemon`] hands back: the temporary directory, the data directory, the
+/// listen address, the log file, the daemon process and the CLI.
+type StartedDaemon = (
     tempfile::TempDir,
     PathBuf,
     std::net::SocketAddr,
     PathBuf,
     std::process::Child,
     Cli,
-) {
+);
+
+/// The daemon as a process with its JSON debug log captured, and a CLI pinned to its CA.
+fn start_daemon() -> StartedDaemon {
     start_daemon_in(tempfile::tempdir().unwrap())
 }
 
 /// [`start_daemon`] with its data directory (`DIR/data`) prepared by the caller.
-fn start_daemon_in(
-    dir: tempfile::TempDir,
-) -> (
-    tempfile::TempDir,
-    PathBuf,
-    std::net::SocketAddr,
-    PathBuf,
-    std::process::Child,
-    Cli,
-) {
+fn start_daemon_in(dir: tempfile::TempDir) -> StartedDaemon {
     let data = dir.path().join("data");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log_path = dir.path().join("mdmd.log");
