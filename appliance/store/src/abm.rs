@@ -21,8 +21,6 @@
 //! rules, rule deletions, pre-enrollment records. Records are not checked against their
 //! connection's existence.
 
-use std::ops::Bound;
-
 use mdm_service::ports::{
     AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmProfileRecord, AbmRuleRecord, StoreError,
     StoreResult, Timestamp,
@@ -34,7 +32,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::codec::{dangling, decode, encode, successor, BackendExt, PairKey};
+use crate::codec::{dangling, decode, encode, prefix_page, successor, BackendExt, PairKey};
 use crate::records::all_json;
 use crate::schema::{
     open, open_read, ABM_CONNECTIONS, ABM_DEVICES, ABM_DEVICES_DUE, ABM_DEVICE_COUNT,
@@ -442,15 +440,11 @@ pub(crate) fn devices(
 ) -> StoreResult<Vec<AbmDeviceRecord>> {
     let tables = DeviceTables::open(rtx)?;
     let end = successor(connection);
-    let start = match after {
-        Some(after) => Bound::Excluded((connection, after)),
-        None => Bound::Included((connection, "")),
-    };
     let what = "cannot list ABM devices";
     let mut out = Vec::new();
     for entry in tables
         .slots
-        .range::<(&str, &str)>((start, Bound::Excluded((end.as_str(), ""))))
+        .range::<(&str, &str)>(prefix_page(connection, after, &end))
         .backend(what)?
         .take(limit)
     {

@@ -1,6 +1,7 @@
 //! Record encoding and error mapping shared by every table.
 
 use std::fmt::Display;
+use std::ops::Bound;
 
 use mdm_service::ports::{StoreError, StoreResult};
 use serde::de::DeserializeOwned;
@@ -78,6 +79,24 @@ pub(crate) fn successor(s: &str) -> String {
     out.push_str(s);
     out.push('\0');
     out
+}
+
+/// A range over two-part keys.
+pub(crate) type PairBounds<'a> = (Bound<(&'a str, &'a str)>, Bound<(&'a str, &'a str)>);
+
+/// The bounds of one page of `(prefix, id)` keys: those after `(prefix, after)` (from the
+/// first, without `after`) and before the next prefix. `end` is [`successor`]`(prefix)`, which
+/// the caller owns because the bounds borrow it.
+pub(crate) fn prefix_page<'a>(
+    prefix: &'a str,
+    after: Option<&'a str>,
+    end: &'a str,
+) -> PairBounds<'a> {
+    let start = match after {
+        Some(id) => Bound::Excluded((prefix, id)),
+        None => Bound::Included((prefix, "")),
+    };
+    (start, Bound::Excluded((end, "")))
 }
 
 /// Displays a two-part key (`(connection, serial)`, `(serial, enrollment id)`, ...) in error

@@ -13,7 +13,6 @@
 //! per-enrollment pages are scattered by the devices' random ids.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ops::Bound;
 
 use mdm_service::ports::{
     CommandRecord, CommandResult, DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord,
@@ -22,7 +21,7 @@ use mdm_service::ports::{
 };
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
-use crate::codec::{colon_prefix_range, dangling, successor, BackendExt};
+use crate::codec::{colon_prefix_range, dangling, prefix_page, successor, BackendExt};
 use crate::enrollments::touch;
 use crate::records::{
     decode_delivery, encode_delivery, get_json, put_json, StoredCommand, StoredDelivery,
@@ -404,14 +403,10 @@ pub(crate) fn deliveries(
     let table = open_read(rtx, DELIVERIES)?;
     let results = open_read(rtx, DELIVERY_RESULTS)?;
     let end = successor(uuid);
-    let start = match after {
-        Some(id) => Bound::Excluded((uuid, id)),
-        None => Bound::Included((uuid, "")),
-    };
     let what = "cannot read deliveries";
     let mut out = Vec::new();
     for entry in table
-        .range::<(&str, &str)>((start, Bound::Excluded((end.as_str(), ""))))
+        .range::<(&str, &str)>(prefix_page(uuid, after, &end))
         .backend(what)?
         .take(limit)
     {

@@ -14,7 +14,7 @@ use mdm_service::ports::{
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use crate::codec::{decode, encode, BackendExt};
+use crate::codec::{decode, encode, prefix_page, successor, BackendExt};
 use crate::lifecycle::{append_activity, EncodedActivity};
 use crate::records::all_json;
 use crate::schema::{
@@ -86,23 +86,15 @@ pub(crate) fn profile_installs(
     let index = open_read(rtx, INSTALLS_BY_PROFILE)?;
     let records = open_read(rtx, INSTALLS)?;
     let what = "cannot read table `installs_by_profile`";
-    let lower = match after {
-        Some(serial) => Bound::Excluded((profile_id, serial)),
-        None => Bound::Included((profile_id, "")),
-    };
+    let end = successor(profile_id);
     let mut out = Vec::new();
     for entry in index
-        .range::<(&str, &str)>((lower, Bound::Unbounded))
+        .range::<(&str, &str)>(prefix_page(profile_id, after, &end))
         .backend(what)?
+        .take(limit)
     {
-        if out.len() >= limit {
-            break;
-        }
         let (k, _) = entry.backend(what)?;
         let (p, serial) = k.value();
-        if p != profile_id {
-            break;
-        }
         let key = format!("{serial}/{p}");
         let rec = records
             .get((serial, p))
