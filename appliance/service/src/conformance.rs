@@ -86,6 +86,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(activity_log_queries_and_retention);
     case!(set_configured_clears_awaiting);
     case!(profile_batch_writes_records_commands_and_states_together);
+    case!(profile_installs_page_within_their_profile);
     case!(profile_batch_skips_states_of_refused_targets);
     case!(install_result_applies_only_to_the_awaited_command);
     case!(deleting_groups_and_profiles_takes_members_and_files);
@@ -2434,6 +2435,43 @@ fn installing(uuid: &str) -> InstallState {
     InstallState::Installing {
         command_uuid: uuid.into(),
     }
+}
+
+/// A profile's installs are listed in serial order, a page at a time, and never run into the
+/// installs of the profile whose id follows (`P10` after `P1`).
+pub async fn profile_installs_page_within_their_profile<S: Store>(store: &S) {
+    let installed = || InstallState::Installed;
+    let batch = ProfileBatch {
+        put_profiles: vec![
+            (profile_rec("P1", "org.example.P1"), Some(b"one".to_vec())),
+            (profile_rec("P10", "org.example.P10"), Some(b"ten".to_vec())),
+        ],
+        put_installs: vec![
+            install("SERIAL0003", "P1", "UDID-3", installed()),
+            install("SERIAL0001", "P1", "UDID-1", installed()),
+            install("SERIAL0002", "P10", "UDID-2", installed()),
+        ],
+        ..ProfileBatch::default()
+    };
+    store.profile_write(batch).await.unwrap();
+    let serials =
+        |page: Vec<InstallRecord>| -> Vec<String> { page.into_iter().map(|r| r.serial).collect() };
+    assert_eq!(
+        serials(store.profile_installs("P1", None, 10).unwrap()),
+        ["SERIAL0001", "SERIAL0003"]
+    );
+    assert_eq!(
+        serials(store.profile_installs("P1", None, 1).unwrap()),
+        ["SERIAL0001"]
+    );
+    assert!(store
+        .profile_installs("P1", Some("SERIAL0003"), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        serials(store.profile_installs("P10", None, 10).unwrap()),
+        ["SERIAL0002"]
+    );
 }
 
 /// Groups, members, a profile with its file, a command, install states and activity, in one
