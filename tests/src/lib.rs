@@ -432,6 +432,15 @@ pub fn ade_device_builder(sim: &AbmSimulator, serial: &str) -> SimDeviceBuilder 
         .unwrap()
 }
 
+/// A configuration tweak for [`Appliance::start_with`]: the TPM keystore on `tcti` (a swtpm in
+/// tests).
+pub fn on_tpm(tcti: String) -> impl Fn(&mut Config) + Send + Sync + 'static {
+    move |c| {
+        c.keystore.backend = mdmd::config::KeystoreBackend::Tpm;
+        c.keystore.tcti = tcti.clone();
+    }
+}
+
 /// A response body as JSON, or as a JSON string when it is not JSON.
 pub fn body_json(resp: &HttpResponse) -> Value {
     serde_json::from_slice(&resp.body)

@@ -10,7 +10,7 @@ mod swtpm;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use appliance_tests::{ade_device_builder, Appliance, NO_APNS};
+use appliance_tests::{ade_device_builder, on_tpm, Appliance, NO_APNS};
 use aws_lc_rs::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use base64::Engine as _;
 use mdm_keystore::Zeroizing;
@@ -232,13 +232,6 @@ async fn maid_tokens(app: &Appliance, key_storage: &str) {
 async fn maid_tokens_on_the_software_keystore() {
     let app = Appliance::start().await;
     maid_tokens(&app, "sealed").await;
-}
-
-fn on_tpm(tcti: String) -> impl Fn(&mut mdmd::Config) + Send + Sync + 'static {
-    move |c| {
-        c.keystore.backend = KeystoreBackend::Tpm;
-        c.keystore.tcti = tcti.clone();
-    }
 }
 
 #[tokio::test]

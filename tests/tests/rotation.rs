@@ -10,10 +10,9 @@ mod swtpm;
 
 use std::time::Duration;
 
-use appliance_tests::Appliance;
+use appliance_tests::{on_tpm, Appliance};
 use mdm_keystore::Sealer as _;
 use mdm_sim::abm::{AbmSimConfig, AbmSimulator, ServerId};
-use mdmd::config::KeystoreBackend;
 use serde_json::{json, Value};
 
 const SERVER: ServerId = ServerId(0);
@@ -34,13 +33,7 @@ async fn rotate_everything(tpm: Option<String>) {
     let sim = AbmSimulator::start(AbmSimConfig::default()).await.unwrap();
     sim.add_devices(SERVER, 3).unwrap();
     let mut app = match tpm.clone() {
-        Some(tcti) => {
-            Appliance::start_with(move |c| {
-                c.keystore.backend = KeystoreBackend::Tpm;
-                c.keystore.tcti = tcti.clone();
-            })
-            .await
-        }
+        Some(tcti) => Appliance::start_with(on_tpm(tcti)).await,
         None => Appliance::start().await,
     };
     let mut d = app.enroll_manual().await;

@@ -7,7 +7,7 @@ mod pcr;
 #[path = "../../appliance/keystore/tests/support/swtpm.rs"]
 mod swtpm;
 
-use appliance_tests::Appliance;
+use appliance_tests::{on_tpm, Appliance};
 use mdmd::config::KeystoreBackend;
 
 #[tokio::test]
@@ -16,12 +16,7 @@ async fn the_appliance_runs_on_a_tpm_keystore() {
     let Some(tpm) = swtpm::Swtpm::start(&dir.path().join("tpm")) else {
         return;
     };
-    let tcti = tpm.tcti();
-    let mut app = Appliance::start_with(move |c| {
-        c.keystore.backend = KeystoreBackend::Tpm;
-        c.keystore.tcti = tcti.clone();
-    })
-    .await;
+    let mut app = Appliance::start_with(on_tpm(tpm.tcti())).await;
     let (_, st) = app.api("GET", "/api/v1/status", None).await;
     assert!(st["keystore"].as_str().unwrap().starts_with("tpm"), "{st}");
     assert!(app.data_dir().join(mdmd::TPM_KEY_FILE).exists());
