@@ -209,19 +209,11 @@ const ABM_DEVICES: usize = 100_000;
 const ABM_PAGE: usize = 1_000;
 
 fn abm_connection(cursor: usize) -> AbmConnectionRecord {
+    let endpoint = AbmEndpoint {
+        base_url: "https://mdmenrollment.apple.com".into(),
+        ca_pem: None,
+    };
     AbmConnectionRecord {
-        name: "bench".into(),
-        created_at: Timestamp(0),
-        endpoint: AbmEndpoint {
-            base_url: "https://mdmenrollment.apple.com".into(),
-            ca_pem: None,
-        },
-        staged_key: None,
-        current_key: None,
-        token: None,
-        account: None,
-        problem: None,
-        last_ok_at: None,
         sync: AbmSyncState {
             interval_seconds: 3600,
             cursor: Some(format!("MTU2NjI0MjYxNjAwMDs{cursor:032}")),
@@ -230,6 +222,7 @@ fn abm_connection(cursor: usize) -> AbmConnectionRecord {
             ..AbmSyncState::default()
         },
         default_profile: Some("default".into()),
+        ..AbmConnectionRecord::new("bench", endpoint, Timestamp(0))
     }
 }
 

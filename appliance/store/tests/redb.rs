@@ -437,24 +437,17 @@ async fn links_refuse_a_token_hash_owned_by_another_link() {
 }
 
 fn abm_connection(name: &str, cursor: &str) -> AbmConnectionRecord {
+    let endpoint = AbmEndpoint {
+        base_url: "https://abm.example.test".into(),
+        ca_pem: None,
+    };
     AbmConnectionRecord {
-        name: name.to_owned(),
-        created_at: Timestamp(1),
-        endpoint: AbmEndpoint {
-            base_url: "https://abm.example.test".into(),
-            ca_pem: None,
-        },
-        staged_key: None,
-        current_key: None,
-        token: None,
-        account: None,
-        problem: None,
-        last_ok_at: None,
         sync: AbmSyncState {
             cursor: Some(cursor.to_owned()),
             ..AbmSyncState::default()
         },
         default_profile: Some("default".into()),
+        ..AbmConnectionRecord::new(name, endpoint, Timestamp(1))
     }
 }
 
