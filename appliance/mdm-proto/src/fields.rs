@@ -32,6 +32,17 @@ pub(crate) fn parse_dict(body: &[u8]) -> Result<Dictionary, ProtoError> {
     }
 }
 
+/// Deserializes an XML or binary property list into `T`, with the same choice of format as
+/// [`parse_dict`]. For a `T` that names a few keys, the values of all other keys are read
+/// past without being built.
+pub(crate) fn parse_keys<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, plist::Error> {
+    if body.starts_with(BINARY_PLIST_MAGIC) {
+        plist::from_bytes(body)
+    } else {
+        plist::from_reader_xml(body)
+    }
+}
+
 /// Writes a value as an XML property list.
 pub(crate) fn to_xml(value: &Value) -> Result<Vec<u8>, ProtoError> {
     let mut out = Vec::new();

@@ -6,10 +6,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use plist::{Dictionary, Value};
+use serde::Deserialize;
 
 use crate::checkin::CheckinMessage;
 use crate::enrollment::{Enrollment, EnrollmentRef};
-use crate::fields::{kind_of, parse_dict, Fields};
+use crate::fields::{kind_of, parse_dict, parse_keys, Fields};
 use crate::ProtoError;
 
 /// The `Status` of a command report.
@@ -190,9 +191,74 @@ impl fmt::Debug for CommandReport {
     }
 }
 
+/// The top-level keys a report is read from ([`CommandReport::from_dict`] and
+/// [`Enrollment::from_fields`]), and `MessageType`, which marks a check-in instead.
+///
+/// Reading a report through this builds the values of these keys only. The command's result
+/// (a profile or application list, say) is most of a report and is kept as received in
+/// [`CommandReport::raw`], so building it as a tree on every request would be wasted work.
+#[derive(Deserialize)]
+struct ReportKeys {
+    #[serde(rename = "MessageType")]
+    message_type: Option<Value>,
+    #[serde(rename = "Status")]
+    status: Option<Value>,
+    #[serde(rename = "CommandUUID")]
+    command_uuid: Option<Value>,
+    #[serde(rename = "ErrorChain")]
+    error_chain: Option<Value>,
+    #[serde(rename = "UDID")]
+    udid: Option<Value>,
+    #[serde(rename = "EnrollmentID")]
+    enrollment_id: Option<Value>,
+    #[serde(rename = "EnrollmentUserID")]
+    enrollment_user_id: Option<Value>,
+    #[serde(rename = "UserID")]
+    user_id: Option<Value>,
+    #[serde(rename = "UserShortName")]
+    user_short_name: Option<Value>,
+    #[serde(rename = "UserLongName")]
+    user_long_name: Option<Value>,
+    #[serde(rename = "Topic")]
+    topic: Option<Value>,
+}
+
+impl ReportKeys {
+    /// The keys of a report, if `body` reads as one: a dictionary with `Status` and without
+    /// `MessageType`, each key once. Anything else, including a malformed body, is `None`,
+    /// and the caller parses the whole body, which names what is wrong with it.
+    fn read(body: &[u8]) -> Option<Dictionary> {
+        let keys: ReportKeys = parse_keys(body).ok()?;
+        if keys.message_type.is_some() || keys.status.is_none() {
+            return None;
+        }
+        let mut dict = Dictionary::new();
+        for (key, value) in [
+            ("Status", keys.status),
+            ("CommandUUID", keys.command_uuid),
+            ("ErrorChain", keys.error_chain),
+            ("UDID", keys.udid),
+            ("EnrollmentID", keys.enrollment_id),
+            ("EnrollmentUserID", keys.enrollment_user_id),
+            ("UserID", keys.user_id),
+            ("UserShortName", keys.user_short_name),
+            ("UserLongName", keys.user_long_name),
+            ("Topic", keys.topic),
+        ] {
+            if let Some(value) = value {
+                dict.insert(key.to_owned(), value);
+            }
+        }
+        Some(dict)
+    }
+}
+
 /// Parses a command report (XML or binary plist).
 pub fn parse_report(body: &[u8]) -> Result<CommandReport, ProtoError> {
-    CommandReport::from_dict(&parse_dict(body)?, body)
+    match ReportKeys::read(body) {
+        Some(keys) => CommandReport::from_dict(&keys, body),
+        None => CommandReport::from_dict(&parse_dict(body)?, body),
+    }
 }
 
 /// Anything a device sends to the `ServerURL`.
@@ -210,6 +276,10 @@ pub enum DeviceMessage {
 /// Tells a check-in (has `MessageType`) from a report (has `Status`), since devices send
 /// check-ins to the `ServerURL` when the profile has no `CheckInURL`.
 pub fn parse_device_message(body: &[u8]) -> Result<DeviceMessage, ProtoError> {
+    // Reports are nearly every request a device makes.
+    if let Some(keys) = ReportKeys::read(body) {
+        return CommandReport::from_dict(&keys, body).map(DeviceMessage::Report);
+    }
     let dict = parse_dict(body)?;
     if dict.contains_key("MessageType") {
         CheckinMessage::from_dict(&dict).map(DeviceMessage::Checkin)
@@ -239,6 +309,149 @@ mod tests {
         assert!(CommandStatus::Error.completes_command());
         assert!(!CommandStatus::NotNow.completes_command());
         assert!(!CommandStatus::Idle.completes_command());
+    }
+
+    /// A report with every key a report is read from, a user channel's ids among them, and
+    /// a result far larger than the rest.
+    fn full_report(status: &str) -> Dictionary {
+        let mut d = Dictionary::new();
+        for (k, v) in [
+            ("Status", status),
+            ("CommandUUID", "0C4C1F3A-6F38-4D44-9E6C-0D2E5A4B7A11"),
+            ("UDID", "00008030-000A1B2C3D4E5F60"),
+            ("EnrollmentUserID", "AB12"),
+            ("UserID", "A1B2C3D4-0000-1111-2222-333344445555"),
+            ("UserShortName", "jdoe"),
+            ("UserLongName", "Jane Doe"),
+            ("Topic", "com.apple.mgmt.External.test"),
+        ] {
+            d.insert(k.into(), Value::String(v.into()));
+        }
+        let mut item = Dictionary::new();
+        item.insert("ErrorCode".into(), Value::Integer(12021.into()));
+        item.insert("ErrorDomain".into(), Value::String("MCMDMErrorDomain".into()));
+        item.insert(
+            "USEnglishDescription".into(),
+            Value::String("Unknown command".into()),
+        );
+        d.insert(
+            "ErrorChain".into(),
+            Value::Array(vec![Value::Dictionary(item)]),
+        );
+        let profiles = (0..200)
+            .map(|i| {
+                let mut p = Dictionary::new();
+                p.insert(
+                    "PayloadIdentifier".into(),
+                    Value::String(format!("com.example.{i}")),
+                );
+                p.insert("PayloadContent".into(), Value::Data(vec![7; 64]));
+                p.insert("IsManaged".into(), Value::Boolean(true));
+                Value::Dictionary(p)
+            })
+            .collect();
+        d.insert("ProfileList".into(), Value::Array(profiles));
+        d
+    }
+
+    fn xml(d: &Dictionary) -> Vec<u8> {
+        let mut out = Vec::new();
+        Value::Dictionary(d.clone()).to_writer_xml(&mut out).unwrap();
+        out
+    }
+
+    fn binary(d: &Dictionary) -> Vec<u8> {
+        let mut out = Vec::new();
+        Value::Dictionary(d.clone()).to_writer_binary(&mut out).unwrap();
+        out
+    }
+
+    /// The whole-tree parse, which the report keys must agree with.
+    fn parsed_whole(body: &[u8]) -> Result<CommandReport, ProtoError> {
+        CommandReport::from_dict(&parse_dict(body)?, body)
+    }
+
+    #[test]
+    fn reading_the_report_keys_agrees_with_the_whole_parse() {
+        for status in ["Acknowledged", "Error", "NotNow", "Idle"] {
+            let mut reports = vec![full_report(status)];
+            // A device channel, and a User Enrollment (EnrollmentID instead of UDID).
+            let mut device = full_report(status);
+            for k in ["EnrollmentUserID", "UserID", "UserShortName", "UserLongName"] {
+                device.remove(k);
+            }
+            let mut byod = device.clone();
+            byod.remove("UDID");
+            byod.insert("EnrollmentID".into(), Value::String("ENR-1".into()));
+            reports.extend([device, byod]);
+            for d in &reports {
+                for body in [xml(d), binary(d)] {
+                    assert!(ReportKeys::read(&body).is_some(), "{status}");
+                    let whole = parsed_whole(&body).unwrap();
+                    assert_eq!(parse_report(&body).unwrap(), whole);
+                    assert_eq!(
+                        parse_device_message(&body).unwrap(),
+                        DeviceMessage::Report(whole)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_report_key_is_named_as_by_the_whole_parse() {
+        let cases: [(&str, Value); 4] = [
+            ("UDID", Value::Integer(5.into())),
+            ("Status", Value::String("Finished".into())),
+            ("ErrorChain", Value::Array(vec![Value::Boolean(true)])),
+            ("CommandUUID", Value::Data(vec![1])),
+        ];
+        for (key, value) in cases {
+            let mut d = full_report("Error");
+            d.insert(key.into(), value);
+            let body = xml(&d);
+            let fast = parse_report(&body).unwrap_err().to_string();
+            assert_eq!(fast, parsed_whole(&body).unwrap_err().to_string(), "{key}");
+            assert!(fast.contains(key), "{key}: {fast}");
+        }
+    }
+
+    #[test]
+    fn what_the_report_keys_cannot_read_goes_to_the_whole_parse() {
+        // A key given twice: serde refuses it, the whole parse keeps the last.
+        let twice = br#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict>
+<key>Status</key><string>Error</string>
+<key>Status</key><string>Idle</string>
+<key>UDID</key><string>U1</string>
+</dict></plist>"#;
+        assert!(ReportKeys::read(twice).is_none());
+        assert_eq!(parse_report(twice).unwrap(), parsed_whole(twice).unwrap());
+        // A check-in sent to the ServerURL.
+        let checkin = br#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict>
+<key>MessageType</key><string>Authenticate</string>
+<key>Status</key><string>Idle</string>
+<key>UDID</key><string>U1</string>
+<key>Topic</key><string>com.apple.mgmt.External.test</string>
+</dict></plist>"#;
+        assert!(ReportKeys::read(checkin).is_none());
+        assert!(matches!(
+            parse_device_message(checkin),
+            Ok(DeviceMessage::Checkin(_))
+        ));
+        // Not a dictionary, and not a plist.
+        let array = br#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><array><string>Idle</string></array></plist>"#;
+        assert!(matches!(
+            parse_report(array),
+            Err(ProtoError::NotADictionary { found: "array" })
+        ));
+        let truncated = &xml(&full_report("Idle"))[..300];
+        assert!(matches!(
+            parse_report(truncated),
+            Err(ProtoError::NotAPlist(_))
+        ));
     }
 
     #[test]
