@@ -329,7 +329,10 @@ mod tests {
         }
         let mut item = Dictionary::new();
         item.insert("ErrorCode".into(), Value::Integer(12021.into()));
-        item.insert("ErrorDomain".into(), Value::String("MCMDMErrorDomain".into()));
+        item.insert(
+            "ErrorDomain".into(),
+            Value::String("MCMDMErrorDomain".into()),
+        );
         item.insert(
             "USEnglishDescription".into(),
             Value::String("Unknown command".into()),
@@ -356,13 +359,17 @@ mod tests {
 
     fn xml(d: &Dictionary) -> Vec<u8> {
         let mut out = Vec::new();
-        Value::Dictionary(d.clone()).to_writer_xml(&mut out).unwrap();
+        Value::Dictionary(d.clone())
+            .to_writer_xml(&mut out)
+            .unwrap();
         out
     }
 
     fn binary(d: &Dictionary) -> Vec<u8> {
         let mut out = Vec::new();
-        Value::Dictionary(d.clone()).to_writer_binary(&mut out).unwrap();
+        Value::Dictionary(d.clone())
+            .to_writer_binary(&mut out)
+            .unwrap();
         out
     }
 
@@ -377,7 +384,12 @@ mod tests {
             let mut reports = vec![full_report(status)];
             // A device channel, and a User Enrollment (EnrollmentID instead of UDID).
             let mut device = full_report(status);
-            for k in ["EnrollmentUserID", "UserID", "UserShortName", "UserLongName"] {
+            for k in [
+                "EnrollmentUserID",
+                "UserID",
+                "UserShortName",
+                "UserLongName",
+            ] {
                 device.remove(k);
             }
             let mut byod = device.clone();
@@ -400,8 +412,11 @@ mod tests {
 
     #[test]
     fn a_bad_report_key_is_named_as_by_the_whole_parse() {
-        let cases: [(&str, Value); 4] = [
+        let date = plist::Date::from(std::time::UNIX_EPOCH);
+        let cases: [(&str, Value); 6] = [
             ("UDID", Value::Integer(5.into())),
+            ("UserID", Value::Date(date)),
+            ("EnrollmentID", Value::Real(1.5)),
             ("Status", Value::String("Finished".into())),
             ("ErrorChain", Value::Array(vec![Value::Boolean(true)])),
             ("CommandUUID", Value::Data(vec![1])),
@@ -409,10 +424,11 @@ mod tests {
         for (key, value) in cases {
             let mut d = full_report("Error");
             d.insert(key.into(), value);
-            let body = xml(&d);
-            let fast = parse_report(&body).unwrap_err().to_string();
-            assert_eq!(fast, parsed_whole(&body).unwrap_err().to_string(), "{key}");
-            assert!(fast.contains(key), "{key}: {fast}");
+            for body in [xml(&d), binary(&d)] {
+                let fast = parse_report(&body).unwrap_err().to_string();
+                assert_eq!(fast, parsed_whole(&body).unwrap_err().to_string(), "{key}");
+                assert!(fast.contains(key), "{key}: {fast}");
+            }
         }
     }
 
