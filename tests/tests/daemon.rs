@@ -1,5 +1,5 @@
 //! The daemon binary's contract with systemd: readiness notification, SIGTERM, socket
-//! activation, and configuration errors.
+//! activation, and configuration errors; and the allocator the binary is built with.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::net::UnixDatagram;
@@ -20,6 +20,17 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let comm = task.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim_end().to_owned()
+        })
+        .collect()
 }
 
 #[test]
@@ -55,6 +66,13 @@ fn notifies_ready_and_stops_cleanly_on_sigterm() {
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     // Ready means listening.
     std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The binary allocates through jemalloc with the settings compiled into it: its
+    // background threads, which return freed pages while the daemon is idle, are running.
+    let threads = thread_names(child.id());
+    assert!(
+        threads.iter().any(|t| t == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {threads:?}"
+    );
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
