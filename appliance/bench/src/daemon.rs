@@ -14,6 +14,23 @@ use crate::procfs::{self, CpuTicks, Memory};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a SIGTERM'd daemon may take to drain and close its database.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Daemon::settle`] waits for a quiet spell at most, and the spell it looks for:
+/// a step in which the daemon used at most `QUIET_TICKS` clock ticks (a tenth of a core at
+/// the usual 100 ticks per second).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+const SETTLE_STEP: Duration = Duration::from_millis(200);
+const QUIET_TICKS: u64 = 2;
+
+/// What [`Daemon::settle`] waited for.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
+    /// Wall time until the daemon was quiet (or the timeout).
+    pub wall: Duration,
+    /// The daemon's CPU meanwhile, in clock ticks.
+    pub server_ticks: u64,
+    /// False if the timeout came first.
+    pub quiet: bool,
+}
 
 /// The `mdmd` binary next to this executable (`target/release/` when built by scripts/bench).
 pub fn binary_next_to_self() -> Result<PathBuf, BenchError> {
@@ -211,6 +228,29 @@ impl Daemon {
     /// The daemon's CPU time so far.
     pub fn cpu(&self) -> Result<CpuTicks, BenchError> {
         procfs::cpu_ticks(Some(self.pid))
+    }
+
+    /// Waits until the daemon is quiet, so that work an admin call left running in the
+    /// background (queueing a command pushes every target) is not counted in what comes
+    /// next.
+    pub fn settle(&mut self) -> Result<Settled, BenchError> {
+        let started = Instant::now();
+        let first = self.cpu()?.own();
+        let mut last = first;
+        loop {
+            std::thread::sleep(SETTLE_STEP);
+            self.check_alive()?;
+            let now = self.cpu()?.own();
+            let quiet = now.saturating_sub(last) <= QUIET_TICKS;
+            last = now;
+            if quiet || started.elapsed() >= SETTLE_TIMEOUT {
+                return Ok(Settled {
+                    wall: started.elapsed(),
+                    server_ticks: now.saturating_sub(first),
+                    quiet,
+                });
+            }
+        }
     }
 
     /// The daemon's memory now.

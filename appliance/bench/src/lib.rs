@@ -72,7 +72,7 @@ use crate::pool::WorkerPool;
 use crate::procfs::ticks_to_duration;
 use crate::report::{
     EnrollmentFigures, LargeFigures, Machine, MemoryFigures, Percentiles, Report, RoundFigures,
-    Settings, ThreadCpu,
+    Settings, SettleFigures, ThreadCpu,
 };
 use crate::worker::RoundResult;
 
@@ -296,6 +296,10 @@ impl Run<'_> {
             }
         }
 
+        // Queueing pushes every target in the background; that is the fan-out's work
+        // (phase 4 measures it), not the protocol requests', so the round waits it out.
+        let settled = self.daemon.settle()?;
+
         let server_before = self.daemon.cpu()?;
         let threads_before = procfs::thread_ticks(self.daemon.pid)?;
         let self_before = procfs::cpu_ticks(None)?;
@@ -331,6 +335,11 @@ impl Run<'_> {
         );
         figures.server_memory = self.daemon.memory()?.into();
         figures.database_mib = self.daemon.database_mib()?;
+        figures.settle = SettleFigures {
+            wall_seconds: settled.wall.as_secs_f64(),
+            server_cpu_ms: self.seconds(settled.server_ticks) * 1000.0,
+            quiet: settled.quiet,
+        };
         figures.server_threads = thread_split(
             &threads_before,
             &threads_after,
@@ -405,6 +414,7 @@ fn round_figures(
             peak_rss_mib: 0.0,
         },
         database_mib: 0.0,
+        settle: SettleFigures::default(),
         error_samples: total.error_samples.clone(),
     }
 }

@@ -179,8 +179,22 @@ pub struct RoundFigures {
     pub server_memory: MemoryFigures,
     /// Size of the daemon's database file after the round, MiB.
     pub database_mib: f64,
+    /// The wait before the measured window for the daemon to finish what queueing the
+    /// round's commands started (pushes); not part of the round's figures.
+    pub settle: SettleFigures,
     /// A few failure messages, if any.
     pub error_samples: Vec<String>,
+}
+
+/// See [`RoundFigures::settle`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SettleFigures {
+    /// Wall time of the wait.
+    pub wall_seconds: f64,
+    /// The daemon's CPU during it, ms.
+    pub server_cpu_ms: f64,
+    /// False if the daemon was still busy when the wait gave up.
+    pub quiet: bool,
 }
 
 /// Phase 3.
@@ -683,6 +697,16 @@ fn round_block(out: &mut String, r: &RoundFigures) {
         format!(
             "{} of {} deliveries Acknowledged",
             r.verified_acknowledged, r.queued_deliveries
+        ),
+    );
+    line(
+        out,
+        "before it (not counted)",
+        format!(
+            "{:.2} s for the daemon to settle after queueing ({:.0} ms of server CPU){}",
+            r.settle.wall_seconds,
+            r.settle.server_cpu_ms,
+            if r.settle.quiet { "" } else { ", still busy" }
         ),
     );
     line(out, "wall time", format!("{:.2} s", r.wall_seconds));
@@ -1544,6 +1568,11 @@ mod tests {
                 peak_rss_mib: 41.0,
             },
             database_mib: 12.0,
+            settle: SettleFigures {
+                wall_seconds: 0.4,
+                server_cpu_ms: 180.0,
+                quiet: true,
+            },
             error_samples: vec!["device X: boom".into()],
         }
     }
