@@ -242,6 +242,16 @@ impl Appliance {
     /// Defines enrollment profile `staff` ("Staff") on ABM connection `name`, makes it the
     /// connection's default and runs the assignment job: every synced device is assigned it.
     pub async fn assign_staff_profile(&self, name: &str) {
+        self.default_staff_profile(name).await;
+        let (st, v) = self
+            .api("POST", &format!("/api/v1/abm/{name}/assign"), None)
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+
+    /// Defines enrollment profile `staff` ("Staff") on ABM connection `name` and makes it the
+    /// connection's default.
+    pub async fn default_staff_profile(&self, name: &str) {
         let (st, v) = self
             .api(
                 "PUT",
@@ -256,10 +266,6 @@ impl Appliance {
                 &format!("/api/v1/abm/{name}"),
                 Some(json!({"default_profile": "staff"})),
             )
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let (st, v) = self
-            .api("POST", &format!("/api/v1/abm/{name}/assign"), None)
             .await;
         assert_eq!(st, 200, "{v}");
     }

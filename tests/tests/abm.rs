@@ -668,20 +668,7 @@ async fn kill_9_during_a_full_fetch_loses_no_device_and_skips_no_event() {
     serials.sort();
     let mut app = Appliance::start().await;
     connect(&app, &sim, "north", SERVER).await;
-    let (st, _) = app
-        .api(
-            "PUT",
-            "/api/v1/abm/north/profiles/staff",
-            Some(json!({"profile_name": "Staff"})),
-        )
-        .await;
-    assert_eq!(st, 200);
-    app.api(
-        "PATCH",
-        "/api/v1/abm/north",
-        Some(json!({"default_profile": "staff"})),
-    )
-    .await;
+    app.default_staff_profile("north").await;
     app.stop().await;
 
     // The daemon as a process, killed with SIGKILL in the middle of the full fetch.

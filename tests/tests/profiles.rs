@@ -130,22 +130,7 @@ fn openssl_sign(content: &[u8]) -> Vec<u8> {
 /// ABM connection `north` with a default enrollment profile, synced and assigned.
 async fn connect(app: &Appliance, sim: &AbmSimulator) {
     app.connect_abm(sim, "north", SERVER).await;
-    let (st, p) = app
-        .api(
-            "PUT",
-            "/api/v1/abm/north/profiles/staff",
-            Some(json!({"profile_name": "Staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{p}");
-    let (st, v) = app
-        .api(
-            "PATCH",
-            "/api/v1/abm/north",
-            Some(json!({"default_profile": "staff"})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
+    app.default_staff_profile("north").await;
     let (st, v) = app.api("POST", "/api/v1/abm/north/sync", None).await;
     assert_eq!(st, 200, "{v}");
 }

@@ -358,11 +358,7 @@ mod tests {
     }
 
     fn xml(d: &Dictionary) -> Vec<u8> {
-        let mut out = Vec::new();
-        Value::Dictionary(d.clone())
-            .to_writer_xml(&mut out)
-            .unwrap();
-        out
+        crate::fields::to_xml(&Value::Dictionary(d.clone())).unwrap()
     }
 
     fn binary(d: &Dictionary) -> Vec<u8> {
