@@ -120,7 +120,6 @@ pub(crate) fn put_json<T: Serialize>(
     Ok(())
 }
 
-/// Decodes every record of a `&str → bytes` table in key order.
 /// Decodes the records of a `&str → bytes` table whose keys follow `after`, at most `limit`,
 /// in key order: one page of a listing.
 pub(crate) fn page_json<T: DeserializeOwned>(
@@ -142,6 +141,7 @@ pub(crate) fn page_json<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Decodes every record of a `&str → bytes` table in key order.
 pub(crate) fn all_json<T: DeserializeOwned>(
     table: &(impl ReadableTable<&'static str, &'static [u8]> + TableHandle),
 ) -> StoreResult<Vec<T>> {

@@ -8,7 +8,6 @@
 //! Limits that protect the appliance: a handshake timeout, a request-header timeout (HTTP/1.1),
 //! an idle timeout, a cap on open connections, and [`read_body`] for bounded request bodies.
 
-use mdm_service::PeerCertificate;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use mdm_service::PeerCertificate;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
