@@ -388,3 +388,47 @@ async fn enrolling_and_manual_release_when_automatic_release_is_off() {
     assert_eq!(app.device_view(&d.serial).await["status"], "enrolled");
     assert_eq!(app.device_view(&other.udid).await["status"], "enrolled");
 }
+
+/// Lifecycle entries are buffered for a moment; an admin action written at once must not
+/// overtake them, or the log would show the action before what happened just ahead of it.
+#[tokio::test]
+async fn the_activity_log_keeps_the_order_things_happened() {
+    let app = Appliance::start().await;
+    for round in 0..3 {
+        // A refused credential: buffered, like the entries devices cause.
+        let (st, _) = app
+            .api_as("not-a-token", "GET", "/api/v1/devices", Vec::new())
+            .await;
+        assert_eq!(st, 401);
+        // Then at once an admin change, recorded before its answer leaves.
+        let (st, e) = app
+            .api(
+                "PATCH",
+                "/api/v1/settings",
+                Some(json!({"no_such_setting": round})),
+            )
+            .await;
+        assert_eq!(st, 400, "{e}");
+    }
+    let (st, log) = app.api("GET", "/api/v1/activity?limit=6", None).await;
+    assert_eq!(st, 200, "{log}");
+    let kinds: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    // Newest first.
+    assert_eq!(
+        kinds,
+        [
+            "api.request",
+            "auth.refused",
+            "api.request",
+            "auth.refused",
+            "api.request",
+            "auth.refused"
+        ],
+        "{log}"
+    );
+}

@@ -122,14 +122,20 @@ impl<S: Store> MdmService<S> {
         let (bytes, database_bytes) = match made {
             Ok(x) => x,
             Err(e) => {
-                self.log_activity(entry(
-                    &crate::lifecycle::actor_for(by),
-                    "backup.created",
-                    Vec::new(),
-                    ActivityOutcome::Failed,
-                    format!("backup failed: {}", e.message),
-                    None,
-                ));
+                // An admin action: recorded before the refusal answers, like its success.
+                let logged = self
+                    .log_activity_now(entry(
+                        &crate::lifecycle::actor_for(by),
+                        "backup.created",
+                        Vec::new(),
+                        ActivityOutcome::Failed,
+                        format!("backup failed: {}", e.message),
+                        None,
+                    ))
+                    .await;
+                if let Err(le) = logged {
+                    warn!(error = %le, "cannot record a failed backup in the activity log");
+                }
                 return Err(e);
             }
         };

@@ -129,8 +129,19 @@ impl<S: Store> MdmService<S> {
     }
 
     /// Appends an admin action's entry and waits until it is durable.
+    ///
+    /// Entries still buffered go first, in the same write: the log's sequence numbers then
+    /// follow the order things happened, so an action does not appear older than its own
+    /// entry written a moment later.
     pub async fn log_activity_now(&self, entry: NewActivity) -> ServiceResult<()> {
-        self.store().append_activity(vec![entry]).await?;
+        let mut batch = self.inner.activity.take();
+        let buffered = batch.len();
+        batch.push(entry);
+        if let Err(e) = self.store().append_activity(batch.clone()).await {
+            batch.truncate(buffered);
+            self.inner.activity.put_back(batch);
+            return Err(e.into());
+        }
         Ok(())
     }
 
