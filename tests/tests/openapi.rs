@@ -2429,11 +2429,86 @@ async fn a_documented_path_with_another_method_answers_405_and_allow() {
             .split(", ")
             .map(str::to_string)
             .collect();
-        assert_eq!(allow, documented, "{other} {path}");
+        let mut expected = documented.clone();
+        if documented.contains("GET") {
+            expected.insert("HEAD".to_string());
+        }
+        assert_eq!(allow, expected, "{other} {path}");
         checked += 1;
     }
     assert!(checked > 20, "only {checked} paths checked");
 
     let (status, body) = app.api("DELETE", "/api/v1/no-such-thing", None).await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// HEAD is GET without the body wherever a GET only reads: the same status and length, for
+/// monitoring and link checkers. On an enrollment link it is refused and uses nothing up.
+#[tokio::test]
+async fn head_answers_like_get_without_the_body() {
+    let app = Appliance::start().await;
+    let auth = format!("Bearer {}", app.token);
+    let ask = |method: &'static str, path: String, token: Option<String>| {
+        let app = &app;
+        async move {
+            let h = match &token {
+                Some(t) => headers(&[("authorization", t)]).unwrap(),
+                None => headers(&[]).unwrap(),
+            };
+            app.admin
+                .request(
+                    method.parse().unwrap(),
+                    &format!("{}{path}", app.base_url),
+                    h,
+                    Vec::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    for path in [
+        "/api/v1/enrollments",
+        "/api/v1/status",
+        "/healthz",
+        "/ca.pem",
+    ] {
+        let get = ask("GET", path.to_string(), Some(auth.clone())).await;
+        let head = ask("HEAD", path.to_string(), Some(auth.clone())).await;
+        assert_eq!(get.status, 200, "GET {path}");
+        assert_eq!(head.status, 200, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path} sent a body");
+        assert_eq!(
+            head.header("content-length"),
+            Some(get.body.len().to_string().as_str()),
+            "HEAD {path}"
+        );
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
+    }
+    // The API's rules hold as for GET.
+    let head = ask("HEAD", "/api/v1/enrollments".into(), None).await;
+    assert_eq!(head.status, 401);
+    assert!(head.body.is_empty());
+
+    // An enrollment link: refused, and still good for its one use.
+    let (st, v) = app
+        .api(
+            "POST",
+            "/api/v1/enroll-links",
+            Some(json!({"label": "checked by a link scanner", "max_uses": 1})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let url = v["url"].as_str().unwrap().to_string();
+    let path = url
+        .split_once("/enroll/")
+        .map(|(_, t)| format!("/enroll/{t}"))
+        .unwrap();
+    let head = ask("HEAD", path.clone(), None).await;
+    assert_eq!(head.status, 405);
+    let get = ask("GET", path, None).await;
+    assert_eq!(get.status, 200, "the link was not used up by the HEAD");
 }

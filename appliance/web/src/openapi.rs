@@ -102,9 +102,13 @@ pub fn allowed_methods(segs: &[&str]) -> Option<Vec<Method>> {
 /// it does not have; `None` when the method is fine or the path is not documented (the routers
 /// answer those).
 pub fn method_not_allowed(method: &Method, segs: &[&str]) -> Option<Resp> {
-    let allowed = allowed_methods(segs)?;
+    let mut allowed = allowed_methods(segs)?;
     if allowed.is_empty() || allowed.contains(method) {
         return None;
+    }
+    // HEAD is answered wherever GET is (see `routes`).
+    if allowed.contains(&Method::GET) {
+        allowed.push(Method::HEAD);
     }
     let list = allowed
         .iter()

@@ -35,6 +35,20 @@ pub fn with_body(status: StatusCode, content_type: &str, body: impl Into<Bytes>)
     resp
 }
 
+/// The answer to a HEAD request: the GET answer's status and headers, and the length of its
+/// body (RFC 9110, section 9.3.2) without the body itself, which HTTP/2 would otherwise send.
+pub fn head_of(resp: Resp) -> Resp {
+    use hyper::body::Body as _;
+    let (mut parts, body) = resp.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| header::HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
 /// 200 with an empty body.
 pub fn empty() -> Resp {
     Response::new(Full::new(Bytes::new()))

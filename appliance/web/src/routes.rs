@@ -294,12 +294,34 @@ fn profile_reply(r: mdm_service::ServiceResult<Vec<u8>>) -> Resp {
     }
 }
 
+/// Whether a GET of `path` only reads, so that HEAD may be answered as GET without the body.
+/// Enrollment links and SCEP are not: a GET there can use up a link or issue a certificate,
+/// which a HEAD (sent by link checkers and monitoring) must never do.
+fn get_only_reads(path: &str) -> bool {
+    matches!(path, "/healthz" | "/ca.pem" | "/ca.crt" | "/metrics") || path.starts_with("/api/")
+}
+
 impl<S: Store, C: AbmConnector> Handler for App<S, C> {
-    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Resp {
+    async fn handle(&self, mut req: Request<Incoming>, conn: Arc<ConnectionInfo>) -> Resp {
         let path = req.uri().path().to_string();
-        match path.as_str() {
-            "/mdm/checkin" => self.device(req, &conn, true).await,
-            "/mdm/connect" => self.device(req, &conn, false).await,
+        let head = *req.method() == Method::HEAD && get_only_reads(&path);
+        if head {
+            *req.method_mut() = Method::GET;
+        }
+        let resp = self.route(req, &conn, &path).await;
+        if head {
+            respond::head_of(resp)
+        } else {
+            resp
+        }
+    }
+}
+
+impl<S: Store, C: AbmConnector> App<S, C> {
+    async fn route(&self, req: Request<Incoming>, conn: &ConnectionInfo, path: &str) -> Resp {
+        match path {
+            "/mdm/checkin" => self.device(req, conn, true).await,
+            "/mdm/connect" => self.device(req, conn, false).await,
             "/scep" => self.scep(req).await,
             "/mdm/enroll" => self.ade(req).await,
             sign_in::FORM_PATH => self.ade_sign_in(req).await,
