@@ -115,3 +115,27 @@ fn log_error(status: StatusCode, e: &ServiceError) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Body as _;
+
+    /// Whatever the protocol, the HEAD answer carries no body (HTTP/2 would send one as DATA
+    /// frames) but says how long the GET answer's is, and keeps its other headers.
+    #[test]
+    fn a_head_answer_has_the_length_and_no_body() {
+        let get = with_body(StatusCode::OK, "application/json", "{\"items\":[]}");
+        let head = head_of(get);
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "12");
+        assert_eq!(head.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(head.body().size_hint().exact(), Some(0));
+
+        // A length the handler set itself is kept.
+        let mut get = with_body(StatusCode::OK, "text/plain", "ok\n");
+        get.headers_mut()
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(3u64));
+        assert_eq!(head_of(get).headers()[header::CONTENT_LENGTH], "3");
+    }
+}
