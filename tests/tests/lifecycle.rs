@@ -410,7 +410,22 @@ async fn the_activity_log_keeps_the_order_things_happened() {
             .await;
         assert_eq!(st, 400, "{e}");
     }
-    let (st, log) = app.api("GET", "/api/v1/activity?limit=6", None).await;
+    // A change that writes its entry in its own transaction keeps the order too.
+    let (st, _) = app
+        .api_as("not-a-token", "GET", "/api/v1/devices", Vec::new())
+        .await;
+    assert_eq!(st, 401);
+    let (st, u) = app
+        .api(
+            "POST",
+            "/api/v1/users",
+            Some(
+                json!({"username": "alice", "full_name": "Alice", "password": "Alice-Password-1"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{u}");
+    let (st, log) = app.api("GET", "/api/v1/activity?limit=9", None).await;
     assert_eq!(st, 200, "{log}");
     let kinds: Vec<&str> = log["items"]
         .as_array()
@@ -422,6 +437,9 @@ async fn the_activity_log_keeps_the_order_things_happened() {
     assert_eq!(
         kinds,
         [
+            "api.request",
+            "user.created",
+            "auth.refused",
             "api.request",
             "auth.refused",
             "api.request",

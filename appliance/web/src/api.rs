@@ -305,6 +305,14 @@ impl<S: Store, C: AbmConnector> App<S, C> {
             return crate::openapi::serve();
         }
         let caller = bearer(&req).and_then(|t| self.service.authenticate_api_token(&t).ok());
+        if caller.is_some() && method != Method::GET {
+            // Lifecycle entries wait in a buffer for up to a quarter of a second; a change
+            // may write its own entry in its own transaction, which must not overtake what
+            // happened before it.
+            if let Err(err) = self.service.flush_activity().await {
+                tracing::warn!(error = %err, "cannot write buffered activity before an admin change");
+            }
+        }
         let resp = match self.api_inner(req).await {
             Ok(r) => r,
             Err(r) => r,

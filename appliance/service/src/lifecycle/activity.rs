@@ -4,7 +4,10 @@
 //! where the store offers one). Lifecycle steps the devices and Apple cause (enrollments,
 //! check-outs, command results, assignment outcomes) are buffered and appended in batches by
 //! [`run_activity_writer`], so a busy check-in path pays one vector push instead of a write
-//! of its own; a crash can lose the last fraction of a second of those.
+//! of its own; a crash can lose the last fraction of a second of those. So that an admin
+//! action's entry never gets a sequence number ahead of what happened before it, an entry
+//! written at once takes the buffered ones with it ([`MdmService::log_activity_now`]), and the
+//! admin API writes the buffer before it applies a change ([`MdmService::flush_activity`]).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
