@@ -137,24 +137,26 @@ impl<S: Store> MdmService<S> {
     /// follow the order things happened, so an action does not appear older than its own
     /// entry written a moment later.
     pub async fn log_activity_now(&self, entry: NewActivity) -> ServiceResult<()> {
-        let mut batch = self.inner.activity.take();
-        let buffered = batch.len();
-        batch.push(entry);
-        if let Err(e) = self.store().append_activity(batch.clone()).await {
-            batch.truncate(buffered);
-            self.inner.activity.put_back(batch);
-            return Err(e.into());
-        }
-        Ok(())
+        self.append_buffered(Some(entry)).await
     }
 
     /// Writes the buffered lifecycle entries now.
     pub async fn flush_activity(&self) -> ServiceResult<()> {
-        let batch = self.inner.activity.take();
+        self.append_buffered(None).await
+    }
+
+    /// Writes the buffered entries, then `then`, in one append. If the write fails the
+    /// buffered entries go back to the buffer for the next try; `then` is the caller's to
+    /// report.
+    async fn append_buffered(&self, then: Option<NewActivity>) -> ServiceResult<()> {
+        let mut batch = self.inner.activity.take();
+        let buffered = batch.len();
+        batch.extend(then);
         if batch.is_empty() {
             return Ok(());
         }
         if let Err(e) = self.store().append_activity(batch.clone()).await {
+            batch.truncate(buffered);
             self.inner.activity.put_back(batch);
             return Err(e.into());
         }
