@@ -207,6 +207,18 @@ impl Appliance {
             .to_owned()
     }
 
+    /// A new user account (`POST /api/v1/users`), created with the admin token.
+    pub async fn new_user(&self, username: &str, full_name: &str, password: &str) {
+        let (st, v) = self
+            .api(
+                "POST",
+                "/api/v1/users",
+                Some(json!({"username": username, "full_name": full_name, "password": password})),
+            )
+            .await;
+        assert_eq!(st, 201, "creating user {username}: {v}");
+    }
+
     /// `POST /api/v1/backup` with `passphrase`, answered as it came (the backup is the body).
     pub async fn backup(&self, passphrase: &str) -> HttpResponse {
         let body = json!({ "passphrase": passphrase }).to_string().into_bytes();

@@ -61,16 +61,7 @@ async fn backup_and_restore(
     d.set_bootstrap_token(b"bootstrap-in-the-backup")
         .await
         .unwrap();
-    let (st, u) = app
-        .api(
-            "POST",
-            "/api/v1/users",
-            Some(
-                json!({"username": "alice", "full_name": "Alice", "password": "Alice-Password-1"}),
-            ),
-        )
-        .await;
-    assert_eq!(st, 201, "{u}");
+    app.new_user("alice", "Alice", "Alice-Password-1").await;
 
     // Refusals: a short passphrase, a non-admin token.
     let (st, e) = app

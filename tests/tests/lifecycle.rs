@@ -415,16 +415,7 @@ async fn the_activity_log_keeps_the_order_things_happened() {
         .api_as("not-a-token", "GET", "/api/v1/devices", Vec::new())
         .await;
     assert_eq!(st, 401);
-    let (st, u) = app
-        .api(
-            "POST",
-            "/api/v1/users",
-            Some(
-                json!({"username": "alice", "full_name": "Alice", "password": "Alice-Password-1"}),
-            ),
-        )
-        .await;
-    assert_eq!(st, 201, "{u}");
+    app.new_user("alice", "Alice", "Alice-Password-1").await;
     let (st, log) = app.api("GET", "/api/v1/activity?limit=9", None).await;
     assert_eq!(st, 200, "{log}");
     let kinds: Vec<&str> = log["items"]

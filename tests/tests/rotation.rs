@@ -42,16 +42,7 @@ async fn rotate_everything(tpm: Option<String>) {
         .unwrap();
     app.connect_abm(&sim, "north", SERVER).await;
     assert_eq!(sync(&app).await["result"], "ok");
-    let (st, u) = app
-        .api(
-            "POST",
-            "/api/v1/users",
-            Some(
-                json!({"username": "alice", "full_name": "Alice", "password": "Alice-Password-1"}),
-            ),
-        )
-        .await;
-    assert_eq!(st, 201, "{u}");
+    app.new_user("alice", "Alice", "Alice-Password-1").await;
     // A command queued (its payload sealed) and not fetched yet.
     let queued = app.send(&d.udid, "DeviceInformation").await;
 
