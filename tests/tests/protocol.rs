@@ -5,7 +5,7 @@
 use appliance_tests::Appliance;
 use base64::Engine as _;
 use mdm_sim::commands::CommandStatus;
-use mdm_sim::device::{IdentityFault, IdentityTransport, SimUser};
+use mdm_sim::device::{DeviceKind, IdentityFault, IdentityTransport, SimDevice, SimUser};
 use plist::{Dictionary, Value};
 use serde_json::json;
 
@@ -277,6 +277,49 @@ async fn raw_command_plists_and_typed_builders() {
         assert!(s == 400 || s == 404, "{s} {v}");
         assert_eq!(v["error"]["code"], code, "{v}");
     }
+}
+
+/// A connection keeps the binding its requests were checked against (see
+/// `MdmService::kept_enrollment`); a change to the enrollment made meanwhile, on this
+/// connection or another, applies to its next request all the same.
+#[tokio::test]
+async fn a_connection_s_kept_binding_gives_way_to_a_check_out_or_a_new_enrollment() {
+    let app = Appliance::start().await;
+
+    // CheckOut on the same connection.
+    let mut d = app.enroll_manual().await;
+    d.disconnect().await;
+    app.send(&d.udid, "ProfileList").await;
+    assert_eq!(d.run_until_idle().await.unwrap().len(), 1);
+    d.check_out().await.unwrap();
+    let err = d.run_until_idle().await.unwrap_err();
+    let st = err.status().unwrap();
+    assert_eq!(st.status, 401, "{err}");
+    assert!(
+        String::from_utf8_lossy(&st.body).contains("ENROLLMENT_CHECKED_OUT"),
+        "{err}"
+    );
+    assert_eq!(d.connections_opened(), 1, "all on one connection");
+
+    // The same device enrolls again (a new identity) while the old connection is open.
+    let mut old = app.enroll_manual().await;
+    old.disconnect().await;
+    app.send(&old.udid, "ProfileList").await;
+    assert_eq!(old.run_until_idle().await.unwrap().len(), 1);
+    let mut new = SimDevice::builder(DeviceKind::IPhone)
+        .unwrap()
+        .udid(&old.udid)
+        .build();
+    new.trust_ca_pem(&app.ca_pem).unwrap();
+    app.enroll_manual_device(&mut new).await;
+    let queued = app.send(&old.udid, "SecurityInfo").await;
+    let err = old.run_until_idle().await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.status), Some(401), "{err}");
+    assert_eq!(old.connections_opened(), 1, "all on one connection");
+    // The command waits for the device's new identity.
+    let done = new.run_until_idle().await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].command_uuid, queued);
 }
 
 #[tokio::test]

@@ -75,11 +75,17 @@ pub enum DeviceReply {
     Json(Vec<u8>),
 }
 
-/// Per-connection memory the protocol needs: which commands a device answered NotNow to on
-/// this connection (they are skipped until it reconnects).
+/// Per-connection memory: which commands a device answered NotNow to on this connection
+/// (the protocol skips them until it reconnects), and the bindings its requests were checked
+/// against, so that the next request need not read its enrollment again.
 pub trait ConnectionScratch {
     fn not_now(&self, enrollment_id: &str) -> HashSet<String>;
     fn add_not_now(&self, enrollment_id: &str, command_uuid: &str);
+    /// The binding kept for `enrollment_id`, if it was kept at `version` (see
+    /// [`crate::ports::EnrollmentStore::binding_version`]).
+    fn kept_binding(&self, enrollment_id: &str, version: u64) -> Option<EnrollmentBinding>;
+    /// Keeps `binding`, read at `version`, for the connection's later requests.
+    fn keep_binding(&self, binding: &EnrollmentBinding, version: u64);
 }
 
 /// The identity a request proved. The certificate is parsed only when a new binding needs it
@@ -186,6 +192,31 @@ impl<S: Store> MdmService<S> {
     /// The enrollment a request belongs to, if its identity matches the bound one. A device
     /// whose identity was renewed by SCEP (RenewalReq signed with the bound certificate) is
     /// moved to the new certificate on its first request with it.
+    /// [`Self::bound_enrollment`] for a request on a connection that may have checked the
+    /// same enrollment and identity before: the binding it kept is used while the enrollment's
+    /// record has not been written since. Devices send their reports this way, several on
+    /// one connection.
+    async fn kept_enrollment(
+        &self,
+        enrollment_id: &str,
+        id: &Identity<'_>,
+        scratch: &(dyn ConnectionScratch + Sync),
+    ) -> ServiceResult<EnrollmentBinding> {
+        // Taken before the read: a write that lands in between moves it, and the binding read
+        // here is then read again by the next request instead of being trusted.
+        let version = self.store().binding_version(enrollment_id);
+        if let Some(kept) = scratch.kept_binding(enrollment_id, version) {
+            // Only a binding that passed the checks below is kept, and the record has not
+            // changed since; the identity may have (`Mdm-Signature` is per request).
+            if kept.identity_sha256 == id.sha256 {
+                return Ok(kept);
+            }
+        }
+        let rec = self.bound_enrollment(enrollment_id, id).await?;
+        scratch.keep_binding(&rec, version);
+        Ok(rec)
+    }
+
     async fn bound_enrollment(
         &self,
         enrollment_id: &str,
@@ -506,7 +537,7 @@ impl<S: Store> MdmService<S> {
         scratch: &(dyn ConnectionScratch + Sync),
     ) -> ServiceResult<DeviceReply> {
         let id = report.enrollment.id();
-        let rec = self.bound_enrollment(&id, &identity).await?;
+        let rec = self.kept_enrollment(&id, &identity, scratch).await?;
         let now = Timestamp::now();
         let status = match report.status {
             CommandStatus::Idle => None,

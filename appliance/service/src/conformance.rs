@@ -51,6 +51,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(token_update_requires_known_device);
     case!(user_channel_created_by_token_update);
     case!(binding_follows_the_enrollment_record);
+    case!(binding_version_moves_with_every_write_of_the_record);
     case!(rebind_identity_moves_device_and_user_channels);
     case!(list_enrollments_pages_in_id_order);
     case!(commands_come_out_in_fifo_order);
@@ -475,6 +476,98 @@ pub async fn binding_follows_the_enrollment_record<S: Store>(store: &S) {
     store.check_out("D7", t(90_002)).await.unwrap();
     assert_eq!(same(store, "D7").state, EnrollmentState::CheckedOut);
     assert_eq!(same(store, "D7:U1").state, EnrollmentState::CheckedOut);
+}
+
+/// Every kind of write to an enrollment record moves its binding version by the time the
+/// write returns, for each record written (a device's user channels too). A connection that
+/// keeps a binding relies on this to notice a check-out or a new identity.
+pub async fn binding_version_moves_with_every_write_of_the_record<S: Store>(store: &S) {
+    /// Runs `write` and asserts that the versions of `ids` all moved.
+    async fn moves<S: Store, F: std::future::Future<Output = ()>>(
+        store: &S,
+        what: &str,
+        ids: &[&str],
+        write: F,
+    ) {
+        let before: Vec<u64> = ids.iter().map(|id| store.binding_version(id)).collect();
+        write.await;
+        for (id, before) in ids.iter().zip(before) {
+            assert_ne!(
+                store.binding_version(id),
+                before,
+                "{what}: the binding version of {id} did not move"
+            );
+        }
+    }
+
+    moves(store, "Authenticate", &["V1"], async {
+        store.authenticate(auth("V1", t(0))).await.unwrap();
+    })
+    .await;
+    moves(store, "TokenUpdate", &["V1"], async {
+        let mut first = token("V1", t(1));
+        first.awaiting_configuration = true;
+        store.token_update(first).await.unwrap().unwrap();
+    })
+    .await;
+    moves(store, "a user channel's TokenUpdate", &["V1:U1"], async {
+        store
+            .token_update(token("V1:U1", t(2)))
+            .await
+            .unwrap()
+            .unwrap();
+    })
+    .await;
+    moves(store, "DeviceConfigured", &["V1"], async {
+        assert!(store.set_configured("V1", t(3)).await.unwrap());
+    })
+    .await;
+    moves(store, "a bootstrap token", &["V1"], async {
+        assert!(store
+            .set_bootstrap_token("V1", Some(b"sealed".to_vec()), t(4))
+            .await
+            .unwrap());
+    })
+    .await;
+    moves(store, "a push result", &["V1"], async {
+        store
+            .record_pushes(vec![("V1".into(), PushRecord::Sent { at: t(5) })])
+            .await
+            .unwrap();
+    })
+    .await;
+    moves(store, "a last-seen time", &["V1"], async {
+        store.touch("V1", t(60_000)).await.unwrap();
+    })
+    .await;
+    queue(store, "bv-1", &["V1"], t(60_001)).await;
+    moves(
+        store,
+        "a result that moves the last-seen time",
+        &["V1"],
+        async {
+            answer(
+                store,
+                "V1",
+                "bv-1",
+                DeliveryStatus::Acknowledged,
+                t(120_000),
+            )
+            .await;
+        },
+    )
+    .await;
+    moves(store, "a renewed identity", &["V1", "V1:U1"], async {
+        assert!(store
+            .rebind_identity("V1", "identity-of-V1", "renewed", t(120_001))
+            .await
+            .unwrap());
+    })
+    .await;
+    moves(store, "CheckOut", &["V1", "V1:U1"], async {
+        assert!(store.check_out("V1", t(120_002)).await.unwrap());
+    })
+    .await;
 }
 
 /// A renewed identity moves the device and its user channels, only from the bound hash.

@@ -288,7 +288,7 @@ pub(crate) fn record_result(
     result: &CommandResult,
 ) -> StoreResult<ResultOutcome> {
     if result.touch {
-        touch(batch.txn(), enrollment_id, result.at)?;
+        touch(batch, enrollment_id, result.at)?;
     }
     let tables = batch.queue_tables()?;
     let uuid = result.uuid.as_str();

@@ -3,18 +3,65 @@
 //! Device channels are also indexed by the serial number they reported at `Authenticate`
 //! (`enrollment_serials`); that is the only write that sets a device channel's facts, so it is
 //! the only one that maintains the index.
+//!
+//! Records are written only through [`EnrollmentsMut`], which a write batch hands out
+//! ([`Batch::enrollments`]), so that every write moves the enrollment's binding version.
 
 use mdm_service::ports::{
     AuthenticateRecord, Channel, EnrollmentBinding, EnrollmentRecord, EnrollmentState, PushFailure,
     PushRecord, StoreResult, Timestamp, TokenUpdateOutcome, TokenUpdateRecord,
 };
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
-use serde::Deserialize;
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{colon_prefix_range, dangling, decode, encode, successor, BackendExt, PairKey};
 use crate::commands::QueueTables;
 use crate::records::{get_json, page_json, put_json};
 use crate::schema::{open, open_read, ENROLLMENTS, ENROLLMENT_SERIALS};
+use crate::writer::Batch;
+
+/// The `enrollments` table opened by a write batch. Reads go through `Deref`; writes go
+/// through its methods, which name each record written to the batch (see
+/// [`crate::writer::BindingVersions`]).
+pub(crate) struct EnrollmentsMut<'b, 't> {
+    table: Table<'t, &'static str, &'static [u8]>,
+    written: &'b mut Vec<String>,
+}
+
+impl<'b, 't> EnrollmentsMut<'b, 't> {
+    pub(crate) fn open(
+        txn: &'t WriteTransaction,
+        written: &'b mut Vec<String>,
+    ) -> StoreResult<Self> {
+        Ok(EnrollmentsMut {
+            table: open(txn, ENROLLMENTS)?,
+            written,
+        })
+    }
+
+    fn put<T: Serialize>(&mut self, id: &str, record: &T) -> StoreResult<()> {
+        self.written.push(id.to_owned());
+        put_json(&mut self.table, id, record)
+    }
+
+    /// Writes `bytes` as `id`'s record and returns the record it replaced, if any.
+    fn replace(&mut self, id: &str, bytes: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.written.push(id.to_owned());
+        let old = self
+            .table
+            .insert(id, bytes)
+            .backend_with(|| format!("cannot write `enrollments` record `{id}`"))?;
+        Ok(old.map(|g| g.value().to_vec()))
+    }
+}
+
+impl<'t> std::ops::Deref for EnrollmentsMut<'_, 't> {
+    type Target = Table<'t, &'static str, &'static [u8]>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
 
 /// The part of a stored enrollment the serial index depends on: decoding only this skips the
 /// rest of the record (push addressing, sealed tokens) instead of building it.
@@ -47,7 +94,8 @@ fn indexed_serial(serial_number: Option<&str>) -> Option<&str> {
 
 /// `Authenticate`: a fresh enrollment replaces whatever was stored under the id, and nothing
 /// queued for the old one (or its user channels) may reach the new one.
-pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> StoreResult<()> {
+pub(crate) fn authenticate(batch: &mut Batch<'_>, rec: &AuthenticateRecord) -> StoreResult<()> {
+    let txn = batch.txn();
     let record = EnrollmentRecord {
         id: rec.id.clone(),
         device_id: rec.id.clone(),
@@ -73,11 +121,8 @@ pub(crate) fn authenticate(txn: &WriteTransaction, rec: &AuthenticateRecord) -> 
     };
     let bytes = encode("enrollments", &rec.id, &record)?;
     let old_serial = {
-        let mut table = open(txn, ENROLLMENTS)?;
-        let old = table
-            .insert(rec.id.as_str(), bytes.as_slice())
-            .backend_with(|| format!("cannot write `enrollments` record `{}`", rec.id))?;
-        match old.map(|g| decode::<SerialView>("enrollments", &rec.id, g.value())) {
+        let old = batch.enrollments()?.replace(&rec.id, &bytes)?;
+        match old.map(|old| decode::<SerialView>("enrollments", &rec.id, &old)) {
             None => None,
             Some(Ok(view)) => view.indexed_serial(),
             // The record is replaced whole, so it need not be readable. Its index entry (if it
@@ -133,17 +178,17 @@ pub(crate) fn backfill_serial_index(txn: &WriteTransaction) -> StoreResult<()> {
 /// `TokenUpdate`: stores push addressing and activates the enrollment, creating a user channel
 /// from its device channel on first sight.
 pub(crate) fn token_update(
-    txn: &WriteTransaction,
+    batch: &mut Batch<'_>,
     rec: &TokenUpdateRecord,
 ) -> StoreResult<Option<TokenUpdateOutcome>> {
-    let mut table = open(txn, ENROLLMENTS)?;
-    let Some(device) = get_json::<EnrollmentRecord>(&table, &rec.device_id)? else {
+    let mut table = batch.enrollments()?;
+    let Some(device) = get_json::<EnrollmentRecord>(&*table, &rec.device_id)? else {
         return Ok(None);
     };
     let mut enrollment = if rec.id == rec.device_id {
         device
     } else {
-        match get_json::<EnrollmentRecord>(&table, &rec.id)? {
+        match get_json::<EnrollmentRecord>(&*table, &rec.id)? {
             Some(existing) => existing,
             None => new_user_channel(&device, rec),
         }
@@ -173,7 +218,7 @@ pub(crate) fn token_update(
         enrollment.enrolled_at = Some(rec.at);
         enrollment.checked_out_at = None;
     }
-    put_json(&mut table, &rec.id, &enrollment)?;
+    table.put(&rec.id, &enrollment)?;
     Ok(Some(TokenUpdateOutcome { activated }))
 }
 
@@ -207,10 +252,11 @@ fn new_user_channel(device: &EnrollmentRecord, rec: &TokenUpdateRecord) -> Enrol
 
 /// `CheckOut`: the enrollment (and, for a device, its user channels) is checked out and
 /// everything queued for them is canceled.
-pub(crate) fn check_out(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<bool> {
+pub(crate) fn check_out(batch: &mut Batch<'_>, id: &str, at: Timestamp) -> StoreResult<bool> {
+    let txn = batch.txn();
     let is_device = {
-        let mut table = open(txn, ENROLLMENTS)?;
-        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+        let mut table = batch.enrollments()?;
+        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&*table, id)? else {
             return Ok(false);
         };
         let is_device = enrollment.channel == Channel::Device;
@@ -229,7 +275,7 @@ pub(crate) fn check_out(txn: &WriteTransaction, id: &str, at: Timestamp) -> Stor
             }
         }
         for enrollment in &changed {
-            put_json(&mut table, &enrollment.id, enrollment)?;
+            table.put(&enrollment.id, enrollment)?;
         }
         is_device
     };
@@ -248,41 +294,41 @@ fn mark_checked_out(enrollment: &mut EnrollmentRecord, at: Timestamp) -> Enrollm
 }
 
 pub(crate) fn set_bootstrap_token(
-    txn: &WriteTransaction,
+    batch: &mut Batch<'_>,
     id: &str,
     sealed: Option<Vec<u8>>,
     at: Timestamp,
 ) -> StoreResult<bool> {
-    let mut table = open(txn, ENROLLMENTS)?;
-    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+    let mut table = batch.enrollments()?;
+    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&*table, id)? else {
         return Ok(false);
     };
     enrollment.bootstrap_token_sealed = sealed;
     enrollment.last_seen_at = enrollment.last_seen_at.max(at);
-    put_json(&mut table, id, &enrollment)?;
+    table.put(id, &enrollment)?;
     Ok(true)
 }
 
 /// The device acknowledged DeviceConfigured: it has left Setup Assistant.
-pub(crate) fn set_configured(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<bool> {
-    let mut table = open(txn, ENROLLMENTS)?;
-    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+pub(crate) fn set_configured(batch: &mut Batch<'_>, id: &str, at: Timestamp) -> StoreResult<bool> {
+    let mut table = batch.enrollments()?;
+    let Some(mut enrollment) = get_json::<EnrollmentRecord>(&*table, id)? else {
         return Ok(false);
     };
     enrollment.awaiting_configuration = false;
     enrollment.last_seen_at = enrollment.last_seen_at.max(at);
-    put_json(&mut table, id, &enrollment)?;
+    table.put(id, &enrollment)?;
     Ok(true)
 }
 
 /// Push results, one transaction for the whole batch.
 pub(crate) fn record_pushes(
-    txn: &WriteTransaction,
+    batch: &mut Batch<'_>,
     records: &[(String, PushRecord)],
 ) -> StoreResult<()> {
-    let mut table = open(txn, ENROLLMENTS)?;
+    let mut table = batch.enrollments()?;
     for (id, record) in records {
-        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? else {
+        let Some(mut enrollment) = get_json::<EnrollmentRecord>(&*table, id)? else {
             continue;
         };
         match record {
@@ -294,7 +340,7 @@ pub(crate) fn record_pushes(
                 });
             }
         }
-        put_json(&mut table, id, &enrollment)?;
+        table.put(id, &enrollment)?;
     }
     Ok(())
 }
@@ -302,14 +348,14 @@ pub(crate) fn record_pushes(
 /// Compare-and-swap of the bound identity, for the device channel and its user channels
 /// (which share the device's certificate).
 pub(crate) fn rebind_identity(
-    txn: &WriteTransaction,
+    batch: &mut Batch<'_>,
     id: &str,
     from: &str,
     to: &str,
     at: Timestamp,
 ) -> StoreResult<bool> {
-    let mut table = open(txn, ENROLLMENTS)?;
-    let Some(device) = get_json::<EnrollmentRecord>(&table, id)? else {
+    let mut table = batch.enrollments()?;
+    let Some(device) = get_json::<EnrollmentRecord>(&*table, id)? else {
         return Ok(false);
     };
     if device.identity_sha256 != from {
@@ -328,11 +374,11 @@ pub(crate) fn rebind_identity(
         }
     }
     for key in ids {
-        if let Some(mut rec) = get_json::<EnrollmentRecord>(&table, &key)? {
+        if let Some(mut rec) = get_json::<EnrollmentRecord>(&*table, &key)? {
             if rec.identity_sha256 == from {
                 rec.identity_sha256 = to.to_string();
                 rec.last_seen_at = rec.last_seen_at.max(at);
-                put_json(&mut table, &key, &rec)?;
+                table.put(&key, &rec)?;
             }
         }
     }
@@ -341,12 +387,12 @@ pub(crate) fn rebind_identity(
 
 /// Moves `last_seen_at` forward (never back: reports may be recorded out of order). Unknown
 /// ids are ignored: there is nothing to mark.
-pub(crate) fn touch(txn: &WriteTransaction, id: &str, at: Timestamp) -> StoreResult<()> {
-    let mut table = open(txn, ENROLLMENTS)?;
-    if let Some(mut enrollment) = get_json::<EnrollmentRecord>(&table, id)? {
+pub(crate) fn touch(batch: &mut Batch<'_>, id: &str, at: Timestamp) -> StoreResult<()> {
+    let mut table = batch.enrollments()?;
+    if let Some(mut enrollment) = get_json::<EnrollmentRecord>(&*table, id)? {
         if enrollment.last_seen_at < at {
             enrollment.last_seen_at = at;
-            put_json(&mut table, id, &enrollment)?;
+            table.put(id, &enrollment)?;
         }
     }
     Ok(())

@@ -220,19 +220,19 @@ impl EnrollmentStore for RedbStore {
         &self,
         rec: AuthenticateRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send {
-        self.write(move |txn| enrollments::authenticate(txn, &rec))
+        self.write_in_batch(move |batch| enrollments::authenticate(batch, &rec))
     }
 
     fn token_update(
         &self,
         rec: TokenUpdateRecord,
     ) -> impl Future<Output = StoreResult<Option<TokenUpdateOutcome>>> + Send {
-        self.write(move |txn| enrollments::token_update(txn, &rec))
+        self.write_in_batch(move |batch| enrollments::token_update(batch, &rec))
     }
 
     fn check_out(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<bool>> + Send {
         let id = id.to_owned();
-        self.write(move |txn| enrollments::check_out(txn, &id, at))
+        self.write_in_batch(move |batch| enrollments::check_out(batch, &id, at))
     }
 
     fn set_bootstrap_token(
@@ -242,7 +242,9 @@ impl EnrollmentStore for RedbStore {
         at: Timestamp,
     ) -> impl Future<Output = StoreResult<bool>> + Send {
         let id = id.to_owned();
-        self.write(move |txn| enrollments::set_bootstrap_token(txn, &id, sealed.clone(), at))
+        self.write_in_batch(move |batch| {
+            enrollments::set_bootstrap_token(batch, &id, sealed.clone(), at)
+        })
     }
 
     fn set_configured(
@@ -251,7 +253,7 @@ impl EnrollmentStore for RedbStore {
         at: Timestamp,
     ) -> impl Future<Output = StoreResult<bool>> + Send {
         let id = id.to_owned();
-        self.write(move |txn| enrollments::set_configured(txn, &id, at))
+        self.write_in_batch(move |batch| enrollments::set_configured(batch, &id, at))
     }
 
     fn rebind_identity(
@@ -262,19 +264,19 @@ impl EnrollmentStore for RedbStore {
         at: Timestamp,
     ) -> impl Future<Output = StoreResult<bool>> + Send {
         let (id, from, to) = (id.to_owned(), from_sha256.to_owned(), to_sha256.to_owned());
-        self.write(move |txn| enrollments::rebind_identity(txn, &id, &from, &to, at))
+        self.write_in_batch(move |batch| enrollments::rebind_identity(batch, &id, &from, &to, at))
     }
 
     fn record_pushes(
         &self,
         records: Vec<(String, PushRecord)>,
     ) -> impl Future<Output = StoreResult<()>> + Send {
-        self.write(move |txn| enrollments::record_pushes(txn, &records))
+        self.write_in_batch(move |batch| enrollments::record_pushes(batch, &records))
     }
 
     fn touch(&self, id: &str, at: Timestamp) -> impl Future<Output = StoreResult<()>> + Send {
         let id = id.to_owned();
-        self.write(move |txn| enrollments::touch(txn, &id, at))
+        self.write_in_batch(move |batch| enrollments::touch(batch, &id, at))
     }
 
     fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>> {
@@ -283,6 +285,10 @@ impl EnrollmentStore for RedbStore {
 
     fn enrollment_binding(&self, id: &str) -> StoreResult<Option<EnrollmentBinding>> {
         enrollments::enrollment_binding(&self.read()?, id)
+    }
+
+    fn binding_version(&self, id: &str) -> u64 {
+        self.inner.writer.versions().get(id)
     }
 
     fn list_enrollments(

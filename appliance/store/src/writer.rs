@@ -7,7 +7,12 @@
 //! each caller with its own result. An operation that fails makes the writer abort the batch
 //! and replay its operations one transaction each, so a bad request never fails a neighbour;
 //! operations are therefore closures that can run more than once.
+//!
+//! The writer also keeps [`BindingVersions`]: after each commit, and before it answers anyone,
+//! it moves the version of every enrollment the transaction wrote.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::BackendExt;
 use crate::commands::QueueTables;
+use crate::enrollments::EnrollmentsMut;
 
 /// Write activity since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,17 +55,79 @@ impl Counters {
     }
 }
 
+/// How many counters [`BindingVersions`] spreads enrollments over: 32 KiB, and two
+/// enrollments written in the same second rarely share one.
+const VERSION_STRIPES: usize = 4096;
+
+/// Versions of enrollment records, for readers that keep an enrollment's binding from one
+/// request to the next instead of reading it for each (a device sends several requests on
+/// one connection, and every one is checked against its enrollment).
+///
+/// Each enrollment id falls on one of [`VERSION_STRIPES`] counters. The writer adds one to
+/// the counter of every enrollment a transaction wrote, after the commit and before it answers
+/// any caller. A reader takes the counter before it reads the record and may use what it read
+/// for as long as the counter has not moved: the record has not been written since. Ids that
+/// share a counter only cost each other a re-read. The hash is keyed per process, so nobody
+/// can choose ids that share one.
+pub(crate) struct BindingVersions {
+    stripes: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+impl BindingVersions {
+    fn new() -> Self {
+        BindingVersions {
+            stripes: (0..VERSION_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, id: &str) -> &AtomicU64 {
+        // The remainder is below VERSION_STRIPES, so it fits a usize.
+        let i = (self.hasher.hash_one(id) % VERSION_STRIPES as u64) as usize;
+        &self.stripes[i]
+    }
+
+    /// The version of `id`'s record (see the type's documentation).
+    pub(crate) fn get(&self, id: &str) -> u64 {
+        self.stripe(id).load(Ordering::Acquire)
+    }
+
+    fn bump(&self, id: &str) {
+        self.stripe(id).fetch_add(1, Ordering::Release);
+    }
+
+    /// Moves every version: for writes that do not name the enrollments they touch.
+    pub(crate) fn bump_all(&self) {
+        for stripe in &*self.stripes {
+            stripe.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
 /// The transaction a batch's operations run in, with the queue tables kept open from one
 /// command result to the next: opening a redb table costs a lookup and a type check, and
 /// closing it writes its root back, and results are most of the writes a busy appliance makes.
 pub(crate) struct Batch<'t> {
     txn: &'t WriteTransaction,
     queue: Option<QueueTables<'t>>,
+    /// The enrollments written through [`Batch::enrollments`], for [`BindingVersions`].
+    enrollments_written: Vec<String>,
 }
 
 impl<'t> Batch<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
-        Batch { txn, queue: None }
+        Batch {
+            txn,
+            queue: None,
+            enrollments_written: Vec::new(),
+        }
+    }
+
+    /// The `enrollments` table, for writing. It is the only way a write changes an
+    /// enrollment record, so that the writer knows whose binding version to move.
+    pub(crate) fn enrollments(&mut self) -> StoreResult<EnrollmentsMut<'_, 't>> {
+        EnrollmentsMut::open(self.txn, &mut self.enrollments_written)
     }
 
     /// The transaction, for an operation that opens tables itself. The shared tables are
@@ -145,23 +213,28 @@ pub(crate) enum Message {
 pub(crate) struct Writer {
     sender: Sender<Message>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
     pub(crate) fn start(db: Arc<Database>, max_batch: usize) -> StoreResult<Writer> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let counters = Arc::new(Counters::default());
-        let thread_counters = Arc::clone(&counters);
+        let shared = Arc::new(Shared::new());
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("mdm-store-writer".into())
-            .spawn(move || run(&db, &receiver, max_batch.max(1), &thread_counters))
+            .spawn(move || run(&db, &receiver, max_batch.max(1), &thread_shared))
             .backend("cannot start the store writer thread")?;
         Ok(Writer {
             sender,
             thread: Mutex::new(Some(thread)),
-            counters,
+            shared,
         })
+    }
+
+    /// The versions of enrollment records this writer moves.
+    pub(crate) fn versions(&self) -> &BindingVersions {
+        &self.shared.versions
     }
 
     pub(crate) fn submit(&self, pending: Box<dyn Pending>) -> StoreResult<()> {
@@ -178,7 +251,7 @@ impl Writer {
     }
 
     pub(crate) fn stats(&self) -> StoreStats {
-        self.counters.snapshot()
+        self.shared.counters.snapshot()
     }
 
     /// Lets the thread finish the writes already submitted, then waits for it to exit.
@@ -199,7 +272,22 @@ impl Writer {
     }
 }
 
-fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, counters: &Counters) {
+/// What the writer thread reports to: its counters and the binding versions.
+pub(crate) struct Shared {
+    counters: Counters,
+    versions: BindingVersions,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            counters: Counters::default(),
+            versions: BindingVersions::new(),
+        }
+    }
+}
+
+fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, shared: &Shared) {
     while let Ok(first) = receiver.recv() {
         let mut batch = Vec::new();
         let mut shutdown = false;
@@ -218,7 +306,7 @@ fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, counters: 
             }
         }
         if !batch.is_empty() {
-            process(db, batch, counters);
+            process(db, batch, shared);
         }
         if let Some(job) = exclusive {
             job();
@@ -231,10 +319,11 @@ fn run(db: &Database, receiver: &Receiver<Message>, max_batch: usize, counters: 
 
 /// Applies a batch in one transaction, falling back to one transaction per operation if any
 /// of them fails (or the shared commit does).
-pub(crate) fn process(db: &Database, mut batch: Vec<Box<dyn Pending>>, counters: &Counters) {
+pub(crate) fn process(db: &Database, mut batch: Vec<Box<dyn Pending>>, shared: &Shared) {
+    let counters = &shared.counters;
     let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
     if batch.len() > 1 {
-        match apply_all(db, &mut batch) {
+        match apply_all(db, &mut batch, &shared.versions) {
             Ok(()) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
                 counters.writes.fetch_add(n, Ordering::Relaxed);
@@ -250,7 +339,7 @@ pub(crate) fn process(db: &Database, mut batch: Vec<Box<dyn Pending>>, counters:
         }
     }
     for p in batch {
-        process_one(db, p, counters);
+        process_one(db, p, shared);
     }
 }
 
@@ -280,31 +369,52 @@ impl std::fmt::Display for BatchFailure {
     }
 }
 
-fn apply_all(db: &Database, batch: &mut [Box<dyn Pending>]) -> Result<(), BatchFailure> {
+/// Commits `txn` and then moves the versions of the enrollments it wrote. They move even if
+/// the commit failed: a reader then reads the record again, which is only wasted work.
+fn commit(
+    txn: WriteTransaction,
+    written: &[String],
+    versions: &BindingVersions,
+) -> StoreResult<()> {
+    let committed = txn.commit().backend("cannot commit");
+    for id in written {
+        versions.bump(id);
+    }
+    committed
+}
+
+fn apply_all(
+    db: &Database,
+    batch: &mut [Box<dyn Pending>],
+    versions: &BindingVersions,
+) -> Result<(), BatchFailure> {
     let txn = begin(db).map_err(BatchFailure::Backend)?;
-    let failed = {
+    let (failed, written) = {
         let mut shared = Batch::new(&txn);
-        batch.iter_mut().position(|p| !p.apply(&mut shared))
+        let failed = batch.iter_mut().position(|p| !p.apply(&mut shared));
+        (failed, std::mem::take(&mut shared.enrollments_written))
         // The shared tables close here, before the commit or abort.
     };
     if let Some(i) = failed {
         abort(txn);
         return Err(BatchFailure::Operation(i));
     }
-    txn.commit()
-        .backend("cannot commit")
-        .map_err(BatchFailure::Backend)
+    commit(txn, &written, versions).map_err(BatchFailure::Backend)
 }
 
-fn process_one(db: &Database, mut p: Box<dyn Pending>, counters: &Counters) {
+fn process_one(db: &Database, mut p: Box<dyn Pending>, shared: &Shared) {
     let failure = match begin(db) {
         Err(e) => Some(e),
         Ok(txn) => {
-            let applied = p.apply(&mut Batch::new(&txn));
+            let (applied, written) = {
+                let mut batch = Batch::new(&txn);
+                let applied = p.apply(&mut batch);
+                (applied, std::mem::take(&mut batch.enrollments_written))
+            };
             if applied {
-                match txn.commit().backend("cannot commit") {
+                match commit(txn, &written, &shared.versions) {
                     Ok(()) => {
-                        counters.commits.fetch_add(1, Ordering::Relaxed);
+                        shared.counters.commits.fetch_add(1, Ordering::Relaxed);
                         None
                     }
                     Err(e) => Some(e),
@@ -316,7 +426,7 @@ fn process_one(db: &Database, mut p: Box<dyn Pending>, counters: &Counters) {
             }
         }
     };
-    counters.writes.fetch_add(1, Ordering::Relaxed);
+    shared.counters.writes.fetch_add(1, Ordering::Relaxed);
     p.complete(failure);
 }
 
@@ -362,9 +472,9 @@ mod tests {
     fn a_clean_batch_commits_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("w.redb")).unwrap();
-        let counters = Counters::default();
+        let shared = Shared::new();
         let (ops, rxs): (Vec<_>, Vec<_>) = ["a", "b", "c"].iter().map(|k| op(k, false)).unzip();
-        process(&db, ops, &counters);
+        process(&db, ops, &shared);
         let results: Vec<u64> = rxs
             .into_iter()
             .map(|mut rx| rx.try_recv().unwrap().unwrap())
@@ -372,7 +482,7 @@ mod tests {
         // Each operation saw the writes of those before it in the same transaction.
         assert_eq!(results, vec![1, 2, 3]);
         assert_eq!(
-            counters.snapshot(),
+            shared.counters.snapshot(),
             StoreStats {
                 commits: 1,
                 writes: 3,
@@ -386,12 +496,12 @@ mod tests {
     fn a_failing_operation_does_not_fail_its_neighbours() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("w.redb")).unwrap();
-        let counters = Counters::default();
+        let shared = Shared::new();
         let (ops, rxs): (Vec<_>, Vec<_>) = [("a", false), ("bad", true), ("c", false)]
             .iter()
             .map(|(k, fail)| op(k, *fail))
             .unzip();
-        process(&db, ops, &counters);
+        process(&db, ops, &shared);
         let results: Vec<StoreResult<u64>> = rxs
             .into_iter()
             .map(|mut rx| rx.try_recv().unwrap())
@@ -406,7 +516,7 @@ mod tests {
         assert_eq!(results[2].as_ref().unwrap(), &2);
         assert_eq!(keys(&db), vec!["a", "c"]);
         assert_eq!(
-            counters.snapshot(),
+            shared.counters.snapshot(),
             StoreStats {
                 commits: 2,
                 writes: 3,
@@ -419,7 +529,7 @@ mod tests {
     fn shared_tables_close_before_an_operation_opens_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("w.redb")).unwrap();
-        let counters = Counters::default();
+        let state = Shared::new();
         let shared = || {
             let (tx, rx) = oneshot::channel();
             let f = |batch: &mut Batch<'_>| batch.queue_tables().map(drop);
@@ -439,12 +549,16 @@ mod tests {
         let (ops, rxs): (Vec<_>, Vec<_>) = vec![shared(), own(), shared(), shared(), own()]
             .into_iter()
             .unzip();
-        process(&db, ops, &counters);
+        process(&db, ops, &state);
         for mut rx in rxs {
             rx.try_recv().unwrap().unwrap();
         }
-        assert_eq!(counters.snapshot().commits, 1, "one transaction, no replay");
-        assert_eq!(counters.snapshot().replayed_batches, 0);
+        assert_eq!(
+            state.counters.snapshot().commits,
+            1,
+            "one transaction, no replay"
+        );
+        assert_eq!(state.counters.snapshot().replayed_batches, 0);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use mdm_service::abm::AbmService;
 use mdm_service::accounts::setup::WebEnrollment;
-use mdm_service::ports::{AbmConnector, Store};
+use mdm_service::ports::{AbmConnector, EnrollmentBinding, Store};
 use mdm_service::{ConnectionScratch, DeviceReply, DeviceRequest, MdmService};
 
 use crate::respond::{self, device_error, with_body, Resp};
@@ -74,6 +74,18 @@ impl ConnectionScratch for Scratch<'_> {
                 .entry(enrollment_id.to_string())
                 .or_default()
                 .insert(command_uuid.to_string());
+        }
+    }
+    fn kept_binding(&self, enrollment_id: &str, version: u64) -> Option<EnrollmentBinding> {
+        self.0
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.kept_binding(enrollment_id, version).cloned())
+    }
+    fn keep_binding(&self, binding: &EnrollmentBinding, version: u64) {
+        if let Ok(mut s) = self.0.state.lock() {
+            s.keep_binding(binding, version);
         }
     }
 }

@@ -26,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use mdm_service::ports::EnrollmentBinding;
 use mdm_service::PeerCertificate;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -89,6 +90,31 @@ pub struct ConnState {
     /// Per enrollment id, the command UUIDs answered `NotNow` on this connection: Apple's
     /// protocol says such a command is not offered again until the device reconnects.
     pub not_now: HashMap<String, HashSet<String>>,
+    /// The enrollments this connection's requests were checked against, each with the
+    /// version it was read at (newest last, at most [`KEPT_BINDINGS`]).
+    pub bindings: Vec<(u64, EnrollmentBinding)>,
+}
+
+/// How many bindings a connection keeps: a device's channel and its users' channels.
+pub const KEPT_BINDINGS: usize = 4;
+
+impl ConnState {
+    /// The binding kept for `enrollment_id`, if it was read at `version`.
+    pub fn kept_binding(&self, enrollment_id: &str, version: u64) -> Option<&EnrollmentBinding> {
+        self.bindings
+            .iter()
+            .find(|(v, b)| *v == version && b.id == enrollment_id)
+            .map(|(_, b)| b)
+    }
+
+    /// Keeps `binding`, read at `version`, in place of any other kept for its enrollment.
+    pub fn keep_binding(&mut self, binding: &EnrollmentBinding, version: u64) {
+        self.bindings.retain(|(_, b)| b.id != binding.id);
+        if self.bindings.len() >= KEPT_BINDINGS {
+            self.bindings.remove(0);
+        }
+        self.bindings.push((version, binding.clone()));
+    }
 }
 
 /// Answers requests. Implemented by the routing layer.
@@ -555,5 +581,47 @@ async fn idle_expired(activity: &Activity, idle: Duration) {
             None => Instant::now() + idle,
         };
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mdm_service::ports::{Channel, EnrollmentState, Timestamp};
+
+    fn binding(id: &str) -> EnrollmentBinding {
+        EnrollmentBinding {
+            id: id.to_owned(),
+            device_id: id.split(':').next().unwrap_or(id).to_owned(),
+            channel: Channel::Device,
+            state: EnrollmentState::Enrolled,
+            identity_sha256: format!("identity-of-{id}"),
+            awaiting_configuration: false,
+            last_seen_at: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn a_kept_binding_is_found_only_at_its_version_and_few_are_kept() {
+        let mut state = ConnState::default();
+        state.keep_binding(&binding("D"), 7);
+        assert_eq!(state.kept_binding("D", 7), Some(&binding("D")));
+        assert_eq!(state.kept_binding("D", 8), None, "the record moved on");
+        assert_eq!(state.kept_binding("D:U", 7), None);
+
+        // Keeping it again replaces it.
+        state.keep_binding(&binding("D"), 8);
+        assert_eq!(state.kept_binding("D", 7), None);
+        assert_eq!(state.kept_binding("D", 8), Some(&binding("D")));
+
+        // The oldest goes first.
+        for i in 0..KEPT_BINDINGS {
+            state.keep_binding(&binding(&format!("D:U{i}")), 1);
+        }
+        assert_eq!(state.bindings.len(), KEPT_BINDINGS);
+        assert_eq!(state.kept_binding("D", 8), None);
+        assert!(state
+            .kept_binding(&format!("D:U{}", KEPT_BINDINGS - 1), 1)
+            .is_some());
     }
 }

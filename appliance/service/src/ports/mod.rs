@@ -560,6 +560,10 @@ pub trait EnrollmentStore: Send + Sync + 'static {
     fn enrollment(&self, id: &str) -> StoreResult<Option<EnrollmentRecord>>;
     /// The binding fields of an enrollment, as `enrollment` would return them.
     fn enrollment_binding(&self, id: &str) -> StoreResult<Option<EnrollmentBinding>>;
+    /// A number that moves, once the write is committed and before the writer is answered,
+    /// whenever enrollment `id`'s record is written. A binding read after this returned `v`
+    /// is current for as long as it still returns `v`. It may also move when nothing changed.
+    fn binding_version(&self, id: &str) -> u64;
     /// Enrollments in id order after `after`, at most `limit`.
     fn list_enrollments(
         &self,
