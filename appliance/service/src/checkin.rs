@@ -189,9 +189,6 @@ impl<S: Store> MdmService<S> {
         })
     }
 
-    /// The enrollment a request belongs to, if its identity matches the bound one. A device
-    /// whose identity was renewed by SCEP (RenewalReq signed with the bound certificate) is
-    /// moved to the new certificate on its first request with it.
     /// [`Self::bound_enrollment`] for a request on a connection that may have checked the
     /// same enrollment and identity before: the binding it kept is used while the enrollment's
     /// record has not been written since. Devices send their reports this way, several on
@@ -206,7 +203,7 @@ impl<S: Store> MdmService<S> {
         // here is then read again by the next request instead of being trusted.
         let version = self.store().binding_version(enrollment_id);
         if let Some(kept) = scratch.kept_binding(enrollment_id, version) {
-            // Only a binding that passed the checks below is kept, and the record has not
+            // Only a binding that passed `bound_enrollment`'s checks is kept, and the record has not
             // changed since; the identity may have (`Mdm-Signature` is per request).
             if kept.identity_sha256 == id.sha256 {
                 return Ok(kept);
@@ -217,6 +214,9 @@ impl<S: Store> MdmService<S> {
         Ok(rec)
     }
 
+    /// The enrollment a request belongs to, if its identity matches the bound one. A device
+    /// whose identity was renewed by SCEP (RenewalReq signed with the bound certificate) is
+    /// moved to the new certificate on its first request with it.
     async fn bound_enrollment(
         &self,
         enrollment_id: &str,

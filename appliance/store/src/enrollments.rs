@@ -5,7 +5,8 @@
 //! the only one that maintains the index.
 //!
 //! Records are written only through [`EnrollmentsMut`], which a write batch hands out
-//! ([`Batch::enrollments`]), so that every write moves the enrollment's binding version.
+//! ([`Batch::enrollments`]), so that every write moves the enrollment's binding version
+//! (resealing, which rewrites sealed tokens in place, moves them all instead).
 
 use mdm_service::ports::{
     AuthenticateRecord, Channel, EnrollmentBinding, EnrollmentRecord, EnrollmentState, PushFailure,

@@ -124,8 +124,9 @@ impl<'t> Batch<'t> {
         }
     }
 
-    /// The `enrollments` table, for writing. It is the only way a write changes an
-    /// enrollment record, so that the writer knows whose binding version to move.
+    /// The `enrollments` table, for writing. Every write of an enrollment record goes
+    /// through it, so that the writer knows whose binding version to move; the one exception,
+    /// resealing (which rewrites only the sealed tokens inside records), moves every version.
     pub(crate) fn enrollments(&mut self) -> StoreResult<EnrollmentsMut<'_, 't>> {
         EnrollmentsMut::open(self.txn, &mut self.enrollments_written)
     }
