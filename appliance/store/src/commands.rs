@@ -1,16 +1,18 @@
 //! The per-enrollment FIFO command queue, delivery history and pruning.
 //!
 //! A delivery (one command for one enrollment) gets a sequence number from one global counter
-//! when it is queued. While it is not final it has a `queue` entry; it always has a `history`
-//! entry (counted per enrollment in `history_count`); once final it has a `finished_by_age`
-//! entry and its report is kept in its own value. All of these are keyed by that sequence
-//! number, so FIFO order, newest-first listing and "oldest first" pruning are plain range
-//! scans.
+//! when it is queued. It lives in `enrollment_deliveries` under its enrollment: in the open
+//! part (keyed by seq, so the part is the FIFO queue) until it is final, then in the final part
+//! (keyed by `u64::MAX - seq`, newest first). `command_targets` finds it from its command;
+//! once final it has a `finished_by_age` entry and, with a report, a `reports` entry, both
+//! keyed by (finished at, seq). Every order the service needs is a plain range scan.
 //!
-//! Recording a result is the write devices make most, so it touches as few records as it can:
-//! the delivery (with the report), its queue entry, and one entry appended to the by-age index.
-//! Each table a write touches costs at least one page in the group commit it shares, and the
-//! per-enrollment pages are scattered by the devices' random ids.
+//! Recording a result is the write devices make most, so it touches as few pages as it can:
+//! each table a write touches costs at least one page in the group commit it shares, and
+//! per-enrollment pages are scattered by the devices' random ids. A result moves its delivery
+//! between the two parts, which neighbour each other in the enrollment's key range (the oldest
+//! open delivery and the newest final one), so it usually rewrites one scattered page; its
+//! report and its by-age entry are appended where the rest of the batch's are.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -24,71 +26,144 @@ use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use crate::codec::{colon_prefix_range, dangling, prefix_page, successor, BackendExt};
 use crate::enrollments::touch;
 use crate::records::{
-    decode_delivery, encode_delivery, get_json, put_json, StoredCommand, StoredDelivery,
+    decode_delivery, decode_v6_delivery, delivery_uuid, encode_delivery, get_json, put_json,
+    StoredCommand, StoredDelivery,
 };
 use crate::schema::{
-    open, open_read, CHALLENGES, CHALLENGE_EXPIRY, COMMANDS, COMMAND_PAYLOADS, DELIVERIES,
-    DELIVERY_RESULTS, ENROLLMENTS, FINISHED_BY_AGE, HISTORY, HISTORY_COUNT, META, NEXT_SEQ, QUEUE,
+    open, open_read, CHALLENGES, CHALLENGE_EXPIRY, COMMANDS, COMMAND_PAYLOADS, COMMAND_TARGETS,
+    DELIVERIES, DELIVERY_RESULTS, ENROLLMENTS, ENROLLMENT_DELIVERIES, FINAL, FINISHED_BY_AGE,
+    HISTORY_COUNT, META, NEXT_SEQ, OPEN, REPORTS,
 };
 use crate::writer::Batch;
 
-type StrU64Table<'t, V> = Table<'t, (&'static str, u64), V>;
+/// A key of `enrollment_deliveries`: (enrollment id, part, order).
+type ItemKey<'a> = (&'a str, u8, u64);
+
+/// Where a delivery that is not final is kept.
+fn open_key(enrollment_id: &str, seq: u64) -> ItemKey<'_> {
+    (enrollment_id, OPEN, seq)
+}
+
+/// Where a final delivery is kept: newest first.
+fn final_key(enrollment_id: &str, seq: u64) -> ItemKey<'_> {
+    (enrollment_id, FINAL, u64::MAX - seq)
+}
+
+/// The seq an `enrollment_deliveries` key stands for.
+fn key_seq((_, part, order): ItemKey<'_>) -> u64 {
+    if part == FINAL {
+        u64::MAX - order
+    } else {
+        order
+    }
+}
+
+/// The range of one part of an enrollment's deliveries.
+fn part_range(enrollment_id: &str, part: u8) -> std::ops::RangeInclusive<ItemKey<'_>> {
+    (enrollment_id, part, 0)..=(enrollment_id, part, u64::MAX)
+}
 
 /// The tables a delivery's state change touches, opened together once per operation.
 pub(crate) struct QueueTables<'t> {
-    queue: StrU64Table<'t, &'static str>,
-    deliveries: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    items: Table<'t, (&'static str, u8, u64), &'static [u8]>,
+    targets: Table<'t, (&'static str, &'static str), u64>,
     finished_by_age: Table<'t, (i64, u64), (&'static str, &'static str)>,
+    reports: Table<'t, (i64, u64), &'static [u8]>,
 }
 
 impl<'t> QueueTables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
         Ok(QueueTables {
-            queue: open(txn, QUEUE)?,
-            deliveries: open(txn, DELIVERIES)?,
+            items: open(txn, ENROLLMENT_DELIVERIES)?,
+            targets: open(txn, COMMAND_TARGETS)?,
             finished_by_age: open(txn, FINISHED_BY_AGE)?,
+            reports: open(txn, REPORTS)?,
         })
     }
 
-    /// The delivery's record, without its report.
-    fn delivery(&self, uuid: &str, enrollment_id: &str) -> StoreResult<Option<StoredDelivery>> {
-        let guard = self
-            .deliveries
-            .get((uuid, enrollment_id))
-            .backend("cannot read a delivery")?;
-        guard
-            .map(|g| decode_delivery(&DeliveryKey(uuid, enrollment_id), g.value()).map(|(d, _)| d))
-            .transpose()
-    }
-
-    /// Writes a delivery's record, with the device's report once it is final.
-    fn put_delivery(
-        &mut self,
+    /// The open delivery of `uuid` for `enrollment_id`, with its seq; `None` when there is
+    /// none or it is final.
+    fn open_delivery(
+        &self,
         uuid: &str,
         enrollment_id: &str,
+    ) -> StoreResult<Option<(u64, StoredDelivery)>> {
+        let what = "cannot read a delivery";
+        let Some(seq) = self
+            .targets
+            .get((uuid, enrollment_id))
+            .backend(what)?
+            .map(|g| g.value())
+        else {
+            return Ok(None);
+        };
+        let key = open_key(enrollment_id, seq);
+        let Some(guard) = self.items.get(key).backend(what)? else {
+            return Ok(None);
+        };
+        let shown = ItemKeyDisplay(key);
+        let (stored_uuid, delivery) = decode_delivery(&shown, guard.value())?;
+        if stored_uuid != uuid {
+            return Err(StoreError::Corrupt(format!(
+                "table `enrollment_deliveries`, key `{shown}`: holds command {stored_uuid}, \
+                 but `command_targets` points command {uuid} at it"
+            )));
+        }
+        Ok(Some((seq, delivery)))
+    }
+
+    /// Writes a delivery that is not final.
+    fn put_open(
+        &mut self,
+        enrollment_id: &str,
+        uuid: &str,
         delivery: &StoredDelivery,
-        report: Option<&[u8]>,
     ) -> StoreResult<()> {
-        let key = DeliveryKey(uuid, enrollment_id);
-        let bytes = encode_delivery(&key, delivery, report)?;
-        self.deliveries
-            .insert((uuid, enrollment_id), bytes.as_slice())
+        let key = open_key(enrollment_id, delivery.seq);
+        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, delivery)?;
+        self.items
+            .insert(key, bytes.as_slice())
             .backend("cannot write a delivery")?;
         Ok(())
     }
 
-    /// Indexes a delivery that just became final at `at`. The key grows with time, so the
-    /// entries of one commit share the index's last pages.
-    fn index_finished(
+    /// Moves a delivery that just became final (at `delivery.updated_at`) from the open part
+    /// to the final part, indexes it by age and keeps its report. The by-age and report keys
+    /// grow with time, so the entries of one commit share those tables' last pages.
+    fn finish(
         &mut self,
         enrollment_id: &str,
         uuid: &str,
-        seq: u64,
-        at: Timestamp,
+        delivery: &StoredDelivery,
+        report: Option<&[u8]>,
     ) -> StoreResult<()> {
+        let seq = delivery.seq;
+        let was_open = self
+            .items
+            .remove(open_key(enrollment_id, seq))
+            .backend("cannot dequeue a command")?
+            .is_some();
+        if !was_open {
+            return Err(dangling(
+                "command_targets",
+                &DeliveryKey(uuid, enrollment_id),
+                "open delivery",
+            ));
+        }
+        let key = final_key(enrollment_id, seq);
+        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, delivery)?;
+        self.items
+            .insert(key, bytes.as_slice())
+            .backend("cannot write a delivery")?;
+        let at = delivery.updated_at.0;
         self.finished_by_age
-            .insert((at.0, seq), (uuid, enrollment_id))
+            .insert((at, seq), (uuid, enrollment_id))
             .backend("cannot index a finished delivery")?;
+        if let Some(report) = report {
+            self.reports
+                .insert((at, seq), report)
+                .backend("cannot write a command result")?;
+        }
         Ok(())
     }
 
@@ -100,35 +175,32 @@ impl<'t> QueueTables<'t> {
         at: Timestamp,
     ) -> StoreResult<()> {
         let what = "cannot read the command queue";
-        let mut entries: Vec<(String, u64, String)> = Vec::new();
-        let mut collect = |range: redb::Range<'_, (&'static str, u64), &'static str>| {
+        let mut entries: Vec<(String, String, StoredDelivery)> = Vec::new();
+        let mut collect = |range: redb::Range<'_, (&'static str, u8, u64), &'static [u8]>| {
             for entry in range {
                 let (k, v) = entry.backend(what)?;
-                let (enrollment_id, seq) = k.value();
-                entries.push((enrollment_id.to_owned(), seq, v.value().to_owned()));
+                let key = k.value();
+                if key.1 != OPEN {
+                    continue;
+                }
+                let (uuid, delivery) = decode_delivery(&ItemKeyDisplay(key), v.value())?;
+                entries.push((key.0.to_owned(), uuid.to_owned(), delivery));
             }
             Ok::<(), StoreError>(())
         };
-        collect(self.queue.range((id, 0)..=(id, u64::MAX)).backend(what)?)?;
+        collect(self.items.range(part_range(id, OPEN)).backend(what)?)?;
         if user_channels {
             let (start, end) = colon_prefix_range(id);
             collect(
-                self.queue
-                    .range((start.as_str(), 0)..(end.as_str(), 0))
+                self.items
+                    .range((start.as_str(), OPEN, 0)..(end.as_str(), OPEN, 0))
                     .backend(what)?,
             )?;
         }
-        for (enrollment_id, seq, uuid) in entries {
-            self.queue
-                .remove((enrollment_id.as_str(), seq))
-                .backend("cannot dequeue a command")?;
-            let mut delivery = self
-                .delivery(&uuid, &enrollment_id)?
-                .ok_or_else(|| dangling("queue", &QueueKey(&enrollment_id, seq), "delivery"))?;
+        for (enrollment_id, uuid, mut delivery) in entries {
             delivery.status = DeliveryStatus::Canceled;
             delivery.updated_at = at;
-            self.put_delivery(&uuid, &enrollment_id, &delivery, None)?;
-            self.index_finished(&enrollment_id, &uuid, seq, at)?;
+            self.finish(&enrollment_id, &uuid, &delivery, None)?;
         }
         Ok(())
     }
@@ -143,12 +215,13 @@ impl std::fmt::Display for DeliveryKey<'_> {
     }
 }
 
-/// Displays an `(enrollment id, seq)` key in error messages.
-struct QueueKey<'a>(&'a str, u64);
+/// Displays an `enrollment_deliveries` key in error messages: the enrollment and the seq.
+struct ItemKeyDisplay<'a>(ItemKey<'a>);
 
-impl std::fmt::Display for QueueKey<'_> {
+impl std::fmt::Display for ItemKeyDisplay<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} #{}", self.0, self.1)
+        let part = if self.0 .1 == FINAL { "final" } else { "open" };
+        write!(f, "{} {part} #{}", self.0 .0, key_seq(self.0))
     }
 }
 
@@ -214,17 +287,12 @@ pub(crate) fn enqueue(
     let n = u64::try_from(outcome.queued.len()).unwrap_or(u64::MAX);
     let first = allocate_seq(txn, n)?;
     let mut tables = QueueTables::open(txn)?;
-    let mut history = open(txn, HISTORY)?;
     let mut history_count = open(txn, HISTORY_COUNT)?;
     for (seq, target) in (first..).zip(&outcome.queued) {
-        let key = (target.as_str(), seq);
         tables
-            .queue
-            .insert(key, cmd.uuid.as_str())
+            .targets
+            .insert((cmd.uuid.as_str(), target.as_str()), seq)
             .backend("cannot queue a command")?;
-        history
-            .insert(key, cmd.uuid.as_str())
-            .backend("cannot write command history")?;
         add_history_count(&mut history_count, target, 1)?;
         let delivery = StoredDelivery {
             request_type: cmd.request_type.clone(),
@@ -234,7 +302,7 @@ pub(crate) fn enqueue(
             updated_at: cmd.created_at,
             error_chain_json: None,
         };
-        tables.put_delivery(&cmd.uuid, target, &delivery, None)?;
+        tables.put_open(target, &cmd.uuid, &delivery)?;
     }
     Ok(outcome)
 }
@@ -265,7 +333,7 @@ pub(crate) fn backfill_history_count(txn: &WriteTransaction) -> StoreResult<()> 
     let what = "cannot count command history";
     let mut counts: Vec<(String, u64)> = Vec::new();
     {
-        let history = open(txn, HISTORY)?;
+        let history = open(txn, crate::schema::HISTORY)?;
         for entry in history.iter().backend(what)? {
             let (k, _) = entry.backend(what)?;
             let (enrollment_id, _) = k.value();
@@ -282,6 +350,50 @@ pub(crate) fn backfill_history_count(txn: &WriteTransaction) -> StoreResult<()> 
     Ok(())
 }
 
+/// Moves every delivery of `deliveries` (schema version 6) to `enrollment_deliveries` and
+/// `command_targets`, and every report (kept in the delivery's value, or before version 6 in
+/// `delivery_results`) to `reports` (schema version 7). The queue and history entries are
+/// implied by each delivery's status and seq; `finished_by_age` and `history_count` keep.
+pub(crate) fn split_deliveries(txn: &WriteTransaction) -> StoreResult<()> {
+    let what = "cannot read deliveries";
+    let deliveries = open(txn, DELIVERIES)?;
+    let legacy = open(txn, DELIVERY_RESULTS)?;
+    let mut tables = QueueTables::open(txn)?;
+    for entry in deliveries.iter().backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let (uuid, enrollment_id) = k.value();
+        let (delivery, report) = decode_v6_delivery(&DeliveryKey(uuid, enrollment_id), v.value())?;
+        tables
+            .targets
+            .insert((uuid, enrollment_id), delivery.seq)
+            .backend("cannot index a delivery")?;
+        if !delivery.status.is_final() {
+            tables.put_open(enrollment_id, uuid, &delivery)?;
+            continue;
+        }
+        let key = final_key(enrollment_id, delivery.seq);
+        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, &delivery)?;
+        tables
+            .items
+            .insert(key, bytes.as_slice())
+            .backend("cannot write a delivery")?;
+        let report = match report {
+            Some(report) => Some(report.to_vec()),
+            None => legacy
+                .get((uuid, enrollment_id))
+                .backend("cannot read a command result")?
+                .map(|g| g.value().to_vec()),
+        };
+        if let Some(report) = report {
+            tables
+                .reports
+                .insert((delivery.updated_at.0, delivery.seq), report.as_slice())
+                .backend("cannot write a command result")?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn record_result(
     batch: &mut Batch<'_>,
     enrollment_id: &str,
@@ -292,34 +404,20 @@ pub(crate) fn record_result(
     }
     let tables = batch.queue_tables()?;
     let uuid = result.uuid.as_str();
-    let Some(mut delivery) = tables.delivery(uuid, enrollment_id)? else {
+    // A delivery that is final (or gone) has no open entry: a second report is unknown.
+    let Some((_, mut delivery)) = tables.open_delivery(uuid, enrollment_id)? else {
         return Ok(ResultOutcome::UnknownCommand);
     };
-    if delivery.status.is_final() {
-        return Ok(ResultOutcome::UnknownCommand);
-    }
     delivery.status = result.status;
     delivery.updated_at = result.at;
     if result.status.is_final() {
-        let was_queued = tables
-            .queue
-            .remove((enrollment_id, delivery.seq))
-            .backend("cannot dequeue a command")?
-            .is_some();
-        if !was_queued {
-            return Err(dangling(
-                "deliveries",
-                &DeliveryKey(uuid, enrollment_id),
-                "queue entry",
-            ));
-        }
         delivery
             .error_chain_json
             .clone_from(&result.error_chain_json);
-        tables.index_finished(enrollment_id, uuid, delivery.seq, result.at)?;
+        tables.finish(enrollment_id, uuid, &delivery, Some(result.raw.as_slice()))?;
+    } else {
+        tables.put_open(enrollment_id, uuid, &delivery)?;
     }
-    let report = result.status.is_final().then_some(result.raw.as_slice());
-    tables.put_delivery(uuid, enrollment_id, &delivery, report)?;
     Ok(ResultOutcome::Recorded {
         request_type: delivery.request_type,
     })
@@ -330,23 +428,22 @@ pub(crate) fn next_command(
     enrollment_id: &str,
     skip: &HashSet<String>,
 ) -> StoreResult<Option<QueuedCommand>> {
-    let queue = open_read(rtx, QUEUE)?;
+    let items = open_read(rtx, ENROLLMENT_DELIVERIES)?;
     let what = "cannot read the command queue";
     let mut found = None;
-    for entry in queue
-        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
-        .backend(what)?
-    {
-        let (_, v) = entry.backend(what)?;
-        if !skip.contains(v.value()) {
-            found = Some(v.value().to_owned());
+    for entry in items.range(part_range(enrollment_id, OPEN)).backend(what)? {
+        let (k, v) = entry.backend(what)?;
+        let (uuid, _) = delivery_uuid(&ItemKeyDisplay(k.value()), v.value())?;
+        if !skip.contains(uuid) {
+            found = Some(uuid.to_owned());
             break;
         }
     }
     let Some(uuid) = found else {
         return Ok(None);
     };
-    let record = command(rtx, &uuid)?.ok_or_else(|| dangling("queue", &uuid, "command"))?;
+    let record =
+        command(rtx, &uuid)?.ok_or_else(|| dangling("enrollment_deliveries", &uuid, "command"))?;
     Ok(Some(QueuedCommand {
         uuid: record.uuid,
         request_type: record.request_type,
@@ -374,24 +471,58 @@ pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<C
     }))
 }
 
-/// Turns a stored delivery value into the port record with its final report, if any: the one
-/// kept in the value, else (recorded before schema version 6) the one in `delivery_results`.
-fn delivery_record(
-    results: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    uuid: &str,
-    enrollment_id: &str,
-    value: &[u8],
-) -> StoreResult<DeliveryRecord> {
-    let (stored, report) = decode_delivery(&DeliveryKey(uuid, enrollment_id), value)?;
-    let result = match report {
-        Some(report) => Some(report.to_vec()),
-        None if stored.status.is_final() => results
-            .get((uuid, enrollment_id))
-            .backend("cannot read a command result")?
-            .map(|g| g.value().to_vec()),
-        None => None,
-    };
-    Ok(stored.into_record(uuid, enrollment_id, result))
+/// The read side of the delivery tables, for listings.
+struct DeliveryReader {
+    items: redb::ReadOnlyTable<(&'static str, u8, u64), &'static [u8]>,
+    reports: redb::ReadOnlyTable<(i64, u64), &'static [u8]>,
+}
+
+impl DeliveryReader {
+    fn open(rtx: &ReadTransaction) -> StoreResult<Self> {
+        Ok(DeliveryReader {
+            items: open_read(rtx, ENROLLMENT_DELIVERIES)?,
+            reports: open_read(rtx, REPORTS)?,
+        })
+    }
+
+    /// The delivery with this seq, open or final: its command UUID and record.
+    fn get(
+        &self,
+        uuid: &str,
+        enrollment_id: &str,
+        seq: u64,
+    ) -> StoreResult<(String, StoredDelivery)> {
+        let what = "cannot read a delivery";
+        for key in [open_key(enrollment_id, seq), final_key(enrollment_id, seq)] {
+            if let Some(guard) = self.items.get(key).backend(what)? {
+                let (uuid, delivery) = decode_delivery(&ItemKeyDisplay(key), guard.value())?;
+                return Ok((uuid.to_owned(), delivery));
+            }
+        }
+        Err(dangling(
+            "command_targets",
+            &DeliveryKey(uuid, enrollment_id),
+            "delivery",
+        ))
+    }
+
+    /// The port record of a stored delivery, with its report once final.
+    fn record(
+        &self,
+        uuid: &str,
+        enrollment_id: &str,
+        delivery: StoredDelivery,
+    ) -> StoreResult<DeliveryRecord> {
+        let result = if delivery.status.is_final() {
+            self.reports
+                .get((delivery.updated_at.0, delivery.seq))
+                .backend("cannot read a command result")?
+                .map(|g| g.value().to_vec())
+        } else {
+            None
+        };
+        Ok(delivery.into_record(uuid, enrollment_id, result))
+    }
 }
 
 pub(crate) fn deliveries(
@@ -400,19 +531,20 @@ pub(crate) fn deliveries(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<DeliveryRecord>> {
-    let table = open_read(rtx, DELIVERIES)?;
-    let results = open_read(rtx, DELIVERY_RESULTS)?;
+    let targets = open_read(rtx, COMMAND_TARGETS)?;
+    let reader = DeliveryReader::open(rtx)?;
     let end = successor(uuid);
     let what = "cannot read deliveries";
     let mut out = Vec::new();
-    for entry in table
+    for entry in targets
         .range::<(&str, &str)>(prefix_page(uuid, after, &end))
         .backend(what)?
         .take(limit)
     {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
-        out.push(delivery_record(&results, uuid, enrollment_id, v.value())?);
+        let (_, delivery) = reader.get(uuid, enrollment_id, v.value())?;
+        out.push(reader.record(uuid, enrollment_id, delivery)?);
     }
     Ok(out)
 }
@@ -422,14 +554,18 @@ pub(crate) fn delivery_counts(
     rtx: &ReadTransaction,
     uuid: &str,
 ) -> StoreResult<Vec<(DeliveryStatus, u64)>> {
-    let table = open_read(rtx, DELIVERIES)?;
+    let targets = open_read(rtx, COMMAND_TARGETS)?;
+    let reader = DeliveryReader::open(rtx)?;
     let end = successor(uuid);
     let what = "cannot count deliveries";
     let mut counts: Vec<(DeliveryStatus, u64)> = Vec::new();
-    for entry in table.range((uuid, "")..(end.as_str(), "")).backend(what)? {
+    for entry in targets
+        .range((uuid, "")..(end.as_str(), ""))
+        .backend(what)?
+    {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
-        let (delivery, _) = decode_delivery(&DeliveryKey(uuid, enrollment_id), v.value())?;
+        let (_, delivery) = reader.get(uuid, enrollment_id, v.value())?;
         match counts.iter_mut().find(|(s, _)| *s == delivery.status) {
             Some((_, n)) => *n += 1,
             None => counts.push((delivery.status, 1)),
@@ -438,73 +574,101 @@ pub(crate) fn delivery_counts(
     Ok(counts)
 }
 
+/// An enrollment's deliveries, newest first: its open ones (newest last in their part) and
+/// its final ones (newest first in theirs), merged by seq.
 pub(crate) fn enrollment_deliveries(
     rtx: &ReadTransaction,
     enrollment_id: &str,
     limit: usize,
 ) -> StoreResult<Vec<DeliveryRecord>> {
-    let history = open_read(rtx, HISTORY)?;
-    let table = open_read(rtx, DELIVERIES)?;
-    let results = open_read(rtx, DELIVERY_RESULTS)?;
+    let reader = DeliveryReader::open(rtx)?;
     let what = "cannot read command history";
-    let mut out = Vec::new();
-    for entry in history
-        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+    let decode = |entry: Result<
+        (
+            redb::AccessGuard<'_, ItemKey<'static>>,
+            redb::AccessGuard<'_, &'static [u8]>,
+        ),
+        redb::StorageError,
+    >| {
+        let (k, v) = entry.backend(what)?;
+        let key = k.value();
+        let (uuid, delivery) = decode_delivery(&ItemKeyDisplay(key), v.value())?;
+        Ok::<_, StoreError>((uuid.to_owned(), delivery))
+    };
+    let mut open_part = reader
+        .items
+        .range(part_range(enrollment_id, OPEN))
         .backend(what)?
         .rev()
-        .take(limit)
-    {
-        let (k, v) = entry.backend(what)?;
-        let uuid = v.value();
-        let guard = table
-            .get((uuid, enrollment_id))
-            .backend(what)?
-            .ok_or_else(|| {
-                dangling("history", &QueueKey(enrollment_id, k.value().1), "delivery")
-            })?;
-        out.push(delivery_record(
-            &results,
-            uuid,
-            enrollment_id,
-            guard.value(),
-        )?);
+        .map(decode)
+        .peekable();
+    let mut final_part = reader
+        .items
+        .range(part_range(enrollment_id, FINAL))
+        .backend(what)?
+        .map(decode)
+        .peekable();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let take_open = match (open_part.peek(), final_part.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(Ok((_, o))), Some(Ok((_, f)))) => o.seq > f.seq,
+            (Some(Err(_)), _) => true,
+            (_, Some(Err(_))) => false,
+        };
+        let next = if take_open {
+            open_part.next()
+        } else {
+            final_part.next()
+        };
+        let Some(next) = next else { break };
+        let (uuid, delivery) = next?;
+        out.push(reader.record(&uuid, enrollment_id, delivery)?);
     }
     Ok(out)
 }
 
-/// Distinct enrollment ids in the queue, skipping over each one's entries.
+/// Distinct enrollment ids with a delivery that is not final, skipping over each enrollment's
+/// deliveries.
 pub(crate) fn enrollments_with_queued(
     rtx: &ReadTransaction,
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<String>> {
-    let queue = open_read(rtx, QUEUE)?;
+    let items = open_read(rtx, ENROLLMENT_DELIVERIES)?;
     let what = "cannot read the command queue";
     let mut out = Vec::new();
     // The smallest key after every entry of `after`.
     let mut from = after.map(successor);
     while out.len() < limit {
         let next = match &from {
-            Some(start) => queue.range((start.as_str(), 0)..).backend(what)?.next(),
-            None => queue.iter().backend(what)?.next(),
+            Some(start) => items
+                .range((start.as_str(), OPEN, 0)..)
+                .backend(what)?
+                .next(),
+            None => items.iter().backend(what)?.next(),
         };
         let Some(entry) = next else { break };
         let (k, _) = entry.backend(what)?;
-        let id = k.value().0.to_owned();
+        let (id, part, _) = k.value();
+        let id = id.to_owned();
         from = Some(successor(&id));
-        out.push(id);
+        // An enrollment's open part comes first: a first entry in the final part means
+        // nothing is queued.
+        if part == OPEN {
+            out.push(id);
+        }
     }
     Ok(out)
 }
 
 pub(crate) fn queued_count(rtx: &ReadTransaction, enrollment_id: &str) -> StoreResult<u64> {
-    let queue = open_read(rtx, QUEUE)?;
+    let items = open_read(rtx, ENROLLMENT_DELIVERIES)?;
     let what = "cannot read the command queue";
     let mut n = 0u64;
-    for entry in queue
-        .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
-        .backend(what)?
-    {
+    for entry in items.range(part_range(enrollment_id, OPEN)).backend(what)? {
         entry.backend(what)?;
         n += 1;
     }
@@ -563,11 +727,10 @@ pub(crate) fn plan_prune(
 
     // An enrollment has more finished deliveries than it may keep only if its history (queued
     // and finished) is longer than that; for those, finished = history - queued, and the
-    // oldest finished ones are found by walking the history from its start.
+    // oldest finished ones are the last of its final part.
     let max_kept = u64::try_from(policy.max_finished_per_enrollment).unwrap_or(u64::MAX);
     let counts = open_read(rtx, HISTORY_COUNT)?;
-    let history = open_read(rtx, HISTORY)?;
-    let deliveries = open_read(rtx, DELIVERIES)?;
+    let items = open_read(rtx, ENROLLMENT_DELIVERIES)?;
     for entry in counts.iter().backend(what)? {
         let (k, v) = entry.backend(what)?;
         let enrollment_id = k.value();
@@ -584,30 +747,25 @@ pub(crate) fn plan_prune(
             .saturating_sub(queued)
             .saturating_sub(max_kept)
             .saturating_sub(already);
-        for kept in history
-            .range((enrollment_id, 0)..=(enrollment_id, u64::MAX))
+        for kept in items
+            .range(part_range(enrollment_id, FINAL))
             .backend(what)?
+            .rev()
         {
             if excess == 0 {
                 break;
             }
-            let (hk, hv) = kept.backend(what)?;
-            let (_, seq) = hk.value();
+            let (ik, iv) = kept.backend(what)?;
+            let key = ik.value();
+            let seq = key_seq(key);
             if chosen.contains(&seq) {
-                continue;
-            }
-            let uuid = hv.value();
-            let Some(value) = deliveries.get((uuid, enrollment_id)).backend(what)? else {
-                continue;
-            };
-            let (delivery, _) = decode_delivery(&DeliveryKey(uuid, enrollment_id), value.value())?;
-            if !delivery.status.is_final() {
                 continue;
             }
             if plan.full(limit) {
                 plan.more = true;
                 return Ok(plan);
             }
+            let (uuid, _) = delivery_uuid(&ItemKeyDisplay(key), iv.value())?;
             plan.deliveries
                 .push((uuid.to_owned(), enrollment_id.to_owned(), seq));
             excess -= 1;
@@ -647,28 +805,29 @@ pub(crate) fn apply_prune(
     let mut touched_commands = BTreeSet::new();
     {
         let mut tables = QueueTables::open(txn)?;
-        let mut results = open(txn, DELIVERY_RESULTS)?;
-        let mut history = open(txn, HISTORY)?;
         let mut history_count = open(txn, HISTORY_COUNT)?;
         let what = "cannot delete a finished delivery";
         for (uuid, enrollment_id, seq) in &plan.deliveries {
-            let Some(delivery) = tables.delivery(uuid, enrollment_id)? else {
-                continue;
+            let key = final_key(enrollment_id, *seq);
+            let delivery = {
+                let Some(guard) = tables.items.get(key).backend(what)? else {
+                    continue;
+                };
+                let (stored_uuid, delivery) = decode_delivery(&ItemKeyDisplay(key), guard.value())?;
+                if stored_uuid != uuid {
+                    continue;
+                }
+                delivery
             };
-            if delivery.seq != *seq || !delivery.status.is_final() {
-                continue;
-            }
-            let key = (uuid.as_str(), enrollment_id.as_str());
-            let index_key = (enrollment_id.as_str(), *seq);
-            tables.deliveries.remove(key).backend(what)?;
-            results.remove(key).backend(what)?;
-            if history.remove(index_key).backend(what)?.is_some() {
-                add_history_count(&mut history_count, enrollment_id, -1)?;
-            }
+            tables.items.remove(key).backend(what)?;
             tables
-                .finished_by_age
-                .remove((delivery.updated_at.0, *seq))
+                .targets
+                .remove((uuid.as_str(), enrollment_id.as_str()))
                 .backend(what)?;
+            add_history_count(&mut history_count, enrollment_id, -1)?;
+            let at = (delivery.updated_at.0, *seq);
+            tables.finished_by_age.remove(at).backend(what)?;
+            tables.reports.remove(at).backend(what)?;
             stats.deliveries_removed += 1;
             touched_commands.insert(uuid.as_str());
         }
@@ -678,7 +837,7 @@ pub(crate) fn apply_prune(
         for uuid in touched_commands {
             let end = successor(uuid);
             let remaining = tables
-                .deliveries
+                .targets
                 .range((uuid, "")..(end.as_str(), ""))
                 .backend(what)?
                 .next()

@@ -1,13 +1,13 @@
 //! Stored shapes that differ from the port types, and the JSON helpers for `&str`-keyed tables.
 //!
 //! Commands are stored without their byte payloads (those sit raw in their own table: JSON would
-//! spell each byte as a decimal number). A delivery carries the sequence number that locates
-//! its queue, history and finished-index entries, and once final its report follows the JSON
-//! raw (see [`encode_delivery`]).
+//! spell each byte as a decimal number). A delivery carries the sequence number that keys it
+//! and its finished-index entry, behind its command's UUID (see [`encode_delivery`]); a final
+//! report sits raw in `reports`.
 
 use std::ops::Bound;
 
-use mdm_service::ports::{DeliveryRecord, DeliveryStatus, StoreResult, Timestamp};
+use mdm_service::ports::{DeliveryRecord, DeliveryStatus, StoreError, StoreResult, Timestamp};
 use redb::{ReadableTable, Table, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,14 +25,14 @@ pub(crate) struct StoredCommand {
     pub sealed: bool,
 }
 
-/// One command's state for one enrollment; a final report follows it in the same value (or,
-/// for reports recorded before schema version 6, is in `delivery_results`).
+/// One command's state for one enrollment. Its final report, if any, is in `reports` under the
+/// same key as its finished-index entry: (`updated_at`, `seq`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoredDelivery {
     pub request_type: String,
     pub status: DeliveryStatus,
-    /// Allocated at enqueue from the global counter; keys the queue, history and finished
-    /// index entries of this delivery.
+    /// Allocated at enqueue from the global counter; keys this delivery in
+    /// `enrollment_deliveries`, `command_targets`, `finished_by_age` and `reports`.
     pub seq: u64,
     pub queued_at: Timestamp,
     /// For a final status: when it became final (the finished-by-age index key).
@@ -61,34 +61,64 @@ impl StoredDelivery {
     }
 }
 
-/// Separates a delivery's JSON from the report that follows it. JSON text never contains a NUL
-/// byte (serde_json escapes control characters), so the first NUL ends the record.
-const REPORT_SEPARATOR: u8 = 0;
+/// Ends the command UUID at the start of a stored delivery, and (schema version 6) a
+/// delivery's JSON before its report. Neither a UUID nor JSON text contains a NUL byte
+/// (serde_json escapes control characters), so the first NUL is the separator.
+const SEPARATOR: u8 = 0;
 
-/// A delivery's stored value: its JSON, then for a final delivery a NUL byte and the device's
-/// report exactly as sent. Keeping the report in the delivery's own value means recording a
-/// result rewrites one record instead of two in different tables, which halves the pages a
-/// result dirties in the commit it shares with its neighbours.
+/// A delivery's value in `enrollment_deliveries`: its command's UUID, a NUL byte, then its
+/// JSON. The UUID comes first and raw so that walking an enrollment's queue reads which
+/// command each entry is without decoding the JSON.
 pub(crate) fn encode_delivery(
     key: &dyn std::fmt::Display,
+    uuid: &str,
     delivery: &StoredDelivery,
-    report: Option<&[u8]>,
 ) -> StoreResult<Vec<u8>> {
-    let mut bytes = encode("deliveries", key, delivery)?;
-    if let Some(report) = report {
-        bytes.reserve(1 + report.len());
-        bytes.push(REPORT_SEPARATOR);
-        bytes.extend_from_slice(report);
-    }
+    let json = encode("enrollment_deliveries", key, delivery)?;
+    let mut bytes = Vec::with_capacity(uuid.len() + 1 + json.len());
+    bytes.extend_from_slice(uuid.as_bytes());
+    bytes.push(SEPARATOR);
+    bytes.extend_from_slice(&json);
     Ok(bytes)
 }
 
-/// Splits a stored delivery value into its record and the report kept with it, if any.
+/// The command UUID at the start of a stored delivery, and the JSON after it.
+pub(crate) fn delivery_uuid<'v>(
+    key: &dyn std::fmt::Display,
+    bytes: &'v [u8],
+) -> StoreResult<(&'v str, &'v [u8])> {
+    let at = bytes
+        .iter()
+        .position(|b| *b == SEPARATOR)
+        .ok_or_else(|| corrupt_delivery(key, "no command UUID"))?;
+    let uuid = std::str::from_utf8(&bytes[..at])
+        .map_err(|_| corrupt_delivery(key, "a command UUID that is not UTF-8"))?;
+    Ok((uuid, &bytes[at + 1..]))
+}
+
+/// Decodes a stored delivery into its command UUID and record.
 pub(crate) fn decode_delivery<'v>(
     key: &dyn std::fmt::Display,
     bytes: &'v [u8],
+) -> StoreResult<(&'v str, StoredDelivery)> {
+    let (uuid, json) = delivery_uuid(key, bytes)?;
+    Ok((uuid, decode("enrollment_deliveries", key, json)?))
+}
+
+fn corrupt_delivery(key: &dyn std::fmt::Display, what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "table `enrollment_deliveries`, key `{key}`: the value has {what}"
+    ))
+}
+
+/// Splits a delivery value of schema version 6 (`deliveries`: JSON, then for a final delivery
+/// a NUL byte and the device's report) into its record and report. Read by the migration to
+/// version 7 only.
+pub(crate) fn decode_v6_delivery<'v>(
+    key: &dyn std::fmt::Display,
+    bytes: &'v [u8],
 ) -> StoreResult<(StoredDelivery, Option<&'v [u8]>)> {
-    let (json, report) = match bytes.iter().position(|b| *b == REPORT_SEPARATOR) {
+    let (json, report) = match bytes.iter().position(|b| *b == SEPARATOR) {
         Some(at) => (&bytes[..at], Some(&bytes[at + 1..])),
         None => (bytes, None),
     };

@@ -60,9 +60,9 @@ impl RedbStore {
             .await?;
         self.reseal_table(schema::COMMAND_PAYLOADS, &rewrap, &mut report)
             .await?;
-        self.reseal_table(schema::DELIVERIES, &rewrap, &mut report)
+        self.reseal_table(schema::ENROLLMENT_DELIVERIES, &rewrap, &mut report)
             .await?;
-        self.reseal_table(schema::DELIVERY_RESULTS, &rewrap, &mut report)
+        self.reseal_table(schema::REPORTS, &rewrap, &mut report)
             .await?;
         self.reseal_table(schema::CHALLENGES, &rewrap, &mut report)
             .await?;
@@ -292,8 +292,8 @@ mod tests {
             "enrollments",
             "commands",
             "command_payloads",
-            "deliveries",
-            "delivery_results",
+            "enrollment_deliveries",
+            "reports",
             "challenges",
             "issued_certs",
             "links",
@@ -313,8 +313,7 @@ mod tests {
         ];
         const NO_BYTES: &[&str] = &[
             "meta",
-            "queue",
-            "history",
+            "command_targets",
             "finished_by_age",
             "history_count",
             "challenge_expiry",

@@ -28,18 +28,40 @@ pub(crate) const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// Command uuid → the command plist as it will be sent.
 pub(crate) const COMMAND_PAYLOADS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("command_payloads");
-/// (command uuid, enrollment id) → `StoredDelivery` (JSON), followed once the delivery is
-/// final by a NUL byte and the device's report (`records::encode_delivery`).
+/// (enrollment id, part, order) → the command's UUID, a NUL byte and `StoredDelivery` (JSON)
+/// (`records::encode_delivery`): every delivery of an enrollment, in two parts. Part
+/// [`OPEN`] holds the deliveries that are not final, ordered by seq: the enrollment's FIFO
+/// queue. Part [`FINAL`] holds the final ones, ordered by `u64::MAX - seq`: newest first. A
+/// result moves its delivery from the front of the one part to the front of the other, which
+/// are neighbours in the key order, so it usually rewrites one page of this table (schema
+/// version 7).
+pub(crate) const ENROLLMENT_DELIVERIES: TableDefinition<(&str, u8, u64), &[u8]> =
+    TableDefinition::new("enrollment_deliveries");
+/// The part of [`ENROLLMENT_DELIVERIES`] with the deliveries that are not final.
+pub(crate) const OPEN: u8 = 0;
+/// The part of [`ENROLLMENT_DELIVERIES`] with the final deliveries.
+pub(crate) const FINAL: u8 = 1;
+/// (command uuid, enrollment id) → seq: the deliveries of each command. Written when a
+/// command is queued and when retention deletes, never when a result arrives (version 7).
+pub(crate) const COMMAND_TARGETS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("command_targets");
+/// (finished at ms, seq) → the device's final report, exactly as sent. The key grows with
+/// time, so the reports of one group commit share the table's last pages (version 7).
+pub(crate) const REPORTS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("reports");
+/// Until schema version 6: (command uuid, enrollment id) → `StoredDelivery` (JSON), followed
+/// once the delivery was final by a NUL byte and the device's report. Version 7 splits it into
+/// [`ENROLLMENT_DELIVERIES`], [`COMMAND_TARGETS`] and [`REPORTS`].
 pub(crate) const DELIVERIES: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("deliveries");
-/// (command uuid, enrollment id) → the device's final report plist, for reports recorded
-/// before schema version 6 (later ones are kept in the delivery's own value). Read as a
-/// fallback and emptied by retention; nothing new is written here.
+/// Until schema version 6: (command uuid, enrollment id) → a final report recorded before
+/// version 6. Version 7 moves them to [`REPORTS`].
 pub(crate) const DELIVERY_RESULTS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("delivery_results");
-/// (enrollment id, seq) → command uuid, for deliveries that are not final: the FIFO queue.
+/// Until schema version 6: (enrollment id, seq) → command uuid, for deliveries that were not
+/// final. Part [`OPEN`] of [`ENROLLMENT_DELIVERIES`] since version 7.
 pub(crate) const QUEUE: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue");
-/// (enrollment id, seq) → command uuid, for every delivery: the enrollment's history.
+/// Until schema version 6: (enrollment id, seq) → command uuid, for every delivery.
+/// [`ENROLLMENT_DELIVERIES`] lists an enrollment's deliveries since version 7.
 pub(crate) const HISTORY: TableDefinition<(&str, u64), &str> = TableDefinition::new("history");
 /// (finished at ms, seq) → (command uuid, enrollment id): finished deliveries by age.
 pub(crate) const FINISHED_BY_AGE: TableDefinition<(i64, u64), (&str, &str)> =
@@ -52,7 +74,8 @@ pub(crate) const FINISHED_BY_ENROLLMENT: TableDefinition<(&str, u64), (i64, &str
 /// Until schema version 5: enrollment id → its number of [`FINISHED_BY_ENROLLMENT`] entries.
 pub(crate) const FINISHED_COUNT: TableDefinition<&str, u64> =
     TableDefinition::new("finished_count");
-/// Enrollment id → how many [`HISTORY`] entries it has (deliveries kept, queued or final).
+/// Enrollment id → how many deliveries it has, queued or final (until version 7, how many
+/// [`HISTORY`] entries).
 /// Written when commands are queued and when retention deletes, never when a result arrives;
 /// lets pruning find the enrollments that may be over their limit without counting ranges.
 pub(crate) const HISTORY_COUNT: TableDefinition<&str, u64> = TableDefinition::new("history_count");
@@ -146,7 +169,7 @@ pub(crate) type Migration = fn(&WriteTransaction) -> StoreResult<()>;
 /// Every migration this binary knows, in order. Index 0 creates the initial layout (version 1)
 /// in an empty file. Never edit a released step: append a new one.
 pub(crate) const MIGRATIONS: &[Migration] = &[
-    create_v1, create_v2, create_v3, create_v4, create_v5, create_v6,
+    create_v1, create_v2, create_v3, create_v4, create_v5, create_v6, create_v7,
 ];
 
 /// The schema version this binary writes.
@@ -231,6 +254,25 @@ fn create_v6(txn: &WriteTransaction) -> StoreResult<()> {
         .backend("cannot drop table `finished_by_enrollment`")?;
     txn.delete_table(FINISHED_COUNT)
         .backend("cannot drop table `finished_count`")?;
+    Ok(())
+}
+
+/// Version 7: an enrollment's deliveries, queued and final, in one table; the deliveries of a
+/// command in an index written only when they are queued and deleted; reports in a table of
+/// their own ordered by when they arrived. The queue, history and delivery tables go.
+fn create_v7(txn: &WriteTransaction) -> StoreResult<()> {
+    crate::commands::split_deliveries(txn)?;
+    for (def, name) in [
+        (DELIVERIES, "deliveries"),
+        (DELIVERY_RESULTS, "delivery_results"),
+    ] {
+        txn.delete_table(def)
+            .backend_with(|| format!("cannot drop table `{name}`"))?;
+    }
+    for (def, name) in [(QUEUE, "queue"), (HISTORY, "history")] {
+        txn.delete_table(def)
+            .backend_with(|| format!("cannot drop table `{name}`"))?;
+    }
     Ok(())
 }
 
@@ -337,6 +379,7 @@ mod tests {
     };
     use redb::{ReadableDatabase, ReadableTableMetadata};
     use serde::{Deserialize, Serialize};
+    use std::collections::HashSet;
 
     /// What a v2 of this store could look like: every setting gains a companion
     /// `<key>.len` entry. Real future migrations follow the same shape.
@@ -503,16 +546,53 @@ mod tests {
     }
 
     /// A version-5 file, whose reports sit in `delivery_results` and whose finished deliveries
-    /// are indexed per enrollment: after the move to version 6 the reports still read, the
-    /// history is counted, the two per-enrollment tables are gone, and retention by count
-    /// deletes the oldest finished delivery with its old-style report.
+    /// are indexed per enrollment, taken to version 6 (which gains a delivery with its report
+    /// in its own value, as version 6 wrote them) and then opened by this binary: every report
+    /// still reads, the queued delivery is still queued and takes its result, retention by
+    /// count deletes the oldest finished deliveries with their reports, and the tables of
+    /// versions 5 and 6 are gone.
     #[tokio::test]
-    async fn v5_file_keeps_its_reports_and_counts_its_history() {
+    async fn v5_and_v6_deliveries_move_to_the_version_7_layout() {
         use crate::records::{StoredCommand, StoredDelivery};
-        use mdm_service::ports::{CommandQueue, DeliveryStatus, RetentionPolicy};
+        use mdm_service::ports::{
+            CommandQueue, CommandResult, DeliveryStatus, ResultOutcome, RetentionPolicy,
+        };
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
+        let command = |txn: &WriteTransaction, uuid: &str| {
+            let command = StoredCommand {
+                request_type: "ProfileList".into(),
+                created_at: Timestamp(10),
+                created_by: "admin".into(),
+                sealed: false,
+            };
+            let bytes = encode("commands", &uuid, &command).unwrap();
+            txn.open_table(COMMANDS)
+                .unwrap()
+                .insert(uuid, bytes.as_slice())
+                .unwrap();
+            txn.open_table(COMMAND_PAYLOADS)
+                .unwrap()
+                .insert(uuid, b"<plist/>".as_slice())
+                .unwrap();
+        };
+        let delivery = |seq: u64, done: bool| StoredDelivery {
+            request_type: "ProfileList".into(),
+            status: if done {
+                DeliveryStatus::Acknowledged
+            } else {
+                DeliveryStatus::Queued
+            },
+            seq,
+            queued_at: Timestamp(10),
+            updated_at: Timestamp(if done {
+                100 + i64::try_from(seq).unwrap()
+            } else {
+                10
+            }),
+            error_chain_json: None,
+        };
         {
             let db = Database::create(&path).unwrap();
             assert_eq!(prepare(&db, &MIGRATIONS[..5]).unwrap(), 5);
@@ -524,100 +604,146 @@ mod tests {
                     .unwrap()
                     .insert("D", bytes.as_slice())
                     .unwrap();
-                let mut commands = txn.open_table(COMMANDS).unwrap();
-                let mut payloads = txn.open_table(COMMAND_PAYLOADS).unwrap();
-                let mut deliveries = txn.open_table(DELIVERIES).unwrap();
-                let mut results = txn.open_table(DELIVERY_RESULTS).unwrap();
-                let mut history = txn.open_table(HISTORY).unwrap();
-                let mut queue = txn.open_table(QUEUE).unwrap();
-                let mut by_age = txn.open_table(FINISHED_BY_AGE).unwrap();
-                let mut by_enrollment = txn.open_table(FINISHED_BY_ENROLLMENT).unwrap();
-                let mut counts = txn.open_table(FINISHED_COUNT).unwrap();
                 for (seq, uuid, done) in [(1u64, "c1", true), (2, "c2", true), (3, "c3", false)] {
-                    let command = StoredCommand {
-                        request_type: "ProfileList".into(),
-                        created_at: Timestamp(10),
-                        created_by: "admin".into(),
-                        sealed: false,
-                    };
-                    let bytes = encode("commands", &uuid, &command).unwrap();
-                    commands.insert(uuid, bytes.as_slice()).unwrap();
-                    payloads.insert(uuid, b"<plist/>".as_slice()).unwrap();
-                    let at = Timestamp(100 + i64::try_from(seq).unwrap());
-                    let delivery = StoredDelivery {
-                        request_type: "ProfileList".into(),
-                        status: if done {
-                            DeliveryStatus::Acknowledged
-                        } else {
-                            DeliveryStatus::Queued
-                        },
-                        seq,
-                        queued_at: Timestamp(10),
-                        updated_at: if done { at } else { Timestamp(10) },
-                        error_chain_json: None,
-                    };
+                    command(&txn, uuid);
+                    let delivery = delivery(seq, done);
                     let bytes = encode("deliveries", &uuid, &delivery).unwrap();
-                    deliveries.insert((uuid, "D"), bytes.as_slice()).unwrap();
-                    history.insert(("D", seq), uuid).unwrap();
+                    txn.open_table(DELIVERIES)
+                        .unwrap()
+                        .insert((uuid, "D"), bytes.as_slice())
+                        .unwrap();
+                    txn.open_table(HISTORY)
+                        .unwrap()
+                        .insert(("D", seq), uuid)
+                        .unwrap();
                     if done {
                         let report = format!("report {uuid}");
-                        results.insert((uuid, "D"), report.as_bytes()).unwrap();
-                        by_age.insert((at.0, seq), (uuid, "D")).unwrap();
-                        by_enrollment.insert(("D", seq), (at.0, uuid)).unwrap();
+                        let at = delivery.updated_at.0;
+                        txn.open_table(DELIVERY_RESULTS)
+                            .unwrap()
+                            .insert((uuid, "D"), report.as_bytes())
+                            .unwrap();
+                        txn.open_table(FINISHED_BY_AGE)
+                            .unwrap()
+                            .insert((at, seq), (uuid, "D"))
+                            .unwrap();
+                        txn.open_table(FINISHED_BY_ENROLLMENT)
+                            .unwrap()
+                            .insert(("D", seq), (at, uuid))
+                            .unwrap();
                     } else {
-                        queue.insert(("D", seq), uuid).unwrap();
+                        txn.open_table(QUEUE)
+                            .unwrap()
+                            .insert(("D", seq), uuid)
+                            .unwrap();
                     }
                 }
-                counts.insert("D", 2).unwrap();
+                txn.open_table(FINISHED_COUNT)
+                    .unwrap()
+                    .insert("D", 2)
+                    .unwrap();
             }
+            txn.commit().unwrap();
+
+            // Version 6: c4 is final, its report after a NUL in the delivery's own value.
+            assert_eq!(prepare(&db, &MIGRATIONS[..6]).unwrap(), 6);
+            let txn = db.begin_write().unwrap();
+            command(&txn, "c4");
+            let c4 = delivery(4, true);
+            let mut bytes = encode("deliveries", &"c4", &c4).unwrap();
+            bytes.push(0);
+            bytes.extend_from_slice(b"report c4");
+            txn.open_table(DELIVERIES)
+                .unwrap()
+                .insert(("c4", "D"), bytes.as_slice())
+                .unwrap();
+            txn.open_table(HISTORY)
+                .unwrap()
+                .insert(("D", 4), "c4")
+                .unwrap();
+            txn.open_table(HISTORY_COUNT)
+                .unwrap()
+                .insert("D", 4)
+                .unwrap();
+            txn.open_table(FINISHED_BY_AGE)
+                .unwrap()
+                .insert((c4.updated_at.0, 4), ("c4", "D"))
+                .unwrap();
             txn.commit().unwrap();
         }
 
         let store = RedbStore::open(&path, StoreOptions::default()).unwrap();
-        let c1 = store.deliveries("c1", None, 10).unwrap();
-        assert_eq!(c1.len(), 1);
-        assert_eq!(c1[0].result.as_deref(), Some(b"report c1".as_slice()));
-        let history = store.enrollment_deliveries("D", 10).unwrap();
-        let uuids: Vec<&str> = history.iter().map(|d| d.command_uuid.as_str()).collect();
-        assert_eq!(uuids, ["c3", "c2", "c1"]);
-        assert_eq!(history[0].result, None, "c3 is still queued");
+        let result = |uuid: &str| store.deliveries(uuid, None, 10).unwrap()[0].result.clone();
+        assert_eq!(result("c1").as_deref(), Some(b"report c1".as_slice()));
+        assert_eq!(result("c4").as_deref(), Some(b"report c4".as_slice()));
+        let uuids = |store: &RedbStore| -> Vec<String> {
+            store
+                .enrollment_deliveries("D", 10)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.command_uuid)
+                .collect()
+        };
+        assert_eq!(uuids(&store), ["c4", "c3", "c2", "c1"]);
+        assert_eq!(result("c3"), None, "c3 is still queued");
+        let next = store.next_command("D", &HashSet::new()).unwrap().unwrap();
+        assert_eq!(next.uuid, "c3");
 
-        // Keep one finished delivery per enrollment: c1 (the older) goes, c3 (queued) stays.
+        // Keep one finished delivery per enrollment: c1 and c2 go, c4 (the newest) and c3
+        // (queued) stay.
         let policy = RetentionPolicy {
             max_age: std::time::Duration::from_secs(3_650 * 24 * 3600),
             max_finished_per_enrollment: 1,
             batch_limit: 100,
         };
         let stats = store.prune(policy, Timestamp(1_000)).await.unwrap();
-        assert_eq!(stats.deliveries_removed, 1, "{stats:?}");
+        assert_eq!(stats.deliveries_removed, 2, "{stats:?}");
+        assert_eq!(stats.commands_removed, 2, "{stats:?}");
         assert!(store.deliveries("c1", None, 10).unwrap().is_empty());
-        let left: Vec<String> = store
-            .enrollment_deliveries("D", 10)
-            .unwrap()
-            .into_iter()
-            .map(|d| d.command_uuid)
-            .collect();
-        assert_eq!(left, ["c3", "c2"]);
+        assert_eq!(uuids(&store), ["c4", "c3"]);
         let stats = store.prune(policy, Timestamp(1_000)).await.unwrap();
         assert_eq!(
             stats.deliveries_removed, 0,
             "nothing more is over the limit"
         );
+
+        let outcome = store
+            .record_result(
+                "D",
+                CommandResult {
+                    uuid: "c3".into(),
+                    status: DeliveryStatus::Acknowledged,
+                    raw: b"report c3".to_vec(),
+                    error_chain_json: None,
+                    at: Timestamp(200),
+                    touch: false,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, ResultOutcome::Recorded { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(result("c3").as_deref(), Some(b"report c3".as_slice()));
+        assert!(store.next_command("D", &HashSet::new()).unwrap().is_none());
         store.close().unwrap();
 
         let db = Database::create(&path).unwrap();
         assert_eq!(version(&db).unwrap(), CURRENT_VERSION);
         assert!(txn_has_no_table(&db, FINISHED_BY_ENROLLMENT));
         assert!(txn_has_no_table(&db, FINISHED_COUNT));
+        assert!(txn_has_no_table(&db, DELIVERIES));
+        assert!(txn_has_no_table(&db, DELIVERY_RESULTS));
+        assert!(txn_has_no_table(&db, QUEUE));
+        assert!(txn_has_no_table(&db, HISTORY));
         let rtx = db.begin_read().unwrap();
         let counts = rtx.open_table(HISTORY_COUNT).unwrap();
         assert_eq!(counts.get("D").unwrap().unwrap().value(), 2);
-        let results = rtx.open_table(DELIVERY_RESULTS).unwrap();
-        assert!(
-            results.get(("c1", "D")).unwrap().is_none(),
-            "pruned with c1"
-        );
-        assert!(results.get(("c2", "D")).unwrap().is_some());
+        let reports = rtx.open_table(REPORTS).unwrap();
+        assert!(reports.get((101, 1)).unwrap().is_none(), "pruned with c1");
+        assert!(reports.get((104, 4)).unwrap().is_some());
+        assert_eq!(reports.len().unwrap(), 2, "c3's and c4's");
     }
 
     #[test]

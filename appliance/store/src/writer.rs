@@ -539,11 +539,11 @@ mod tests {
         let own = || {
             let (tx, rx) = oneshot::channel();
             let f = |batch: &mut Batch<'_>| {
-                let mut queue = batch
+                let mut history_count = batch
                     .txn()
-                    .open_table(crate::schema::QUEUE)
+                    .open_table(crate::schema::HISTORY_COUNT)
                     .backend("open")?;
-                queue.insert(("E", 1), "cmd").backend("insert").map(drop)
+                history_count.insert("E", 1).backend("insert").map(drop)
             };
             (Box::new(Request::new(f, tx)) as Box<dyn Pending>, rx)
         };
