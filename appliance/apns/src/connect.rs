@@ -79,6 +79,35 @@ impl<T> Observed<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> Observed<T> {
+    /// Notes a write error, and when it says the server closed the connection, reads once
+    /// more: a server that refuses our certificate sends its alert and closes, and a write of
+    /// ours that crosses the close fails with a broken pipe or a reset before anything has
+    /// read the alert waiting in the socket.
+    fn note_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        use std::io::ErrorKind as K;
+        if let Poll::Ready(Err(e)) = &polled {
+            self.shared.note_io_error(e);
+            let closed = matches!(
+                e.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted
+            );
+            if closed && self.shared.certificate_refusal().is_none() {
+                let mut scratch = [0u8; 256];
+                let mut buf = ReadBuf::new(&mut scratch);
+                if let Poll::Ready(Err(read)) = Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                    self.shared.note_io_error(&read);
+                }
+            }
+        }
+        polled
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -91,7 +120,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Observed<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Observed<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,7 +128,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.note(polled)
+        this.note_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -109,7 +138,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.note(polled)
+        this.note_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -119,7 +148,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Observed<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.note(polled)
+        this.note_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
