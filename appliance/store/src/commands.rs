@@ -81,13 +81,13 @@ impl<'t> QueueTables<'t> {
         })
     }
 
-    /// The open delivery of `uuid` for `enrollment_id`, with its seq; `None` when there is
-    /// none or it is final.
+    /// The open delivery of `uuid` for `enrollment_id`; `None` when there is none or it is
+    /// final.
     fn open_delivery(
         &self,
         uuid: &str,
         enrollment_id: &str,
-    ) -> StoreResult<Option<(u64, StoredDelivery)>> {
+    ) -> StoreResult<Option<StoredDelivery>> {
         let what = "cannot read a delivery";
         let Some(seq) = self
             .targets
@@ -109,7 +109,16 @@ impl<'t> QueueTables<'t> {
                  but `command_targets` points command {uuid} at it"
             )));
         }
-        Ok(Some((seq, delivery)))
+        Ok(Some(delivery))
+    }
+
+    /// Writes a delivery under `key`.
+    fn put(&mut self, key: ItemKey<'_>, uuid: &str, delivery: &StoredDelivery) -> StoreResult<()> {
+        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, delivery)?;
+        self.items
+            .insert(key, bytes.as_slice())
+            .backend("cannot write a delivery")?;
+        Ok(())
     }
 
     /// Writes a delivery that is not final.
@@ -119,11 +128,14 @@ impl<'t> QueueTables<'t> {
         uuid: &str,
         delivery: &StoredDelivery,
     ) -> StoreResult<()> {
-        let key = open_key(enrollment_id, delivery.seq);
-        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, delivery)?;
-        self.items
-            .insert(key, bytes.as_slice())
-            .backend("cannot write a delivery")?;
+        self.put(open_key(enrollment_id, delivery.seq), uuid, delivery)
+    }
+
+    /// Keeps the report of a final delivery under its by-age key.
+    fn put_report(&mut self, delivery: &StoredDelivery, report: &[u8]) -> StoreResult<()> {
+        self.reports
+            .insert((delivery.updated_at.0, delivery.seq), report)
+            .backend("cannot write a command result")?;
         Ok(())
     }
 
@@ -150,19 +162,12 @@ impl<'t> QueueTables<'t> {
                 "open delivery",
             ));
         }
-        let key = final_key(enrollment_id, seq);
-        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, delivery)?;
-        self.items
-            .insert(key, bytes.as_slice())
-            .backend("cannot write a delivery")?;
-        let at = delivery.updated_at.0;
+        self.put(final_key(enrollment_id, seq), uuid, delivery)?;
         self.finished_by_age
-            .insert((at, seq), (uuid, enrollment_id))
+            .insert((delivery.updated_at.0, seq), (uuid, enrollment_id))
             .backend("cannot index a finished delivery")?;
         if let Some(report) = report {
-            self.reports
-                .insert((at, seq), report)
-                .backend("cannot write a command result")?;
+            self.put_report(delivery, report)?;
         }
         Ok(())
     }
@@ -371,24 +376,14 @@ pub(crate) fn split_deliveries(txn: &WriteTransaction) -> StoreResult<()> {
             tables.put_open(enrollment_id, uuid, &delivery)?;
             continue;
         }
-        let key = final_key(enrollment_id, delivery.seq);
-        let bytes = encode_delivery(&ItemKeyDisplay(key), uuid, &delivery)?;
-        tables
-            .items
-            .insert(key, bytes.as_slice())
-            .backend("cannot write a delivery")?;
-        let report = match report {
-            Some(report) => Some(report.to_vec()),
-            None => legacy
-                .get((uuid, enrollment_id))
-                .backend("cannot read a command result")?
-                .map(|g| g.value().to_vec()),
-        };
+        tables.put(final_key(enrollment_id, delivery.seq), uuid, &delivery)?;
         if let Some(report) = report {
-            tables
-                .reports
-                .insert((delivery.updated_at.0, delivery.seq), report.as_slice())
-                .backend("cannot write a command result")?;
+            tables.put_report(&delivery, report)?;
+        } else if let Some(report) = legacy
+            .get((uuid, enrollment_id))
+            .backend("cannot read a command result")?
+        {
+            tables.put_report(&delivery, report.value())?;
         }
     }
     Ok(())
@@ -405,7 +400,7 @@ pub(crate) fn record_result(
     let tables = batch.queue_tables()?;
     let uuid = result.uuid.as_str();
     // A delivery that is final (or gone) has no open entry: a second report is unknown.
-    let Some((_, mut delivery)) = tables.open_delivery(uuid, enrollment_id)? else {
+    let Some(mut delivery) = tables.open_delivery(uuid, enrollment_id)? else {
         return Ok(ResultOutcome::UnknownCommand);
     };
     delivery.status = result.status;
@@ -485,18 +480,13 @@ impl DeliveryReader {
         })
     }
 
-    /// The delivery with this seq, open or final: its command UUID and record.
-    fn get(
-        &self,
-        uuid: &str,
-        enrollment_id: &str,
-        seq: u64,
-    ) -> StoreResult<(String, StoredDelivery)> {
+    /// The delivery of command `uuid` with this seq, open or final.
+    fn get(&self, uuid: &str, enrollment_id: &str, seq: u64) -> StoreResult<StoredDelivery> {
         let what = "cannot read a delivery";
         for key in [open_key(enrollment_id, seq), final_key(enrollment_id, seq)] {
             if let Some(guard) = self.items.get(key).backend(what)? {
-                let (uuid, delivery) = decode_delivery(&ItemKeyDisplay(key), guard.value())?;
-                return Ok((uuid.to_owned(), delivery));
+                let (_, delivery) = decode_delivery(&ItemKeyDisplay(key), guard.value())?;
+                return Ok(delivery);
             }
         }
         Err(dangling(
@@ -543,7 +533,7 @@ pub(crate) fn deliveries(
     {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
-        let (_, delivery) = reader.get(uuid, enrollment_id, v.value())?;
+        let delivery = reader.get(uuid, enrollment_id, v.value())?;
         out.push(reader.record(uuid, enrollment_id, delivery)?);
     }
     Ok(out)
@@ -565,7 +555,7 @@ pub(crate) fn delivery_counts(
     {
         let (k, v) = entry.backend(what)?;
         let (_, enrollment_id) = k.value();
-        let (_, delivery) = reader.get(uuid, enrollment_id, v.value())?;
+        let delivery = reader.get(uuid, enrollment_id, v.value())?;
         match counts.iter_mut().find(|(s, _)| *s == delivery.status) {
             Some((_, n)) => *n += 1,
             None => counts.push((delivery.status, 1)),

@@ -250,11 +250,8 @@ fn create_v5(txn: &WriteTransaction) -> StoreResult<()> {
 /// in `delivery_results`).
 fn create_v6(txn: &WriteTransaction) -> StoreResult<()> {
     crate::commands::backfill_history_count(txn)?;
-    txn.delete_table(FINISHED_BY_ENROLLMENT)
-        .backend("cannot drop table `finished_by_enrollment`")?;
-    txn.delete_table(FINISHED_COUNT)
-        .backend("cannot drop table `finished_count`")?;
-    Ok(())
+    drop_table(txn, FINISHED_BY_ENROLLMENT)?;
+    drop_table(txn, FINISHED_COUNT)
 }
 
 /// Version 7: an enrollment's deliveries, queued and final, in one table; the deliveries of a
@@ -262,17 +259,19 @@ fn create_v6(txn: &WriteTransaction) -> StoreResult<()> {
 /// their own ordered by when they arrived. The queue, history and delivery tables go.
 fn create_v7(txn: &WriteTransaction) -> StoreResult<()> {
     crate::commands::split_deliveries(txn)?;
-    for (def, name) in [
-        (DELIVERIES, "deliveries"),
-        (DELIVERY_RESULTS, "delivery_results"),
-    ] {
-        txn.delete_table(def)
-            .backend_with(|| format!("cannot drop table `{name}`"))?;
-    }
-    for (def, name) in [(QUEUE, "queue"), (HISTORY, "history")] {
-        txn.delete_table(def)
-            .backend_with(|| format!("cannot drop table `{name}`"))?;
-    }
+    drop_table(txn, DELIVERIES)?;
+    drop_table(txn, DELIVERY_RESULTS)?;
+    drop_table(txn, QUEUE)?;
+    drop_table(txn, HISTORY)
+}
+
+/// Deletes a table a migration has emptied or replaced.
+fn drop_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> StoreResult<()> {
+    txn.delete_table(def)
+        .backend_with(|| format!("cannot drop table `{}`", def.name()))?;
     Ok(())
 }
 
