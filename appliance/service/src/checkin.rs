@@ -14,7 +14,8 @@ use crate::lifecycle::activity::entry;
 use crate::ports::ActivityOutcome;
 use crate::ports::{
     AuthenticateRecord, CommandResult, DeliveryStatus, DeviceFacts, EnrollmentBinding,
-    EnrollmentState, PushTarget, ResultOutcome, Store, Timestamp, TokenUpdateRecord,
+    EnrollmentState, NextCommand, PushTarget, QueuedCommand, ResultOutcome, Store, Timestamp,
+    TokenUpdateRecord,
 };
 use crate::{sha256_hex, MdmService};
 
@@ -576,6 +577,10 @@ impl<S: Store> MdmService<S> {
                         .collect();
                     serde_json::to_string(&items).ok()
                 };
+                let mut skip_next = scratch.not_now(&id);
+                if status == DeliveryStatus::NotNow {
+                    skip_next.insert(uuid.to_owned());
+                }
                 let outcome = self
                     .store()
                     .record_result(
@@ -587,6 +592,7 @@ impl<S: Store> MdmService<S> {
                             error_chain_json: error_chain_json.clone(),
                             at: now,
                             touch: stale,
+                            skip_next,
                         },
                     )
                     .await?;
@@ -594,7 +600,7 @@ impl<S: Store> MdmService<S> {
                     ResultOutcome::UnknownCommand => {
                         warn!(enrollment = %id, command = uuid, "report for a command that is not queued for this device; ignored");
                     }
-                    ResultOutcome::Recorded { request_type } => {
+                    ResultOutcome::Recorded { request_type, next } => {
                         debug!(enrollment = %id, command = uuid, ?status, "command report");
                         if stale {
                             self.devices().touch(&rec.device_id, now);
@@ -602,30 +608,45 @@ impl<S: Store> MdmService<S> {
                         if status == DeliveryStatus::NotNow {
                             scratch.add_not_now(&id, uuid);
                         }
-                        self.after_result(
-                            &rec,
-                            uuid,
-                            &request_type,
-                            status,
-                            error_chain_json.as_deref(),
-                        )
-                        .await?;
+                        let queue_changed = self
+                            .after_result(
+                                &rec,
+                                uuid,
+                                &request_type,
+                                status,
+                                error_chain_json.as_deref(),
+                            )
+                            .await?;
+                        // What the result's write saw is still the answer unless the
+                        // follow-up queued or cancelled something since.
+                        match next {
+                            NextCommand::Queued(cmd) if !queue_changed => {
+                                return self.send_command(&id, cmd);
+                            }
+                            NextCommand::Empty if !queue_changed => {
+                                return Ok(DeviceReply::Empty);
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
         }
         let skip = scratch.not_now(&id);
         match self.store().next_command(&id, &skip)? {
-            Some(cmd) => {
-                debug!(enrollment = %id, command = %cmd.uuid, request_type = %cmd.request_type, "sending command");
-                if cmd.sealed {
-                    let plain = self.unseal(crate::commands::COMMAND_PURPOSE, &cmd.payload)?;
-                    Ok(DeviceReply::Plist(plain.to_vec()))
-                } else {
-                    Ok(DeviceReply::Plist(cmd.payload))
-                }
-            }
+            Some(cmd) => self.send_command(&id, cmd),
             None => Ok(DeviceReply::Empty),
+        }
+    }
+
+    /// The reply that sends `cmd` to enrollment `id`.
+    fn send_command(&self, id: &str, cmd: QueuedCommand) -> ServiceResult<DeviceReply> {
+        debug!(enrollment = %id, command = %cmd.uuid, request_type = %cmd.request_type, "sending command");
+        if cmd.sealed {
+            let plain = self.unseal(crate::commands::COMMAND_PURPOSE, &cmd.payload)?;
+            Ok(DeviceReply::Plist(plain.to_vec()))
+        } else {
+            Ok(DeviceReply::Plist(cmd.payload))
         }
     }
 
@@ -663,20 +684,24 @@ impl<S: Store> MdmService<S> {
         request_type: &str,
         status: DeliveryStatus,
         error_chain_json: Option<&str>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<bool> {
+        // Returns whether the queue may have changed since the result's write: the next
+        // command the write found is then read again.
         // Only the profile commands the appliance queued itself move an install state; other
         // results need not read the device's installs.
         let profile_command = matches!(request_type, "InstallProfile" | "RemoveProfile");
+        let mut queue_changed = false;
         if rec.channel == crate::ports::Channel::Device && profile_command {
             self.profile_result(&rec.id, uuid, status, error_chain_json)
                 .await?;
+            queue_changed = true;
         }
         let failed = matches!(
             status,
             DeliveryStatus::Error | DeliveryStatus::CommandFormatError
         );
         if !failed && !rec.awaiting_configuration {
-            return Ok(());
+            return Ok(queue_changed);
         }
         if failed {
             self.log_activity(entry(
@@ -689,15 +714,15 @@ impl<S: Store> MdmService<S> {
             ));
         }
         if rec.channel != crate::ports::Channel::Device || !rec.awaiting_configuration {
-            return Ok(());
+            return Ok(queue_changed);
         }
+        // A device in Setup Assistant may be released (DeviceConfigured queued) by this result.
         if request_type == "DeviceConfigured" && status == DeliveryStatus::Acknowledged {
-            return self.device_configured(&rec.id).await;
-        }
-        if status.is_final() {
+            self.device_configured(&rec.id).await?;
+        } else if status.is_final() {
             self.maybe_auto_release(&rec.id).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn seal(&self, purpose: &str, data: &[u8]) -> ServiceResult<Vec<u8>> {

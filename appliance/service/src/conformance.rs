@@ -33,9 +33,9 @@ use crate::ports::{
     AuthenticateRecord, ChallengeOutcome, ChallengeRecord, Channel, CommandResult, DeliveryPage,
     DeliveryRecord, DeliveryStatus, DeviceFacts, EnrollmentBinding, EnrollmentSource,
     EnrollmentState, GroupKind, GroupRecord, InstallRecord, InstallResult, InstallState,
-    IssuedCertRecord, LinkRecord, NewActivity, NewCommand, PreenrollRecord, PreenrollSource,
-    ProfileBatch, ProfileRecord, PushRecord, PushTarget, ResultOutcome, RetentionPolicy, Role,
-    Store, Timestamp, TokenUpdateRecord, UserChange, UserRecord,
+    IssuedCertRecord, LinkRecord, NewActivity, NewCommand, NextCommand, PreenrollRecord,
+    PreenrollSource, ProfileBatch, ProfileRecord, PushRecord, PushTarget, ResultOutcome,
+    RetentionPolicy, Role, Store, Timestamp, TokenUpdateRecord, UserChange, UserRecord,
 };
 
 /// Runs every case, each on a new store from `make`.
@@ -56,6 +56,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case!(list_enrollments_pages_in_id_order);
     case!(commands_come_out_in_fifo_order);
     case!(not_now_keeps_command_queued);
+    case!(a_result_reports_the_next_command);
     case!(final_statuses_dequeue);
     case!(unknown_command_writes_nothing_but_touches);
     case!(deliveries_page_in_enrollment_order_and_count_by_status);
@@ -209,21 +210,37 @@ fn report(uuid: &str, status: DeliveryStatus, at: Timestamp) -> CommandResult {
             .then(|| r#"[{"ErrorCode":12021,"ErrorDomain":"MCMDMErrorDomain"}]"#.to_owned()),
         at,
         touch: true,
+        skip_next: HashSet::new(),
     }
 }
 
 async fn answer<S: Store>(store: &S, id: &str, uuid: &str, status: DeliveryStatus, at: Timestamp) {
+    recorded(store, id, report(uuid, status, at)).await;
+}
+
+/// Records `result`, which must be for a queued command, and checks the next command the
+/// write reports against `next_command` read just after it. Returns what the write reported.
+async fn recorded<S: Store>(store: &S, id: &str, result: CommandResult) -> NextCommand {
+    let (uuid, status, skip) = (result.uuid.clone(), result.status, result.skip_next.clone());
     let outcome = store
-        .record_result(id, report(uuid, status, at))
+        .record_result(id, result)
         .await
         .expect("record_result");
+    let ResultOutcome::Recorded { request_type, next } = outcome else {
+        panic!("{status:?} from {id} for {uuid}: {outcome:?}");
+    };
     assert_eq!(
-        outcome,
-        ResultOutcome::Recorded {
-            request_type: format!("Request-{uuid}")
-        },
+        request_type,
+        format!("Request-{uuid}"),
         "{status:?} from {id} for {uuid}"
     );
+    let read = store.next_command(id, &skip).expect("next_command");
+    match &next {
+        NextCommand::Queued(cmd) => assert_eq!(Some(cmd), read.as_ref(), "next after {uuid}"),
+        NextCommand::Empty => assert_eq!(None, read, "next after {uuid}"),
+        NextCommand::Unread => {}
+    }
+    next
 }
 
 fn next<S: Store>(store: &S, id: &str, skip: &[&str]) -> Option<String> {
@@ -695,6 +712,108 @@ pub async fn not_now_keeps_command_queued<S: Store>(store: &S) {
     );
 }
 
+fn skipping(result: CommandResult, skip: &[&str]) -> CommandResult {
+    CommandResult {
+        skip_next: skip.iter().map(|s| (*s).to_owned()).collect(),
+        ..result
+    }
+}
+
+/// The next command a result's write reports is the one `next_command` reads after it, with
+/// the same skip set, whatever the result's place in the queue; a UUID enqueued again after
+/// its command was pruned comes with its new payload.
+pub async fn a_result_reports_the_next_command<S: Store>(store: &S) {
+    enrolled(store, "D", t(0)).await;
+    enrolled(store, "E", t(0)).await;
+    for (i, uuid) in (1..).zip(["c1", "c2", "c3"]) {
+        queue(store, uuid, &["D", "E"], t(i)).await;
+    }
+    let not_now = report("c1", DeliveryStatus::NotNow, t(10));
+    let next = recorded(store, "D", skipping(not_now, &["c1"])).await;
+    let NextCommand::Queued(c2) = next else {
+        panic!("after c1: {next:?}");
+    };
+    let expected = cmd("c2", t(2));
+    assert_eq!(
+        (c2.uuid.as_str(), &c2.request_type, &c2.payload, c2.sealed),
+        (
+            "c2",
+            &expected.request_type,
+            &expected.payload,
+            expected.sealed
+        )
+    );
+    let ack = |uuid: &str, at| report(uuid, DeliveryStatus::Acknowledged, t(at));
+    let next = recorded(store, "D", skipping(ack("c2", 11), &["c1"])).await;
+    assert!(
+        matches!(&next, NextCommand::Queued(c) if c.uuid == "c3"),
+        "{next:?}"
+    );
+    let next = recorded(store, "D", skipping(ack("c3", 12), &["c1"])).await;
+    assert_eq!(next, NextCommand::Empty);
+    // Without the skip, a command answered NotNow is its own next.
+    let next = recorded(store, "D", report("c1", DeliveryStatus::NotNow, t(13))).await;
+    assert!(
+        matches!(&next, NextCommand::Queued(c) if c.uuid == "c1"),
+        "{next:?}"
+    );
+    assert_eq!(
+        recorded(store, "D", ack("c1", 14)).await,
+        NextCommand::Empty
+    );
+    // The other enrollment's queue is its own.
+    let next = recorded(store, "E", ack("c2", 15)).await;
+    assert!(
+        matches!(&next, NextCommand::Queued(c) if c.uuid == "c1"),
+        "{next:?}"
+    );
+
+    // A result far down a long queue (after many commands answered NotNow) is found all the
+    // same.
+    let held: Vec<String> = (0..80).map(|i| format!("h{i:02}")).collect();
+    for (i, uuid) in (100..).zip(&held) {
+        queue(store, uuid, &["D"], t(i)).await;
+    }
+    let skip: Vec<&str> = held[..75].iter().map(String::as_str).collect();
+    recorded(store, "D", skipping(ack("h75", 300), &skip)).await;
+    assert_eq!(
+        delivery(store, "h75", "D").status,
+        DeliveryStatus::Acknowledged
+    );
+    assert_eq!(store.queued_count("D").unwrap(), 79);
+
+    // Prune c3 (finished everywhere), then enqueue its UUID again with another payload.
+    recorded(store, "E", ack("c3", 16)).await;
+    store
+        .prune(policy(Duration::from_secs(1), 1000, 100), t(100_000))
+        .await
+        .unwrap();
+    assert!(store.command("c3").unwrap().is_none());
+    queue(store, "c4", &["E"], t(100_001)).await;
+    let again = NewCommand {
+        payload: b"<plist><dict><key>CommandUUID</key><string>c3</string><key>Again</key><true/></dict></plist>".to_vec(),
+        ..cmd("c3", t(100_002))
+    };
+    store
+        .enqueue(again.clone(), vec!["E".into()])
+        .await
+        .unwrap();
+    recorded(store, "E", ack("c1", 100_003)).await;
+    let next = recorded(store, "E", ack("c4", 100_004)).await;
+    let NextCommand::Queued(c3) = next else {
+        panic!("after c4: {next:?}");
+    };
+    assert_eq!(c3.payload, again.payload);
+    assert_eq!(
+        store
+            .next_command("E", &HashSet::new())
+            .unwrap()
+            .unwrap()
+            .payload,
+        again.payload
+    );
+}
+
 /// Acknowledged, Error and CommandFormatError all finish the delivery and keep the report.
 pub async fn final_statuses_dequeue<S: Store>(store: &S) {
     enrolled(store, "D", t(0)).await;
@@ -786,13 +905,7 @@ pub async fn unknown_command_writes_nothing_but_touches<S: Store>(store: &S) {
         touch: false,
         ..report("c2", DeliveryStatus::Acknowledged, t(10))
     };
-    let outcome = store.record_result("D", quiet).await.unwrap();
-    assert_eq!(
-        outcome,
-        ResultOutcome::Recorded {
-            request_type: "Request-c2".into()
-        }
-    );
+    recorded(store, "D", quiet).await;
     assert_eq!(
         delivery(store, "c2", "D").status,
         DeliveryStatus::Acknowledged
@@ -1266,6 +1379,7 @@ pub async fn push_results_and_owed_pushes<S: Store>(store: &S) {
         error_chain_json: None,
         at: t(10),
         touch: true,
+        skip_next: HashSet::new(),
     };
     store.record_result("PC", done).await.unwrap();
     assert_eq!(store.enrollments_with_queued(None, 10).unwrap(), ["PA"]);

@@ -16,7 +16,8 @@ use anyhow::{bail, Context, Result};
 use mdm_service::ports::{
     AbmAssignOutcome, AbmAssignment, AbmBatch, AbmConnectionRecord, AbmDeviceRecord, AbmEndpoint,
     AbmStore, AbmSyncState, AuthenticateRecord, CommandQueue, CommandResult, DeliveryStatus,
-    DeviceFacts, EnrollmentStore, NewCommand, PushTarget, Timestamp, TokenUpdateRecord,
+    DeviceFacts, EnrollmentStore, NewCommand, NextCommand, PushTarget, ResultOutcome, Timestamp,
+    TokenUpdateRecord,
 };
 use mdm_store::{RedbStore, StoreOptions, StoreStats};
 
@@ -95,12 +96,13 @@ async fn populate(store: &RedbStore) -> Result<()> {
     Ok(())
 }
 
-/// Acknowledges the current command of `id`, then fetches the next one.
+/// Acknowledges the current command of `id` and learns the next one, as the service does: the
+/// result's write reports it, and the queue is read again only if it did not look.
 async fn round_trip(store: &RedbStore, id: &str, skip: &HashSet<String>) -> Result<()> {
     let current = store
         .next_command(id, skip)?
         .with_context(|| format!("{id} has no command left"))?;
-    store
+    let outcome = store
         .record_result(
             id,
             CommandResult {
@@ -110,10 +112,17 @@ async fn round_trip(store: &RedbStore, id: &str, skip: &HashSet<String>) -> Resu
                 error_chain_json: None,
                 at: Timestamp::now(),
                 touch: false,
+                skip_next: skip.clone(),
             },
         )
         .await?;
-    store.next_command(id, skip)?;
+    if let ResultOutcome::Recorded {
+        next: NextCommand::Unread,
+        ..
+    } = outcome
+    {
+        store.next_command(id, skip)?;
+    }
     Ok(())
 }
 

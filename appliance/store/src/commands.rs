@@ -15,15 +15,17 @@
 //! report and its by-age entry are appended where the rest of the batch's are.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use mdm_service::ports::{
     CommandRecord, CommandResult, DeliveryRecord, DeliveryStatus, EnqueueOutcome, EnrollmentRecord,
-    EnrollmentState, NewCommand, PruneStats, QueuedCommand, ResultOutcome, RetentionPolicy,
-    StoreError, StoreResult, Timestamp,
+    EnrollmentState, NewCommand, NextCommand, PruneStats, QueuedCommand, ResultOutcome,
+    RetentionPolicy, StoreError, StoreResult, Timestamp,
 };
 use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 
-use crate::codec::{colon_prefix_range, dangling, prefix_page, successor, BackendExt};
+use crate::codec::{colon_prefix_range, dangling, decode, prefix_page, successor, BackendExt};
+use crate::command_cache::{CachedCommand, CommandCache};
 use crate::enrollments::touch;
 use crate::records::{
     decode_delivery, decode_v6_delivery, delivery_uuid, encode_delivery, get_json, put_json,
@@ -63,6 +65,19 @@ fn part_range(enrollment_id: &str, part: u8) -> std::ops::RangeInclusive<ItemKey
     (enrollment_id, part, 0)..=(enrollment_id, part, u64::MAX)
 }
 
+/// Open deliveries [`QueueTables::scan_open`] reads at most.
+const SCAN_LIMIT: usize = 64;
+
+/// What [`QueueTables::scan_open`] found.
+struct OpenScan {
+    /// The delivery asked for.
+    found: Option<StoredDelivery>,
+    /// The UUID of the first open delivery not skipped: the command to send next.
+    next: Option<String>,
+    /// The scan read to the end of the open part, so what it did not find is not there.
+    exhausted: bool,
+}
+
 /// The tables a delivery's state change touches, opened together once per operation.
 pub(crate) struct QueueTables<'t> {
     items: Table<'t, (&'static str, u8, u64), &'static [u8]>,
@@ -79,6 +94,54 @@ impl<'t> QueueTables<'t> {
             finished_by_age: open(txn, FINISHED_BY_AGE)?,
             reports: open(txn, REPORTS)?,
         })
+    }
+
+    /// Reads `enrollment_id`'s open deliveries in queue order, for the one of `uuid` and the
+    /// first one not in `skip` (which is `uuid`'s own only if it `stays_open`), stopping
+    /// when it has both or after [`SCAN_LIMIT`]. The
+    /// delivery a device answers is nearly always the first (after any it answered NotNow),
+    /// and the next one its neighbour: one read of one page finds both, where looking the
+    /// delivery up through `command_targets` costs two lookups and finds no next command.
+    fn scan_open(
+        &self,
+        enrollment_id: &str,
+        uuid: &str,
+        stays_open: bool,
+        skip: &HashSet<String>,
+    ) -> StoreResult<OpenScan> {
+        let what = "cannot read the command queue";
+        let mut scan = OpenScan {
+            found: None,
+            next: None,
+            exhausted: true,
+        };
+        let range = self
+            .items
+            .range(part_range(enrollment_id, OPEN))
+            .backend(what)?;
+        for (i, entry) in range.enumerate() {
+            if i == SCAN_LIMIT {
+                scan.exhausted = false;
+                break;
+            }
+            let (k, v) = entry.backend(what)?;
+            let shown = ItemKeyDisplay(k.value());
+            let (stored_uuid, json) = delivery_uuid(&shown, v.value())?;
+            let candidate = scan.next.is_none() && !skip.contains(stored_uuid);
+            if stored_uuid == uuid {
+                scan.found = Some(decode("enrollment_deliveries", &shown, json)?);
+                if candidate && stays_open {
+                    scan.next = Some(stored_uuid.to_owned());
+                }
+            } else if candidate {
+                scan.next = Some(stored_uuid.to_owned());
+            }
+            if scan.found.is_some() && scan.next.is_some() {
+                scan.exhausted = false;
+                break;
+            }
+        }
+        Ok(scan)
     }
 
     /// The open delivery of `uuid` for `enrollment_id`; `None` when there is none or it is
@@ -244,6 +307,7 @@ fn allocate_seq(txn: &WriteTransaction, n: u64) -> StoreResult<u64> {
 
 pub(crate) fn enqueue(
     txn: &WriteTransaction,
+    cache: &CommandCache,
     cmd: &NewCommand,
     targets: &[String],
 ) -> StoreResult<EnqueueOutcome> {
@@ -288,6 +352,14 @@ pub(crate) fn enqueue(
         open(txn, COMMAND_PAYLOADS)?
             .insert(cmd.uuid.as_str(), cmd.payload.as_slice())
             .backend("cannot write a command payload")?;
+        cache.put(
+            &cmd.uuid,
+            Arc::new(CachedCommand {
+                request_type: cmd.request_type.clone(),
+                payload: cmd.payload.clone(),
+                sealed: cmd.sealed,
+            }),
+        );
     }
     let n = u64::try_from(outcome.queued.len()).unwrap_or(u64::MAX);
     let first = allocate_seq(txn, n)?;
@@ -391,6 +463,7 @@ pub(crate) fn split_deliveries(txn: &WriteTransaction) -> StoreResult<()> {
 
 pub(crate) fn record_result(
     batch: &mut Batch<'_>,
+    cache: &CommandCache,
     enrollment_id: &str,
     result: &CommandResult,
 ) -> StoreResult<ResultOutcome> {
@@ -399,8 +472,15 @@ pub(crate) fn record_result(
     }
     let tables = batch.queue_tables()?;
     let uuid = result.uuid.as_str();
+    let stays_open = !result.status.is_final();
+    let scan = tables.scan_open(enrollment_id, uuid, stays_open, &result.skip_next)?;
+    let found = match scan.found {
+        Some(found) => Some(found),
+        None if scan.exhausted => None,
+        None => tables.open_delivery(uuid, enrollment_id)?,
+    };
     // A delivery that is final (or gone) has no open entry: a second report is unknown.
-    let Some(mut delivery) = tables.open_delivery(uuid, enrollment_id)? else {
+    let Some(mut delivery) = found else {
         return Ok(ResultOutcome::UnknownCommand);
     };
     delivery.status = result.status;
@@ -413,13 +493,47 @@ pub(crate) fn record_result(
     } else {
         tables.put_open(enrollment_id, uuid, &delivery)?;
     }
+    let next = match scan.next {
+        Some(next) => NextCommand::Queued(cached_command(batch.txn_keeping_queue(), cache, &next)?),
+        None if scan.exhausted => NextCommand::Empty,
+        None => NextCommand::Unread,
+    };
     Ok(ResultOutcome::Recorded {
         request_type: delivery.request_type,
+        next,
     })
+}
+
+/// `uuid`'s command through the cache, filling it from the write transaction on a miss.
+fn cached_command(
+    txn: &WriteTransaction,
+    cache: &CommandCache,
+    uuid: &str,
+) -> StoreResult<QueuedCommand> {
+    if let Some(cached) = cache.get(uuid) {
+        return Ok(cached.queued(uuid));
+    }
+    let what = "cannot read a command payload";
+    let stored = get_json::<StoredCommand>(&open(txn, COMMANDS)?, uuid)?
+        .ok_or_else(|| dangling("enrollment_deliveries", &uuid, "command"))?;
+    let payload = open(txn, COMMAND_PAYLOADS)?
+        .get(uuid)
+        .backend(what)?
+        .map(|g| g.value().to_vec())
+        .ok_or_else(|| dangling("commands", &uuid, "payload"))?;
+    let cached = Arc::new(CachedCommand {
+        request_type: stored.request_type,
+        payload,
+        sealed: stored.sealed,
+    });
+    let queued = cached.queued(uuid);
+    cache.put(uuid, cached);
+    Ok(queued)
 }
 
 pub(crate) fn next_command(
     rtx: &ReadTransaction,
+    cache: &CommandCache,
     enrollment_id: &str,
     skip: &HashSet<String>,
 ) -> StoreResult<Option<QueuedCommand>> {
@@ -437,6 +551,10 @@ pub(crate) fn next_command(
     let Some(uuid) = found else {
         return Ok(None);
     };
+    // Looked up only: see `command_cache` for why readers do not fill it.
+    if let Some(cached) = cache.get(&uuid) {
+        return Ok(Some(cached.queued(&uuid)));
+    }
     let record =
         command(rtx, &uuid)?.ok_or_else(|| dangling("enrollment_deliveries", &uuid, "command"))?;
     Ok(Some(QueuedCommand {
@@ -785,6 +903,7 @@ pub(crate) fn plan_prune(
 /// every touched command that has no delivery left.
 pub(crate) fn apply_prune(
     txn: &WriteTransaction,
+    cache: &CommandCache,
     plan: &PrunePlan,
     now: Timestamp,
 ) -> StoreResult<PruneStats> {
@@ -835,6 +954,7 @@ pub(crate) fn apply_prune(
             if !remaining {
                 commands.remove(uuid).backend(what)?;
                 payloads.remove(uuid).backend(what)?;
+                cache.forget(uuid);
                 stats.commands_removed += 1;
             }
         }

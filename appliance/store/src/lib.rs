@@ -24,6 +24,7 @@
 
 mod abm;
 mod codec;
+mod command_cache;
 mod commands;
 mod enrollments;
 mod lifecycle;
@@ -55,6 +56,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::codec::BackendExt;
+use crate::command_cache::CommandCache;
 pub use crate::writer::StoreStats;
 use crate::writer::{Batch, Request, Writer};
 
@@ -99,6 +101,7 @@ struct Inner {
     db: Arc<Database>,
     writer: Writer,
     path: std::path::PathBuf,
+    commands: Arc<CommandCache>,
 }
 
 impl Drop for Inner {
@@ -132,6 +135,7 @@ impl RedbStore {
                 db,
                 writer,
                 path: path.to_owned(),
+                commands: Arc::default(),
             }),
         })
     }
@@ -314,7 +318,8 @@ impl CommandQueue for RedbStore {
         cmd: NewCommand,
         targets: Vec<String>,
     ) -> impl Future<Output = StoreResult<EnqueueOutcome>> + Send {
-        self.write(move |txn| commands::enqueue(txn, &cmd, &targets))
+        let cache = Arc::clone(&self.inner.commands);
+        self.write(move |txn| commands::enqueue(txn, &cache, &cmd, &targets))
     }
 
     fn next_command(
@@ -322,7 +327,7 @@ impl CommandQueue for RedbStore {
         enrollment_id: &str,
         skip: &HashSet<String>,
     ) -> StoreResult<Option<QueuedCommand>> {
-        commands::next_command(&self.read()?, enrollment_id, skip)
+        commands::next_command(&self.read()?, &self.inner.commands, enrollment_id, skip)
     }
 
     fn record_result(
@@ -331,7 +336,10 @@ impl CommandQueue for RedbStore {
         result: CommandResult,
     ) -> impl Future<Output = StoreResult<ResultOutcome>> + Send {
         let enrollment_id = enrollment_id.to_owned();
-        self.write_in_batch(move |batch| commands::record_result(batch, &enrollment_id, &result))
+        let cache = Arc::clone(&self.inner.commands);
+        self.write_in_batch(move |batch| {
+            commands::record_result(batch, &cache, &enrollment_id, &result)
+        })
     }
 
     fn command(&self, uuid: &str) -> StoreResult<Option<CommandRecord>> {
@@ -384,7 +392,8 @@ impl CommandQueue for RedbStore {
     /// then deletes it in one write that re-checks each candidate.
     async fn prune(&self, policy: RetentionPolicy, now: Timestamp) -> StoreResult<PruneStats> {
         let plan = commands::plan_prune(&self.read()?, &policy, now)?;
-        self.write(move |txn| commands::apply_prune(txn, &plan, now))
+        let cache = Arc::clone(&self.inner.commands);
+        self.write(move |txn| commands::apply_prune(txn, &cache, &plan, now))
             .await
     }
 }
@@ -630,7 +639,9 @@ impl ProfileStore for RedbStore {
     /// Encodes on the caller's task, then commits the whole batch as one write.
     async fn profile_write(&self, batch: ProfileBatch) -> StoreResult<Vec<EnqueueOutcome>> {
         let encoded = profiles::EncodedBatch::encode(batch)?;
-        self.write(move |txn| profiles::write(txn, &encoded)).await
+        let cache = Arc::clone(&self.inner.commands);
+        self.write(move |txn| profiles::write(txn, &cache, &encoded))
+            .await
     }
 
     async fn install_result(&self, result: InstallResult) -> StoreResult<bool> {

@@ -15,6 +15,7 @@ use mdm_service::ports::{
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use crate::codec::{decode, encode, prefix_page, successor, BackendExt};
+use crate::command_cache::CommandCache;
 use crate::lifecycle::{append_activity, EncodedActivity};
 use crate::records::all_json;
 use crate::schema::{
@@ -155,7 +156,11 @@ impl EncodedBatch {
     }
 }
 
-pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec<EnqueueOutcome>> {
+pub(crate) fn write(
+    txn: &WriteTransaction,
+    cache: &CommandCache,
+    b: &EncodedBatch,
+) -> StoreResult<Vec<EnqueueOutcome>> {
     {
         let mut groups = open(txn, GROUPS)?;
         for (id, json) in &b.groups {
@@ -222,7 +227,7 @@ pub(crate) fn write(txn: &WriteTransaction, b: &EncodedBatch) -> StoreResult<Vec
     // (command, enrollment) pairs that were not queued: their install states are not written.
     let mut refused: HashMap<&str, HashSet<String>> = HashMap::new();
     for (cmd, targets) in &b.commands {
-        let outcome = crate::commands::enqueue(txn, cmd, targets)?;
+        let outcome = crate::commands::enqueue(txn, cache, cmd, targets)?;
         if !outcome.refused.is_empty() {
             refused.insert(&cmd.uuid, outcome.refused.iter().cloned().collect());
         }

@@ -60,6 +60,10 @@ impl RedbStore {
             .await?;
         self.reseal_table(schema::COMMAND_PAYLOADS, &rewrap, &mut report)
             .await?;
+        // Cached payloads are sealed with the key being retired. Every write that read one
+        // before the last rewrap committed has run by now, and the writer fills the cache
+        // only from the committed state, so nothing older comes back.
+        self.inner.commands.clear();
         self.reseal_table(schema::ENROLLMENT_DELIVERIES, &rewrap, &mut report)
             .await?;
         self.reseal_table(schema::REPORTS, &rewrap, &mut report)

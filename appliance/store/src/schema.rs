@@ -716,6 +716,7 @@ mod tests {
                     error_chain_json: None,
                     at: Timestamp(200),
                     touch: false,
+                    skip_next: Default::default(),
                 },
             )
             .await

@@ -138,6 +138,11 @@ impl<'t> Batch<'t> {
         self.txn
     }
 
+    /// The transaction, for tables other than the queue tables, which stay open.
+    pub(crate) fn txn_keeping_queue(&self) -> &'t WriteTransaction {
+        self.txn
+    }
+
     /// The queue tables, opened by the first operation that asks for them.
     pub(crate) fn queue_tables(&mut self) -> StoreResult<&mut QueueTables<'t>> {
         if self.queue.is_none() {

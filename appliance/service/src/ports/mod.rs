@@ -361,6 +361,9 @@ pub struct CommandResult {
     /// device was heard from within the last minute: rewriting the enrollment record with
     /// every report would double the pages each result commits, for a time kept for humans.
     pub touch: bool,
+    /// Commands not to offer next, as for [`CommandQueue::next_command`]: those the device
+    /// answered NotNow on this connection, this one included when it is NotNow.
+    pub skip_next: HashSet<String>,
 }
 
 /// What happened when a result was recorded.
@@ -368,9 +371,25 @@ pub struct CommandResult {
 pub enum ResultOutcome {
     /// Stored (and, for a final status, removed from the queue). The command's type tells
     /// the service which follow-up a result may need without reading the command.
-    Recorded { request_type: String },
+    Recorded {
+        request_type: String,
+        /// The command to send next, as the result's own write saw the queue: the device's
+        /// next request is answered without reading the queue again.
+        next: NextCommand,
+    },
     /// This enrollment has no such command queued: nothing was written.
     UnknownCommand,
+}
+
+/// The command to send after a result, as [`CommandQueue::next_command`] would answer just
+/// after the result's write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextCommand {
+    Queued(QueuedCommand),
+    /// Nothing else is queued (outside `skip_next`).
+    Empty,
+    /// The store did not look (the queue ahead of the result was long); read it.
+    Unread,
 }
 
 /// A command and when it was created.
