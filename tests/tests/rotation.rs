@@ -86,6 +86,24 @@ async fn rotate_everything(tpm: Option<String>) {
         .await;
     assert_eq!(log["items"][0]["outcome"], "ok", "{log}");
 
+    // Delivered by this process, which kept the command in memory since it was queued: what
+    // it kept was sealed under the retired key.
+    let results = d.run_until_idle().await.unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.request_type == "DeviceInformation"),
+        "the command queued before the rotation is delivered: {results:?}"
+    );
+    let cmd = app.command(&queued).await;
+    assert_eq!(cmd["deliveries"][0]["status"], "Acknowledged", "{cmd}");
+    // The admin API shows the command as queued (unsealed), not its sealed bytes.
+    let shown = cmd["payload_plist"].as_str().unwrap();
+    assert!(
+        shown.contains("<string>DeviceInformation</string>"),
+        "{shown}"
+    );
+
     // Everything still opens, in this process and after a restart (the old key is gone from
     // the key file, so a secret left under it would fail now).
     for round in 0..2 {
@@ -103,22 +121,6 @@ async fn rotate_everything(tpm: Option<String>) {
         let (st, v) = app.api("GET", "/api/v1/users/alice", None).await;
         assert_eq!(st, 200, "{v}");
     }
-    let results = d.run_until_idle().await.unwrap();
-    assert!(
-        results
-            .iter()
-            .any(|r| r.request_type == "DeviceInformation"),
-        "the command queued before the rotation is delivered: {results:?}"
-    );
-    let cmd = app.command(&queued).await;
-    assert_eq!(cmd["deliveries"][0]["status"], "Acknowledged", "{cmd}");
-    // The admin API shows the command as queued (unsealed), not its sealed bytes.
-    let shown = cmd["payload_plist"].as_str().unwrap();
-    assert!(
-        shown.contains("<string>DeviceInformation</string>"),
-        "{shown}"
-    );
-
     // A rotation cut short (the key file lists a new key and the old one, as a crash right
     // after step 1 leaves it) is finished at the next start.
     app.stop().await;

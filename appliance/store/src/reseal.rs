@@ -60,9 +60,11 @@ impl RedbStore {
             .await?;
         self.reseal_table(schema::COMMAND_PAYLOADS, &rewrap, &mut report)
             .await?;
-        // Cached payloads are sealed with the key being retired. Every write that read one
-        // before the last rewrap committed has run by now, and the writer fills the cache
-        // only from the committed state, so nothing older comes back.
+        // Cached payloads are sealed with the key being retired. They would still open (the
+        // keystore keeps retired keys in memory), but nothing should be sent from them once
+        // every stored copy is rewrapped. The writer fills the cache only from the state it
+        // commits, and every write that read a payload before the last rewrap has run by now,
+        // so nothing older comes back.
         self.inner.commands.clear();
         self.reseal_table(schema::ENROLLMENT_DELIVERIES, &rewrap, &mut report)
             .await?;
