@@ -676,7 +676,9 @@ impl<S: Store> MdmService<S> {
     }
 
     /// Lifecycle steps after a command result: failures go to the activity log; a device
-    /// held in Setup Assistant may be released (or has been).
+    /// held in Setup Assistant may be released (or has been). Returns whether the queue may
+    /// have changed since the result's write: the next command the write found is then read
+    /// again.
     async fn after_result(
         &self,
         rec: &EnrollmentBinding,
@@ -685,8 +687,6 @@ impl<S: Store> MdmService<S> {
         status: DeliveryStatus,
         error_chain_json: Option<&str>,
     ) -> ServiceResult<bool> {
-        // Returns whether the queue may have changed since the result's write: the next
-        // command the write found is then read again.
         // Only the profile commands the appliance queued itself move an install state; other
         // results need not read the device's installs.
         let profile_command = matches!(request_type, "InstallProfile" | "RemoveProfile");

@@ -22,7 +22,7 @@ use mdm_service::ports::{
     EnrollmentState, NewCommand, NextCommand, PruneStats, QueuedCommand, ResultOutcome,
     RetentionPolicy, StoreError, StoreResult, Timestamp,
 };
-use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction};
 
 use crate::codec::{colon_prefix_range, dangling, decode, prefix_page, successor, BackendExt};
 use crate::command_cache::{CachedCommand, CommandCache};
@@ -97,11 +97,11 @@ impl<'t> QueueTables<'t> {
     }
 
     /// Reads `enrollment_id`'s open deliveries in queue order, for the one of `uuid` and the
-    /// first one not in `skip` (which is `uuid`'s own only if it `stays_open`), stopping
-    /// when it has both or after [`SCAN_LIMIT`]. The
-    /// delivery a device answers is nearly always the first (after any it answered NotNow),
-    /// and the next one its neighbour: one read of one page finds both, where looking the
-    /// delivery up through `command_targets` costs two lookups and finds no next command.
+    /// first one not in `skip` (which is `uuid`'s own only if it `stays_open`), stopping when
+    /// it has both or after [`SCAN_LIMIT`]. The delivery a device answers is nearly always
+    /// the first (after any it answered NotNow), and the next one its neighbour: one read of
+    /// one page finds both, where looking the delivery up through `command_targets` costs two
+    /// lookups and finds no next command.
     fn scan_open(
         &self,
         enrollment_id: &str,
@@ -513,14 +513,9 @@ fn cached_command(
     if let Some(cached) = cache.get(uuid) {
         return Ok(cached.queued(uuid));
     }
-    let what = "cannot read a command payload";
-    let stored = get_json::<StoredCommand>(&open(txn, COMMANDS)?, uuid)?
-        .ok_or_else(|| dangling("enrollment_deliveries", &uuid, "command"))?;
-    let payload = open(txn, COMMAND_PAYLOADS)?
-        .get(uuid)
-        .backend(what)?
-        .map(|g| g.value().to_vec())
-        .ok_or_else(|| dangling("commands", &uuid, "payload"))?;
+    let (stored, payload) =
+        read_command(&open(txn, COMMANDS)?, &open(txn, COMMAND_PAYLOADS)?, uuid)?
+            .ok_or_else(|| dangling("enrollment_deliveries", &uuid, "command"))?;
     let cached = Arc::new(CachedCommand {
         request_type: stored.request_type,
         payload,
@@ -565,15 +560,32 @@ pub(crate) fn next_command(
     }))
 }
 
-pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<CommandRecord>> {
-    let Some(stored) = get_json::<StoredCommand>(&open_read(rtx, COMMANDS)?, uuid)? else {
+/// A command's record and payload, from a read or a write transaction's tables.
+fn read_command(
+    commands: &(impl ReadableTable<&'static str, &'static [u8]> + TableHandle),
+    payloads: &impl ReadableTable<&'static str, &'static [u8]>,
+    uuid: &str,
+) -> StoreResult<Option<(StoredCommand, Vec<u8>)>> {
+    let Some(stored) = get_json::<StoredCommand>(commands, uuid)? else {
         return Ok(None);
     };
-    let payload = open_read(rtx, COMMAND_PAYLOADS)?
+    let payload = payloads
         .get(uuid)
         .backend("cannot read a command payload")?
         .map(|g| g.value().to_vec())
         .ok_or_else(|| dangling("commands", &uuid, "payload"))?;
+    Ok(Some((stored, payload)))
+}
+
+pub(crate) fn command(rtx: &ReadTransaction, uuid: &str) -> StoreResult<Option<CommandRecord>> {
+    let Some((stored, payload)) = read_command(
+        &open_read(rtx, COMMANDS)?,
+        &open_read(rtx, COMMAND_PAYLOADS)?,
+        uuid,
+    )?
+    else {
+        return Ok(None);
+    };
     Ok(Some(CommandRecord {
         uuid: uuid.to_owned(),
         request_type: stored.request_type,
